@@ -1,0 +1,36 @@
+"""Exceptions raised by the engine.
+
+Every error a user can cause has its own class so that adapters (the napari widget, the
+command line) can show a clear message: :class:`InvalidInputError` for bad images and
+prompts, :class:`ModelError` for model files that are missing, corrupt or of the wrong kind.
+"""
+
+from __future__ import annotations
+
+
+class EdgeSamError(Exception):
+    """Base class of all errors raised on purpose by napari-edgesam."""
+
+
+class InvalidInputError(EdgeSamError, ValueError):
+    """An image, a prompt or a parameter that the engine cannot use (the message says why)."""
+
+
+class ModelError(EdgeSamError):
+    """A model that cannot be used: not found, not downloaded, corrupt or of the wrong kind."""
+
+
+class ModelNotAvailableError(ModelError):
+    """The model's files are not on this machine and could not be downloaded."""
+
+
+class ModelSignatureError(ModelError):
+    """A model file whose ONNX inputs/outputs differ from the EdgeSAM contract."""
+
+
+class ChecksumError(ModelError):
+    """A model file whose SHA-256 differs from the pinned one."""
+
+
+class CancelledError(EdgeSamError):
+    """A long operation was cancelled by the user; partial results stay consistent."""
