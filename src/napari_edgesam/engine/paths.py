@@ -1,0 +1,215 @@
+"""Where napari-edgesam keeps its files: user cache, user config, settings.
+
+Locations (first match wins):
+
+- cache folder: ``$NAPARI_EDGESAM_CACHE_DIR``, else the platform's user cache folder for
+  ``napari-edgesam`` (``~/.cache/napari-edgesam`` on Linux,
+  ``~/Library/Caches/napari-edgesam`` on macOS, ``%LOCALAPPDATA%\\napari-edgesam\\Cache`` on
+  Windows). Downloaded models go to ``<cache>/models``, image embeddings to
+  ``<cache>/embeddings``.
+- config folder: ``$NAPARI_EDGESAM_CONFIG_DIR``, else the platform's user config folder.
+  It holds ``settings.json`` (for example ``model_dir``, ``cache_memory_bytes``,
+  ``cache_disk_bytes``) and the record that the model licence notice was shown.
+- an explicit model folder: ``$NAPARI_EDGESAM_MODEL_DIR``, else the ``model_dir`` setting.
+
+Only the standard library and :mod:`platformdirs` are imported; nothing is created on
+import. Folders are created lazily by the code that writes into them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+APP_NAME = "napari-edgesam"
+
+#: Environment variable overriding the cache folder (models and embeddings).
+ENV_CACHE_DIR = "NAPARI_EDGESAM_CACHE_DIR"
+#: Environment variable naming a folder that holds the model files (offline use).
+ENV_MODEL_DIR = "NAPARI_EDGESAM_MODEL_DIR"
+#: Environment variable overriding the config folder (settings.json).
+ENV_CONFIG_DIR = "NAPARI_EDGESAM_CONFIG_DIR"
+
+SETTINGS_FILE = "settings.json"
+
+#: Settings understood by the engine, with their defaults.
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "model_dir": None,
+    "cache_memory_bytes": 256 * 2**20,
+    "cache_disk_bytes": 2 * 2**30,
+    "cache_disk_enabled": True,
+}
+
+_log = logging.getLogger(__name__)
+_settings_lock = threading.Lock()
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    return Path(value).expanduser()
+
+
+def cache_dir() -> Path:
+    """Return the user cache folder (not created).
+
+    Returns
+    -------
+    pathlib.Path
+        ``$NAPARI_EDGESAM_CACHE_DIR`` if set, else the platform user cache folder.
+    """
+    env = _env_path(ENV_CACHE_DIR)
+    if env is not None:
+        return env
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+
+
+def config_dir() -> Path:
+    """Return the user config folder (not created).
+
+    Returns
+    -------
+    pathlib.Path
+        ``$NAPARI_EDGESAM_CONFIG_DIR`` if set, else the platform user config folder.
+    """
+    env = _env_path(ENV_CONFIG_DIR)
+    if env is not None:
+        return env
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
+def models_cache_dir() -> Path:
+    """Return the folder where downloaded model files are stored (``<cache>/models``)."""
+    return cache_dir() / "models"
+
+
+def embeddings_cache_dir() -> Path:
+    """Return the folder of the on-disk embedding cache (``<cache>/embeddings``)."""
+    return cache_dir() / "embeddings"
+
+
+def settings_path() -> Path:
+    """Return the path of ``settings.json`` in the config folder."""
+    return config_dir() / SETTINGS_FILE
+
+
+def load_settings() -> dict[str, Any]:
+    """Read the settings, filling in defaults.
+
+    A missing, unreadable or corrupt settings file gives the defaults (with a log message
+    for a corrupt one); it is never an error.
+
+    Returns
+    -------
+    dict
+        A fresh dictionary (changing it does not change the file).
+    """
+    settings = dict(DEFAULT_SETTINGS)
+    path = settings_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return settings
+    try:
+        data = json.loads(text)
+    except ValueError:
+        _log.warning("Ignoring corrupt settings file %s", path)
+        return settings
+    if isinstance(data, dict):
+        settings.update(data)
+    return settings
+
+
+def get_setting(key: str, default: Any = None) -> Any:
+    """Return one setting (``default`` when it is missing or ``None``)."""
+    value = load_settings().get(key)
+    return default if value is None else value
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`.
+
+    Readers see either the old or the new content, never a half-written file.
+
+    Raises
+    ------
+    OSError
+        When the folder cannot be created or written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_settings(settings: dict[str, Any]) -> None:
+    """Replace the settings file atomically with ``settings`` (a JSON-serialisable dict).
+
+    Raises
+    ------
+    OSError
+        When the config folder is not writable.
+    """
+    with _settings_lock:
+        atomic_write_text(settings_path(), json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def set_setting(key: str, value: Any) -> None:
+    """Set one setting and save (read-modify-write; ``None`` removes the key).
+
+    Raises
+    ------
+    OSError
+        When the config folder is not writable.
+    """
+    with _settings_lock:
+        path = settings_path()
+        data: dict[str, Any] = {}
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                data = loaded
+        except (OSError, ValueError):
+            pass
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def configured_model_dir() -> Path | None:
+    """Return the explicitly configured model folder, if any.
+
+    ``$NAPARI_EDGESAM_MODEL_DIR`` first, then the ``model_dir`` setting.
+
+    Returns
+    -------
+    pathlib.Path or None
+    """
+    env = _env_path(ENV_MODEL_DIR)
+    if env is not None:
+        return env
+    value = get_setting("model_dir")
+    if isinstance(value, str) and value.strip():
+        return Path(value).expanduser()
+    return None
