@@ -1,0 +1,245 @@
+"""The ``napari-edgesam`` command line: a thin adapter over the engine and workflows.
+
+Exit codes (all subcommands):
+
+- 0 success;
+- 2 bad arguments or bad input (a one-line reason, no traceback);
+- 3 model not available (not downloaded, not found, corrupt or not an EdgeSAM file);
+- 1 anything else.
+
+Nothing here ever waits for keyboard input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import numpy as np
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_BAD_INPUT = 2
+EXIT_NO_MODEL = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with code 2 and a one-line message (its default, made explicit)."""
+
+    def error(self, message):  # pragma: no cover - trivial
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _point(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"point {text!r}: expected X,Y or X,Y,LABEL")
+    try:
+        x, y = float(parts[0]), float(parts[1])
+        label = int(parts[2]) if len(parts) == 3 else 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"point {text!r}: X and Y must be numbers") from None
+    if label not in (0, 1):
+        raise argparse.ArgumentTypeError(f"point {text!r}: LABEL must be 1 (positive) or 0")
+    return x, y, label
+
+
+def _box(text: str) -> tuple[float, float, float, float]:
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"box {text!r}: expected X0,Y0,X1,Y1") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"box {text!r}: expected X0,Y0,X1,Y1")
+    return values
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model NAME | --encoder PATH --decoder PATH``, ``--model-dir``, ``--provider``."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=None,
+                   help="published model name (default: edgesam-3x); see 'models list'")
+    g.add_argument("--encoder", default=None, help="custom encoder ONNX file")
+    g.add_argument("--decoder", default=None, help="custom decoder ONNX file")
+    g.add_argument("--model-dir", default=None,
+                   help="folder holding the model files (else NAPARI_EDGESAM_MODEL_DIR, the "
+                        "configured folder, then the user cache)")
+    g.add_argument("--download", action="store_true",
+                   help="download the model if it is missing (prints the licence first)")
+    g.add_argument("--provider", default=None,
+                   help="onnxruntime execution provider(s), e.g. cuda, coreml, directml "
+                        "(default: cpu)")
+    g.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+
+
+def model_from_args(args):
+    """Build the :class:`EdgeSamModel` the model options ask for (raises engine errors)."""
+    from ..engine import EdgeSamModel, InvalidInputError
+
+    if (args.encoder is None) != (args.decoder is None):
+        raise InvalidInputError("--encoder and --decoder go together")
+    if args.encoder is not None:
+        if args.model is not None:
+            raise InvalidInputError("give either --model or --encoder/--decoder, not both")
+        model = EdgeSamModel(args.encoder, args.decoder, name="custom",
+                             providers=args.provider, num_threads=args.threads)
+    else:
+        def notice(text: str) -> None:
+            print(text, file=sys.stderr)
+
+        model = EdgeSamModel.from_name(
+            args.model, model_dir=args.model_dir, download=args.download,
+            licence_notice=notice, providers=args.provider, num_threads=args.threads,
+        )
+    return model.load()
+
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="segment one object in a 2D image (or one slice of a stack) from clicks/a box",
+        description="Segment one object from clicks and/or a box and write it as a uint8 0/1 "
+                    "mask TIFF of shape (Y, X). Coordinates are pixels of the input image: "
+                    "x = column, y = row.",
+    )
+    p.add_argument("image", help="input TIFF")
+    p.add_argument("--point", "-p", type=_point, action="append", default=[],
+                   metavar="X,Y[,LABEL]", help="a click; LABEL 1 positive (default), 0 negative")
+    p.add_argument("--box", "-b", type=_box, default=None, metavar="X0,Y0,X1,Y1")
+    p.add_argument("--slice", type=int, default=None, dest="slice_index",
+                   help="slice index along the stack axis (Z or T) of a stack")
+    p.add_argument("--channel", type=int, default=None,
+                   help="channel to segment (a 3-channel last axis is RGB otherwise)")
+    p.add_argument("--contrast", default=None, metavar="LOW,HIGH",
+                   help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
+                        "0.5-99.8 percentiles over the whole stack)")
+    p.add_argument("-o", "--output", required=True, help="output mask TIFF")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_model_options(p)
+    p.set_defaults(func=_run_segment)
+
+
+def _mapping_for(args, stack, plane):
+    from ..engine.errors import InvalidInputError
+    from ..engine.intensity import IntensityMapping, default_mapping
+
+    rgb = plane.ndim == 3
+    if args.contrast:
+        try:
+            lo, hi = (float(v) for v in args.contrast.split(","))
+        except ValueError:
+            raise InvalidInputError(f"--contrast {args.contrast!r}: expected LOW,HIGH") from None
+        if not hi > lo:
+            raise InvalidInputError(f"--contrast {args.contrast!r}: HIGH must exceed LOW")
+        n = 3 if rgb else 1
+        return IntensityMapping((lo,) * n, (hi,) * n)
+    if rgb:
+        return default_mapping(plane[..., :3], rgb=True)
+    # Stack-wide limits for a grey slice: sample the whole stack (same channel), so that
+    # every slice of a stack is mapped alike.
+    data = stack.data
+    if args.channel is not None and any(a in "CS" for a in stack.axes):
+        axis = next(i for i, a in enumerate(stack.axes) if a in "CS")
+        data = np.take(data, args.channel, axis=axis)
+    try:
+        whole = data if data.ndim == 2 else data.reshape(-1, *plane.shape)
+    except ValueError:  # axes in an unusual order: fall back to the slice itself
+        whole = plane
+    return default_mapping(whole, rgb=False)
+
+
+def _run_segment(args) -> int:
+    from pathlib import Path
+
+    from ..engine import Predictor
+    from ..engine.errors import InvalidInputError
+    from ..workflows.tiff_io import read_image, select_plane, write_tiff_atomic
+
+    if not args.point and args.box is None:
+        raise InvalidInputError("no prompt: give at least one --point or a --box")
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InvalidInputError(f"{out} exists; pass --overwrite to replace it")
+    stack = read_image(args.image)
+    plane, what = select_plane(stack, slice_index=args.slice_index, channel=args.channel)
+    mapping = _mapping_for(args, stack, plane)
+    model = model_from_args(args)
+    predictor = Predictor(model, cache=None)
+    predictor.set_image(plane, mapping)
+    points = [(x, y) for x, y, _ in args.point] or None
+    labels = [lab for _, _, lab in args.point] or None
+    result = predictor.predict(points=points, labels=labels, box=args.box)
+    write_tiff_atomic(out, result.mask.astype(np.uint8), overwrite=args.overwrite,
+                      compression="zlib")
+    print(
+        f"{out}: {result.area} pixels (score {result.score:.3f}, mask {result.mask_index}, "
+        f"{what}, model {model.name})"
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (subcommands register themselves here)."""
+    from .. import __version__
+
+    parser = _Parser(
+        prog="napari-edgesam",
+        description="EdgeSAM segmentation from the command line (the same engine as the "
+                    "napari plugin). Exit codes: 0 ok, 2 bad input, 3 model not available, "
+                    "1 other errors.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-edgesam {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_segment(sub)
+    for module in _SUBCOMMAND_MODULES.values():
+        try:
+            mod = importlib.import_module(f"napari_edgesam.cli.{module}")
+        except ImportError:  # a subcommand module not present in this build
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+#: Subcommand -> module under ``napari_edgesam.cli`` that contributes it, with
+#: ``add_parser(subparsers)`` and ``run(args) -> int`` (or a ``func`` default).
+_SUBCOMMAND_MODULES = {"models": "models_cmd", "propagate": "propagate_cmd", "batch": "batch_cmd"}
+
+
+def main(argv=None) -> int:
+    """Entry point of ``napari-edgesam``; returns the exit code."""
+    from ..engine.errors import EdgeSamError, InvalidInputError, ModelError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    func = getattr(args, "func", None)
+    if func is None:
+        mod = importlib.import_module(f"napari_edgesam.cli.{_SUBCOMMAND_MODULES[args.command]}")
+        func = mod.run
+    try:
+        return int(func(args) or 0)
+    except InvalidInputError as exc:
+        print(f"napari-edgesam {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ModelError as exc:
+        print(f"napari-edgesam {args.command}: model not available: {exc}", file=sys.stderr)
+        return EXIT_NO_MODEL
+    except EdgeSamError as exc:
+        print(f"napari-edgesam {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"napari-edgesam {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or an environment problem: still one line
+        print(f"napari-edgesam {args.command}: unexpected error: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

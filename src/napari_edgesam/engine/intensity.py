@@ -1,0 +1,284 @@
+"""Intensity mapping: microscopy data -> the model's 0..255 RGB input.
+
+EdgeSAM was trained on 8-bit RGB photographs. Microscopy data comes as uint8, uint16, other
+integers or floats, grey or multichannel. :class:`IntensityMapping` is the explicit,
+hashable linear map ``[low, high] -> [0, 255]`` (clipped) that turns one slice into the
+``(H, W, 3)`` uint8 RGB image the model expects. Its :meth:`IntensityMapping.key` is part
+of every embedding cache key.
+
+For stacks the default limits come from robust percentiles over the *whole stack* (sampled),
+never per slice, so that neighbouring slices look alike to the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = [
+    "IntensityMapping",
+    "as_model_image",
+    "default_mapping",
+    "mapping_from_percentiles",
+    "validate_image",
+]
+
+#: Percentiles used for robust contrast limits.
+DEFAULT_PERCENTILES = (0.5, 99.8)
+#: At most this many pixels are read to estimate stack-wide percentiles.
+MAX_SAMPLES = 2_000_000
+
+
+@dataclass(frozen=True)
+class IntensityMapping:
+    """A linear map of raw intensities onto the model's 0..255 scale.
+
+    Parameters
+    ----------
+    low, high : tuple of float
+        One value per channel of the image the mapping applies to: length 1 for grey images
+        (the grey value is copied into R, G and B), length 3 for RGB. ``low`` maps to 0 and
+        ``high`` to 255; values outside are clipped. NaN maps to 0.
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def __post_init__(self):
+        low = tuple(float(v) for v in np.atleast_1d(self.low))
+        high = tuple(float(v) for v in np.atleast_1d(self.high))
+        if len(low) != len(high) or len(low) not in (1, 3):
+            raise InvalidInputError(
+                f"intensity limits need 1 (grey) or 3 (RGB) values each, got {low} and {high}"
+            )
+        if not all(np.isfinite(low) & np.isfinite(high)):
+            raise InvalidInputError(f"intensity limits must be finite, got {low}..{high}")
+        # A constant image gives low == high: widen so the map stays defined (all -> 0).
+        high = tuple(h if h > lo else lo + 1.0 for lo, h in zip(low, high, strict=True))
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+
+    @classmethod
+    def identity_uint8(cls, channels: int = 1) -> IntensityMapping:
+        """The reference mapping for 8-bit data: 0 -> 0 and 255 -> 255, unchanged."""
+        return cls((0.0,) * channels, (255.0,) * channels)
+
+    @property
+    def channels(self) -> int:
+        """Number of channels (1 grey, 3 RGB) of the images this mapping applies to."""
+        return len(self.low)
+
+    def key(self) -> str:
+        """A stable text identity, used in embedding cache keys."""
+        lo = ",".join(f"{v:.9g}" for v in self.low)
+        hi = ",".join(f"{v:.9g}" for v in self.high)
+        return f"linear[{lo}|{hi}]"
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """Map one 2D slice to the model's RGB input.
+
+        Parameters
+        ----------
+        image : ndarray, shape (H, W) or (H, W, 3)
+            Grey (when ``channels == 1``) or RGB (when ``channels == 3``) pixels, any real dtype.
+
+        Returns
+        -------
+        ndarray of uint8, shape (H, W, 3)
+            Values ``round(255 * clip((x - low) / (high - low), 0, 1))``; NaN gives 0.
+        """
+        image = np.asarray(image)
+        expected_ndim = 2 if self.channels == 1 else 3
+        if image.ndim != expected_ndim or (expected_ndim == 3 and image.shape[2] != 3):
+            raise InvalidInputError(
+                f"a {self.channels}-channel intensity mapping cannot apply to an image of "
+                f"shape {image.shape}"
+            )
+        if image.dtype == np.uint8 and self.low == (0.0,) * self.channels and self.high == (
+            255.0,
+        ) * self.channels:
+            out = image
+        else:
+            low = np.asarray(self.low, dtype=np.float32)
+            scale = np.float32(255.0) / (np.asarray(self.high, dtype=np.float32) - low)
+            x = (image.astype(np.float32, copy=False) - low) * scale
+            # NaN -> 0, +inf -> 255, -inf -> 0; then round half up.
+            np.nan_to_num(x, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+            np.clip(x, 0.0, 255.0, out=x)
+            x += 0.5
+            out = x.astype(np.uint8)
+        if out.ndim == 2:
+            out = np.repeat(out[:, :, None], 3, axis=2)
+        return np.ascontiguousarray(out)
+
+
+def validate_image(image, *, rgb: bool | None = None) -> tuple[np.ndarray, bool]:
+    """Check that ``image`` is one 2D slice the model can take, and say whether it is RGB.
+
+    Parameters
+    ----------
+    image : array-like, shape (H, W), (H, W, 3) or (H, W, 4)
+        Grey, RGB or RGBA (alpha is dropped) pixels of one slice, in (row, col) order.
+    rgb : bool, optional
+        Force the interpretation of a last axis of size 3 or 4. By default a last axis of size
+        3 or 4 on a 3D array is colour.
+
+    Returns
+    -------
+    image : ndarray, shape (H, W) or (H, W, 3)
+    is_rgb : bool
+
+    Raises
+    ------
+    InvalidInputError
+        Wrong number of dimensions or channels, a non-numeric dtype, or a slice smaller than
+        2 x 2 pixels or so elongated that one side would vanish in the 1024 frame.
+    """
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise InvalidInputError(f"image dtype {image.dtype} is not a real number type")
+    if image.ndim == 3 and image.shape[2] in (3, 4) and rgb is not False:
+        image = image[:, :, :3]
+        is_rgb = True
+    elif image.ndim == 2 and not rgb:
+        is_rgb = False
+    elif image.ndim == 3:
+        raise InvalidInputError(
+            f"image of shape {image.shape}: a 2D slice must be (H, W) grey or (H, W, 3|4) "
+            "RGB(A); pick one channel of multichannel data first"
+        )
+    else:
+        raise InvalidInputError(
+            f"image of shape {image.shape} ({image.ndim}D): expected one 2D slice, "
+            "(H, W) grey or (H, W, 3|4) RGB(A); pick a slice of stacks first"
+        )
+    h, w = image.shape[:2]
+    if h < 2 or w < 2:
+        raise InvalidInputError(f"image of {h} x {w} pixels is too small (at least 2 x 2)")
+    from .transforms import resized_shape  # local: avoid an import cycle at module import
+
+    if min(resized_shape(h, w)) < 1:
+        raise InvalidInputError(
+            f"image of {h} x {w} pixels is too elongated: its short side vanishes when the "
+            "long side is scaled to 1024"
+        )
+    return image, is_rgb
+
+
+def _sample(data, max_samples: int, rgb: bool) -> np.ndarray:
+    """Evenly strided sample of a (..., H, W[, C]) array-like (numpy, dask, memmap)."""
+    shape = data.shape
+    spatial = shape[-3:-1] if rgb else shape[-2:]
+    lead = shape[: len(shape) - (3 if rgb else 2)]
+    n_lead = int(np.prod(lead)) if lead else 1
+    n_pix = int(np.prod(spatial))
+    # Pick up to 16 slices of the leading axes, then stride within each slice.
+    n_slices = min(n_lead, 16)
+    per_slice = max(1, max_samples // n_slices)
+    step = max(1, int(np.ceil(np.sqrt(n_pix / per_slice))))
+    flat_idx = np.unique(np.linspace(0, n_lead - 1, n_slices).round().astype(int))
+    parts = []
+    for i in flat_idx:
+        idx = np.unravel_index(i, lead) if lead else ()
+        sl = data[idx] if lead else data
+        part = np.asarray(sl[::step, ::step])
+        parts.append(part.reshape(-1, 3) if rgb else part.reshape(-1))
+    return np.concatenate(parts)
+
+
+def mapping_from_percentiles(
+    data,
+    *,
+    rgb: bool = False,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    max_samples: int = MAX_SAMPLES,
+) -> IntensityMapping:
+    """Robust contrast limits from percentiles of a whole image or stack.
+
+    Parameters
+    ----------
+    data : array-like, shape (..., H, W) or (..., H, W, 3)
+        A slice or a whole stack (numpy, dask or memory-mapped); it is sampled (up to
+        ``max_samples`` pixels from up to 16 evenly spaced slices), not read whole.
+    rgb : bool
+        Whether the last axis is RGB (limits per colour channel).
+    percentiles : (float, float)
+        Lower and upper percentile, in 0..100. NaN and inf are ignored.
+
+    Returns
+    -------
+    IntensityMapping
+
+    Raises
+    ------
+    InvalidInputError
+        If the sample holds no finite value (an all-NaN image, say).
+    """
+    p_lo, p_hi = percentiles
+    if not 0 <= p_lo < p_hi <= 100:
+        raise InvalidInputError(f"percentiles must satisfy 0 <= low < high <= 100: {percentiles}")
+    sample = _sample(data, max_samples, rgb).astype(np.float64, copy=False)
+    cols = sample.T if rgb else sample[None]
+    lows, highs = [], []
+    for col in cols:
+        finite = col[np.isfinite(col)]
+        if finite.size == 0:
+            raise InvalidInputError("the image contains no finite values (all NaN or inf)")
+        lo, hi = np.percentile(finite, [p_lo, p_hi])
+        lows.append(lo)
+        highs.append(hi)
+    return IntensityMapping(tuple(lows), tuple(highs))
+
+
+def default_mapping(data, *, rgb: bool = False) -> IntensityMapping:
+    """The mapping used when the caller gives none.
+
+    uint8 data keeps the model's reference scale (identity, as in training); every other
+    dtype gets stack-wide robust percentiles (:data:`DEFAULT_PERCENTILES`).
+
+    Parameters
+    ----------
+    data : array-like, shape (..., H, W) or (..., H, W, 3)
+        The whole stack (or slice) the mapping will be used for.
+    rgb : bool
+        Whether the last axis is RGB.
+    """
+    if np.dtype(data.dtype) == np.uint8:
+        return IntensityMapping.identity_uint8(3 if rgb else 1)
+    return mapping_from_percentiles(data, rgb=rgb)
+
+
+def as_model_image(
+    image, mapping: IntensityMapping | None = None, *, rgb: bool | None = None
+) -> tuple[np.ndarray, IntensityMapping]:
+    """Validate one slice and map it to the model's uint8 RGB input.
+
+    Parameters
+    ----------
+    image : array-like, shape (H, W), (H, W, 3) or (H, W, 4)
+    mapping : IntensityMapping, optional
+        Defaults to :func:`default_mapping` of this slice alone; for stacks pass the
+        stack-wide mapping so slices stay consistent.
+
+    Returns
+    -------
+    rgb_image : ndarray of uint8, shape (H, W, 3)
+    mapping : IntensityMapping
+        The mapping used.
+    """
+    image, is_rgb = validate_image(image, rgb=rgb)
+    if mapping is None:
+        mapping = default_mapping(image, rgb=is_rgb)
+    if mapping.channels != (3 if is_rgb else 1):
+        raise InvalidInputError(
+            f"intensity mapping has {mapping.channels} channel(s) but the image is "
+            f"{'RGB' if is_rgb else 'grey'}"
+        )
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
+        raise InvalidInputError("the image contains no finite values (all NaN or inf)")
+    return mapping.apply(image), mapping

@@ -1,0 +1,372 @@
+"""Prompted prediction: image -> embedding, prompts -> mask.
+
+The split mirrors segment-anything's ``SamPredictor``: :meth:`Predictor.set_image` runs the
+expensive encoder once per slice (through the embedding cache), :meth:`Predictor.predict`
+runs only the small decoder per prompt set. Embeddings are explicit :class:`Embedding`
+objects so that workflows (propagation, batch) can keep several and share them.
+
+Where the plugin differs from EdgeSAM's reference ONNX predictor it is the more correct one:
+
+- the padding point ``(0, 0)`` with label -1 is appended when there is no box (the reference
+  ONNX predictor forgets it and so differs from the PyTorch model);
+- the mask is chosen by *stability score* computed here from the logits (NaN-safe), whatever
+  the file's ``scores`` output means (the IoU head was never distilled and is unreliable);
+- only the chosen mask is upsampled, and only where it can be positive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import contract
+from .errors import InvalidInputError
+from .intensity import IntensityMapping, as_model_image, validate_image
+from .session import EdgeSamModel
+from .transforms import coords_to_model, preprocess, resized_shape, upsampler
+
+__all__ = [
+    "Embedding",
+    "Prediction",
+    "Predictor",
+    "choose_mask",
+    "prepare_prompts",
+    "stability_scores",
+]
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The encoder's output for one 2D slice, with the geometry needed to use it.
+
+    Attributes
+    ----------
+    features : ndarray of float32, shape (1, 256, 64, 64)
+    original_size : (int, int)
+        ``(H, W)`` of the slice in original pixels.
+    resized_size : (int, int)
+        ``(new_h, new_w)``: the part of the 1024 frame the slice occupies.
+    key : str or None
+        Embedding cache key (None when computed without one).
+    """
+
+    features: np.ndarray
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One predicted mask.
+
+    Attributes
+    ----------
+    mask : ndarray of bool, shape (H, W)
+        Original frame.
+    score : float
+        Stability score of the chosen mask (NaN when undefined: no logit above -1).
+    mask_index : int
+        Which of the decoder's 4 masks was chosen (0 for box prompts).
+    low_res_logits : ndarray of float32, shape (256, 256)
+        Logits of the chosen mask in the low-res frame (the padded 1024 frame at 1/4).
+    scores : ndarray of float32, shape (4,)
+        Stability scores of all 4 masks (NaN where undefined).
+    file_scores : ndarray of float32, shape (4,)
+        The decoder file's own ``scores`` output, for information.
+    """
+
+    mask: np.ndarray
+    score: float
+    mask_index: int
+    low_res_logits: np.ndarray
+    scores: np.ndarray
+    file_scores: np.ndarray = field(repr=False)
+
+    @property
+    def area(self) -> int:
+        """Number of mask pixels."""
+        return int(np.count_nonzero(self.mask))
+
+
+def stability_scores(logits: np.ndarray, offset: float = contract.STABILITY_OFFSET) -> np.ndarray:
+    """Stability score per mask: ``count(logit > +offset) / count(logit > -offset)``.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (K, h, w)
+        Mask logits (the decoder's 256 x 256 low-res logits, as the published export uses).
+
+    Returns
+    -------
+    ndarray of float32, shape (K,)
+        NaN where the denominator is 0 (no logit above ``-offset``).
+    """
+    logits = np.asarray(logits)
+    flat = logits.reshape(logits.shape[0], -1)
+    num = np.count_nonzero(flat > offset, axis=1).astype(np.float64)
+    den = np.count_nonzero(flat > -offset, axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (num / den).astype(np.float32)
+
+
+def choose_mask(scores: np.ndarray, has_box: bool) -> int:
+    """Index of the mask to use, as EdgeSAM's authors' demo does.
+
+    A box (with or without clicks) uses mask 0 (the single-output token); clicks alone use
+    the best stability score, NaN-safely (NaN never wins; all NaN gives 0).
+    """
+    if has_box:
+        return 0
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    return int(np.argmax(s))
+
+
+def _check_point(x: float, y: float, size: tuple[int, int], what: str) -> None:
+    h, w = size
+    if not (np.isfinite(x) and np.isfinite(y)):
+        raise InvalidInputError(f"{what} ({x}, {y}) is not finite")
+    if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+        raise InvalidInputError(
+            f"{what} (x={x:g}, y={y:g}) lies outside the {w} x {h} (width x height) image; "
+            "x is the column and y the row, in pixels of the image"
+        )
+
+
+def prepare_prompts(
+    original_size: tuple[int, int],
+    points=None,
+    labels=None,
+    box=None,
+    resized: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Validate prompts and convert them to the decoder's inputs.
+
+    Parameters
+    ----------
+    original_size : (int, int)
+        ``(H, W)`` of the slice.
+    points : array-like, shape (N, 2), optional
+        Clicks as ``(x, y) = (col, row)`` in original pixels, inside the image.
+    labels : array-like, shape (N,), optional
+        1 positive, 0 negative; default all positive.
+    box : array-like, shape (4,), optional
+        ``(x0, y0, x1, y1)`` in original pixels with ``x0 <= x1`` and ``y0 <= y1`` (normalise
+        boxes drawn in other directions before calling).
+    resized : (int, int), optional
+        ``(new_h, new_w)``; computed from ``original_size`` when omitted.
+
+    Returns
+    -------
+    coords : ndarray of float32, shape (1, M, 2)
+        1024 frame; box corners (labels 2, 3) after the clicks; or the padding point
+        ``(0, 0)`` with label -1 appended when there is no box.
+    point_labels : ndarray of float32, shape (1, M)
+    has_box : bool
+
+    Raises
+    ------
+    InvalidInputError
+        No prompt at all, points or box outside the image, labels other than 0/1, a box with
+        ``x1 < x0`` or ``y1 < y0``, mismatched lengths, non-finite values.
+    """
+    pts = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=np.float64)
+    if pts.size == 0:
+        pts = np.zeros((0, 2))
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise InvalidInputError(f"points must have shape (N, 2) as (x, y); got {pts.shape}")
+    if labels is None:
+        labs = np.ones(len(pts))
+    else:
+        labs = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if len(labs) != len(pts):
+        raise InvalidInputError(f"{len(pts)} points but {len(labs)} labels")
+    if not np.isin(labs, (contract.LABEL_NEGATIVE, contract.LABEL_POSITIVE)).all():
+        raise InvalidInputError(f"point labels must be 1 (positive) or 0 (negative); got {labs}")
+    for (x, y) in pts:
+        _check_point(x, y, original_size, "point")
+    has_box = box is not None
+    if has_box:
+        b = np.asarray(box, dtype=np.float64).reshape(-1)
+        if b.shape != (4,):
+            raise InvalidInputError(f"a box is (x0, y0, x1, y1); got {b.shape[0]} values")
+        x0, y0, x1, y1 = b
+        _check_point(x0, y0, original_size, "box corner")
+        _check_point(x1, y1, original_size, "box corner")
+        if x1 < x0 or y1 < y0:
+            raise InvalidInputError(
+                f"box (x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}) has x1 < x0 or y1 < y0; "
+                "give the top-left corner first"
+            )
+        pts = np.concatenate([pts, [[x0, y0], [x1, y1]]])
+        labs = np.concatenate([labs, [contract.LABEL_BOX_TOP_LEFT, contract.LABEL_BOX_BOTTOM_RIGHT]])
+    if len(pts) == 0:
+        raise InvalidInputError("no prompt: give at least one point or a box")
+    if not has_box and not (labs == contract.LABEL_POSITIVE).any():
+        raise InvalidInputError("only negative points: add a positive point or a box")
+    coords = coords_to_model(pts, original_size, resized)
+    if not has_box:
+        coords = np.concatenate([coords, np.zeros((1, 2), np.float32)])
+        labs = np.concatenate([labs, [contract.LABEL_PADDING]])
+    return coords[None].astype(np.float32), labs[None].astype(np.float32), has_box
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """BLAKE2b digest of a slice's pixels, shape and dtype (part of the cache key)."""
+    image = np.ascontiguousarray(image)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{image.dtype.str}{image.shape}".encode())
+    h.update(memoryview(image).cast("B"))
+    return h.hexdigest()
+
+
+def embedding_key(model_identity: str, pixels: str, mapping: IntensityMapping,
+                  tile: str = "full") -> str:
+    """Cache key of an embedding: model file, pixels, intensity mapping, preprocessing version
+    and tile geometry (``"full"`` for the whole slice)."""
+    return (
+        f"m={model_identity}|px={pixels}|map={mapping.key()}"
+        f"|pre={contract.PREPROCESSING_VERSION}|tile={tile}"
+    )
+
+
+class Predictor:
+    """Encode slices and predict masks from prompts with one EdgeSAM model.
+
+    Parameters
+    ----------
+    model : EdgeSamModel
+    cache : EmbeddingCache, None or "default"
+        Where embeddings are looked up and stored (anything with ``get(key)`` and
+        ``put(key, array)``). ``"default"`` is the process-wide memory + disk cache; None
+        disables caching.
+
+    Examples
+    --------
+    >>> predictor = Predictor(EdgeSamModel("enc.onnx", "dec.onnx"))  # doctest: +SKIP
+    >>> predictor.set_image(image)                                     # doctest: +SKIP
+    >>> result = predictor.predict(points=[(120, 45)], labels=[1])     # doctest: +SKIP
+    >>> result.mask.shape == image.shape[:2]                           # doctest: +SKIP
+    True
+    """
+
+    def __init__(self, model: EdgeSamModel, cache="default"):
+        self.model = model
+        if isinstance(cache, str) and cache == "default":
+            from .cache import default_cache
+
+            cache = default_cache()
+        self.cache = cache
+        self.embedding: Embedding | None = None
+
+    # -- encoder ----------------------------------------------------------------------
+    def embed(
+        self,
+        image,
+        mapping: IntensityMapping | None = None,
+        *,
+        rgb: bool | None = None,
+        use_cache: bool = True,
+        fill_cache: bool = True,
+        run_options=None,
+    ) -> Embedding:
+        """Compute (or fetch from the cache) the embedding of one 2D slice.
+
+        Parameters
+        ----------
+        image : array-like, shape (H, W), (H, W, 3) or (H, W, 4)
+            One slice, original frame, any real dtype.
+        mapping : IntensityMapping, optional
+            Intensity mapping to the model's 0..255 scale; pass the stack-wide one for slices
+            of a stack. Default: :func:`.intensity.default_mapping` of this slice.
+        rgb : bool, optional
+            Force the interpretation of a last axis of size 3/4.
+        use_cache, fill_cache : bool
+            Look the embedding up in / store it into the cache.
+        run_options : onnxruntime.RunOptions, optional
+            Lets a caller terminate the encoder run (prefetching).
+
+        Returns
+        -------
+        Embedding
+        """
+        image, is_rgb = validate_image(image, rgb=rgb)
+        rgb_image, mapping = as_model_image(image, mapping, rgb=is_rgb)
+        h, w = image.shape[:2]
+        key = None
+        if self.cache is not None and (use_cache or fill_cache):
+            key = embedding_key(self.model.identity, pixel_digest(image), mapping)
+            if use_cache:
+                hit = self.cache.get(key)
+                if hit is not None:
+                    return Embedding(hit.astype(np.float32, copy=False), (h, w),
+                                     resized_shape(h, w), key)
+        tensor, resized = preprocess(rgb_image)
+        features = self.model.encode(tensor, run_options)
+        if key is not None and fill_cache:
+            self.cache.put(key, features)
+        return Embedding(features, (h, w), resized, key)
+
+    def set_image(self, image, mapping: IntensityMapping | None = None, **kwargs) -> Embedding:
+        """Embed ``image`` (see :meth:`embed`) and make it the current image for
+        :meth:`predict`."""
+        self.embedding = self.embed(image, mapping, **kwargs)
+        return self.embedding
+
+    # -- decoder ----------------------------------------------------------------------
+    def predict(
+        self,
+        points=None,
+        labels=None,
+        box=None,
+        *,
+        embedding: Embedding | None = None,
+        mask_index: int | None = None,
+    ) -> Prediction:
+        """Predict one mask from clicks and/or a box.
+
+        Parameters
+        ----------
+        points : array-like, shape (N, 2), optional
+            ``(x, y) = (col, row)`` in original pixels of the slice.
+        labels : array-like, shape (N,), optional
+            1 positive (default), 0 negative.
+        box : array-like, shape (4,), optional
+            ``(x0, y0, x1, y1)`` in original pixels, ``x0 <= x1``, ``y0 <= y1``.
+        embedding : Embedding, optional
+            Default: the one from the last :meth:`set_image`.
+        mask_index : int, optional
+            Force one of the 4 masks instead of the contract's choice rule.
+
+        Returns
+        -------
+        Prediction
+            Mask in the original frame, ``(H, W)`` bool.
+        """
+        emb = embedding if embedding is not None else self.embedding
+        if emb is None:
+            raise InvalidInputError("no image: call set_image() first or pass an embedding")
+        coords, labs, has_box = prepare_prompts(
+            emb.original_size, points, labels, box, emb.resized_size
+        )
+        file_scores, masks = self.model.decode(emb.features, coords, labs)
+        logits = masks[0]
+        scores = stability_scores(logits)
+        if mask_index is None:
+            index = choose_mask(scores, has_box)
+        else:
+            if not 0 <= mask_index < logits.shape[0]:
+                raise InvalidInputError(f"mask_index must be in 0..{logits.shape[0] - 1}")
+            index = int(mask_index)
+        chosen = logits[index]
+        mask = upsampler(emb.original_size).mask(chosen)
+        return Prediction(
+            mask=mask,
+            score=float(scores[index]),
+            mask_index=index,
+            low_res_logits=chosen,
+            scores=scores,
+            file_scores=np.asarray(file_scores).reshape(-1),
+        )

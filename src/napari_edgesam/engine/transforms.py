@@ -1,0 +1,261 @@
+"""Geometry and pixel transforms between an image and the model's 1024 frame.
+
+Frames used throughout (the names appear in every docstring):
+
+- *original frame*: pixels of the 2D slice as given, ``(row, col)`` for arrays and
+  ``(x, y) = (col, row)`` for prompt points; pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``
+  with its centre at ``(c + 0.5, r + 0.5)`` in continuous coordinates, and a prompt point
+  ``(x, y)`` names the pixel whose index is ``(round(y), round(x))``.
+- *1024 frame*: the slice resized so its longest side is 1024 (``new_h x new_w``), then
+  zero-padded at the bottom and right to 1024 x 1024. The model sees this frame.
+- *low-res frame*: the decoder's 256 x 256 logits, the padded 1024 frame at 1/4 resolution.
+
+Everything follows the EdgeSAM contract exactly: Pillow's bilinear resize of the uint8 RGB
+image (antialiased when shrinking, as in training), per-channel normalisation, padding after
+normalising, and PyTorch-style ``align_corners=False`` bilinear upsampling of mask logits.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .contract import IMAGE_SIZE, LOW_RES_SIZE, MASK_THRESHOLD, PIXEL_MEAN, PIXEL_STD
+
+__all__ = [
+    "MaskUpsampler",
+    "bilinear_matrix",
+    "coords_to_model",
+    "preprocess",
+    "resized_shape",
+]
+
+
+def resized_shape(height: int, width: int, target: int = IMAGE_SIZE) -> tuple[int, int]:
+    """Size ``(new_h, new_w)`` of the slice once its longest side is scaled to ``target``.
+
+    ``scale = target / max(H, W)``; ``new_side = int(side * scale + 0.5)`` (the contract's
+    rounding).
+    """
+    scale = target / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def preprocess(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """Turn a uint8 RGB slice into the encoder's input tensor.
+
+    Parameters
+    ----------
+    rgb : ndarray of uint8, shape (H, W, 3)
+        Original frame, values on the 0..255 scale (see :mod:`.intensity`).
+
+    Returns
+    -------
+    tensor : ndarray of float32, shape (1, 3, 1024, 1024)
+        Resized with Pillow's bilinear filter so the longest side is 1024, normalised per
+        channel with the training mean and std, zero-padded at the bottom and right (padding
+        after normalisation, as in training). NCHW.
+    resized : (int, int)
+        ``(new_h, new_w)``: the part of the 1024 frame the image occupies.
+    """
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    new_h, new_w = resized_shape(h, w)
+    if (new_h, new_w) != (h, w):
+        resized = np.asarray(
+            Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR)
+        )
+    else:
+        resized = rgb
+    tensor = np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    mean = np.asarray(PIXEL_MEAN, dtype=np.float32)
+    inv_std = np.float32(1.0) / np.asarray(PIXEL_STD, dtype=np.float32)
+    for c in range(3):
+        np.multiply(
+            resized[:, :, c].astype(np.float32) - mean[c],
+            inv_std[c],
+            out=tensor[0, c, :new_h, :new_w],
+        )
+    return tensor, (new_h, new_w)
+
+
+def coords_to_model(
+    points_xy: np.ndarray, original_size: tuple[int, int], resized: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Scale points from the original frame to the 1024 frame.
+
+    Parameters
+    ----------
+    points_xy : ndarray, shape (N, 2)
+        ``(x, y) = (col, row)`` in original pixels.
+    original_size : (int, int)
+        ``(H, W)`` of the slice.
+    resized : (int, int), optional
+        ``(new_h, new_w)``; computed from ``original_size`` when omitted.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, 2)
+        ``(x * new_w / W, y * new_h / H)`` in the 1024 frame (the decoder adds 0.5 itself).
+    """
+    h, w = original_size
+    new_h, new_w = resized or resized_shape(h, w)
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    out = np.empty_like(pts)
+    out[:, 0] = pts[:, 0] * (new_w / w)
+    out[:, 1] = pts[:, 1] * (new_h / h)
+    return out.astype(np.float32)
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Dense matrix of a 1D bilinear resize with ``align_corners=False`` (PyTorch semantics).
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Input and output lengths.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_out, n_in)
+        ``out = M @ in``. Source position ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0 as
+        ``torch.nn.functional.interpolate`` does; no antialiasing.
+    """
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = src - i0
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, i0), 1.0 - w1)
+    np.add.at(m, (rows, i1), w1)
+    return m
+
+
+@functools.lru_cache(maxsize=16)
+def _axis_operator(original: int, resized: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse form of low-res (256) -> original-axis upsampling, composed exactly.
+
+    The contract's postprocessing is: 256 -> 1024 bilinear, crop to ``resized``, bilinear to
+    ``original``. Both steps are linear, so along one axis they compose into one
+    ``(original, 256)`` matrix with at most a few non-zeros per row. Returns ``(index,
+    weight, (first, last))`` where ``index``/``weight`` are ``(original, K)`` and
+    ``first``/``last`` stacked in an ``(original, 2)`` array give each row's support.
+    """
+    up = bilinear_matrix(LOW_RES_SIZE, IMAGE_SIZE)[:resized]  # (resized, 256)
+    down = bilinear_matrix(resized, original)  # (original, resized)
+    dense = down @ up  # (original, 256)
+    nz = dense != 0
+    k = max(1, int(nz.sum(axis=1).max()))
+    order = np.argsort(~nz, axis=1, kind="stable")[:, :k]  # non-zero columns first, in order
+    weight = np.take_along_axis(dense, order, axis=1)
+    index = np.where(weight != 0, order, order[:, :1])
+    first = np.where(nz.any(axis=1), nz.argmax(axis=1), 0)
+    last = LOW_RES_SIZE - 1 - np.where(nz.any(axis=1), nz[:, ::-1].argmax(axis=1), 0)
+    return (
+        index.astype(np.intp),
+        weight.astype(np.float32),
+        np.stack([first, last], axis=1),
+    )
+
+
+class MaskUpsampler:
+    """Low-res logits -> a mask in the original frame, for one image geometry.
+
+    Exactly the contract's postprocessing (bilinear 256 -> 1024, crop to ``(new_h, new_w)``,
+    bilinear to ``(H, W)``, threshold ``> 0``), computed as one separable sparse operator and
+    only inside the rows and columns that can be positive: a bilinear resize is a convex
+    combination, so an output pixel can only exceed 0 if some low-res logit it draws on does.
+
+    Parameters
+    ----------
+    original_size : (int, int)
+        ``(H, W)`` of the slice.
+    """
+
+    def __init__(self, original_size: tuple[int, int]):
+        h, w = (int(v) for v in original_size)
+        self.original_size = (h, w)
+        self.resized = resized_shape(h, w)
+        self._rows = _axis_operator(h, self.resized[0])
+        self._cols = _axis_operator(w, self.resized[1])
+
+    @staticmethod
+    def _range(support: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
+        """Output indices whose low-res support intersects [lo, hi] (a contiguous run)."""
+        hit = np.nonzero((support[:, 0] <= hi) & (support[:, 1] >= lo))[0]
+        if hit.size == 0:
+            return 0, 0
+        return int(hit[0]), int(hit[-1]) + 1
+
+    def logits(
+        self, low_res: np.ndarray, rows: tuple[int, int] | None = None,
+        cols: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """Upsampled logits in the original frame (optionally only a window of it).
+
+        Parameters
+        ----------
+        low_res : ndarray of float32, shape (256, 256)
+            Logits of one mask in the low-res frame.
+        rows, cols : (int, int), optional
+            Half-open windows ``[start, stop)`` of original rows/columns; default all.
+
+        Returns
+        -------
+        ndarray of float32, shape (rows, cols)
+        """
+        h, w = self.original_size
+        r0, r1 = rows or (0, h)
+        c0, c1 = cols or (0, w)
+        ri, rw, _ = self._rows
+        ci, cw, _ = self._cols
+        ri, rw = ri[r0:r1], rw[r0:r1]
+        ci, cw = ci[c0:c1], cw[c0:c1]
+        low_res = np.asarray(low_res, dtype=np.float32)
+        # Columns first: (256, ncols), then rows: (nrows, ncols). Each output value is a
+        # weighted sum of K inputs, so this costs O(K * size) instead of a dense matmul.
+        tmp = low_res[:, ci[:, 0]] * cw[:, 0]
+        for k in range(1, ci.shape[1]):
+            tmp += low_res[:, ci[:, k]] * cw[:, k]
+        out = tmp[ri[:, 0]] * rw[:, 0, None]
+        for k in range(1, ri.shape[1]):
+            out += tmp[ri[:, k]] * rw[:, k, None]
+        return out
+
+    def mask(self, low_res: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
+        """Boolean mask ``upsampled_logits > threshold`` in the original frame.
+
+        Parameters
+        ----------
+        low_res : ndarray of float32, shape (256, 256)
+            Logits of one mask in the low-res frame.
+        threshold : float
+            Must be >= the threshold the bounding-box shortcut assumes, i.e. any value: the
+            shortcut uses ``low_res > threshold`` itself.
+
+        Returns
+        -------
+        ndarray of bool, shape (H, W)
+        """
+        h, w = self.original_size
+        out = np.zeros((h, w), dtype=bool)
+        pos = np.asarray(low_res) > threshold
+        rows_any = np.nonzero(pos.any(axis=1))[0]
+        if rows_any.size == 0:
+            return out
+        cols_any = np.nonzero(pos.any(axis=0))[0]
+        r0, r1 = self._range(self._rows[2], int(rows_any[0]), int(rows_any[-1]))
+        c0, c1 = self._range(self._cols[2], int(cols_any[0]), int(cols_any[-1]))
+        if r1 > r0 and c1 > c0:
+            out[r0:r1, c0:c1] = self.logits(low_res, (r0, r1), (c0, c1)) > threshold
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def upsampler(original_size: tuple[int, int]) -> MaskUpsampler:
+    """A cached :class:`MaskUpsampler` for ``(H, W)``."""
+    return MaskUpsampler(tuple(original_size))
