@@ -34,6 +34,9 @@ ENV_CACHE_DIR = "NAPARI_EDGESAM_CACHE_DIR"
 ENV_MODEL_DIR = "NAPARI_EDGESAM_MODEL_DIR"
 #: Environment variable overriding the config folder (settings.json).
 ENV_CONFIG_DIR = "NAPARI_EDGESAM_CONFIG_DIR"
+#: Environment variable replacing the packaged model cards by the ``*.json`` cards of a
+#: folder (for tests and for private mirrors).
+ENV_CARDS_DIR = "NAPARI_EDGESAM_CARDS_DIR"
 
 SETTINGS_FILE = "settings.json"
 
@@ -96,6 +99,11 @@ def models_cache_dir() -> Path:
 def embeddings_cache_dir() -> Path:
     """Return the folder of the on-disk embedding cache (``<cache>/embeddings``)."""
     return cache_dir() / "embeddings"
+
+
+def cards_dir_override() -> Path | None:
+    """Return ``$NAPARI_EDGESAM_CARDS_DIR`` as a path, or ``None`` when it is not set."""
+    return _env_path(ENV_CARDS_DIR)
 
 
 def settings_path() -> Path:

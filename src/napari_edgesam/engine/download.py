@@ -1,0 +1,269 @@
+"""Verified downloads of model files (pooch over HTTP), with mirror fallback.
+
+A file is written under a temporary name (``.<filename>.<random>.part``) in the target
+folder and renamed to its final name with :func:`os.replace` only after its size and
+SHA-256 match the model card, so a partial or wrong file never looks complete. pooch (and
+requests) are imported only when a download actually starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from napari_edgesam.engine.errors import CancelledError, ChecksumError, ModelNotAvailableError
+
+_log = logging.getLogger(__name__)
+
+#: ``progress(filename, bytes_done, bytes_total_or_None)``.
+ProgressCallback = Callable[[str, int, "int | None"], None]
+
+_CHUNK = 1 << 16
+
+
+class DownloadError(ModelNotAvailableError):
+    """A model file that could not be downloaded from any of its URLs.
+
+    Attributes
+    ----------
+    filename : str
+        The file that could not be fetched.
+    attempts : list of (str, str)
+        ``(url, reason)`` for every URL tried.
+    """
+
+    def __init__(self, message: str, filename: str = "", attempts=()):
+        super().__init__(message)
+        self.filename = filename
+        self.attempts = list(attempts)
+
+
+class _PoochProgress:
+    """The tqdm-like object pooch's HTTPDownloader drives, forwarding to a callback."""
+
+    def __init__(self, callback: ProgressCallback, filename: str, expected: int | None):
+        self._cb = callback
+        self._name = filename
+        self._expected = expected
+        self._total: int | None = expected
+        self.n = 0
+
+    @property
+    def total(self):
+        return self._total
+
+    @total.setter
+    def total(self, value):  # pooch sets it from Content-Length (0 when unknown)
+        self._total = int(value) if value else self._expected
+        self._emit()
+
+    def _emit(self):
+        done = self.n if self._total is None else min(self.n, self._total)
+        self._cb(self._name, done, self._total)
+
+    def update(self, n=1):
+        self.n += int(n)
+        self._emit()
+
+    def reset(self, total=None):
+        self.n = 0
+
+    def close(self):
+        pass
+
+
+class TextProgress:
+    """A tqdm-style text progress callback for terminals (``progress=TextProgress()``).
+
+    Writes ``name  45% 10.0/22.1 MB`` to ``stream`` (stderr by default), redrawn in place on
+    a terminal and every 25% otherwise.
+    """
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self._last: dict[str, int] = {}
+
+    def __call__(self, filename: str, done: int, total: int | None) -> None:
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        if total:
+            pct = int(100 * done / total)
+            step = pct if tty else (pct // 25) * 25
+            if self._last.get(filename) == step:
+                return
+            self._last[filename] = step
+            width = 24
+            fill = int(width * done / total)
+            bar = "#" * fill + "-" * (width - fill)
+            line = f"{filename}: {pct:3d}%|{bar}| {done / 1e6:.1f}/{total / 1e6:.1f} MB"
+        else:
+            mb = int(done / 1e6)
+            if not tty and self._last.get(filename) == mb // 5:
+                return
+            self._last[filename] = mb // 5
+            line = f"{filename}: {done / 1e6:.1f} MB"
+        end = "\n" if (not tty or (total and done >= total)) else ""
+        self.stream.write(("\r" if tty else "") + line + end)
+        self.stream.flush()
+
+
+def _describe(exc: BaseException) -> str:
+    """A short human reason for a failed attempt."""
+    try:
+        import requests
+    except ImportError:  # pragma: no cover - requests comes with pooch
+        requests = None
+    if requests is not None:
+        if isinstance(exc, requests.HTTPError) and exc.response is not None:
+            return f"HTTP {exc.response.status_code} {exc.response.reason or ''}".strip()
+        if isinstance(exc, requests.exceptions.Timeout):
+            return "timed out"
+        if isinstance(exc, requests.ConnectionError):
+            return "cannot connect (no network?)"
+        if isinstance(exc, (requests.exceptions.ChunkedEncodingError,
+                            requests.exceptions.ContentDecodingError)):
+            return "transfer interrupted"
+    if isinstance(exc, OSError):
+        return f"cannot write: {exc.strerror or exc}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def fetch_file(
+    spec,
+    dest_dir: str | os.PathLike,
+    *,
+    progress: ProgressCallback | None = None,
+    timeout: float = 30.0,
+    help_message: str = "",
+) -> Path:
+    """Download one model file into ``dest_dir``, verified, trying each URL in turn.
+
+    Parameters
+    ----------
+    spec : ModelFile
+        Anything with ``filename``, ``size``, ``sha256`` and ``urls`` (tried in order:
+        primary, then mirrors).
+    dest_dir : path
+        Target folder (created if needed). The result is ``dest_dir / spec.filename``.
+    progress : callable, optional
+        ``progress(filename, done, total)``; may raise :class:`CancelledError` to cancel.
+    timeout : float
+        Seconds to wait for the server (connect and between bytes).
+    help_message : str
+        Appended to error messages (where to put the file by hand).
+
+    Returns
+    -------
+    pathlib.Path
+        The verified file. An already verified file at that path is returned untouched.
+
+    Raises
+    ------
+    DownloadError
+        No URL gave a complete file (network errors, HTTP errors, truncated transfers).
+    ChecksumError
+        A complete file was received but its SHA-256 differs (from every URL that answered).
+    CancelledError
+        The progress callback cancelled; no file is left behind.
+    """
+    dest_dir = Path(dest_dir)
+    target = dest_dir / spec.filename
+    tail = f" {help_message}" if help_message else ""
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(
+            f"Cannot create the model folder {dest_dir}: {exc.strerror or exc}.{tail}",
+            spec.filename,
+        ) from exc
+    if target.is_file():
+        try:
+            from napari_edgesam.engine.models import file_sha256
+
+            if target.stat().st_size == spec.size and file_sha256(target) == spec.sha256:
+                return target
+        except OSError:
+            pass
+    if not spec.urls:
+        raise DownloadError(f"No download URL known for {spec.filename}.{tail}", spec.filename)
+
+    import pooch
+
+    attempts: list[tuple[str, str]] = []
+    mismatches: list[tuple[str, str]] = []  # (url, actual sha256)
+    for url in spec.urls:
+        tmp = dest_dir / f".{spec.filename}.{uuid.uuid4().hex[:12]}.part"
+        bar = _PoochProgress(progress, spec.filename, spec.size) if progress else False
+        downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=timeout)
+        try:
+            _log.info("Downloading %s from %s", spec.filename, url)
+            downloader(url, str(tmp), None)
+        except CancelledError:
+            _unlink(tmp)
+            raise
+        except Exception as exc:  # network, HTTP or disk errors: try the next URL
+            _unlink(tmp)
+            reason = _describe(exc)
+            _log.info("Download of %s from %s failed: %s", spec.filename, url, reason)
+            attempts.append((url, reason))
+            continue
+        try:
+            size = tmp.stat().st_size
+            if size != spec.size:
+                attempts.append((url, f"incomplete: got {size} of {spec.size} bytes"))
+                continue
+            actual = _sha256(tmp)
+            if actual != spec.sha256:
+                mismatches.append((url, actual))
+                attempts.append((url, f"wrong SHA-256 {actual}"))
+                continue
+            os.replace(tmp, target)
+        except OSError as exc:
+            attempts.append((url, f"cannot write: {exc.strerror or exc}"))
+            continue
+        finally:
+            if tmp.exists():
+                _unlink(tmp)
+        if progress:
+            progress(spec.filename, spec.size, spec.size)
+        try:  # remember the hash so the next start-up does not re-hash the file
+            from napari_edgesam.engine.models import remember_sha256
+
+            remember_sha256(target, spec.sha256)
+        except OSError:
+            pass
+        if attempts:
+            _log.warning("Downloaded %s from %s after: %s", spec.filename, url,
+                         "; ".join(f"{u}: {r}" for u, r in attempts))
+        return target
+
+    if mismatches:
+        url, actual = mismatches[0]
+        raise ChecksumError(
+            f"Refused {spec.filename} downloaded from {url}: SHA-256 {actual}, expected "
+            f"{spec.sha256}; the file was discarded.{tail}"
+        )
+    reasons = "; ".join(f"{u}: {r}" for u, r in attempts)
+    raise DownloadError(
+        f"Could not download {spec.filename} ({reasons}).{tail}", spec.filename, attempts
+    )
