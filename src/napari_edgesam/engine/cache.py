@@ -1,0 +1,423 @@
+"""Two-level cache of image embeddings: a bounded in-memory LRU and a bounded disk store.
+
+The predictor builds the keys (model hash, pixel hash, intensity mapping, preprocessing
+version, tile geometry); this module only stores arrays by key.
+
+Disk entries (one file per key, named by the SHA-256 of the key) have this layout::
+
+    b"NESCACHE1\\n" | uint32 LE header length | JSON header | payload | blake2b-256 digest
+
+The digest covers everything before it, so a truncated or corrupt entry is detected, dropped
+and reported as a miss. Files are written to a temporary name and moved into place with
+:func:`os.replace`, so concurrent readers and writers (several napari windows, batch worker
+processes) never see half an entry. Least-recently-used entries are evicted when the folder
+grows past its bound; a read refreshes an entry's modification time. A folder that cannot be
+written (read-only, full, not a folder) degrades the cache to memory only, with one warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+_log = logging.getLogger(__name__)
+
+MAGIC = b"NESCACHE1\n"
+SUFFIX = ".nesc"
+_DIGEST_SIZE = 32
+_LEN = struct.Struct("<I")
+#: When evicting, shrink the folder to this fraction of its bound (fewer scans).
+_EVICT_TO = 0.9
+#: Temporary files older than this (seconds) are leftovers of killed writers.
+_STALE_TMP_S = 3600.0
+
+
+class CacheWarning(UserWarning):
+    """The disk cache could not be used; the cache keeps working in memory only."""
+
+
+def _key_name(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """Thread-safe two-level cache of arrays (image embeddings) keyed by strings.
+
+    Parameters
+    ----------
+    memory_bytes : int
+        Bound of the in-memory LRU in bytes (default 256 MiB; 0 disables it). An array larger
+        than the bound is not kept in memory.
+    disk_dir : path, None or False
+        Folder of the disk store. ``None``: ``<user cache>/embeddings`` (see
+        :func:`napari_edgesam.engine.paths.embeddings_cache_dir`); ``False``: memory only.
+    disk_bytes : int
+        Bound of the disk store in bytes (default 2 GiB), enforced by evicting the least
+        recently used entries (approximately, when several processes share the folder).
+    disk_dtype : str or None
+        dtype of floating-point arrays on disk: ``"float16"`` (default; an embedding
+        ``[1, 256, 64, 64]`` float32 takes 2 MiB instead of 4 MiB), ``"float32"``, or ``None``
+        to keep the array's dtype. :meth:`get` always returns the dtype given to :meth:`put`.
+
+    Notes
+    -----
+    Arrays returned by :meth:`get` are read-only and may be shared with other callers: copy
+    before modifying. :attr:`stats` counts hits and misses.
+    """
+
+    def __init__(
+        self,
+        memory_bytes: int = 256 * 2**20,
+        disk_dir=None,
+        disk_bytes: int = 2 * 2**30,
+        disk_dtype: str | None = "float16",
+    ):
+        self.memory_bytes = max(0, int(memory_bytes))
+        self.disk_bytes = max(0, int(disk_bytes))
+        self.disk_dtype = np.dtype(disk_dtype) if disk_dtype is not None else None
+        if self.disk_dtype is not None and self.disk_dtype.kind != "f":
+            raise ValueError(f"disk_dtype must be a floating-point dtype, got {disk_dtype!r}")
+        if disk_dir is None:
+            from napari_edgesam.engine import paths
+
+            disk_dir = paths.embeddings_cache_dir()
+        self.disk_dir: Path | None = Path(disk_dir) if disk_dir is not False else None
+        self._lock = threading.RLock()
+        self._mem: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._mem_used = 0
+        self._disk_writable = self.disk_dir is not None and self.disk_bytes > 0
+        self._disk_used: int | None = None  # estimate; None until the folder is scanned
+        self._warned = False
+        self._counts = dict.fromkeys(
+            ("memory_hits", "disk_hits", "misses", "puts", "memory_evictions",
+             "disk_evictions", "corrupt", "disk_errors"), 0,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"EmbeddingCache(memory_bytes={self.memory_bytes}, disk_dir={self.disk_dir!r}, "
+            f"disk_bytes={self.disk_bytes}, disk_dtype={self.disk_dtype})"
+        )
+
+    # -- public API ---------------------------------------------------------------------
+    @property
+    def stats(self) -> dict:
+        """Counters and sizes (a snapshot).
+
+        Keys: ``memory_hits``, ``disk_hits``, ``misses``, ``puts``, ``memory_evictions``,
+        ``disk_evictions``, ``corrupt`` (entries dropped), ``disk_errors``,
+        ``memory_entries``, ``memory_bytes`` (in use), ``disk_bytes`` (estimate of the folder
+        size, or None before it was scanned), ``disk_enabled`` (reads), ``disk_writable``.
+        """
+        with self._lock:
+            s = dict(self._counts)
+            s.update(
+                memory_entries=len(self._mem),
+                memory_bytes=self._mem_used,
+                disk_bytes=self._disk_used,
+                disk_enabled=self.disk_dir is not None,
+                disk_writable=self._disk_writable,
+            )
+            return s
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            if key in self._mem:
+                return True
+        return self.disk_dir is not None and self._path(key).is_file()
+
+    def get(self, key: str) -> np.ndarray | None:
+        """Return the array stored under ``key``, or ``None`` (a miss).
+
+        Memory first, then disk (a disk hit is promoted to memory). A corrupt or truncated
+        disk entry is deleted and counts as a miss (``stats["corrupt"]``).
+
+        Returns
+        -------
+        numpy.ndarray or None
+            Read-only; the dtype given to :meth:`put` (float32 for embeddings, even when
+            stored as float16 on disk).
+        """
+        with self._lock:
+            arr = self._mem.get(key)
+            if arr is not None:
+                self._mem.move_to_end(key)
+                self._counts["memory_hits"] += 1
+                return arr
+        arr = self._disk_get(key) if self.disk_dir is not None else None
+        with self._lock:
+            if arr is None:
+                self._counts["misses"] += 1
+                return None
+            self._counts["disk_hits"] += 1
+            self._mem_put(key, arr)
+            return arr
+
+    def put(self, key: str, array, *, memory: bool = True, disk: bool = True) -> None:
+        """Store ``array`` under ``key`` (replacing any previous entry).
+
+        Parameters
+        ----------
+        key : str
+            Any string (the file name on disk is its SHA-256).
+        array : array_like
+            Copied; for embeddings float32 ``[1, 256, 64, 64]``.
+        memory, disk : bool
+            Which levels to fill (a batch job may fill only the disk, or neither).
+        """
+        arr = np.array(array, copy=True, order="C")
+        arr.flags.writeable = False
+        with self._lock:
+            self._counts["puts"] += 1
+            if memory:
+                self._mem_put(key, arr)
+        if disk and self.disk_dir is not None and self._disk_writable:
+            self._disk_put(key, arr)
+
+    def discard(self, key: str) -> None:
+        """Remove ``key`` from both levels (no error when absent)."""
+        with self._lock:
+            arr = self._mem.pop(key, None)
+            if arr is not None:
+                self._mem_used -= arr.nbytes
+        if self.disk_dir is not None:
+            self._unlink(self._path(key))
+
+    def clear(self, *, disk: bool = True) -> None:
+        """Empty the memory level and (with ``disk``) delete every disk entry."""
+        with self._lock:
+            self._mem.clear()
+            self._mem_used = 0
+        if disk and self.disk_dir is not None:
+            for p, _, _ in self._scan():
+                self._unlink(p)
+            with self._lock:
+                self._disk_used = 0
+
+    def clear_memory(self) -> None:
+        """Empty the memory level only."""
+        self.clear(disk=False)
+
+    # -- memory level -------------------------------------------------------------------
+    def _mem_put(self, key: str, arr: np.ndarray) -> None:
+        old = self._mem.pop(key, None)
+        if old is not None:
+            self._mem_used -= old.nbytes
+        if arr.nbytes > self.memory_bytes:
+            return
+        self._mem[key] = arr
+        self._mem_used += arr.nbytes
+        while self._mem_used > self.memory_bytes and self._mem:
+            _, dropped = self._mem.popitem(last=False)
+            self._mem_used -= dropped.nbytes
+            self._counts["memory_evictions"] += 1
+
+    # -- disk level ---------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        return self.disk_dir / (_key_name(key) + SUFFIX)
+
+    def _degrade(self, exc: BaseException) -> None:
+        with self._lock:
+            self._counts["disk_errors"] += 1
+            self._disk_writable = False
+            if self._warned:
+                return
+            self._warned = True
+        msg = (
+            f"The embedding cache folder {self.disk_dir} cannot be written "
+            f"({type(exc).__name__}: {exc}); embeddings are cached in memory only."
+        )
+        _log.warning(msg)
+        warnings.warn(msg, CacheWarning, stacklevel=4)
+
+    def _encode(self, key: str, arr: np.ndarray) -> bytes:
+        stored = arr
+        if self.disk_dtype is not None and arr.dtype.kind == "f" and arr.dtype != self.disk_dtype:
+            stored = arr.astype(self.disk_dtype)
+        stored = np.ascontiguousarray(stored)
+        header = json.dumps(
+            {
+                "key": key,
+                "dtype": stored.dtype.str,
+                "orig_dtype": arr.dtype.str,
+                "shape": list(arr.shape),
+                "nbytes": int(stored.nbytes),
+                "created": time.time(),
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+        body = MAGIC + _LEN.pack(len(header)) + header + stored.tobytes()
+        return body + hashlib.blake2b(body, digest_size=_DIGEST_SIZE).digest()
+
+    @staticmethod
+    def _decode(key: str, data: bytes) -> np.ndarray | None:
+        """Parse an entry; ``None`` when it is corrupt, truncated or for another key."""
+        n0 = len(MAGIC) + _LEN.size
+        if len(data) < n0 + _DIGEST_SIZE or not data.startswith(MAGIC):
+            return None
+        body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
+        if hashlib.blake2b(body, digest_size=_DIGEST_SIZE).digest() != digest:
+            return None
+        (hlen,) = _LEN.unpack_from(body, len(MAGIC))
+        try:
+            header = json.loads(body[n0:n0 + hlen].decode("utf-8"))
+            if header["key"] != key:
+                return None
+            dtype = np.dtype(header["dtype"])
+            shape = tuple(int(s) for s in header["shape"])
+            payload = body[n0 + hlen:]
+            if len(payload) != header["nbytes"]:
+                return None
+            arr = np.frombuffer(payload, dtype=dtype).reshape(shape)
+            arr = arr.astype(np.dtype(header["orig_dtype"]), copy=True)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return None
+        arr.flags.writeable = False
+        return arr
+
+    def _disk_get(self, key: str) -> np.ndarray | None:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # not a folder, permissions...: a miss
+            _log.debug("Cannot read cache entry %s: %s", path, exc)
+            return None
+        arr = self._decode(key, data)
+        if arr is None:
+            _log.warning("Dropping corrupt embedding cache entry %s", path)
+            with self._lock:
+                self._counts["corrupt"] += 1
+            self._unlink(path, size=len(data))
+            return None
+        try:  # mark as recently used (LRU by modification time)
+            os.utime(path)
+        except OSError:
+            pass
+        return arr
+
+    def _disk_put(self, key: str, arr: np.ndarray) -> None:
+        data = self._encode(key, arr)
+        if len(data) > self.disk_bytes:
+            return
+        path = self._path(key)
+        tmp = None
+        try:
+            self.disk_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=self.disk_dir)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            try:
+                old_size = path.stat().st_size
+            except OSError:
+                old_size = 0
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as exc:
+            if tmp is not None:
+                self._unlink(Path(tmp))
+            self._degrade(exc)
+            return
+        with self._lock:
+            if self._disk_used is None:
+                need_scan = True
+            else:
+                self._disk_used += len(data) - old_size
+                need_scan = self._disk_used > self.disk_bytes
+        if need_scan:
+            self._enforce_bound()
+
+    def _scan(self):
+        """``(path, size, mtime)`` of every entry; also removes stale temporary files."""
+        out = []
+        try:
+            it = os.scandir(self.disk_dir)
+        except OSError:
+            return out
+        now = time.time()
+        with it:
+            for e in it:
+                try:
+                    if e.name.endswith(SUFFIX):
+                        st = e.stat()
+                        out.append((Path(e.path), st.st_size, st.st_mtime))
+                    elif e.name.startswith(".tmp-"):
+                        if now - e.stat().st_mtime > _STALE_TMP_S:
+                            self._unlink(Path(e.path))
+                except OSError:
+                    continue
+        return out
+
+    def _enforce_bound(self) -> None:
+        entries = self._scan()
+        total = sum(s for _, s, _ in entries)
+        evicted = 0
+        if total > self.disk_bytes:
+            target = self.disk_bytes * _EVICT_TO
+            for p, size, _ in sorted(entries, key=lambda t: t[2]):
+                if total <= target:
+                    break
+                if self._unlink(p):
+                    evicted += 1
+                total -= size  # gone either way (maybe by another process)
+        with self._lock:
+            self._disk_used = total
+            self._counts["disk_evictions"] += evicted
+
+    def _unlink(self, path: Path, size: int | None = None) -> bool:
+        try:
+            if size is None:
+                size = path.stat().st_size
+            path.unlink()
+        except OSError:
+            return False
+        with self._lock:
+            if self._disk_used is not None and path.suffix == SUFFIX:
+                self._disk_used = max(0, self._disk_used - size)
+        return True
+
+
+_default: EmbeddingCache | None = None
+_default_lock = threading.Lock()
+
+
+def default_cache() -> EmbeddingCache:
+    """Return the process-wide cache, created on first use.
+
+    It lives under ``<user cache>/embeddings``; its bounds come from the settings
+    ``cache_memory_bytes`` and ``cache_disk_bytes`` (see :mod:`napari_edgesam.engine.paths`),
+    and ``cache_disk_enabled: false`` keeps it in memory only.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            from napari_edgesam.engine import paths
+
+            settings = paths.load_settings()
+            disk = paths.embeddings_cache_dir() if settings.get("cache_disk_enabled", True) else False
+            _default = EmbeddingCache(
+                memory_bytes=int(settings.get("cache_memory_bytes") or 256 * 2**20),
+                disk_dir=disk,
+                disk_bytes=int(settings.get("cache_disk_bytes") or 2 * 2**30),
+            )
+        return _default
+
+
+def set_default_cache(cache: EmbeddingCache | None) -> None:
+    """Replace the process-wide cache (``None``: create it again from the settings)."""
+    global _default
+    with _default_lock:
+        _default = cache
