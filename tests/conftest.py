@@ -1,0 +1,54 @@
+"""Shared fixtures: the committed test-double ONNX pair (never EdgeSAM) and helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MODELS = Path(__file__).parent / "models"
+TEST_ENCODER = MODELS / "test_encoder.onnx"
+TEST_DECODER = MODELS / "test_decoder.onnx"
+TEST_DECODER_IOU = MODELS / "test_decoder_iou.onnx"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Never touch the real user cache/config: every test gets its own folders."""
+    root = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("NAPARI_EDGESAM_CACHE_DIR", str(root / "cache"))
+    monkeypatch.setenv("NAPARI_EDGESAM_CONFIG_DIR", str(root / "config"))
+    monkeypatch.delenv("NAPARI_EDGESAM_MODEL_DIR", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def test_model():
+    """The test-double model pair (loaded once per session)."""
+    from napari_edgesam.engine import EdgeSamModel
+
+    return EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="test-double").load()
+
+
+@pytest.fixture
+def predictor(test_model):
+    from napari_edgesam.engine import Predictor
+
+    return Predictor(test_model, cache=None)
+
+
+def disc_image(shape, center_rc, radius, value=200, background=20, dtype=np.uint8):
+    """A grey image with one bright disc; returns (image, truth mask)."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    truth = (yy - center_rc[0]) ** 2 + (xx - center_rc[1]) ** 2 <= radius**2
+    img = np.full(shape, background, dtype=dtype)
+    img[truth] = value
+    return img, truth
+
+
+def iou(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0

@@ -1,0 +1,179 @@
+"""``napari-edgesam segment``: outputs, axes handling and exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import TEST_DECODER, TEST_ENCODER, disc_image, iou
+
+from napari_edgesam.cli.main import main
+
+MODEL = ["--encoder", str(TEST_ENCODER), "--decoder", str(TEST_DECODER)]
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_segment_2d(tmp_path, capsys):
+    img, truth = disc_image((300, 500), (90, 330), 40)
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    out = tmp_path / "mask.tif"
+    code, stdout, err = run(["segment", tmp_path / "in.tif", "--point", "330,90", "-o", out, *MODEL],
+                            capsys)
+    assert code == 0, err
+    mask = tifffile.imread(out)
+    assert mask.shape == (300, 500) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 1}
+    assert iou(mask, truth) >= 0.9
+    assert "pixels" in stdout
+
+
+def test_segment_slice_of_zyx_stack(tmp_path, capsys):
+    stack = np.zeros((5, 200, 260), np.uint16)
+    truths = []
+    for z in range(5):
+        img, t = disc_image((200, 260), (60 + 20 * z, 100), 25, value=3000, background=200,
+                            dtype=np.uint16)
+        stack[z], _ = img, truths.append(t)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    out = tmp_path / "m.tif"
+    code, _, err = run(["segment", tmp_path / "stack.tif", "--slice", 3, "-p", "100,120",
+                        "-o", out, *MODEL], capsys)
+    assert code == 0, err
+    assert iou(tifffile.imread(out), truths[3]) >= 0.9
+
+
+def test_stack_without_slice_is_refused(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((4, 50, 50), np.uint8), imagej=True,
+                     metadata={"axes": "ZYX"})
+    code, _, err = run(["segment", tmp_path / "s.tif", "-p", "10,10", "-o", tmp_path / "o.tif",
+                        *MODEL], capsys)
+    assert code == 2
+    assert "--slice" in err and "Traceback" not in err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_rgb_tiff_and_channel_choice(tmp_path, capsys):
+    img, truth = disc_image((200, 300), (100, 200), 30)
+    rgb = np.stack([img, np.zeros_like(img), np.zeros_like(img)], axis=-1)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    code, _, err = run(["segment", tmp_path / "rgb.tif", "-p", "200,100", "-o", tmp_path / "a.tif",
+                        *MODEL], capsys)
+    assert code == 0, err
+    assert iou(tifffile.imread(tmp_path / "a.tif"), truth) >= 0.9
+    # Channel 1 is empty: the object is not there.
+    code, _, err = run(["segment", tmp_path / "rgb.tif", "--channel", "1", "-p", "200,100",
+                        "-o", tmp_path / "b.tif", *MODEL], capsys)
+    assert code == 0, err
+    assert iou(tifffile.imread(tmp_path / "b.tif"), truth) < 0.5
+
+
+def test_multichannel_needs_channel(tmp_path, capsys):
+    data = np.zeros((2, 60, 70), np.uint16)
+    tifffile.imwrite(tmp_path / "c.tif", data, imagej=True, metadata={"axes": "CYX"})
+    code, _, err = run(["segment", tmp_path / "c.tif", "-p", "5,5", "-o", tmp_path / "o.tif",
+                        *MODEL], capsys)
+    assert code == 2 and "--channel" in err
+
+
+def test_box_and_negative_point(tmp_path, capsys):
+    img, truth = disc_image((300, 300), (150, 150), 60)
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    code, _, err = run(["segment", tmp_path / "in.tif", "--box", "80,80,220,220",
+                        "-o", tmp_path / "box.tif", *MODEL], capsys)
+    assert code == 0, err
+    assert iou(tifffile.imread(tmp_path / "box.tif"), truth) >= 0.9
+    code, _, err = run(["segment", tmp_path / "in.tif", "-p", "150,150", "-p", "200,150,0",
+                        "-o", tmp_path / "neg.tif", *MODEL], capsys)
+    assert code == 0, err
+    neg = tifffile.imread(tmp_path / "neg.tif")
+    assert neg[150, 200] == 0 and neg[150, 120] == 1
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["-p", "999,5"], "outside"),
+        (["--box", "40,40,10,10"], "x1 < x0"),
+        ([], "no prompt"),
+        (["-p", "1,2,7"], "LABEL must be"),
+        (["-p", "abc"], "expected X,Y"),
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path, capsys, extra, message):
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((50, 60), np.uint8))
+    with pytest.raises(SystemExit) if message in ("LABEL must be", "expected X,Y") else _null():
+        code, _, err = run(["segment", tmp_path / "in.tif", *extra, "-o", tmp_path / "o.tif",
+                            *MODEL], capsys)
+        assert code == 2 and message in err
+    assert not (tmp_path / "o.tif").exists()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_refuses_to_overwrite(tmp_path, capsys):
+    img, _ = disc_image((100, 100), (50, 50), 20)
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"precious")
+    code, _, err = run(["segment", tmp_path / "in.tif", "-p", "50,50", "-o", out, *MODEL], capsys)
+    assert code == 2 and "--overwrite" in err
+    assert out.read_bytes() == b"precious"
+    code, _, err = run(["segment", tmp_path / "in.tif", "-p", "50,50", "-o", out, "--overwrite",
+                        *MODEL], capsys)
+    assert code == 0, err
+    assert tifffile.imread(out).sum() > 0
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_missing_and_corrupt_model_exit_3(tmp_path, capsys):
+    img, _ = disc_image((100, 100), (50, 50), 20)
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    bad = tmp_path / "enc.onnx"
+    bad.write_bytes(TEST_ENCODER.read_bytes()[:100])
+    code, _, err = run(["segment", tmp_path / "in.tif", "-p", "50,50", "-o", tmp_path / "o.tif",
+                        "--encoder", bad, "--decoder", TEST_DECODER], capsys)
+    assert code == 3 and "not a loadable ONNX model" in err
+    code, _, err = run(["segment", tmp_path / "in.tif", "-p", "50,50", "-o", tmp_path / "o.tif",
+                        "--encoder", TEST_DECODER, "--decoder", TEST_DECODER], capsys)
+    assert code == 3 and "swap" in err
+    # A published model that is not on this machine (empty cache, no download asked).
+    code, _, err = run(["segment", tmp_path / "in.tif", "-p", "50,50", "-o", tmp_path / "o.tif",
+                        "--model", "edgesam-3x"], capsys)
+    assert code == 3 and "NAPARI_EDGESAM_MODEL_DIR" in err
+
+
+def test_unreadable_input_exit_2(tmp_path, capsys):
+    (tmp_path / "x.tif").write_bytes(b"not a tiff at all")
+    code, _, err = run(["segment", tmp_path / "x.tif", "-p", "1,1", "-o", tmp_path / "o.tif",
+                        *MODEL], capsys)
+    assert code == 2 and "cannot read" in err
+    code, _, err = run(["segment", tmp_path / "missing.tif", "-p", "1,1", "-o",
+                        tmp_path / "o.tif", *MODEL], capsys)
+    assert code == 2 and "not found" in err
+
+
+def test_installed_entry_point_no_traceback(tmp_path):
+    """The console script exists, exits 2 on bad input, prints one line, no traceback."""
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((4, 50, 50), np.uint8), imagej=True,
+                     metadata={"axes": "ZYX"})
+    exe = os.path.join(os.path.dirname(sys.executable), "napari-edgesam")
+    proc = subprocess.run([exe, "segment", str(tmp_path / "in.tif"), "-p", "1,1", "-o",
+                           str(tmp_path / "o.tif"), *MODEL], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,74 @@
+"""Intensity mapping: exact values, stack-wide limits, lazy sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_edgesam.engine import IntensityMapping, default_mapping, mapping_from_percentiles
+
+
+def test_linear_mapping_values():
+    m = IntensityMapping((100,), (300,))
+    out = m.apply(np.array([[0, 100, 200], [300, 1000, 150]], np.uint16))
+    assert out.shape == (2, 3, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 0], [[0, 0, 128], [255, 255, 64]])
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_nan_and_inf_map_to_ends():
+    m = IntensityMapping((0,), (1,))
+    out = m.apply(np.array([[np.nan, np.inf, -np.inf, 0.5]], np.float32))
+    np.testing.assert_array_equal(out[0, :, 0], [0, 255, 0, 128])
+
+
+def test_uint8_default_is_the_reference_identity():
+    img = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    m = default_mapping(img)
+    assert m == IntensityMapping.identity_uint8()
+    np.testing.assert_array_equal(m.apply(img)[..., 1], img)
+
+
+def test_stack_wide_limits_not_per_slice():
+    """A dim slice in a bright stack keeps the stack's limits, so it stays dim."""
+    rng = np.random.default_rng(0)
+    stack = rng.integers(1000, 5000, size=(20, 64, 64)).astype(np.uint16)
+    stack[3] //= 10  # a dim slice
+    m = mapping_from_percentiles(stack)
+    per_slice = mapping_from_percentiles(stack[3])
+    assert m.high[0] > 4900  # the stack's upper limit, not the dim slice's (~500)
+    assert m.apply(stack[3]).max() < 30  # so the dim slice stays dim
+    assert per_slice.apply(stack[3]).max() == 255
+
+
+def test_sampling_reads_only_a_few_slices():
+    class Counting:
+        """An array-like that counts the slices read."""
+
+        def __init__(self, arr):
+            self.arr, self.reads = arr, 0
+            self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+        def __getitem__(self, idx):
+            self.reads += 1
+            return self.arr[idx]
+
+    data = Counting(np.ones((200, 32, 32), np.uint16))
+    mapping_from_percentiles(data)
+    assert data.reads <= 16
+
+
+def test_rgb_limits_per_channel():
+    img = np.zeros((10, 10, 3), np.float32)
+    img[..., 0] = np.linspace(0, 1, 100).reshape(10, 10)
+    img[..., 1] = np.linspace(0, 100, 100).reshape(10, 10)
+    m = mapping_from_percentiles(img, rgb=True, percentiles=(0, 100))
+    assert m.channels == 3
+    np.testing.assert_allclose(m.low, (0, 0, 0))
+    np.testing.assert_allclose(m.high, (1, 100, 1))  # constant channel widened
+    out = m.apply(img)
+    assert out[..., 0].max() == 255 and out[..., 1].max() == 255 and out[..., 2].max() == 0
+
+
+def test_key_changes_with_limits():
+    assert IntensityMapping((0,), (10,)).key() != IntensityMapping((0,), (11,)).key()
+    assert IntensityMapping((0,), (10,)).key() == IntensityMapping((0.0,), (10.0,)).key()
