@@ -194,14 +194,8 @@ class EdgeSamModel:
             name, model_dir=model_dir, download=download, progress=progress,
             licence_notice=licence_notice,
         )
-        card = resolved.card
-        sha = {}
-        for role in ("encoder", "decoder"):
-            f = getattr(card, "files", {}).get(role) if hasattr(card, "files") else None
-            if isinstance(f, dict) and "sha256" in f:
-                sha[role] = f["sha256"]
-        return cls(resolved.encoder, resolved.decoder, name=card.name, sha256=sha or None,
-                   **kwargs)
+        return cls(resolved.encoder, resolved.decoder, name=resolved.name,
+                   sha256=resolved.sha256, **kwargs)
 
     # -- sessions ---------------------------------------------------------------------
     def _make_session(self, role: str):
