@@ -147,7 +147,7 @@ class EdgeSamModel:
     providers : str or list of str, optional
         Execution providers (see :func:`resolve_providers`); default CPU.
     num_threads : int, optional
-        onnxruntime intra-op threads; default 0 (onnxruntime picks the physical cores).
+        onnxruntime intra-op threads; default: the CPU cores this process may use.
     sha256 : dict, optional
         Known SHA-256 of the files (``{"encoder": ..., "decoder": ...}``) so they need not be
         hashed again.
@@ -207,8 +207,9 @@ class EdgeSamModel:
         if path.stat().st_size == 0:
             raise ModelError(f"{role} file {path} is empty (an interrupted download?)")
         opts = ort.SessionOptions()
-        if self.num_threads:
-            opts.intra_op_num_threads = int(self.num_threads)
+        # Threads matching the machine: the cores this process may use (containers and
+        # affinity masks included), unless the caller says otherwise.
+        opts.intra_op_num_threads = int(self.num_threads or default_num_threads())
         opts.log_severity_level = 3
         try:
             session = ort.InferenceSession(
