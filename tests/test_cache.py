@@ -145,6 +145,17 @@ def test_disk_float32_exact(tmp_path):
         EmbeddingCache(disk_dir=tmp_path, disk_dtype="int8")
 
 
+def test_float16_overflow_is_stored_exactly(tmp_path):
+    a = small(0) * 1e6  # beyond float16's range: would become inf
+    EmbeddingCache(disk_dir=tmp_path).put("big", a)
+    np.testing.assert_array_equal(EmbeddingCache(disk_dir=tmp_path).get("big"), a)
+    b = small(1)
+    b[0, 0], b[0, 1] = np.nan, np.inf  # non-finite values do not force float32
+    EmbeddingCache(disk_dir=tmp_path).put("nan", b)
+    got = EmbeddingCache(disk_dir=tmp_path).get("nan")
+    assert np.isnan(got[0, 0]) and np.isinf(got[0, 1]) and got.dtype == np.float32
+
+
 def test_keys_are_arbitrary_strings(tmp_path):
     c = EmbeddingCache(disk_dir=tmp_path)
     keys = ["model=ab/cd|px=..\\x", "é 中文 \n", "", "a" * 5000]

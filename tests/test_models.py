@@ -219,6 +219,21 @@ def test_file_sha256_corrupt_memo_and_unwritable_cache(tmp_path, monkeypatch):
         models.file_sha256(tmp_path / "nope")
 
 
+def test_memo_forgets_deleted_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "_MEMO_PRUNE_AT", 3)
+    files = []
+    for i in range(5):
+        f = tmp_path / f"f{i}"
+        f.write_bytes(bytes([i]))
+        models.file_sha256(f)
+        files.append(f)
+    for f in files[:3]:
+        f.unlink()
+    models.file_sha256(files[4], use_memo=False)
+    memo = json.loads((paths.cache_dir() / models.HASH_MEMO_FILE).read_text())
+    assert sorted(memo) == sorted(str(f.resolve()) for f in files[3:])
+
+
 # -- search order and status -------------------------------------------------------------
 
 

@@ -244,7 +244,11 @@ class EmbeddingCache:
     def _encode(self, key: str, arr: np.ndarray) -> bytes:
         stored = arr
         if self.disk_dtype is not None and arr.dtype.kind == "f" and arr.dtype != self.disk_dtype:
-            stored = arr.astype(self.disk_dtype)
+            limit = np.finfo(self.disk_dtype).max
+            with np.errstate(invalid="ignore"):
+                overflow = bool(np.any(np.isfinite(arr) & (np.abs(arr) > limit)))
+            if not overflow:  # finite values beyond float16's range would become inf
+                stored = arr.astype(self.disk_dtype)
         stored = np.ascontiguousarray(stored)
         header = json.dumps(
             {

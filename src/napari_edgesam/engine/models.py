@@ -23,6 +23,7 @@ _log = logging.getLogger(__name__)
 #: Name of the hash memo file in the cache folder.
 HASH_MEMO_FILE = "sha256-memo.json"
 _CHUNK = 1 << 20
+_MEMO_PRUNE_AT = 64
 _memo_lock = threading.Lock()
 _memo: dict[str, dict] | None = None  # in-process copy of the memo file
 _memo_file: Path | None = None  # the file ``_memo`` was loaded from
@@ -61,6 +62,9 @@ def _save_memo_locked(memo: dict[str, dict]) -> None:
                     memo[k] = v
     except (OSError, ValueError):
         pass
+    if len(memo) > _MEMO_PRUNE_AT:  # forget files that no longer exist
+        for k in [k for k in memo if not os.path.exists(k)]:
+            del memo[k]
     try:
         paths.atomic_write_text(path, json.dumps(memo, indent=1, sort_keys=True))
     except OSError as exc:  # read-only or full cache folder: remember in memory only
