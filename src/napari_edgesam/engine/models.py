@@ -1,7 +1,16 @@
 """Model cards, file verification and model resolution.
 
+- :func:`list_cards`, :func:`get_card`: the published variants (``edgesam-3x``, the default,
+  and ``edgesam``), described by the JSON cards shipped in ``napari_edgesam/models``.
+- :func:`file_sha256`: SHA-256 of a file, memoised by (path, size, mtime) in
+  ``<cache>/sha256-memo.json`` so that start-ups do not re-hash the model files.
+- :func:`model_status`, :func:`resolve_model`, :func:`download_model`: find a model's files
+  in an explicit folder, ``$NAPARI_EDGESAM_MODEL_DIR``, the ``model_dir`` setting, then the
+  user cache, verify them, and download what is missing (after showing the licence notice).
+
 This module is imported by the predictor for :func:`file_sha256` (the model identity in
-embedding cache keys), so it only imports the standard library at module level.
+embedding cache keys), so it only imports the standard library at module level; pooch is
+imported only when a download starts.
 """
 
 from __future__ import annotations
