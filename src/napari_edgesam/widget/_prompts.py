@@ -1,0 +1,204 @@
+"""Prompt layers: a Points layer for clicks and a Shapes layer for boxes, with their mouse
+and key bindings. napari and Qt are imported here; the model is not.
+
+Mouse (on the "EdgeSAM points" layer, in its default *add* mode):
+
+- left click: positive point;
+- right click, or Ctrl/Alt (Cmd/Option on macOS) + left click: negative point;
+- Shift + drag: a box (drawn in any direction; it replaces the previous box of the slice);
+- plain drag: pans the view, the wheel zooms (as everywhere in napari).
+
+On the "EdgeSAM box" Shapes layer any rectangle drawn with napari's own tools is a box too.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+POINTS_NAME = "EdgeSAM points"
+BOXES_NAME = "EdgeSAM box"
+PREVIEW_NAME = "EdgeSAM preview"
+
+POSITIVE = "positive"
+NEGATIVE = "negative"
+#: Point colours: positive green, negative magenta (readable for most colour-blind users).
+PROMPT_COLOURS = {POSITIVE: "lime", NEGATIVE: "magenta"}
+BOX_COLOUR = "yellow"
+PREVIEW_COLOUR = "cyan"
+
+#: Mouse buttons (vispy numbering).
+LEFT, RIGHT = 1, 2
+#: Modifiers that turn a left click into a negative point.
+NEGATIVE_MODIFIERS = ("Control", "Alt", "Meta")
+#: Screen pixels a press must move to count as a drag, as napari's own tools.
+DRAG_THRESHOLD = 5
+
+#: Keys bound on the prompt layers: key -> widget method name.
+KEYS = {
+    "c": "commit",
+    "Enter": "commit",
+    "Escape": "clear_prompts",
+    "x": "clear_prompts",
+    "Control-z": "undo",
+    "Control-Shift-z": "redo",
+}
+#: Keys also bound on the box layer (napari uses Escape, Enter and X there for drawing).
+BOX_KEYS = {"c": "commit", "Control-z": "undo", "Control-Shift-z": "redo"}
+
+
+def is_negative_click(event) -> bool:
+    """Whether a mouse press asks for a negative point."""
+    if getattr(event, "button", LEFT) == RIGHT:
+        return True
+    mods = getattr(event, "modifiers", ()) or ()
+    return any(m in mods for m in NEGATIVE_MODIFIERS)
+
+
+def make_points_layer(image_layer, viewer):
+    """A new Points layer for clicks, aligned with ``image_layer``."""
+    import pandas as pd
+
+    layer = viewer.add_points(
+        np.zeros((0, image_layer.ndim)),
+        ndim=image_layer.ndim,
+        name=POINTS_NAME,
+        features=pd.DataFrame(
+            {"prompt": pd.Categorical([], categories=[POSITIVE, NEGATIVE])}
+        ),
+        face_color="prompt",
+        face_color_cycle=dict(PROMPT_COLOURS),
+        border_color="black",
+        border_width=0.1,
+        size=_point_size(image_layer),
+        scale=image_layer.scale,
+        translate=image_layer.translate,
+        out_of_slice_display=False,
+    )
+    layer.feature_defaults = {"prompt": POSITIVE}
+    layer.mode = "add"
+    return layer
+
+
+def _point_size(image_layer) -> float:
+    """Point size in data pixels: about 1.2 % of the image's longer side, at least 4."""
+    shape = np.asarray(image_layer.data.shape if not image_layer.multiscale
+                       else image_layer.data[0].shape)
+    hw = shape[-3:-1] if image_layer.rgb else shape[-2:]
+    return float(max(4.0, 0.012 * max(hw)))
+
+
+def make_boxes_layer(image_layer, viewer):
+    """A new Shapes layer for boxes, aligned with ``image_layer``."""
+    layer = viewer.add_shapes(
+        None,
+        ndim=image_layer.ndim,
+        name=BOXES_NAME,
+        shape_type="rectangle",
+        edge_color=BOX_COLOUR,
+        face_color="transparent",
+        edge_width=max(1.0, _point_size(image_layer) / 4),
+        scale=image_layer.scale,
+        translate=image_layer.translate,
+    )
+    return layer
+
+
+def make_preview_layer(image_layer, viewer, shape_hw):
+    """A 2D Labels layer showing the preview mask (value 1) over the current slice."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    nd = image_layer.ndim
+    layer = viewer.add_labels(
+        np.zeros(shape_hw, dtype=np.uint8),
+        name=PREVIEW_NAME,
+        colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent",
+                                                 1: PREVIEW_COLOUR}),
+        opacity=0.55,
+        scale=tuple(image_layer.scale[nd - 2:]),
+        translate=tuple(image_layer.translate[nd - 2:]),
+    )
+    layer.editable = False
+    return layer
+
+
+def install_points_bindings(layer, widget) -> None:
+    """Mouse and key bindings of the points layer, calling back into ``widget`` (weakly)."""
+    ref = weakref.ref(widget)
+
+    def on_press(layer, event):
+        w = ref()
+        if w is None or layer.mode != "add":
+            return
+        negative = is_negative_click(event)
+        shift_box = "Shift" in (event.modifiers or ()) and not negative
+        # napari's own "add" callback (after this one) adds the point with these defaults.
+        layer.feature_defaults = {"prompt": NEGATIVE if negative else POSITIVE}
+        if not shift_box:
+            yield
+            while event.type == "mouse_move":
+                yield
+            # napari's "add" runs after this callback on release: reset afterwards
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, lambda: _reset_default(layer))
+            return
+        start_world = np.asarray(event.position, dtype=float)
+        start_pos = np.asarray(event.pos, dtype=float)
+        dragging = False
+        yield
+        while event.type == "mouse_move":
+            if np.linalg.norm(np.asarray(event.pos) - start_pos) >= DRAG_THRESHOLD:
+                dragging = True
+            if dragging:
+                event.handled = True  # no panning while drawing the box
+                w = ref()
+                if w is not None:
+                    w._set_box_world(start_world, np.asarray(event.position, dtype=float),
+                                     final=False)
+            yield
+        if dragging:
+            w = ref()
+            if w is not None:
+                w._set_box_world(start_world, np.asarray(event.position, dtype=float),
+                                 final=True)
+        layer.feature_defaults = {"prompt": POSITIVE}
+
+    layer.mouse_drag_callbacks.insert(0, on_press)
+    _bind_keys(layer, ref, KEYS)
+
+
+def _reset_default(layer) -> None:
+    try:
+        layer.feature_defaults = {"prompt": POSITIVE}
+    except RuntimeError:  # pragma: no cover - layer gone
+        pass
+
+
+def install_boxes_bindings(layer, widget) -> None:
+    """After a rectangle drawn with napari's own tools, keep only the newest box of the slice."""
+    ref = weakref.ref(widget)
+
+    def on_press(layer, event):
+        yield
+        while event.type == "mouse_move":
+            yield
+        w = ref()
+        if w is not None and layer.mode == "add_rectangle":
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, w._keep_newest_box)
+
+    layer.mouse_drag_callbacks.insert(0, on_press)
+    _bind_keys(layer, ref, BOX_KEYS)
+
+
+def _bind_keys(layer, ref, keys: dict) -> None:
+    for key, method in keys.items():
+        def call(_layer, _method=method):
+            w = ref()
+            if w is not None:
+                getattr(w, _method)()
+
+        layer.bind_key(key, call, overwrite=True)

@@ -1,0 +1,1505 @@
+"""The "EdgeSAM" dock widget: interactive prompted segmentation in napari.
+
+The widget is an adapter: the model, the intensity mapping, the embedding cache and the
+mask post-processing all live in :mod:`napari_edgesam.engine`. The widget
+
+- keeps prompt layers ("EdgeSAM points", "EdgeSAM box") and a preview layer
+  ("EdgeSAM preview") aligned with the chosen image layer;
+- encodes the current slice in a background worker as soon as the image, the slice, the
+  contrast mapping or the model changes (napari ``thread_worker`` with a progress bar);
+- runs the decoder in a background worker on every prompt change; the newest prompt state
+  wins and results older than what is shown are dropped (a generation counter);
+- commits the preview into the target Labels layer as a new object (next free label id),
+  as ONE undoable step of that layer (``data_setitem`` inside ``block_history``).
+
+The GUI thread never runs the model, hashing (model files, pixels) or mask resampling.
+
+Public API (also used by the tests)::
+
+    w = EdgeSamWidget(viewer)
+    w.set_model(EdgeSamModel("enc.onnx", "dec.onnx"))   # or w.load_custom_model(enc, dec)
+    w.set_image_layer(viewer.layers["nuclei"])
+    w.add_point((z, y, x), positive=True)               # world coordinates, like a click
+    w.set_box((y0, x0), (y1, x1))                       # world coordinates, any direction
+    w.commit()                                          # -> label id (or None)
+    w.undo(); w.redo(); w.clear_prompts()
+    w.busy, w.status, w.preview_mask, w.labels_layer
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import _prompts
+from ._geometry import ImageGeometry, commit_indices, normalise_box, rectangle_to_box
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["MAPPING_MODES", "EdgeSamWidget"]
+
+#: Contrast mapping choices: key -> label in the combo box.
+MAPPING_MODES = {
+    "auto": "auto (8-bit as is, else stack percentiles)",
+    "contrast": "layer contrast limits",
+    "percentiles": "stack percentiles (0.5 - 99.8 %)",
+}
+
+NEW_LABELS = "new Labels layer"
+CUSTOM_PICK = "custom files..."
+
+HELP_TEXT = (
+    "<b>Left click</b>: positive point &nbsp; <b>Right click</b> or <b>Ctrl/Alt+click</b>: "
+    "negative point &nbsp; <b>Shift+drag</b>: box<br>"
+    "<b>C</b> / <b>Enter</b>: commit as a new label &nbsp; <b>Esc</b> / <b>X</b>: clear "
+    "prompts &nbsp; <b>Ctrl+Z</b> / <b>Ctrl+Shift+Z</b>: undo / redo"
+)
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    points: tuple  # ((x, y), ...)
+    labels: tuple  # (1 | 0, ...)
+    box: tuple | None  # (x0, y0, x1, y1)
+
+    @property
+    def empty(self) -> bool:
+        return not self.points and self.box is None
+
+    @property
+    def usable(self) -> bool:
+        """The engine needs a box or at least one positive point."""
+        return self.box is not None or any(v == 1 for v in self.labels)
+
+
+# ---------------------------------------------------------------------------------------
+# Work done in background threads (no napari, no Qt in here)
+# ---------------------------------------------------------------------------------------
+
+
+def _encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping):
+    """Read one slice, choose the intensity mapping and embed it (cache first)."""
+    from napari_edgesam.engine import IntensityMapping, default_mapping, mapping_from_percentiles
+
+    t0 = time.perf_counter()
+    image = geom.read_slice(data, key)
+    channels = 3 if geom.rgb else 1
+    mode = spec[0]
+    if mode == "contrast":
+        lo, hi = spec[1]
+        mapping = IntensityMapping((lo,) * channels, (hi,) * channels)
+    elif stack_mapping is not None:
+        mapping = stack_mapping
+    else:
+        stack = data
+        if geom.channel_axis is not None:
+            stack = data[(slice(None),) * geom.channel_axis + (key[geom.channel_axis],)]
+        if geom.rgb and stack.shape[-1] == 4:
+            stack = stack[..., :3]
+        if mode == "auto":
+            mapping = default_mapping(stack, rgb=geom.rgb)
+        else:
+            mapping = mapping_from_percentiles(stack, rgb=geom.rgb)
+    embedding = predictor.embed(image, mapping, rgb=geom.rgb)
+    return embedding, mapping, time.perf_counter() - t0
+
+
+def _decode_job(predictor, embedding, prompts: _Prompts):
+    """Run the decoder; returns the mask (uint8 0/1, for the preview layer) and the score."""
+    t0 = time.perf_counter()
+    pred = predictor.predict(
+        points=list(prompts.points) or None,
+        labels=list(prompts.labels) or None,
+        box=prompts.box,
+        embedding=embedding,
+    )
+    return pred.mask.view(np.uint8), pred.score, time.perf_counter() - t0
+
+
+def _load_model_job(model):
+    """Open both sessions and hash the encoder (the model's cache identity)."""
+    model.load()
+    _ = model.identity
+    return model
+
+
+def _resolve_card_job(card):
+    from napari_edgesam.engine import EdgeSamModel
+    from napari_edgesam.engine.models import resolve_model
+
+    resolved = resolve_model(card)
+    model = EdgeSamModel(resolved.encoder, resolved.decoder, name=resolved.name,
+                         sha256=resolved.sha256)
+    return _load_model_job(model)
+
+
+def _download_job(card, progress_state):
+    from napari_edgesam.engine import CancelledError, EdgeSamModel
+    from napari_edgesam.engine.models import download_model
+
+    def progress(filename, done, total):
+        if progress_state.get("cancel"):
+            raise CancelledError("download cancelled")
+        progress_state.update(filename=filename, done=done, total=total)
+
+    # The licence was shown and accepted in a dialog before the worker started.
+    resolved = download_model(card, progress=progress, licence_notice=lambda text: None)
+    model = EdgeSamModel(resolved.encoder, resolved.decoder, name=resolved.name,
+                         sha256=resolved.sha256)
+    return _load_model_job(model)
+
+
+# ---------------------------------------------------------------------------------------
+# The widget
+# ---------------------------------------------------------------------------------------
+
+
+class EdgeSamWidget(QWidget):
+    """napari dock widget for interactive segmentation with EdgeSAM.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer (npe2 passes it in).
+    model : EdgeSamModel, optional
+        A model to use right away (otherwise: the default published model when its files are
+        on this machine, else none until the user downloads one or picks custom files).
+    """
+
+    def __init__(self, napari_viewer, model=None, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._alive = {"alive": True}
+        alive = self._alive
+        self.destroyed.connect(lambda *_: alive.update(alive=False))
+
+        # model
+        self._model = None
+        self._predictor = None
+        self._model_worker = None
+        self._download_worker = None
+        self._download_state: dict = {}
+        # layers
+        self._image_layer = None
+        self._geometry: ImageGeometry | None = None
+        self._labels_layer = None
+        self._points_layer = None
+        self._boxes_layer = None
+        self._preview_layer = None
+        self._lead: tuple | None = None  # leading index of the current slice
+        self._data_version = 0
+        self._stack_mappings: dict = {}
+        # encoder state
+        self._embedding = None
+        self._embedding_key = None
+        self._encode_worker = None
+        self._encode_key = None
+        self._encode_pending = False
+        self.last_encode_seconds: float | None = None
+        # decoder state
+        self._decode_worker = None
+        self._decode_pending = False
+        self._generation = 0
+        self._shown_generation = 0
+        self._preview_mask: np.ndarray | None = None
+        self._preview_lead: tuple | None = None
+        self._commit_when_ready = False
+        self.last_decode_seconds: float | None = None
+        self._updating_combos = False
+
+        self._build_ui()
+
+        self._slice_timer = QTimer(self)
+        self._slice_timer.setSingleShot(True)
+        self._slice_timer.setInterval(15)
+        self._slice_timer.timeout.connect(self._on_slice_changed)
+        self._contrast_timer = QTimer(self)
+        self._contrast_timer.setSingleShot(True)
+        self._contrast_timer.setInterval(300)
+        self._contrast_timer.timeout.connect(self._on_contrast_settled)
+        self._download_timer = QTimer(self)
+        self._download_timer.setInterval(100)
+        self._download_timer.timeout.connect(self._update_download_progress)
+
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.viewer.layers.events.moved.connect(self._on_layers_changed)
+        self.viewer.dims.events.current_step.connect(self._on_dims_step)
+        self.viewer.dims.events.ndisplay.connect(self._on_dims_step)
+
+        self._populate_models()
+        self._refresh_layer_combos()
+        if model is not None:
+            self.set_model(model)
+        else:
+            self._load_default_model()
+        if self._image_layer is None:
+            self._pick_first_image()
+        self._update_status()
+
+    # ------------------------------------------------------------------ UI ----------
+    def _build_ui(self):
+        self.setObjectName("EdgeSamWidget")
+        outer = QVBoxLayout(self)
+
+        # model
+        box = QGroupBox("Model")
+        form = QFormLayout(box)
+        row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Published EdgeSAM models, or your own encoder/decoder pair")
+        self.model_combo.activated.connect(self._on_model_chosen)
+        self.download_button = QPushButton("Download")
+        self.download_button.setToolTip("Download the selected model (licence shown first)")
+        self.download_button.clicked.connect(self._on_download_clicked)
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.download_button)
+        form.addRow("model", row)
+        self.download_progress = QProgressBar()
+        self.download_progress.setVisible(False)
+        self.cancel_download_button = QPushButton("Cancel")
+        self.cancel_download_button.setVisible(False)
+        self.cancel_download_button.clicked.connect(self._cancel_download)
+        prow = QHBoxLayout()
+        prow.addWidget(self.download_progress, 1)
+        prow.addWidget(self.cancel_download_button)
+        form.addRow(prow)
+        outer.addWidget(box)
+
+        # image
+        box = QGroupBox("Image")
+        form = QFormLayout(box)
+        self.image_combo = QComboBox()
+        self.image_combo.currentIndexChanged.connect(self._on_image_combo)
+        form.addRow("image", self.image_combo)
+        crow = QHBoxLayout()
+        self.channel_axis_combo = QComboBox()
+        self.channel_axis_combo.setToolTip(
+            "For multichannel data kept in one layer: the axis that holds the channels"
+        )
+        self.channel_axis_combo.currentIndexChanged.connect(self._on_channel_axis)
+        self.channel_spin = QSpinBox()
+        self.channel_spin.setToolTip("The channel the model sees")
+        self.channel_spin.valueChanged.connect(self._on_channel)
+        crow.addWidget(self.channel_axis_combo, 1)
+        crow.addWidget(QLabel("channel"))
+        crow.addWidget(self.channel_spin)
+        self._channel_row = QWidget()
+        self._channel_row.setLayout(crow)
+        crow.setContentsMargins(0, 0, 0, 0)
+        form.addRow("channel axis", self._channel_row)
+        self.mapping_combo = QComboBox()
+        for key, text in MAPPING_MODES.items():
+            self.mapping_combo.addItem(text, key)
+        self.mapping_combo.setToolTip(
+            "How intensities become the model's 8-bit RGB input. Stack percentiles are "
+            "computed over the whole stack so that neighbouring slices look alike."
+        )
+        self.mapping_combo.currentIndexChanged.connect(self._on_mapping_mode)
+        form.addRow("contrast", self.mapping_combo)
+        outer.addWidget(box)
+
+        # output
+        box = QGroupBox("Labels")
+        form = QFormLayout(box)
+        self.labels_combo = QComboBox()
+        self.labels_combo.currentIndexChanged.connect(self._on_labels_combo)
+        form.addRow("target", self.labels_combo)
+        self.background_only_check = QCheckBox("paint only on background (keep existing labels)")
+        self.background_only_check.setChecked(True)
+        form.addRow(self.background_only_check)
+        brow = QHBoxLayout()
+        self.commit_button = QPushButton("Commit (C)")
+        self.commit_button.clicked.connect(self.commit)
+        self.clear_button = QPushButton("Clear (Esc)")
+        self.clear_button.clicked.connect(self.clear_prompts)
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.clicked.connect(self.undo)
+        self.redo_button = QPushButton("Redo")
+        self.redo_button.clicked.connect(self.redo)
+        for b in (self.commit_button, self.clear_button, self.undo_button, self.redo_button):
+            brow.addWidget(b)
+        form.addRow(brow)
+        outer.addWidget(box)
+
+        self.help_label = QLabel(HELP_TEXT)
+        self.help_label.setWordWrap(True)
+        self.help_label.setTextFormat(Qt.TextFormat.RichText)
+        outer.addWidget(self.help_label)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        outer.addWidget(self.status_label)
+        outer.addStretch(1)
+
+    # ------------------------------------------------------------------ helpers -----
+    def _ok(self) -> bool:
+        """Whether the widget still exists (the viewer may have been closed)."""
+        return self._alive["alive"]
+
+    def _start(self, func, *args, returned=None, errored=None, finished=None, desc=None):
+        from napari.qt.threading import create_worker
+
+        alive = self._alive
+
+        def guard(cb):
+            def call(*a):
+                if not alive["alive"]:
+                    return
+                try:
+                    cb(*a)
+                except RuntimeError as exc:  # the widget's Qt objects were deleted
+                    if "deleted" in str(exc):
+                        alive["alive"] = False
+                        return
+                    raise
+            return call
+
+        from superqt.utils import FunctionWorker
+
+        # superqt's plain worker: errors go to our handler only (napari's own worker class
+        # would also relay them as a second notification with a traceback)
+        kwargs = {"_start_thread": False, "_ignore_errors": True,
+                  "_worker_class": FunctionWorker}
+        if desc:
+            kwargs["_progress"] = {"total": 0, "desc": desc}
+        worker = create_worker(func, *args, **kwargs)
+        if returned is not None:
+            worker.returned.connect(guard(returned))
+        worker.errored.connect(guard(errored or self._on_worker_error))
+        if finished is not None:
+            worker.finished.connect(guard(finished))
+        worker.start()
+        return worker
+
+    def _on_worker_error(self, exc):
+        self._notify_error(exc)
+
+    def _notify_error(self, exc, prefix: str = ""):
+        from napari.utils.notifications import show_error
+
+        msg = f"{prefix}{exc}" if not isinstance(exc, str) else f"{prefix}{exc}"
+        _log.debug("EdgeSAM error", exc_info=exc if isinstance(exc, BaseException) else None)
+        show_error(f"EdgeSAM: {msg}")
+        self._set_status(f"Error: {msg}")
+
+    def _set_status(self, text: str):
+        self.status_label.setText(text)
+
+    @property
+    def status(self) -> str:
+        """The status line's text."""
+        return self.status_label.text()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a worker (model loading, download, encoding, decoding) is running or a
+        slice change is about to start one."""
+        return any(w is not None for w in (self._model_worker, self._download_worker,
+                                           self._encode_worker, self._decode_worker)) or (
+            self._slice_timer.isActive() or self._contrast_timer.isActive()
+        )
+
+    @property
+    def model(self):
+        """The current :class:`~napari_edgesam.engine.EdgeSamModel` (or None)."""
+        return self._model
+
+    @property
+    def image_layer(self):
+        return self._image_layer
+
+    @property
+    def labels_layer(self):
+        """The target Labels layer (None until the first commit when "new" is chosen)."""
+        return self._labels_layer
+
+    @property
+    def points_layer(self):
+        return self._points_layer
+
+    @property
+    def boxes_layer(self):
+        return self._boxes_layer
+
+    @property
+    def preview_layer(self):
+        return self._preview_layer
+
+    @property
+    def preview_mask(self) -> np.ndarray | None:
+        """The current preview (``(H, W)`` bool on the current slice) or None."""
+        return None if self._preview_mask is None else self._preview_mask.astype(bool)
+
+    @property
+    def embedding(self):
+        """The embedding of the current slice (None while it is being computed)."""
+        return self._embedding if self._embedding_key == self._wanted_key() else None
+
+    @property
+    def paint_background_only(self) -> bool:
+        return self.background_only_check.isChecked()
+
+    @paint_background_only.setter
+    def paint_background_only(self, value: bool):
+        self.background_only_check.setChecked(bool(value))
+
+    @property
+    def mapping_mode(self) -> str:
+        """``"auto"``, ``"contrast"`` (the layer's contrast limits) or ``"percentiles"``."""
+        return self.mapping_combo.currentData()
+
+    @mapping_mode.setter
+    def mapping_mode(self, mode: str):
+        i = self.mapping_combo.findData(mode)
+        if i < 0:
+            raise ValueError(f"unknown contrast mapping {mode!r}; one of {list(MAPPING_MODES)}")
+        self.mapping_combo.setCurrentIndex(i)
+
+    # ------------------------------------------------------------------ models ------
+    def _populate_models(self):
+        from napari_edgesam.engine.models import list_cards, model_status
+
+        self._updating_combos = True
+        try:
+            current = self.model_combo.currentData()
+            self.model_combo.clear()
+            try:
+                cards = list_cards()
+            except Exception as exc:  # an invalid card file: still offer custom files
+                self._notify_error(exc, "cannot read the model cards: ")
+                cards = []
+            for card in cards:
+                try:
+                    # size + memo only: never hash files on the GUI thread
+                    state = model_status(card, verify=False).state
+                except Exception:  # noqa: BLE001 - shown as unavailable
+                    state = "missing"
+                suffix = "" if state in ("verified", "present") else "  (not downloaded)"
+                self.model_combo.addItem(card.display_name + suffix, ("card", card, state))
+            if self._model is not None and not any(
+                c.name == self._model.name for c in cards
+            ):
+                self.model_combo.addItem(self._model_label(self._model), ("model", self._model))
+            self.model_combo.addItem(CUSTOM_PICK, ("pick", None))
+            # select what is in use, else what was selected
+            idx = -1
+            for i in range(self.model_combo.count()):
+                d = self.model_combo.itemData(i)
+                if self._model is not None and (
+                    (d[0] == "model" and d[1] is self._model)
+                    or (d[0] == "card" and d[1].name == self._model.name)
+                ):
+                    idx = i
+            if idx < 0 and current is not None:
+                for i in range(self.model_combo.count()):
+                    d = self.model_combo.itemData(i)
+                    if d[0] == current[0] and d[0] == "card" and d[1].name == current[1].name:
+                        idx = i
+            self.model_combo.setCurrentIndex(max(idx, 0))
+        finally:
+            self._updating_combos = False
+        self._update_download_button()
+
+    @staticmethod
+    def _model_label(model) -> str:
+        name = model.name or "custom"
+        if name == "custom" or name.startswith("custom"):
+            return f"custom: {Path(model.encoder_path).name}"
+        return f"{name}: {Path(model.encoder_path).name}"
+
+    def _selected_model_item(self):
+        return self.model_combo.currentData()
+
+    def _update_download_button(self):
+        d = self._selected_model_item()
+        busy = self._download_worker is not None
+        needs = d is not None and d[0] == "card" and d[2] not in ("verified", "present")
+        self.download_button.setEnabled(bool(needs) and not busy)
+
+    def _load_default_model(self):
+        """Use the default published model when its files are here (verified in a worker)."""
+        for i in range(self.model_combo.count()):
+            d = self.model_combo.itemData(i)
+            if d[0] == "card" and d[1].default and d[2] in ("verified", "present"):
+                self.model_combo.setCurrentIndex(i)
+                self._load_card(d[1])
+                return
+
+    def _on_model_chosen(self, index: int):
+        if self._updating_combos:
+            return
+        d = self.model_combo.itemData(index)
+        if d is None:
+            return
+        kind = d[0]
+        if kind == "pick":
+            enc, _ = QFileDialog.getOpenFileName(
+                self, "EdgeSAM encoder (ONNX)", "", "ONNX files (*.onnx);;All files (*)"
+            )
+            if enc:
+                dec, _ = QFileDialog.getOpenFileName(
+                    self, "EdgeSAM decoder (ONNX)", str(Path(enc).parent),
+                    "ONNX files (*.onnx);;All files (*)",
+                )
+                if dec:
+                    self.load_custom_model(enc, dec)
+                    return
+            self._populate_models()  # back to what is in use
+        elif kind == "card":
+            if d[2] in ("verified", "present"):
+                if self._model is None or self._model.name != d[1].name:
+                    self._load_card(d[1])
+            else:
+                self._set_status(
+                    f"{d[1].display_name} is not on this machine: press Download "
+                    "(or choose custom files...)."
+                )
+        elif kind == "model":
+            if d[1] is not self._model:
+                self.set_model(d[1])
+        self._update_download_button()
+
+    def _load_card(self, card):
+        self._set_status(f"Loading {card.display_name}...")
+        self._model_worker = self._start(
+            _resolve_card_job, card,
+            returned=self._on_model_loaded,
+            errored=lambda exc: self._on_model_failed(exc),
+            finished=self._on_model_worker_done,
+            desc=f"EdgeSAM: checking {card.display_name}",
+        )
+
+    def load_custom_model(self, encoder, decoder):
+        """Use an encoder/decoder pair of ONNX files (checked and loaded in a worker).
+
+        The model is named after the encoder file ("custom: <file name>"); it is never
+        presented as EdgeSAM.
+        """
+        from napari_edgesam.engine import EdgeSamModel
+
+        model = EdgeSamModel(encoder, decoder, name=f"custom: {Path(encoder).name}")
+        self._set_status(f"Loading {Path(encoder).name}...")
+        self._model_worker = self._start(
+            _load_model_job, model,
+            returned=self._on_model_loaded,
+            errored=lambda exc: self._on_model_failed(exc),
+            finished=self._on_model_worker_done,
+            desc="EdgeSAM: loading model",
+        )
+        return self._model_worker
+
+    def _on_model_loaded(self, model):
+        self.set_model(model)
+
+    def _on_model_failed(self, exc):
+        self._notify_error(exc, "model not usable: ")
+        self._populate_models()
+
+    def _on_model_worker_done(self):
+        self._model_worker = None
+        self._update_status()
+
+    def set_model(self, model):
+        """Use ``model`` (an :class:`~napari_edgesam.engine.EdgeSamModel`) from now on.
+
+        Its sessions are created lazily in the encoder worker; embeddings of the previous
+        model stay in the cache (the model is part of the cache key).
+        """
+        from napari_edgesam.engine import Predictor
+
+        self._model = model
+        self._predictor = Predictor(model)  # default memory + disk embedding cache
+        self._embedding = None
+        self._embedding_key = None
+        self._populate_models()
+        self._clear_preview()
+        self._request_encode()
+
+    # ------------------------------------------------------------------ download ----
+    def _ask_licence(self, card) -> bool:
+        """Show the licence summary with its link; True when the user accepts."""
+        box = QMessageBox(self)
+        box.setWindowTitle(f"{card.display_name}: licence")
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setText(
+            f"The {card.display_name} weights are licensed under the "
+            f"<b>{card.licence_name}</b>: "
+            f"<a href='{card.licence_url}'>{card.licence_url}</a>"
+        )
+        box.setInformativeText(card.licence_summary)
+        accept = box.addButton("Accept and download", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is accept
+
+    def _on_download_clicked(self):
+        d = self._selected_model_item()
+        if d is None or d[0] != "card":
+            return
+        self.download(d[1])
+
+    def download(self, card):
+        """Download a published model (after the licence dialog, the first time) in a worker,
+        then use it."""
+        from napari_edgesam.engine.models import licence_notice_shown
+
+        if self._download_worker is not None:
+            return None
+        if not licence_notice_shown(card) and not self._ask_licence(card):
+            self._set_status("Download cancelled (licence not accepted).")
+            return None
+        self._download_state = {"done": 0, "total": card.total_size, "filename": ""}
+        self.download_progress.setRange(0, 1000)
+        self.download_progress.setValue(0)
+        self.download_progress.setVisible(True)
+        self.cancel_download_button.setVisible(True)
+        self._set_status(f"Downloading {card.display_name}...")
+        self._download_worker = self._start(
+            _download_job, card, self._download_state,
+            returned=self._on_model_loaded,
+            errored=lambda exc: self._notify_error(exc, "download failed: "),
+            finished=self._on_download_done,
+            desc=f"EdgeSAM: downloading {card.display_name}",
+        )
+        self._download_timer.start()
+        self._update_download_button()
+        return self._download_worker
+
+    def _update_download_progress(self):
+        st = self._download_state
+        total = st.get("total") or 0
+        if total:
+            self.download_progress.setValue(int(1000 * min(1.0, st.get("done", 0) / total)))
+        if st.get("filename"):
+            self.download_progress.setFormat(f"{st['filename']}: %p%")
+
+    def _cancel_download(self):
+        self._download_state["cancel"] = True
+
+    def _on_download_done(self):
+        self._download_worker = None
+        self._download_timer.stop()
+        self.download_progress.setVisible(False)
+        self.cancel_download_button.setVisible(False)
+        self._populate_models()
+        self._update_status()
+
+    # ------------------------------------------------------------------ layers ------
+    def _own_layers(self):
+        return [x for x in (self._points_layer, self._boxes_layer, self._preview_layer) if x]
+
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [lay for lay in self.viewer.layers if isinstance(lay, Image)]
+
+    def _labels_layers(self):
+        from napari.layers import Labels
+
+        own = self._own_layers()
+        return [lay for lay in self.viewer.layers
+                if isinstance(lay, Labels) and not any(lay is o for o in own)
+                and lay.name != _prompts.PREVIEW_NAME]
+
+    def _refresh_layer_combos(self):
+        self._updating_combos = True
+        try:
+            self.image_combo.clear()
+            images = self._image_layers()
+            for lay in images:
+                self.image_combo.addItem(lay.name, lay)
+            idx = next((i for i, lay in enumerate(images) if lay is self._image_layer), -1)
+            self.image_combo.setCurrentIndex(idx)
+            self.labels_combo.clear()
+            self.labels_combo.addItem(NEW_LABELS, None)
+            labels = self._labels_layers()
+            for lay in labels:
+                self.labels_combo.addItem(lay.name, lay)
+            idx = next((i + 1 for i, lay in enumerate(labels) if lay is self._labels_layer), 0)
+            self.labels_combo.setCurrentIndex(idx)
+        finally:
+            self._updating_combos = False
+
+    def _pick_first_image(self):
+        images = self._image_layers()
+        if images:
+            self.set_image_layer(images[-1])
+
+    def _on_layers_changed(self, event=None):
+        if not self._ok():
+            return
+        self._refresh_layer_combos()
+        if self._image_layer is None:
+            self._pick_first_image()
+
+    def _on_layer_removed(self, event):
+        if not self._ok():
+            return
+        layer = event.value
+        from napari.utils.notifications import show_warning
+
+        if layer is self._image_layer:
+            working = self._encode_worker is not None or self._decode_worker is not None
+            self._disconnect_image(layer)
+            self._image_layer = None
+            self._geometry = None
+            self._embedding = None
+            self._embedding_key = None
+            self._clear_preview()
+            if working:
+                show_warning(
+                    f"EdgeSAM: the image layer '{layer.name}' was removed while it was being "
+                    "processed; its result is dropped and no layer was changed."
+                )
+        if layer is self._labels_layer:
+            self._labels_layer = None
+        if layer is self._points_layer:
+            self._points_layer = None
+        if layer is self._boxes_layer:
+            self._boxes_layer = None
+        if layer is self._preview_layer:
+            self._preview_layer = None
+            self._preview_mask = None
+        self._refresh_layer_combos()
+        if self._image_layer is None:
+            self._pick_first_image()
+        self._update_status()
+
+    def _on_image_combo(self, index):
+        if self._updating_combos or index < 0:
+            return
+        layer = self.image_combo.itemData(index)
+        if layer is not None and layer is not self._image_layer:
+            self.set_image_layer(layer)
+
+    def _on_labels_combo(self, index):
+        if self._updating_combos or index < 0:
+            return
+        layer = self.labels_combo.itemData(index)
+        if layer is None:
+            self._labels_layer = None
+            return
+        try:
+            self._check_labels_layer(layer)
+        except ValueError as exc:
+            self._notify_error(exc)
+            self._refresh_layer_combos()
+            return
+        self._labels_layer = layer
+
+    def _check_labels_layer(self, layer):
+        if self._geometry is None:
+            return
+        want = self._geometry.labels_shape
+        if tuple(layer.data.shape) != want:
+            raise ValueError(
+                f"the Labels layer '{layer.name}' has shape {tuple(layer.data.shape)}, but the "
+                f"image needs {want}; choose another layer or '{NEW_LABELS}'"
+            )
+
+    def set_labels_layer(self, layer):
+        """Commit into ``layer`` (a Labels layer of the image's shape), or into a new layer
+        created at the first commit when ``layer`` is None."""
+        if layer is not None:
+            self._check_labels_layer(layer)
+        self._labels_layer = layer
+        self._refresh_layer_combos()
+
+    def _disconnect_image(self, layer):
+        for name, cb in (("data", self._on_image_data), ("contrast_limits", self._on_contrast),
+                         ("scale", self._on_image_transform),
+                         ("translate", self._on_image_transform)):
+            try:
+                getattr(layer.events, name).disconnect(cb)
+            except (AttributeError, TypeError, ValueError, RuntimeError):
+                pass
+
+    def set_image_layer(self, layer):
+        """Segment ``layer`` (a napari Image layer): 2D grey or RGB, stacks, time series."""
+        from napari.layers import Image
+
+        if not isinstance(layer, Image):
+            raise TypeError(f"EdgeSAM segments Image layers, not {type(layer).__name__}")
+        if self._image_layer is not None and self._image_layer is not layer:
+            self._disconnect_image(self._image_layer)
+        data = layer.data[0] if layer.multiscale else layer.data
+        try:
+            geom = ImageGeometry(tuple(data.shape), rgb=bool(layer.rgb))
+        except ValueError as exc:
+            self._notify_error(exc)
+            return
+        self._image_layer = layer
+        self._geometry = geom
+        self._data_version = 0
+        self._stack_mappings = {}
+        self._embedding = None
+        self._embedding_key = None
+        layer.events.data.connect(self._on_image_data)
+        layer.events.contrast_limits.connect(self._on_contrast)
+        layer.events.scale.connect(self._on_image_transform)
+        layer.events.translate.connect(self._on_image_transform)
+        if self._labels_layer is not None:
+            try:
+                self._check_labels_layer(self._labels_layer)
+            except ValueError:
+                self._labels_layer = None
+        self._update_channel_controls()
+        self._ensure_prompt_layers(reset=True)
+        self._refresh_layer_combos()
+        self._lead = self._current_lead()
+        self._clear_preview()
+        self._request_encode()
+        self._update_status()
+
+    def _update_channel_controls(self):
+        geom = self._geometry
+        self._updating_combos = True
+        try:
+            self.channel_axis_combo.clear()
+            self.channel_axis_combo.addItem("none", None)
+            if geom is not None:
+                for ax, n in enumerate(geom.leading_shape):
+                    self.channel_axis_combo.addItem(f"axis {ax} ({n})", ax)
+                if geom.channel_axis is not None:
+                    self.channel_axis_combo.setCurrentIndex(geom.channel_axis + 1)
+            self.channel_spin.setRange(0, max(0, (geom.n_channels if geom else 1) - 1))
+            self.channel_spin.setEnabled(geom is not None and geom.channel_axis is not None)
+            self._channel_row.setVisible(geom is not None and len(geom.leading_shape) > 0)
+        finally:
+            self._updating_combos = False
+
+    def set_channel_axis(self, axis: int | None, channel: int = 0):
+        """Treat leading ``axis`` of the image as channels and feed ``channel`` to the model.
+
+        The target Labels layer then has no channel axis.
+        """
+        if self._geometry is None:
+            raise ValueError("no image layer")
+        geom = ImageGeometry(self._geometry.shape, self._geometry.rgb, axis)
+        if self._labels_layer is not None and geom.labels_shape != self._geometry.labels_shape:
+            self._labels_layer = None
+        self._geometry = geom
+        self._stack_mappings = {}
+        self._update_channel_controls()
+        self._updating_combos = True
+        self.channel_spin.setValue(int(channel))
+        self._updating_combos = False
+        self._refresh_layer_combos()
+        self._on_slice_changed(force=True)
+
+    def _on_channel_axis(self, index):
+        if self._updating_combos or self._geometry is None:
+            return
+        self.set_channel_axis(self.channel_axis_combo.itemData(index), 0)
+
+    def _on_channel(self, value):
+        if self._updating_combos or self._geometry is None:
+            return
+        self._on_slice_changed(force=True)
+
+    @property
+    def channel(self) -> int:
+        return int(self.channel_spin.value())
+
+    def _ensure_prompt_layers(self, reset: bool = False):
+        """Create (or realign) the points, box and preview layers for the image."""
+        layer = self._image_layer
+        if layer is None:
+            return
+        geom = self._geometry
+        keep_selection = list(self.viewer.layers.selection)
+        active = self.viewer.layers.selection.active
+        created = False
+        if self._preview_layer is None or self._preview_layer not in self.viewer.layers:
+            self._preview_layer = _prompts.make_preview_layer(layer, self.viewer,
+                                                              geom.spatial_shape)
+            created = True
+        for attr, make, install in (
+            ("_boxes_layer", _prompts.make_boxes_layer, _prompts.install_boxes_bindings),
+            ("_points_layer", _prompts.make_points_layer, _prompts.install_points_bindings),
+        ):
+            cur = getattr(self, attr)
+            if cur is not None and (cur not in self.viewer.layers or cur.ndim != layer.ndim):
+                if cur in self.viewer.layers:
+                    self.viewer.layers.remove(cur)
+                cur = None
+                setattr(self, attr, None)
+            if cur is None:
+                cur = make(layer, self.viewer)
+                install(cur, self)
+                if attr == "_points_layer":
+                    cur.events.data.connect(self._on_prompts_changed)
+                    cur.events.features.connect(self._on_prompts_changed)
+                else:
+                    cur.events.data.connect(self._on_prompts_changed)
+                setattr(self, attr, cur)
+                created = True
+            elif reset:
+                cur.scale = layer.scale
+                cur.translate = layer.translate
+        if reset:
+            self._align_preview()
+            self._clear_prompt_data()
+        if created:
+            # clicks go to the points layer
+            self.viewer.layers.selection.active = self._points_layer
+        elif active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+            self.viewer.layers.selection.update(
+                [x for x in keep_selection if x in self.viewer.layers]
+            )
+
+    def _align_preview(self):
+        layer, pv = self._image_layer, self._preview_layer
+        if layer is None or pv is None:
+            return
+        nd = layer.ndim
+        hw = self._geometry.spatial_shape
+        if pv.data.shape != hw:
+            pv.data = np.zeros(hw, dtype=np.uint8)
+        pv.scale = tuple(layer.scale[nd - 2:])
+        pv.translate = tuple(layer.translate[nd - 2:])
+
+    def _on_image_transform(self, event=None):
+        if not self._ok() or self._image_layer is None:
+            return
+        layer = self._image_layer
+        for pl in (self._points_layer, self._boxes_layer):
+            if pl is not None:
+                pl.scale = layer.scale
+                pl.translate = layer.translate
+        self._align_preview()
+        self._on_slice_changed(force=True)
+
+    def _on_image_data(self, event=None):
+        if not self._ok() or self._image_layer is None:
+            return
+        layer = self._image_layer
+        data = layer.data[0] if layer.multiscale else layer.data
+        if tuple(data.shape) != self._geometry.shape:
+            self.set_image_layer(layer)
+            return
+        self._data_version += 1
+        self._stack_mappings = {}
+        self._on_slice_changed(force=True)
+
+    # ------------------------------------------------------------------ slices ------
+    def _current_lead(self):
+        if self._image_layer is None:
+            return None
+        pos = self._image_layer.world_to_data(self.viewer.dims.point)
+        return self._geometry.leading_index(pos)
+
+    def _slice_key(self, lead=None):
+        lead = self._lead if lead is None else lead
+        return self._geometry.slice_key(lead, self.channel)
+
+    def _view_problem(self) -> str | None:
+        if self._image_layer is None:
+            return "Add or choose an image layer."
+        if self.viewer.dims.ndisplay != 2:
+            return "EdgeSAM works in the 2D view: switch napari to 2D (Ctrl+Y)."
+        nd = self.viewer.dims.ndim
+        if list(self.viewer.dims.displayed) != [nd - 2, nd - 1]:
+            return ("EdgeSAM segments the last two axes of the image: reset the axis order "
+                    "(napari's 'transpose'/'roll' buttons changed it).")
+        return None
+
+    def _on_dims_step(self, event=None):
+        if self._ok():
+            self._slice_timer.start()
+
+    def _on_slice_changed(self, force: bool = False):
+        if not self._ok() or self._image_layer is None:
+            self._update_status()
+            return
+        lead = self._current_lead()
+        if lead == self._lead and not force:
+            self._update_status()
+            return
+        self._lead = lead
+        self._clear_preview()
+        self._request_encode()
+        self._request_predict()
+
+    def _slice_text(self, key=None) -> str:
+        geom = self._geometry
+        if geom is None:
+            return ""
+        lead = self._lead if key is None else key
+        idx = geom.labels_index(lead) if lead is not None else ()
+        parts = []
+        if len(idx) == 1:
+            parts.append(f"slice {idx[0]}")
+        elif idx:
+            parts.append("slice " + ", ".join(str(i) for i in idx))
+        if geom.channel_axis is not None:
+            parts.append(f"channel {self.channel}")
+        return " ".join(parts) if parts else "image"
+
+    # ------------------------------------------------------------------ contrast ----
+    def _on_mapping_mode(self, index):
+        if self._updating_combos:
+            return
+        self._on_slice_changed(force=True)
+
+    def _on_contrast(self, event=None):
+        if self._ok() and self.mapping_mode == "contrast":
+            self._contrast_timer.start()
+
+    def _on_contrast_settled(self):
+        if self._ok():
+            self._on_slice_changed(force=True)
+
+    def _mapping_spec(self):
+        mode = self.mapping_mode
+        if mode == "contrast":
+            lo, hi = (float(v) for v in self._image_layer.contrast_limits)
+            return ("contrast", (lo, hi))
+        return (mode,)
+
+    # ------------------------------------------------------------------ encoder -----
+    def _wanted_key(self):
+        if self._image_layer is None or self._model is None or self._lead is None:
+            return None
+        return (self._image_layer.unique_id, self._data_version, self._slice_key(),
+                self._mapping_spec(), id(self._model))
+
+    def _stack_mapping_key(self):
+        spec = self._mapping_spec()
+        if spec[0] == "contrast":
+            return None
+        ch = self.channel if self._geometry.channel_axis is not None else None
+        return (self._image_layer.unique_id, self._data_version, self._geometry.channel_axis,
+                ch, spec[0])
+
+    def _request_encode(self):
+        """Encode the current slice unless its embedding is here or on its way."""
+        if self._image_layer is None or self._model is None:
+            self._update_status()
+            return
+        problem = self._view_problem()
+        if problem:
+            self._set_status(problem)
+            return
+        key = self._wanted_key()
+        if key == self._embedding_key and self._embedding is not None:
+            return
+        if self._encode_worker is not None:
+            if self._encode_key != key:
+                self._encode_pending = True
+            return
+        layer = self._image_layer
+        data = layer.data[0] if layer.multiscale else layer.data
+        smk = self._stack_mapping_key()
+        stack_mapping = self._stack_mappings.get(smk) if smk is not None else None
+        self._encode_key = key
+        self._encode_pending = False
+        text = self._slice_text()
+        self._set_status(f"Encoding {text}...")
+        self._encode_worker = self._start(
+            _encode_job, self._predictor, data, self._geometry, key[2], key[3], stack_mapping,
+            returned=lambda res, k=key, s=smk: self._on_encoded(k, s, res),
+            errored=lambda exc, k=key: self._on_encode_failed(k, exc),
+            finished=self._on_encode_done,
+            desc=f"EdgeSAM: encoding {text}",
+        )
+
+    def _on_encoded(self, key, smk, result):
+        embedding, mapping, seconds = result
+        if smk is not None:
+            self._stack_mappings[smk] = mapping
+        if key != self._wanted_key():
+            return  # the slice, image or mapping changed meanwhile: dropped
+        self._embedding = embedding
+        self._embedding_key = key
+        self.last_encode_seconds = seconds
+        self._update_status()
+        self._request_predict()  # answers clicks made while encoding
+
+    def _on_encode_failed(self, key, exc):
+        if key == self._wanted_key():
+            self._notify_error(exc, f"cannot encode {self._slice_text(key[2])}: ")
+
+    def _on_encode_done(self):
+        self._encode_worker = None
+        self._encode_key = None
+        if self._encode_pending or (
+            self._wanted_key() is not None and self._embedding_key != self._wanted_key()
+        ):
+            self._encode_pending = False
+            self._request_encode()
+        self._update_status()
+
+    # ------------------------------------------------------------------ prompts -----
+    def _to_image_data(self, layer, coords) -> np.ndarray:
+        """Data coordinates of ``layer`` -> data coordinates of the image layer."""
+        world = layer.data_to_world(coords)
+        return np.asarray(self._image_layer.world_to_data(world), dtype=float)
+
+    def _gather_prompts(self) -> _Prompts:
+        geom = self._geometry
+        lead = self._lead
+        points, labels = [], []
+        pts = self._points_layer
+        if pts is not None and len(pts.data):
+            feats = pts.features
+            kinds = (list(feats["prompt"]) if "prompt" in feats
+                     else [_prompts.POSITIVE] * len(pts.data))
+            for coord, kind in zip(pts.data, kinds, strict=False):
+                d = self._to_image_data(pts, coord)
+                if not geom.same_slice(geom.leading_index(d), lead):
+                    continue
+                r, c = d[-2], d[-1]
+                if not geom.inside(r, c):
+                    continue
+                points.append((float(c), float(r)))
+                labels.append(0 if kind == _prompts.NEGATIVE else 1)
+        box = None
+        shapes = self._boxes_layer
+        if shapes is not None and shapes.nshapes:
+            for verts in reversed(shapes.data):
+                d = np.array([self._to_image_data(shapes, v) for v in verts])
+                if not geom.same_slice(geom.leading_index(d[0]), lead):
+                    continue
+                box = rectangle_to_box(d[:, -2:], geom.spatial_shape)
+                if box is not None:
+                    break
+        return _Prompts(tuple(points), tuple(labels), box)
+
+    def _on_prompts_changed(self, event=None):
+        if not self._ok():
+            return
+        action = getattr(event, "action", None)
+        if action is not None and str(action) in ("adding", "removing", "changing"):
+            return  # the matching "added"/"removed"/"changed" follows
+        self._request_predict()
+
+    def _request_predict(self):
+        """Run the decoder on the newest prompt state (off the GUI thread)."""
+        if self._image_layer is None or self._geometry is None or self._lead is None:
+            return
+        self._generation += 1
+        gen = self._generation
+        prompts = self._gather_prompts()
+        if prompts.empty:
+            self._show_preview(None, gen)
+            self._update_status()
+            return
+        if not prompts.usable:
+            self._show_preview(None, gen)
+            self._set_status("Only negative points: add a positive point or a box.")
+            return
+        if self._model is None:
+            self._update_status()
+            return
+        emb = self.embedding
+        if emb is None:
+            self._request_encode()
+            if self._encode_worker is not None:
+                self._set_status(
+                    f"Encoding {self._slice_text()}... your prompts are answered when it is done."
+                )
+            return
+        if self._decode_worker is not None:
+            self._decode_pending = True
+            return
+        self._decode_pending = False
+        key = self._embedding_key
+        self._decode_worker = self._start(
+            _decode_job, self._predictor, emb, prompts,
+            returned=lambda res, g=gen, k=key: self._on_decoded(g, k, res),
+            errored=self._on_worker_error,
+            finished=self._on_decode_done,
+        )
+
+    def _on_decoded(self, gen, key, result):
+        mask, score, seconds = result
+        self.last_decode_seconds = seconds
+        if key != self._embedding_key or key != self._wanted_key() or gen <= self._shown_generation:
+            return  # stale: another slice, image or model, or older than what is shown
+        self._show_preview(mask, gen)
+        area = int(np.count_nonzero(mask))
+        self._set_status(
+            f"Preview on {self._slice_text()}: {area} px, stability {score:.2f}. "
+            "C: commit, Esc: clear."
+        )
+        if self._commit_when_ready and gen == self._generation:
+            self._commit_when_ready = False
+            self.commit()
+
+    def _on_decode_done(self):
+        self._decode_worker = None
+        if self._decode_pending:
+            self._decode_pending = False
+            self._request_predict()
+
+    def _show_preview(self, mask, gen):
+        self._shown_generation = gen
+        self._preview_mask = mask
+        self._preview_lead = self._lead if mask is not None else None
+        pv = self._preview_layer
+        if pv is None or pv not in self.viewer.layers:
+            if mask is None:
+                return
+            self._ensure_prompt_layers()
+            pv = self._preview_layer
+        if mask is None:
+            if pv.data.any():
+                pv.data = np.zeros(self._geometry.spatial_shape, dtype=np.uint8)
+        else:
+            pv.data = mask
+
+    def _clear_preview(self):
+        self._generation += 1
+        self._commit_when_ready = False
+        if self._geometry is not None:
+            self._show_preview(None, self._generation)
+
+    def add_point(self, position, positive: bool = True):
+        """Add a click at ``position`` (world coordinates, as napari's mouse gives them)."""
+        if self._points_layer is None or self._points_layer not in self.viewer.layers:
+            self._ensure_prompt_layers()
+        pts = self._points_layer
+        pts.feature_defaults = {"prompt": _prompts.POSITIVE if positive else _prompts.NEGATIVE}
+        pts.add(np.asarray(pts.world_to_data(np.asarray(position, dtype=float)))[None])
+        pts.feature_defaults = {"prompt": _prompts.POSITIVE}
+
+    def set_box(self, corner_a, corner_b):
+        """Set the box of the current slice from two opposite corners (world coordinates,
+        any direction; for stacks give the full position or just ``(y, x)``)."""
+        self._set_box_world(np.asarray(corner_a, float), np.asarray(corner_b, float), True)
+
+    def _set_box_world(self, a, b, final: bool = True):
+        if self._image_layer is None:
+            return
+        if self._boxes_layer is None or self._boxes_layer not in self.viewer.layers:
+            self._ensure_prompt_layers()
+        shapes = self._boxes_layer
+        nd = shapes.ndim
+        point = np.asarray(self.viewer.dims.point, dtype=float)[-nd:]
+
+        def full(p):
+            p = np.asarray(p, dtype=float)
+            if len(p) >= nd:
+                return p[-nd:]
+            q = point.copy()
+            q[nd - len(p):] = p
+            return q
+
+        da = np.asarray(shapes.world_to_data(full(a)), float)
+        db = np.asarray(shapes.world_to_data(full(b)), float)
+        lead = da[:-2]
+        (r0, r1), (c0, c1) = sorted((da[-2], db[-2])), sorted((da[-1], db[-1]))
+        rect = np.array([[*lead, r0, c0], [*lead, r0, c1], [*lead, r1, c1], [*lead, r1, c0]])
+        others = self._other_slice_boxes(shapes)
+        shapes.data = [*others, rect]
+        shapes.shape_type = ["rectangle"] * (len(others) + 1)
+
+    def _other_slice_boxes(self, shapes):
+        geom = self._geometry
+        out = []
+        for verts in shapes.data:
+            d = self._to_image_data(shapes, verts[0])
+            if not geom.same_slice(geom.leading_index(d), self._lead):
+                out.append(np.asarray(verts))
+        return out
+
+    def _keep_newest_box(self):
+        """Keep only the newest box of the current slice (one box per prompt set)."""
+        if not self._ok():
+            return
+        shapes = self._boxes_layer
+        if shapes is None or shapes.nshapes < 2:
+            return
+        geom = self._geometry
+        on_slice = [i for i, v in enumerate(shapes.data)
+                    if geom.same_slice(geom.leading_index(self._to_image_data(shapes, v[0])),
+                                       self._lead)]
+        if len(on_slice) > 1:
+            shapes.selected_data = set(on_slice[:-1])
+            shapes.remove_selected()
+
+    def clear_prompts(self):
+        """Remove all prompts (points and boxes) and the preview."""
+        self._clear_prompt_data()
+        self._clear_preview()
+        self._update_status()
+
+    def _clear_prompt_data(self):
+        pts, shapes = self._points_layer, self._boxes_layer
+        if pts is not None and len(pts.data):
+            pts.data = np.zeros((0, pts.ndim))
+        if shapes is not None and shapes.nshapes:
+            shapes.data = []
+
+    # ------------------------------------------------------------------ commit ------
+    def _ensure_labels_layer(self):
+        layer = self._labels_layer
+        if layer is not None and layer in self.viewer.layers:
+            return layer
+        img = self._image_layer
+        geom = self._geometry
+        axes = geom.labels_axes
+        active = self.viewer.layers.selection.active
+        layer = self.viewer.add_labels(
+            np.zeros(geom.labels_shape, dtype=np.uint32),
+            name=f"{img.name} EdgeSAM labels",
+            scale=[img.scale[i] for i in axes],
+            translate=[img.translate[i] for i in axes],
+        )
+        # keep the labels below the prompt layers, and the clicks going to the points layer
+        own = [x for x in (self._preview_layer, self._boxes_layer, self._points_layer)
+               if x is not None and x in self.viewer.layers]
+        if own:
+            first = min(self.viewer.layers.index(x) for x in own)
+            self.viewer.layers.move(self.viewer.layers.index(layer), first)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        self._labels_layer = layer
+        self._refresh_layer_combos()
+        return layer
+
+    def commit(self):
+        """Paint the preview into the target Labels layer as a new object.
+
+        One undoable step in that layer (napari's own undo, Ctrl+Z, reverts it). With
+        "paint only on background" (default) existing labels are kept.
+
+        Returns
+        -------
+        int or None
+            The new label id; None when there is nothing to commit or the preview for the
+            newest prompts is still being computed (it is then committed when it arrives).
+        """
+        from napari.utils.notifications import show_info
+
+        if self._image_layer is None:
+            show_info("EdgeSAM: choose an image layer first.")
+            return None
+        if self._shown_generation != self._generation and (
+            self._decode_worker is not None or self._encode_worker is not None
+            or self._decode_pending
+        ):
+            self._commit_when_ready = True  # the preview for the newest prompts is coming
+            self._set_status("Commit pending: waiting for the preview...")
+            return None
+        mask, lead = self._preview_mask, self._preview_lead
+        if mask is None or lead is None or not mask.any():
+            show_info("EdgeSAM: nothing to commit (no preview); click on an object first.")
+            return None
+        layer = self._ensure_labels_layer()
+        geom = self._geometry
+        try:
+            self._check_labels_layer(layer)
+        except ValueError as exc:
+            self._notify_error(exc)
+            return None
+        lab_lead = geom.labels_index(lead)
+        existing = np.asarray(layer.data[lab_lead]) if self.paint_background_only else None
+        indices = commit_indices(mask.astype(bool), lab_lead, existing,
+                                 self.paint_background_only)
+        if indices[0].size == 0:
+            show_info("EdgeSAM: nothing to paint: the preview lies on existing labels "
+                      "(untick 'paint only on background' to overwrite them).")
+            return None
+        label_id = int(np.max(layer.data)) + 1
+        dtype = layer.data.dtype
+        if np.issubdtype(dtype, np.integer) and label_id > np.iinfo(dtype).max:
+            self._notify_error(f"no free label id left in the {dtype} Labels layer")
+            return None
+        with layer.block_history():
+            layer.data_setitem(indices, label_id)
+        layer.selected_label = label_id
+        self._clear_prompt_data()
+        self._clear_preview()
+        self._set_status(
+            f"Committed label {label_id} ({indices[0].size} px) on {self._slice_text(lead)}. "
+            "Ctrl+Z undoes it."
+        )
+        return label_id
+
+    def undo(self):
+        """Undo the last change of the target Labels layer (napari's own history)."""
+        if self._labels_layer is not None:
+            self._labels_layer.undo()
+
+    def redo(self):
+        """Redo the last undone change of the target Labels layer."""
+        if self._labels_layer is not None:
+            self._labels_layer.redo()
+
+    # ------------------------------------------------------------------ status ------
+    def _update_status(self):
+        if not self._ok():
+            return
+        if self._download_worker is not None:
+            return
+        if self._model_worker is not None:
+            return
+        if self._model is None:
+            self._set_status(
+                "No model yet: select EdgeSAM-3x and press Download, or choose "
+                "'custom files...' for your own encoder/decoder pair."
+            )
+            return
+        problem = self._view_problem()
+        if problem:
+            self._set_status(problem)
+            return
+        if self._encode_worker is not None:
+            self._set_status(f"Encoding {self._slice_text()}...")
+            return
+        if self.embedding is not None and self._preview_mask is None:
+            self._set_status(
+                f"Ready ({self._slice_text()}; model {self._model_label(self._model)}): "
+                "click on an object."
+            )
+
+    def closeEvent(self, event):  # noqa: N802 - Qt API
+        self._shutdown()
+        super().closeEvent(event)
+
+    def _shutdown(self):
+        """Stop listening to the viewer (the widget is going away)."""
+        if not self._alive["alive"]:
+            return
+        self._alive["alive"] = False
+        for t in (self._slice_timer, self._contrast_timer, self._download_timer):
+            t.stop()
+        if self._download_state:
+            self._download_state["cancel"] = True
+        for emitter, cb in (
+            (self.viewer.layers.events.inserted, self._on_layers_changed),
+            (self.viewer.layers.events.removed, self._on_layer_removed),
+            (self.viewer.layers.events.moved, self._on_layers_changed),
+            (self.viewer.dims.events.current_step, self._on_dims_step),
+            (self.viewer.dims.events.ndisplay, self._on_dims_step),
+        ):
+            try:
+                emitter.disconnect(cb)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        if self._image_layer is not None:
+            self._disconnect_image(self._image_layer)
