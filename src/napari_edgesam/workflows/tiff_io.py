@@ -15,7 +15,14 @@ import numpy as np
 
 from ..engine.errors import InvalidInputError
 
-__all__ = ["ImageStack", "read_image", "select_plane", "write_tiff_atomic"]
+__all__ = [
+    "ImageStack",
+    "LazyTiff",
+    "TiffMetadata",
+    "read_image",
+    "select_plane",
+    "write_tiff_atomic",
+]
 
 #: Axes that index slices of a stack.
 STACK_AXES = "ZTIQ"
@@ -213,3 +220,233 @@ def write_tiff_atomic(path, data: np.ndarray, *, overwrite: bool = False, **kwar
             pass
         raise
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# Lazy, plane-by-plane reading and metadata (used by batch processing)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TiffMetadata:
+    """Calibration metadata of a TIFF, as far as the file says.
+
+    Attributes
+    ----------
+    resolution : ((int, int), (int, int)) or None
+        Raw ``XResolution`` and ``YResolution`` tags (pixels per unit as rationals
+        ``(numerator, denominator)``), x first as in the TIFF tags.
+    resolution_unit : int or None
+        Raw ``ResolutionUnit`` tag (1 none, 2 inch, 3 centimetre).
+    imagej : dict
+        ImageJ calibration entries present in the file (``spacing``, ``unit``,
+        ``finterval``, ``xorigin``...).
+    physical_size : dict
+        OME ``PhysicalSizeX/Y/Z`` (and their ``...Unit``) and ``TimeIncrement`` (and unit),
+        as in the OME-XML ``Pixels`` element.
+    is_imagej, is_ome : bool
+    """
+
+    resolution: tuple | None = None
+    resolution_unit: int | None = None
+    imagej: dict | None = None
+    physical_size: dict | None = None
+    is_imagej: bool = False
+    is_ome: bool = False
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return {
+            "resolution": [list(r) for r in self.resolution] if self.resolution else None,
+            "resolution_unit": self.resolution_unit,
+            "imagej": dict(self.imagej or {}),
+            "physical_size": dict(self.physical_size or {}),
+            "is_imagej": self.is_imagej,
+            "is_ome": self.is_ome,
+        }
+
+
+_IMAGEJ_CALIBRATION = ("spacing", "unit", "finterval", "fps", "xorigin", "yorigin", "zorigin",
+                       "yunit", "zunit", "tunit")
+_OME_SIZES = ("PhysicalSizeX", "PhysicalSizeXUnit", "PhysicalSizeY", "PhysicalSizeYUnit",
+              "PhysicalSizeZ", "PhysicalSizeZUnit", "TimeIncrement", "TimeIncrementUnit")
+
+
+def _read_metadata(tif) -> TiffMetadata:
+    page = tif.pages[0]
+    resolution = unit = None
+    try:
+        xr, yr = page.tags["XResolution"].value, page.tags["YResolution"].value
+        resolution = (tuple(int(v) for v in xr), tuple(int(v) for v in yr))
+    except (KeyError, TypeError, ValueError):
+        resolution = None
+    try:
+        unit = int(page.tags["ResolutionUnit"].value)
+    except (KeyError, TypeError, ValueError):
+        unit = None
+    imagej = {}
+    if tif.is_imagej:
+        for k, v in (tif.imagej_metadata or {}).items():
+            if k in _IMAGEJ_CALIBRATION and isinstance(v, (int, float, str)):
+                imagej[k] = v
+    physical = {}
+    if tif.is_ome and tif.ome_metadata:
+        import xml.etree.ElementTree as ET
+
+        try:
+            pixels = ET.fromstring(tif.ome_metadata).find(".//{*}Pixels")
+        except ET.ParseError:
+            pixels = None
+        if pixels is not None:
+            for k in _OME_SIZES:
+                v = pixels.get(k)
+                if v is None:
+                    continue
+                try:
+                    physical[k] = float(v) if not k.endswith("Unit") else v
+                except ValueError:
+                    continue
+    return TiffMetadata(resolution, unit, imagej, physical, bool(tif.is_imagej),
+                        bool(tif.is_ome))
+
+
+class LazyTiff:
+    """The first image series of a TIFF, read lazily, one plane at a time.
+
+    Uncompressed contiguous files are memory-mapped; others are read page by page (each
+    TIFF page once per request), so a stack is never loaded whole. Works for plain TIFFs,
+    ImageJ hyperstacks and OME-TIFF (axes from tifffile's metadata).
+
+    Parameters
+    ----------
+    path : path
+
+    Attributes
+    ----------
+    axes : str
+        tifffile axes letters, one per axis of :attr:`shape` (e.g. ``"TZCYX"``, ``"YXS"``).
+    shape : tuple of int
+    dtype : numpy.dtype
+    metadata : TiffMetadata
+    is_rgb : bool
+        The file's photometric interpretation is RGB (an ``S`` axis holds colour).
+    lazy : str
+        ``"memmap"`` or ``"pages"`` (``"array"`` when the file's layout forced a whole read).
+
+    Raises
+    ------
+    InvalidInputError
+        The file is missing or not a readable TIFF.
+
+    Notes
+    -----
+    Use as a context manager (or call :meth:`close`): the file stays open in page mode.
+    """
+
+    def __init__(self, path):
+        import tifffile
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InvalidInputError(f"input file not found: {self.path}")
+        self._tif = None
+        self._memmap = None
+        self._array = None
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+            series = self._tif.series[0]
+            self.axes = series.axes
+            self.shape = tuple(int(n) for n in series.shape)
+            self.dtype = np.dtype(series.dtype)
+            self.metadata = _read_metadata(self._tif)
+            page0 = self._tif.pages[0]
+            self.is_rgb = int(getattr(page0, "photometric", 1)) == 2
+            self._pages = None
+            self._page_ndim = 0
+            if series.dataoffset is not None:
+                try:
+                    self._memmap = tifffile.memmap(self.path, series=0, mode="r")
+                    if tuple(self._memmap.shape) != self.shape:
+                        self._memmap = self._memmap.reshape(self.shape)
+                except (ValueError, TypeError, OSError):
+                    self._memmap = None
+            if self._memmap is not None:
+                self.lazy = "memmap"
+            else:
+                pshape = tuple(series.keyframe.shape)
+                pages = series.pages
+                n_lead = int(np.prod(self.shape[: len(self.shape) - len(pshape)], dtype=np.int64))
+                if (self.shape[len(self.shape) - len(pshape):] == pshape and len(pages) == n_lead
+                        and all(pg is not None for pg in pages)):
+                    self._pages = pages
+                    self._page_ndim = len(pshape)
+                    self.lazy = "pages"
+                else:  # an unusual layout: read it whole, once
+                    self._array = series.asarray().reshape(self.shape)
+                    self.lazy = "array"
+            # Check that the first plane really decodes (a truncated file fails here).
+            if int(np.prod(self.shape, dtype=np.int64)) == 0:
+                raise ValueError(f"empty image of shape {self.shape}")
+        except InvalidInputError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise InvalidInputError(f"cannot read {self.path} as TIFF: {exc}") from exc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Close the file (planes already returned stay valid)."""
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+        self._memmap = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def read(self, index: tuple) -> np.ndarray:
+        """Read a part of the image.
+
+        Parameters
+        ----------
+        index : tuple
+            One entry per axis; the axes before a page's own axes must be integers (one
+            page), the page axes may be integers or slices.
+
+        Returns
+        -------
+        ndarray
+            An in-memory copy.
+
+        Raises
+        ------
+        InvalidInputError
+            When the page cannot be decoded (a corrupt or truncated file).
+        """
+        index = tuple(index)
+        if len(index) != self.ndim:
+            raise IndexError(f"index {index} has {len(index)} entries, image has {self.ndim} axes")
+        try:
+            if self._memmap is not None:
+                return np.array(self._memmap[index])
+            if self._array is not None:
+                return np.array(self._array[index])
+            n_lead = self.ndim - self._page_ndim
+            lead, rest = index[:n_lead], index[n_lead:]
+            if not all(isinstance(i, (int, np.integer)) for i in lead):
+                raise IndexError("leading (non-page) axes must be indexed by integers")
+            flat = int(np.ravel_multi_index(tuple(int(i) for i in lead), self.shape[:n_lead])) \
+                if n_lead else 0
+            page = self._pages[flat].asarray()
+            return np.array(page.reshape(self.shape[n_lead:])[rest])
+        except IndexError:
+            raise
+        except Exception as exc:
+            raise InvalidInputError(f"cannot decode {self.path.name} at {index}: {exc}") from exc
