@@ -271,6 +271,7 @@ class Predictor:
         use_cache: bool = True,
         fill_cache: bool = True,
         run_options=None,
+        tile: str = "full",
     ) -> Embedding:
         """Compute (or fetch from the cache) the embedding of one 2D slice.
 
@@ -287,6 +288,9 @@ class Predictor:
             Look the embedding up in / store it into the cache.
         run_options : onnxruntime.RunOptions, optional
             Lets a caller terminate the encoder run (prefetching).
+        tile : str
+            Geometry of the window this slice was cut from (see :mod:`.tiling`), part of
+            the cache key; ``"full"`` for a whole slice.
 
         Returns
         -------
@@ -297,7 +301,7 @@ class Predictor:
         h, w = image.shape[:2]
         key = None
         if self.cache is not None and (use_cache or fill_cache):
-            key = embedding_key(self.model.identity, pixel_digest(image), mapping)
+            key = embedding_key(self.model.identity, pixel_digest(image), mapping, tile)
             if use_cache:
                 hit = self.cache.get(key)
                 if hit is not None:
