@@ -177,3 +177,20 @@ def test_installed_entry_point_no_traceback(tmp_path):
                           stdin=subprocess.DEVNULL, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_tiled_segment_of_a_large_image(tmp_path, capsys):
+    """Above 2048 px the CLI tiles: a 20 px object in a 3000 px image is found."""
+    img = np.full((3000, 2600), 30, np.uint8)
+    y, x = np.ogrid[:3000, :2600]
+    truth = (y - 2100) ** 2 + (x - 700) ** 2 <= 24**2
+    img[truth] = 90
+    tifffile.imwrite(tmp_path / "big.tif", img)
+    code, out, err = run(["segment", tmp_path / "big.tif", "-p", "700,2100", "--tile-size", 512,
+                          "-o", tmp_path / "m.tif", *MODEL], capsys)
+    assert code == 0, err
+    assert "window(s) encoded" in out
+    assert iou(tifffile.imread(tmp_path / "m.tif"), truth) >= 0.8
+    code, out, err = run(["segment", tmp_path / "big.tif", "-p", "700,2100", "--tiles", "off",
+                          "-o", tmp_path / "m2.tif", *MODEL], capsys)
+    assert code == 0 and "window(s) encoded" not in out

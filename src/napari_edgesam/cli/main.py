@@ -116,6 +116,11 @@ def _add_segment(sub) -> None:
     p.add_argument("--contrast", default=None, metavar="LOW,HIGH",
                    help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
                         "0.5-99.8 percentiles over the whole stack)")
+    p.add_argument("--tiles", choices=("auto", "on", "off"), default="auto",
+                   help="encode overlapping full-resolution tiles instead of the whole image "
+                        "shrunk to 1024 px (auto: for images over 2048 px)")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="tile side in pixels (default 1024)")
     p.add_argument("-o", "--output", required=True, help="output mask TIFF")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_model_options(p)
@@ -156,6 +161,7 @@ def _run_segment(args) -> int:
 
     from ..engine import Predictor
     from ..engine.errors import InvalidInputError
+    from ..engine.tiling import TiledPredictor, needs_tiling
     from ..workflows.tiff_io import read_image, select_plane, write_tiff_atomic
 
     if not args.point and args.box is None:
@@ -168,15 +174,23 @@ def _run_segment(args) -> int:
     mapping = _mapping_for(args, stack, plane)
     model = model_from_args(args)
     predictor = Predictor(model, cache=None)
-    predictor.set_image(plane, mapping)
     points = [(x, y) for x, y, _ in args.point] or None
     labels = [lab for _, _, lab in args.point] or None
-    result = predictor.predict(points=points, labels=labels, box=args.box)
-    write_tiff_atomic(out, result.mask.astype(np.uint8), overwrite=args.overwrite,
+    tiled = args.tiles == "on" or (args.tiles == "auto" and needs_tiling(plane.shape))
+    if tiled:
+        tp = TiledPredictor(predictor, plane, mapping, tile_size=args.tile_size)
+        tres = tp.predict(points=points, labels=labels, box=args.box)
+        mask, result = tres.full_mask(), tres.prediction
+        what += f", tiled ({len(tp.encoded)} window(s) encoded)"
+    else:
+        predictor.set_image(plane, mapping)
+        result = predictor.predict(points=points, labels=labels, box=args.box)
+        mask = result.mask
+    write_tiff_atomic(out, mask.astype(np.uint8), overwrite=args.overwrite,
                       compression="zlib")
     print(
-        f"{out}: {result.area} pixels (score {result.score:.3f}, mask {result.mask_index}, "
-        f"{what}, model {model.name})"
+        f"{out}: {int(mask.sum())} pixels (score {result.score:.3f}, mask "
+        f"{result.mask_index}, {what}, model {model.name})"
     )
     return EXIT_OK
 
