@@ -302,6 +302,41 @@ def test_killed_cli_run_resumes_without_repeating_work(tmp_path, capsys):
     assert not list(out.glob("*.partial"))
 
 
+def test_sigterm_stops_workers_promptly(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        stack, _ = make_scene_3d(shape=(6, 128, 128), seed=200 + i)
+        tifffile.imwrite(tmp_path / "in" / f"t{i}.tif", stack, imagej=True,
+                         metadata={"axes": "ZYX"})
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_edgesam.cli.main", "batch", str(tmp_path / "in"),
+         "--out", str(out), *MODEL_ARGS, "--object-size", "24", "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 180
+        while not list(out.glob("*_labels.json")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)  # the CLI only, as a job scheduler would
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    # Its worker processes are gone too, and nothing but finished outputs is left.
+    time.sleep(0.5)
+    ps = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-g", str(proc.pid)],
+                        capture_output=True, text=True).stdout
+    alive = [x for x in ps.splitlines() if x.split() and not x.split()[1].startswith("Z")]
+    assert not alive, ps  # (zombies are dead; only their reaping is left to init)
+    names = sorted(p.name for p in out.iterdir())
+    assert all(n.endswith(("_labels.tif", "_labels.json", ".jsonl")) for n in names), names
+
+
 def test_cancel_hook_stops_and_rerun_completes(tmp_path, spec):
     write_inputs(tmp_path / "in", which=("flat2d", "stack3d", "ome"))
     seen = []
@@ -392,3 +427,22 @@ def test_many_objects_write_uint32_ome(tmp_path):
     np.testing.assert_array_equal(back, labels)
     with tifffile.TiffFile(tmp_path / "x_labels.tif") as tif:
         assert 'PhysicalSizeZ="2.0"' in tif.ome_metadata
+
+
+def test_rgb_input_and_output_folder_inside_input_folder(tmp_path, spec):
+    img, truth = make_scene_2d(seed=15)
+    rgb = np.stack([img, img // 2, np.zeros_like(img)], axis=-1)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    tifffile.imwrite(folder / "colour.tif", rgb, photometric="rgb", compression="zlib")
+    # Output folder = input folder: our own label images are not taken as inputs.
+    first = run_batch(folder, folder, spec, BatchParams(automatic=AutoParams(object_size=24)),
+                      scheduler="synchronous")
+    assert first.ok and len(first.results) == 1
+    labels, axes, _ = read_labels(folder / "colour_labels.tif")
+    assert axes == "YX"
+    match_instances(labels, truth)
+    assert sidecar(folder, "colour")["axes_used"]["rgb"] is True
+    second = run_batch(folder, folder, spec, BatchParams(automatic=AutoParams(object_size=24)),
+                       scheduler="synchronous")
+    assert [r.status for r in second.results] == ["skipped"]

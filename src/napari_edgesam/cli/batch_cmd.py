@@ -6,9 +6,10 @@ run was cancelled), 2 bad arguments, 3 model not available.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
-from .main import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, add_model_options, model_from_args
+from .main import EXIT_ERROR, EXIT_OK, add_model_options, model_from_args
 
 
 def _contrast(text: str) -> tuple[float, float]:
@@ -81,6 +82,27 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (a job scheduler stopping us) like Ctrl-C, so running tasks are told to
+    stop and nothing is left working in the background."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args) -> int:
     """Run ``napari-edgesam batch``; returns the exit code."""
     from ..engine.errors import InvalidInputError
@@ -116,11 +138,12 @@ def run(args) -> int:
                 "cancelled": "cancelled"}[res.status]
         print(f"[{done}/{total}] {res.status:9s} {res.input}: {what}", flush=True)
 
-    summary = run_batch(args.inputs, args.out, spec, params, overwrite=args.overwrite,
-                        scheduler=scheduler, workers=args.workers, progress=progress)
+    with _sigterm_as_interrupt():
+        summary = run_batch(args.inputs, args.out, spec, params, overwrite=args.overwrite,
+                            scheduler=scheduler, workers=args.workers, progress=progress)
     stream = sys.stdout if summary.ok else sys.stderr
     print(summary.format(), file=stream, flush=True)
     return EXIT_OK if summary.ok else EXIT_ERROR
 
 
-__all__ = ["add_parser", "run", "EXIT_BAD_INPUT"]
+__all__ = ["add_parser", "run"]

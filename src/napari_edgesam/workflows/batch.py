@@ -331,7 +331,8 @@ def collect_inputs(inputs: Iterable, *, exclude_dir=None) -> list[Path]:
         A file (taken as is), a folder (its ``*.tif``/``*.tiff`` files, not recursive, hidden
         files skipped) or a glob pattern (``*``, ``?``, ``[``; ``**`` recurses; only files).
     exclude_dir : path, optional
-        Files directly inside this folder (the output folder) are left out.
+        The output folder: label images written there (``*_labels.tif``) are left out, so
+        the output folder may be the input folder.
 
     Returns
     -------
@@ -349,7 +350,8 @@ def collect_inputs(inputs: Iterable, *, exclude_dir=None) -> list[Path]:
 
     def add(p: Path):
         p = p.resolve()
-        if p in seen or (excl is not None and p.parent == excl):
+        if p in seen or (excl is not None and p.parent == excl
+                         and _stem(p).endswith(OUTPUT_SUFFIX)):
             return
         seen.add(p)
         out.append(p)
@@ -983,12 +985,29 @@ def _run_dask_local(todo, out_dir, spec, params, overwrite, stop, workers, sched
             report(keys[key], result)
         canceller.check()
 
-    with Callback(posttask=posttask):
-        if scheduler == "synchronous":
-            results = dask.compute(*tasks, scheduler="synchronous")
-        else:
-            results = dask.compute(*tasks, scheduler="processes", num_workers=workers,
-                                   chunksize=1)
+    if scheduler == "synchronous":
+        with Callback(posttask=posttask):
+            return list(dask.compute(*tasks, scheduler="synchronous"))
+    # Our own pool (dask's process scheduler runs on it), so that on an interruption the
+    # running tasks are told to stop *before* we wait for them.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    interrupted = False
+    try:
+        with Callback(posttask=posttask):
+            results = dask.compute(*tasks, scheduler="processes", pool=pool, chunksize=1)
+    except BaseException:
+        interrupted = True
+        canceller.fire()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if interrupted:  # nothing of ours runs any more
+            with contextlib.suppress(OSError):
+                canceller.stop_file.unlink()
     return list(results)
 
 
@@ -997,7 +1016,14 @@ def _run_distributed(todo, out_dir, spec, params, overwrite, stop, scheduler, re
     from distributed import Client, as_completed
 
     own = not isinstance(scheduler, Client)
-    client = Client(scheduler, set_as_default=False, timeout="30s") if own else scheduler
+    if own:
+        try:
+            client = Client(scheduler, set_as_default=False, timeout="30s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InvalidInputError(f"cannot reach the dask scheduler {scheduler!r}: "
+                                    f"{exc}") from None
+    else:
+        client = scheduler
     try:
         run = uuid.uuid4().hex[:8]
         futures = [
@@ -1137,7 +1163,7 @@ def run_batch(inputs, out_dir, model, params: BatchParams | None = None, *,
             if scheduler is None or scheduler in ("processes", "synchronous"):
                 local_scheduler = scheduler or "processes"
                 n_workers = 1 if local_scheduler == "synchronous" else \
-                    (workers or default_workers(len(todo)))
+                    min(len(todo), workers or default_workers(len(todo)))
                 local_spec = spec
                 if spec.num_threads is None and local_scheduler == "processes":
                     from ..engine.session import default_num_threads
