@@ -175,18 +175,22 @@ def commit_indices(
     labels_leading: tuple[int, ...],
     existing_slice: np.ndarray | None = None,
     only_background: bool = True,
+    offset: tuple[int, int] = (0, 0),
 ) -> tuple[np.ndarray, ...]:
     """Fancy indices into the Labels layer for the pixels of ``mask`` on one slice.
 
     Parameters
     ----------
-    mask : ndarray of bool, shape (H, W)
+    mask : ndarray of bool, shape (H, W) (or a crop, see ``offset``)
     labels_leading : tuple of int
         The slice's leading indices in the Labels layer.
-    existing_slice : ndarray, shape (H, W), optional
+    existing_slice : ndarray, same shape as ``mask``, optional
         The Labels layer's current values on that slice (needed with ``only_background``).
     only_background : bool
         Keep only pixels whose current label is 0.
+    offset : (int, int)
+        Row and column of ``mask[0, 0]`` in the slice (when ``mask`` and
+        ``existing_slice`` are a crop, e.g. the mask's bounding box).
 
     Returns
     -------
@@ -198,4 +202,4 @@ def commit_indices(
         mask = mask & (np.asarray(existing_slice) == 0)
     rows, cols = np.nonzero(mask)
     lead = tuple(np.full(rows.shape, i, dtype=np.intp) for i in labels_leading)
-    return lead + (rows.astype(np.intp), cols.astype(np.intp))
+    return lead + ((rows + offset[0]).astype(np.intp), (cols + offset[1]).astype(np.intp))

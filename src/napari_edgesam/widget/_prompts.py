@@ -25,8 +25,8 @@ POSITIVE = "positive"
 NEGATIVE = "negative"
 #: Point colours: positive green, negative magenta (readable for most colour-blind users).
 PROMPT_COLOURS = {POSITIVE: "lime", NEGATIVE: "magenta"}
-BOX_COLOUR = "yellow"
-PREVIEW_COLOUR = "cyan"
+BOX_COLOUR = "orange"
+PREVIEW_COLOUR = "yellow"
 
 #: Mouse buttons (vispy numbering).
 LEFT, RIGHT = 1, 2
@@ -82,11 +82,11 @@ def make_points_layer(image_layer, viewer):
 
 
 def _point_size(image_layer) -> float:
-    """Point size in data pixels: about 1.2 % of the image's longer side, at least 4."""
+    """Point size in data pixels: about 2 % of the image's longer side, at least 5."""
     shape = np.asarray(image_layer.data.shape if not image_layer.multiscale
                        else image_layer.data[0].shape)
     hw = shape[-3:-1] if image_layer.rgb else shape[-2:]
-    return float(max(4.0, 0.012 * max(hw)))
+    return float(max(5.0, 0.02 * max(hw)))
 
 
 def make_boxes_layer(image_layer, viewer):
@@ -115,7 +115,7 @@ def make_preview_layer(image_layer, viewer, shape_hw):
         name=PREVIEW_NAME,
         colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent",
                                                  1: PREVIEW_COLOUR}),
-        opacity=0.55,
+        opacity=0.5,
         scale=tuple(image_layer.scale[nd - 2:]),
         translate=tuple(image_layer.translate[nd - 2:]),
     )

@@ -125,7 +125,8 @@ def _encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping):
 
 
 def _decode_job(predictor, embedding, prompts: _Prompts):
-    """Run the decoder; returns the mask (uint8 0/1, for the preview layer) and the score."""
+    """Run the decoder; returns the mask (uint8 0/1, for the preview layer), the score, the
+    time taken and the mask's bounding box ``(r0, c0, r1, c1)`` (None when empty)."""
     t0 = time.perf_counter()
     pred = predictor.predict(
         points=list(prompts.points) or None,
@@ -133,7 +134,11 @@ def _decode_job(predictor, embedding, prompts: _Prompts):
         box=prompts.box,
         embedding=embedding,
     )
-    return pred.mask.view(np.uint8), pred.score, time.perf_counter() - t0
+    mask = pred.mask
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    bbox = None if rows.size == 0 else (int(rows[0]), int(cols[0]), int(rows[-1]) + 1,
+                                        int(cols[-1]) + 1)
+    return mask.view(np.uint8), pred.score, time.perf_counter() - t0, bbox
 
 
 def _load_model_job(model):
@@ -222,6 +227,7 @@ class EdgeSamWidget(QWidget):
         self._generation = 0
         self._shown_generation = 0
         self._preview_mask: np.ndarray | None = None
+        self._preview_bbox: tuple | None = None
         self._preview_lead: tuple | None = None
         self._commit_when_ready = False
         self.last_decode_seconds: float | None = None
@@ -307,7 +313,8 @@ class EdgeSamWidget(QWidget):
         self._channel_row = QWidget()
         self._channel_row.setLayout(crow)
         crow.setContentsMargins(0, 0, 0, 0)
-        form.addRow("channel axis", self._channel_row)
+        self._channel_label = QLabel("channel axis")
+        form.addRow(self._channel_label, self._channel_row)
         self.mapping_combo = QComboBox()
         for key, text in MAPPING_MODES.items():
             self.mapping_combo.addItem(text, key)
@@ -885,7 +892,9 @@ class EdgeSamWidget(QWidget):
                     self.channel_axis_combo.setCurrentIndex(geom.channel_axis + 1)
             self.channel_spin.setRange(0, max(0, (geom.n_channels if geom else 1) - 1))
             self.channel_spin.setEnabled(geom is not None and geom.channel_axis is not None)
-            self._channel_row.setVisible(geom is not None and len(geom.leading_shape) > 0)
+            has_axes = geom is not None and len(geom.leading_shape) > 0
+            self._channel_row.setVisible(has_axes)
+            self._channel_label.setVisible(has_axes)
         finally:
             self._updating_combos = False
 
@@ -1235,12 +1244,13 @@ class EdgeSamWidget(QWidget):
         )
 
     def _on_decoded(self, gen, key, result):
-        mask, score, seconds = result
+        mask, score, seconds, bbox = result
         self.last_decode_seconds = seconds
         if key != self._embedding_key or key != self._wanted_key() or gen <= self._shown_generation:
             return  # stale: another slice, image or model, or older than what is shown
-        self._show_preview(mask, gen)
-        area = int(np.count_nonzero(mask))
+        self._show_preview(mask, gen, bbox)
+        r0, c0, r1, c1 = bbox if bbox is not None else (0, 0, 0, 0)
+        area = int(np.count_nonzero(mask[r0:r1, c0:c1]))
         self._set_status(
             f"Preview on {self._slice_text()}: {area} px, stability {score:.2f}. "
             "C: commit, Esc: clear."
@@ -1255,9 +1265,10 @@ class EdgeSamWidget(QWidget):
             self._decode_pending = False
             self._request_predict()
 
-    def _show_preview(self, mask, gen):
+    def _show_preview(self, mask, gen, bbox=None):
         self._shown_generation = gen
         self._preview_mask = mask
+        self._preview_bbox = bbox
         self._preview_lead = self._lead if mask is not None else None
         pv = self._preview_layer
         if pv is None or pv not in self.viewer.layers:
@@ -1405,8 +1416,8 @@ class EdgeSamWidget(QWidget):
             self._commit_when_ready = True  # the preview for the newest prompts is coming
             self._set_status("Commit pending: waiting for the preview...")
             return None
-        mask, lead = self._preview_mask, self._preview_lead
-        if mask is None or lead is None or not mask.any():
+        mask, lead, bbox = self._preview_mask, self._preview_lead, self._preview_bbox
+        if mask is None or lead is None or bbox is None:
             show_info("EdgeSAM: nothing to commit (no preview); click on an object first.")
             return None
         layer = self._ensure_labels_layer()
@@ -1417,9 +1428,12 @@ class EdgeSamWidget(QWidget):
             self._notify_error(exc)
             return None
         lab_lead = geom.labels_index(lead)
-        existing = np.asarray(layer.data[lab_lead]) if self.paint_background_only else None
-        indices = commit_indices(mask.astype(bool), lab_lead, existing,
-                                 self.paint_background_only)
+        # only the mask's bounding box is looked at (cheap for big images)
+        r0, c0, r1, c1 = bbox
+        existing = (np.asarray(layer.data[(*lab_lead, slice(r0, r1), slice(c0, c1))])
+                    if self.paint_background_only else None)
+        indices = commit_indices(mask[r0:r1, c0:c1].view(bool), lab_lead, existing,
+                                 self.paint_background_only, offset=(r0, c0))
         if indices[0].size == 0:
             show_info("EdgeSAM: nothing to paint: the preview lies on existing labels "
                       "(untick 'paint only on background' to overwrite them).")
@@ -1472,9 +1486,10 @@ class EdgeSamWidget(QWidget):
             self._set_status(f"Encoding {self._slice_text()}...")
             return
         if self.embedding is not None and self._preview_mask is None:
+            text = self._slice_text()
+            where = "" if text == "image" else f" on {text}"
             self._set_status(
-                f"Ready ({self._slice_text()}; model {self._model_label(self._model)}): "
-                "click on an object."
+                f"Ready{where}: click on an object (model: {self._model_label(self._model)})."
             )
 
     def closeEvent(self, event):  # noqa: N802 - Qt API
