@@ -1,0 +1,244 @@
+"""``napari-edgesam propagate``: one object through a z-stack (or a 2D+t movie) from clicks.
+
+The object is annotated on one slice (``--slice``) with clicks and/or a box in that slice's
+pixels (x = column, y = row); the workflow :mod:`napari_edgesam.workflows.propagation`
+follows it up and down the stack. The output is a uint8 0/1 TIFF of the stack's
+``(Z, Y, X)`` shape, written atomically. Exit codes as for ``segment``: 0 ok, 2 bad input,
+3 model not available, 1 other errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .main import EXIT_OK, _box, _point, add_model_options, model_from_args
+
+__all__ = ["add_parser", "run", "stack_view"]
+
+
+def _z_range(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    try:
+        lo, hi = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--z-range {text!r}: expected Z0,Z1 (integers)") from None
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"--z-range {text!r}: Z0 must not exceed Z1")
+    return lo, hi
+
+
+def _contrast(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--contrast {text!r}: expected LOW,HIGH") from None
+    if not hi > lo:
+        raise argparse.ArgumentTypeError(f"--contrast {text!r}: HIGH must exceed LOW")
+    return lo, hi
+
+
+def add_parser(subparsers) -> None:
+    """Register the ``propagate`` subcommand."""
+    from ..workflows.propagation import PropagationSettings
+
+    d = PropagationSettings()
+    p = subparsers.add_parser(
+        "propagate",
+        help="segment one object through a z-stack or movie from clicks on one slice",
+        description="Segment one object on slice --slice from clicks and/or a box (pixels of "
+                    "that slice: x = column, y = row), then follow it slice by slice up and "
+                    "down the stack until it ends. Writes a uint8 0/1 mask TIFF of the stack's "
+                    "(Z, Y, X) shape. The stack axis is Z, or T for a 2D+t movie (the file's "
+                    "only stack axis). Exit codes: 0 ok, 2 bad input, 3 model not available, "
+                    "1 other errors.",
+    )
+    p.add_argument("stack", help="input TIFF stack (Z, Y, X), also with channels or as T, Y, X")
+    p.add_argument("--slice", type=int, required=True, dest="slice_index", metavar="Z",
+                   help="the annotated slice (index along the stack axis)")
+    p.add_argument("--point", "-p", type=_point, action="append", default=[],
+                   metavar="X,Y[,LABEL]", help="a click; LABEL 1 positive (default), 0 negative")
+    p.add_argument("--box", "-b", type=_box, default=None, metavar="X0,Y0,X1,Y1")
+    p.add_argument("--z-range", type=_z_range, default=None, metavar="Z0,Z1",
+                   help="propagate only within slices Z0..Z1 (inclusive)")
+    p.add_argument("--channel", type=int, default=None,
+                   help="channel to segment (a 3-channel last axis is RGB otherwise)")
+    p.add_argument("--contrast", type=_contrast, default=None, metavar="LOW,HIGH",
+                   help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
+                        "0.5-99.8 percentiles over the whole stack)")
+    s = p.add_argument_group("stop rules (see docs/propagation.md)")
+    s.add_argument("--min-score", type=float, default=d.min_score,
+                   help=f"stop below this stability score (default {d.min_score})")
+    s.add_argument("--min-overlap", type=float, default=d.min_overlap,
+                   help="stop when the overlap with the previous slice's mask falls below "
+                        f"this (default {d.min_overlap}; lower it for fast-moving objects)")
+    s.add_argument("--max-growth", type=float, default=d.max_growth,
+                   help=f"stop when the area grows by more than this factor (default "
+                        f"{d.max_growth})")
+    s.add_argument("--min-area", type=int, default=d.min_area,
+                   help=f"stop when the mask has fewer pixels (default {d.min_area})")
+    s.add_argument("--box-margin", type=float, default=d.box_margin,
+                   help="margin of the derived box prompt, as a fraction of the object size "
+                        f"(default {d.box_margin})")
+    p.add_argument("-o", "--output", required=True, help="output mask TIFF")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not use the embedding cache (default: the user cache, so that a "
+                        "second run on the same stack re-encodes nothing)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def stack_view(image, channel: int | None = None):
+    """A ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)`` view of an :class:`~..workflows.tiff_io.ImageStack`
+    (memory-mapped data stays mapped).
+
+    Returns
+    -------
+    data : array-like
+        Slice axis first, then Y, X, then RGB samples if any.
+    axis_letter : str
+        The file's stack axis (``"Z"``, ``"T"``, ...).
+    """
+    from ..engine.errors import InvalidInputError
+    from ..workflows.tiff_io import STACK_AXES
+
+    data, axes = image.data, image.axes
+    shape = tuple(data.shape)
+    name = image.path.name
+    stack_axes = [a for a, n in zip(axes, shape, strict=True) if a in STACK_AXES and n > 1]
+    if not stack_axes:
+        raise InvalidInputError(
+            f"{name} is not a stack (axes {axes}, shape {shape}); use 'segment' for 2D images")
+    if len(stack_axes) > 1:
+        raise InvalidInputError(
+            f"{name} has several stack axes ({axes}, shape {shape}); propagate needs one "
+            "(Z or T)")
+    z_letter = stack_axes[0]
+    index, kept = [], []
+    for pos, (a, n) in enumerate(zip(axes, shape, strict=True)):
+        if a in "YX" or (a == z_letter and n > 1):
+            index.append(slice(None))
+            kept.append(a)
+        elif a in "CS":
+            if channel is not None:
+                if not 0 <= channel < n:
+                    raise InvalidInputError(
+                        f"--channel {channel} is outside 0..{n - 1} ({name}, axes {axes})")
+                index.append(channel)
+            elif n == 1:
+                index.append(0)
+            elif (a == "S" or pos == len(axes) - 1) and n in (3, 4):
+                index.append(slice(None))
+                kept.append("S")
+            else:
+                raise InvalidInputError(
+                    f"{name} has {n} channels (axis {a}, axes {axes}); pass --channel C with "
+                    f"C in 0..{n - 1}")
+        elif n == 1:
+            index.append(0)
+        else:
+            raise InvalidInputError(
+                f"{name} has an axis {a!r} of size {n} that is not understood (axes {axes})")
+    if channel is not None and not any(a in "CS" for a in axes):
+        raise InvalidInputError(f"--channel given but {name} has no channel axis (axes {axes})")
+    view = data[tuple(index)]
+    order = [kept.index(a) for a in (z_letter, "Y", "X")]
+    if "S" in kept:
+        order.append(kept.index("S"))
+    if order != list(range(len(order))):
+        view = np.transpose(view, order)
+    return view, z_letter
+
+
+def _fmt(x: float, spec: str = ".3f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _table(result, object_id) -> list[str]:
+    obj = result.objects[object_id]
+    lines = [f"{'z':>5}  {'status':<10} {'score':>6} {'area':>8} {'IoU prev':>8}  note"]
+    for z, rec in obj.records.items():
+        if rec.source == "annotation":
+            status, note = "annotated", ""
+        elif rec.accepted:
+            status, note = "kept", ("up" if rec.direction > 0 else "down") + f" from {rec.origin}"
+        else:
+            status, note = "stopped", rec.reason
+        lines.append(f"{z:>5}  {status:<10} {_fmt(rec.score):>6} {rec.area:>8} "
+                     f"{_fmt(rec.iou_prev, '.2f'):>8}  {note}".rstrip())
+    return lines
+
+
+def run(args) -> int:
+    """Run ``napari-edgesam propagate``; returns the exit code."""
+    from ..engine import Predictor
+    from ..engine.errors import InvalidInputError
+    from ..engine.intensity import IntensityMapping
+    from ..workflows.propagation import PropagationSettings, Propagator, SliceAnnotation
+    from ..workflows.tiff_io import read_image, write_tiff_atomic
+
+    if not args.point and args.box is None:
+        raise InvalidInputError("no prompt: give at least one --point or a --box")
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InvalidInputError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"output folder does not exist: {out.parent}")
+    image = read_image(args.stack)
+    data, z_letter = stack_view(image, args.channel)
+    n = data.shape[0]
+    if not 0 <= args.slice_index < n:
+        raise InvalidInputError(
+            f"--slice {args.slice_index} is outside 0..{n - 1} ({image.path.name}, "
+            f"{z_letter} axis)")
+    settings = PropagationSettings(
+        min_score=args.min_score, min_overlap=args.min_overlap, max_growth=args.max_growth,
+        min_area=args.min_area, box_margin=args.box_margin)
+    mapping = None
+    if args.contrast is not None:
+        lo, hi = args.contrast
+        channels = 3 if data.ndim == 4 else 1
+        mapping = IntensityMapping((lo,) * channels, (hi,) * channels)
+    model = model_from_args(args)
+    cache = None if args.no_cache else "default"
+    predictor = Predictor(model, cache=cache)
+    prop = Propagator(predictor, data, mapping=mapping, settings=settings)
+    points = [(x, y) for x, y, _ in args.point] or None
+    labels = [lab for _, _, lab in args.point] or None
+    annotation = SliceAnnotation(args.slice_index, points=points, labels=labels, box=args.box)
+
+    tty = sys.stderr.isatty() and not args.quiet
+
+    def progress(done, total, z):
+        if tty:
+            where = f"slice {z}" if z is not None else "done"
+            print(f"\rpropagating: {done}/{total} ({where})   ", end="", file=sys.stderr,
+                  flush=True)
+
+    result = prop.run({1: annotation}, z_range=args.z_range, progress=progress)
+    if tty:
+        print(file=sys.stderr)
+    mask = result.mask(1).astype(np.uint8)
+    write_tiff_atomic(out, mask, overwrite=args.overwrite, compression="zlib",
+                      metadata={"axes": "ZYX"})
+    if not args.quiet:
+        for line in _table(result, 1):
+            print(line)
+    obj = result.objects[1]
+    ext = obj.extent
+    span = (f"slices {ext[0]}..{ext[1]} ({len(obj.slices)} with the object)" if ext
+            else "no slice (the object was not found)")
+    ends = "; ".join(
+        f"{'up' if e.direction > 0 else 'down'}: {e.reason}"
+        + (f" at {z_letter}={e.at}" if e.at is not None else "")
+        for e in sorted(obj.ends, key=lambda e: e.direction)
+    )
+    print(f"{out}: {int(mask.sum())} voxels, {span}; {ends}; "
+          f"{result.stats['encoded']} slices encoded, model {model.name}")
+    return EXIT_OK
