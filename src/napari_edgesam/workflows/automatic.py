@@ -13,7 +13,9 @@ Pipeline for one 2D slice (:func:`segment_slice`):
 2. Seeds (:func:`detect_seeds` or :func:`grid_seeds`), as ``(x, y) = (column, row)`` pixels.
 3. One :meth:`Predictor.predict` per seed (one positive click), all sharing the embedding.
    A mask that also covers seeds lying farther than ``0.75 * object_size`` away (probably
-   other objects) is predicted once more with those seeds as negative clicks.
+   other objects) is predicted once more with those seeds as negative clicks. A seed already
+   covered by an accepted mask whose seed lies within that distance (a second seed of the
+   same object) is skipped.
 4. Per mask: keep the connected component under the seed, fill small holes, then filter by
    stability score, area and foreground fraction.
 5. Overlaps (:func:`resolve_overlaps`): non-maximum suppression on mask IoU in score order,
@@ -622,15 +624,19 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
     min_area, max_area = params.area_limits
     far = 0.75 * params.object_size
     candidates: list[Candidate] = []
+    owner = np.full((h, w), -1, np.int32)  # which accepted candidate first covered a pixel
+    rows = np.clip(np.round(seeds[:, 1]).astype(int), 0, h - 1)
+    cols = np.clip(np.round(seeds[:, 0]).astype(int), 0, w - 1)
     calls = 0
     for i, (x, y) in enumerate(seeds):
         _check_cancel(cancel)
+        j = owner[rows[i], cols[i]]
+        if j >= 0 and math.hypot(x - candidates[j].seed[0], y - candidates[j].seed[1]) <= far:
+            continue  # a second seed of an object already found: its mask would be a duplicate
         result = predictor.predict(points=[(x, y)], labels=[1], embedding=embedding)
         calls += 1
         mask, score = result.mask, result.score
         if params.split_merged and len(seeds) > 1:
-            rows = np.clip(np.round(seeds[:, 1]).astype(int), 0, h - 1)
-            cols = np.clip(np.round(seeds[:, 0]).astype(int), 0, w - 1)
             dist = np.hypot(seeds[:, 0] - x, seeds[:, 1] - y)
             inside = mask[rows, cols] & (dist > far)
             if inside.any():
@@ -656,6 +662,8 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
             fg = np.count_nonzero(crop & foreground[r0:r1, c0:c1]) / max(area, 1)
             if fg < params.min_foreground:
                 continue
+        window = owner[r0:r1, c0:c1]
+        window[crop & (window < 0)] = len(candidates)
         candidates.append(Candidate((r0, c0, r1, c1), crop, float(score), (float(x), float(y)), i))
     labels, scores = resolve_overlaps(candidates, (h, w), nms_iou=params.nms_iou,
                                       min_kept_fraction=params.min_kept_fraction,

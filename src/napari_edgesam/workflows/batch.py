@@ -974,7 +974,9 @@ def _run_dask_local(todo, out_dir, spec, params, overwrite, stop, workers, sched
     tasks, keys = [], {}
     run = uuid.uuid4().hex[:8]
     for i, path in enumerate(todo):
-        key = f"napari-edgesam-batch-{run}-{i}"
+        # dask's local scheduler runs independent tasks in descending key order: number the
+        # keys backwards so that files are processed in the order given.
+        key = f"napari-edgesam-batch-{run}-{len(todo) - 1 - i:07d}"
         keys[key] = i
         tasks.append(dask.delayed(process_file, pure=False)(
             str(path), str(out_dir), spec, params, overwrite=overwrite, stop_file=str(stop),
