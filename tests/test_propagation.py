@@ -289,11 +289,16 @@ def test_cancel_by_closing_the_iterator(synth, shared_predictor):
 def test_run_cancel_method(synth, shared_predictor):
     stack, _ = synth
     run = Propagator(shared_predictor, stack).start({1: click(1)})
-    for step in run:
+    gen = iter(run)
+    for step in gen:
         if step.done == 2:
-            run.cancel()
+            run.cancel()  # e.g. from the GUI thread; the worker may still be running
+            snapshot = run.result()
+            assert snapshot.cancelled and snapshot.objects[1].slices == [20, 21]
+            assert {e.reason for e in snapshot.objects[1].ends} == {"cancelled"}
     res = run.result()
     assert res.cancelled and res.objects[1].slices == [20, 21]
+    assert {e.reason for e in res.objects[1].ends} == {"cancelled"}
 
 
 # -- gap filling, re-propagation -------------------------------------------------------------

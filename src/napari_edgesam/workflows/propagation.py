@@ -775,7 +775,9 @@ class PropagationRun:
         return self._cancelled
 
     def result(self) -> PropagationResult:
-        """The result so far (complete once iteration has finished)."""
+        """The result so far: complete once iteration has finished; before that a consistent
+        snapshot of the slices done (after :meth:`cancel` the unfinished directions end with
+        ``'cancelled'``, so a GUI can commit it at once without waiting for the worker)."""
         if self._result is not None and self._finished:
             return self._result
         return self._build_result()
@@ -998,6 +1000,9 @@ class PropagationRun:
                     cands.setdefault(z, []).append((rec, mask))
                 if ch.end is not None:
                     obj.ends.append(ch.end)
+                elif self._cancelled:  # a snapshot after cancel(), before the run stopped
+                    obj.ends.append(ChainEnd(ch.object_id, ch.start, ch.direction, ch.last,
+                                             "cancelled"))
             for z, items in cands.items():
                 accepted = [(r, m) for r, m in items if r.accepted]
                 if not accepted:
