@@ -193,7 +193,10 @@ class EdgeSamWidget(QWidget):
 
     def __init__(self, napari_viewer, model=None, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        # npe2 hands plugins a PublicOnlyProxy of the viewer: every object reached through it
+        # is a new proxy, so identity checks between layers (ours vs. those in events) and
+        # speed suffer. The widget is trusted code using public API: unwrap it.
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self._alive = {"alive": True}
         alive = self._alive
         self.destroyed.connect(lambda *_: alive.update(alive=False))
@@ -409,6 +412,26 @@ class EdgeSamWidget(QWidget):
         _log.debug("EdgeSAM error", exc_info=exc if isinstance(exc, BaseException) else None)
         show_error(f"EdgeSAM: {msg}")
         self._set_status(f"Error: {msg}")
+
+    def _viewer_open(self) -> bool:
+        """False once the viewer's window is closed (napari removes all layers first)."""
+        window = getattr(self.viewer, "window", None)
+        return self._ok() and getattr(window, "_qt_window", None) is not None
+
+    def _warn_later(self, message: str):
+        """Show a warning after the current event, unless the viewer is closing meanwhile
+        (closing a viewer removes its layers one by one: no point warning about that)."""
+        alive = self._alive
+
+        def show():
+            if alive["alive"] and self._viewer_open():
+                from napari.utils.notifications import show_warning
+
+                show_warning(message)
+            else:
+                _log.info("%s", message)
+
+        QTimer.singleShot(0, show)
 
     def _set_status(self, text: str):
         self.status_label.setText(text)
@@ -764,8 +787,6 @@ class EdgeSamWidget(QWidget):
         if not self._ok():
             return
         layer = event.value
-        from napari.utils.notifications import show_warning
-
         if layer is self._image_layer:
             working = self._encode_worker is not None or self._decode_worker is not None
             self._disconnect_image(layer)
@@ -775,7 +796,7 @@ class EdgeSamWidget(QWidget):
             self._embedding_key = None
             self._clear_preview()
             if working:
-                show_warning(
+                self._warn_later(
                     f"EdgeSAM: the image layer '{layer.name}' was removed while it was being "
                     "processed; its result is dropped and no layer was changed."
                 )
@@ -1293,9 +1314,12 @@ class EdgeSamWidget(QWidget):
         if self._points_layer is None or self._points_layer not in self.viewer.layers:
             self._ensure_prompt_layers()
         pts = self._points_layer
-        pts.feature_defaults = {"prompt": _prompts.POSITIVE if positive else _prompts.NEGATIVE}
+        kind = _prompts.POSITIVE if positive else _prompts.NEGATIVE
+        if pts.feature_defaults["prompt"][0] != kind:
+            pts.feature_defaults = {"prompt": kind}
         pts.add(np.asarray(pts.world_to_data(np.asarray(position, dtype=float)))[None])
-        pts.feature_defaults = {"prompt": _prompts.POSITIVE}
+        if kind != _prompts.POSITIVE:
+            pts.feature_defaults = {"prompt": _prompts.POSITIVE}
 
     def set_box(self, corner_a, corner_b):
         """Set the box of the current slice from two opposite corners (world coordinates,
@@ -1473,6 +1497,8 @@ class EdgeSamWidget(QWidget):
         if self._model_worker is not None:
             return
         if self._model is None:
+            if self.status.startswith("Error"):
+                return  # keep the reason in view (download failed, bad model files...)
             self._set_status(
                 "No model yet: select EdgeSAM-3x and press Download, or choose "
                 "'custom files...' for your own encoder/decoder pair."
