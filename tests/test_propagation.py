@@ -456,7 +456,7 @@ def test_derive_prompts_geometry():
     thin = np.zeros_like(mask)
     thin[50:53, 10:90] = True
     assert derive_prompts(thin, s)["points"] is None
-    p = derive_prompts(thin, PropagationSettings(box_margin=-1, click_min_depth=0))
+    p = derive_prompts(thin, PropagationSettings(box_margin=-1))
     assert p["box"] is None and len(p["points"]) == 1
     # Boxes are clipped to the slice.
     edge = np.zeros_like(mask)

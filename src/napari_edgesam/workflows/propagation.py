@@ -157,6 +157,11 @@ class PropagationSettings:
     positive_points : int
         Number of positive clicks at the deepest points of the previous mask (0 for none).
         Default 1.
+    click_min_depth : float
+        With a box, give a positive click only where the previous mask is at least this many
+        pixels deep (distance to its edge): on thin or tiny cross-sections (an object's last
+        slices) a click adds nothing the box does not say and can outweigh it. Without a box
+        the deepest point is always clicked. Default 5.
     neighbour_negatives : bool
         Add a negative click at the deepest point of any *other* object of the run whose
         mask on the previous slice reaches into this object's box. Default True.
@@ -593,8 +598,9 @@ def derive_prompts(
             max(0.0, c0 - margin), max(0.0, r0 - margin),
             min(w - 1.0, c1 + margin), min(h - 1.0, r1 + margin),
         )
-    pts = [(x, y, 1) for x, y in _deep_points(prev_mask, settings.positive_points,
-                                                settings.click_min_depth)]
+    # Without a box the clicks are the only prompt: always give at least the deepest point.
+    min_depth = settings.click_min_depth if box is not None else 0.0
+    pts = [(x, y, 1) for x, y in _deep_points(prev_mask, settings.positive_points, min_depth)]
     if settings.neighbour_negatives and neighbour_masks:
         bx0, by0, bx1, by1 = box if box is not None else (
             c0 - margin, r0 - margin, c1 + margin, r1 + margin)
