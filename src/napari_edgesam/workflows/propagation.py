@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..engine.errors import InvalidInputError
 from ..engine.intensity import IntensityMapping, default_mapping
@@ -520,6 +519,13 @@ class SliceSource:
 # ---------------------------------------------------------------------------------------
 # Prompt derivation
 # ---------------------------------------------------------------------------------------
+def _ndi():
+    """scipy.ndimage, imported on first use (keeps ``import`` and CLI start-up cheap)."""
+    from scipy import ndimage
+
+    return ndimage
+
+
 def _margin(mask_shape_hw: tuple[int, int], settings: PropagationSettings) -> float:
     h, w = mask_shape_hw
     return max(settings.box_margin * max(h, w), settings.box_margin_px)
@@ -544,7 +550,7 @@ def _deep_points(mask: np.ndarray, n: int, min_depth: float = 0.0) -> list[tuple
         return []
     r0, r1, c0, c1 = bb
     crop = np.pad(mask[r0:r1 + 1, c0:c1 + 1], 1)
-    dist = ndi.distance_transform_edt(crop)
+    dist = _ndi().distance_transform_edt(crop)
     points = []
     score = dist.copy()
     for _ in range(n):
@@ -638,7 +644,7 @@ def _overlaps(new: np.ndarray, prev: np.ndarray) -> tuple[float, float]:
 
 def _keep_touching(mask: np.ndarray, prev: np.ndarray, margin: float) -> np.ndarray:
     """Keep the connected parts of ``mask`` that touch ``prev`` grown by ``margin`` px."""
-    lab, n = ndi.label(mask)
+    lab, n = _ndi().label(mask)
     if n <= 1:
         return mask
     bb = _bbox(prev)
@@ -650,7 +656,7 @@ def _keep_touching(mask: np.ndarray, prev: np.ndarray, margin: float) -> np.ndar
     # Distance from prev within a window (outside the window is farther than the margin).
     grown = np.zeros_like(mask)
     sub = prev[ys0:ys1, xs0:xs1]
-    dist = ndi.distance_transform_edt(~sub)
+    dist = _ndi().distance_transform_edt(~sub)
     grown[ys0:ys1, xs0:xs1] = dist <= margin
     keep = np.unique(lab[grown & mask])
     keep = keep[keep > 0]
