@@ -58,7 +58,10 @@ def save(viewer, app, name):
     img = viewer.screenshot(canvas_only=False, flash=False)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / name
-    Image.fromarray(np.asarray(img)).save(path, optimize=True)
+    rgb = Image.fromarray(np.asarray(img)[..., :3])
+    # a 256-colour palette keeps the files small (screenshots have few colours)
+    rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        path, optimize=True)
     print(f"saved {path.relative_to(ROOT)} {img.shape[1]}x{img.shape[0]}")
 
 

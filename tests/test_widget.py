@@ -550,3 +550,52 @@ def test_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
     qtbot.keyClick(canvas, Qt.Key.Key_Z,
                    Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
     assert w.labels_layer.data.max() == 1
+
+
+def test_real_mouse_events_on_the_canvas(make_napari_viewer, qtbot, test_model):
+    """Qt mouse events on napari's canvas (shown viewer under Xvfb): left click positive,
+    right click negative, Shift+drag a box; the preview follows."""
+    from qtpy.QtCore import QPoint, Qt
+
+    viewer = make_napari_viewer(show=True)
+    img, truth = disc_image((100, 100), (50, 50), 20)
+    viewer.add_image(img, scale=(2, 2), translate=(5, -3))
+    w = make_widget(viewer, test_model)
+    wait_ready(qtbot, w)
+    viewer.reset_view()
+    qtbot.wait(50)
+    canvas = viewer.window._qt_viewer.canvas
+    native = canvas.native
+    dpr = native.devicePixelRatioF()
+
+    def to_screen(row, col):
+        """Image data (row, col) -> a Qt position on the canvas widget."""
+        world = viewer.layers[0].data_to_world((row, col))
+        x, y = canvas.view.scene.transform.map([world[1], world[0]])[:2]
+        return QPoint(int(round(x / dpr)), int(round(y / dpr)))
+
+    qtbot.mouseClick(native, Qt.MouseButton.LeftButton, pos=to_screen(50, 40))
+    qtbot.mouseClick(native, Qt.MouseButton.RightButton, pos=to_screen(50, 64))
+    pts = w.points_layer
+    assert list(pts.features["prompt"]) == ["positive", "negative"]
+    # within a screen pixel of where we clicked
+    data = np.array([viewer.layers[0].world_to_data(pts.data_to_world(p)) for p in pts.data])
+    np.testing.assert_allclose(data, [[50, 40], [50, 64]], atol=0.6)
+    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    pts_xy = [(c, r) for r, c in data]
+    want = expected_mask(test_model, img, points=pts_xy, labels=[1, 0])
+    np.testing.assert_array_equal(w.preview_mask, want)
+
+    # Shift + drag from bottom-right to top-left: a box, no point, no panning
+    w.clear_prompts()
+    camera_center = tuple(viewer.camera.center)
+    shift = Qt.KeyboardModifier.ShiftModifier
+    qtbot.mousePress(native, Qt.MouseButton.LeftButton, shift, to_screen(80, 80))
+    for rc in ((70, 70), (50, 50), (25, 25)):
+        qtbot.mouseMove(native, to_screen(*rc))
+    qtbot.mouseRelease(native, Qt.MouseButton.LeftButton, shift, to_screen(22, 22))
+    assert len(pts.data) == 0
+    assert w.boxes_layer.nshapes == 1
+    assert tuple(viewer.camera.center) == camera_center
+    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    assert iou(w.preview_mask, truth) > 0.85
