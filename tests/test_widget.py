@@ -599,3 +599,26 @@ def test_real_mouse_events_on_the_canvas(make_napari_viewer, qtbot, test_model):
     assert tuple(viewer.camera.center) == camera_center
     qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
     assert iou(w.preview_mask, truth) > 0.85
+
+
+def test_rotated_image_layers_follow(viewer, qtbot, test_model):
+    """Prompt, preview and new Labels layers copy the image's full transform (rotation
+    included); clicks are converted through world coordinates."""
+    img, truth = disc_image((80, 90), (40, 30), 12)
+    layer = viewer.add_image(img, scale=(1.5, 1.5), rotate=30, translate=(4, 9))
+    w = make_widget(viewer, test_model)
+    wait_ready(qtbot, w)
+    for lay in (w.points_layer, w.boxes_layer, w.preview_layer):
+        np.testing.assert_allclose(lay.rotate, layer.rotate)
+        np.testing.assert_allclose(lay.scale, layer.scale)
+    w.add_point(layer.data_to_world((40, 30)))
+    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    want = expected_mask(test_model, img, points=[(30, 40)], labels=[1])
+    np.testing.assert_array_equal(w.preview_mask, want)
+    assert w.commit() == 1
+    np.testing.assert_allclose(w.labels_layer.rotate, layer.rotate)
+    np.testing.assert_array_equal(w.labels_layer.data == 1, want)
+    # the image moves: the helper layers follow
+    layer.translate = (0, 0)
+    np.testing.assert_allclose(w.points_layer.translate, (0, 0))
+    np.testing.assert_allclose(w.preview_layer.translate, (0, 0))

@@ -56,6 +56,35 @@ def is_negative_click(event) -> bool:
     return any(m in mods for m in NEGATIVE_MODIFIERS)
 
 
+def transform_kwargs(image_layer, axes=None) -> dict:
+    """Layer keyword arguments that place a new layer exactly over ``image_layer``.
+
+    With ``axes`` (a subset of the image's axes, for a layer with fewer dimensions) only
+    scale and translate are copied, unless ``axes`` are all axes; rotation, shear and a
+    general affine transform of the image are copied only for layers of the image's
+    dimensionality.
+    """
+    nd = image_layer.ndim
+    if axes is None or list(axes) == list(range(nd)):
+        return {
+            "scale": tuple(image_layer.scale),
+            "translate": tuple(image_layer.translate),
+            "rotate": np.asarray(image_layer.rotate),
+            "shear": np.asarray(image_layer.shear),
+            "affine": np.asarray(image_layer.affine.affine_matrix),
+        }
+    return {
+        "scale": tuple(image_layer.scale[i] for i in axes),
+        "translate": tuple(image_layer.translate[i] for i in axes),
+    }
+
+
+def copy_transform(image_layer, layer, axes=None) -> None:
+    """Realign an existing layer with ``image_layer`` (see :func:`transform_kwargs`)."""
+    for name, value in transform_kwargs(image_layer, axes).items():
+        setattr(layer, name, value)
+
+
 def make_points_layer(image_layer, viewer):
     """A new Points layer for clicks, aligned with ``image_layer``."""
     import pandas as pd
@@ -72,9 +101,8 @@ def make_points_layer(image_layer, viewer):
         border_color="black",
         border_width=0.1,
         size=_point_size(image_layer),
-        scale=image_layer.scale,
-        translate=image_layer.translate,
         out_of_slice_display=False,
+        **transform_kwargs(image_layer),
     )
     layer.feature_defaults = {"prompt": POSITIVE}
     layer.mode = "add"
@@ -99,8 +127,7 @@ def make_boxes_layer(image_layer, viewer):
         edge_color=BOX_COLOUR,
         face_color="transparent",
         edge_width=max(1.0, _point_size(image_layer) / 4),
-        scale=image_layer.scale,
-        translate=image_layer.translate,
+        **transform_kwargs(image_layer),
     )
     return layer
 
@@ -116,8 +143,7 @@ def make_preview_layer(image_layer, viewer, shape_hw):
         colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent",
                                                  1: PREVIEW_COLOUR}),
         opacity=0.5,
-        scale=tuple(image_layer.scale[nd - 2:]),
-        translate=tuple(image_layer.translate[nd - 2:]),
+        **transform_kwargs(image_layer, axes=list(range(nd - 2, nd))),
     )
     layer.editable = False
     return layer

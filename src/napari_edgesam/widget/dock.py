@@ -66,6 +66,8 @@ MAPPING_MODES = {
 }
 
 NEW_LABELS = "new Labels layer"
+#: Image layer events after which the prompt and preview layers are realigned.
+_TRANSFORM_EVENTS = ("scale", "translate", "rotate", "shear", "affine")
 CUSTOM_PICK = "custom files..."
 
 HELP_TEXT = (
@@ -856,8 +858,7 @@ class EdgeSamWidget(QWidget):
 
     def _disconnect_image(self, layer):
         for name, cb in (("data", self._on_image_data), ("contrast_limits", self._on_contrast),
-                         ("scale", self._on_image_transform),
-                         ("translate", self._on_image_transform)):
+                         *((t, self._on_image_transform) for t in _TRANSFORM_EVENTS)):
             try:
                 getattr(layer.events, name).disconnect(cb)
             except (AttributeError, TypeError, ValueError, RuntimeError):
@@ -885,8 +886,8 @@ class EdgeSamWidget(QWidget):
         self._embedding_key = None
         layer.events.data.connect(self._on_image_data)
         layer.events.contrast_limits.connect(self._on_contrast)
-        layer.events.scale.connect(self._on_image_transform)
-        layer.events.translate.connect(self._on_image_transform)
+        for name in _TRANSFORM_EVENTS:
+            getattr(layer.events, name).connect(self._on_image_transform)
         if self._labels_layer is not None:
             try:
                 self._check_labels_layer(self._labels_layer)
@@ -986,8 +987,7 @@ class EdgeSamWidget(QWidget):
                 setattr(self, attr, cur)
                 created = True
             elif reset:
-                cur.scale = layer.scale
-                cur.translate = layer.translate
+                _prompts.copy_transform(layer, cur)
         if reset:
             self._align_preview()
             self._clear_prompt_data()
@@ -1008,8 +1008,7 @@ class EdgeSamWidget(QWidget):
         hw = self._geometry.spatial_shape
         if pv.data.shape != hw:
             pv.data = np.zeros(hw, dtype=np.uint8)
-        pv.scale = tuple(layer.scale[nd - 2:])
-        pv.translate = tuple(layer.translate[nd - 2:])
+        _prompts.copy_transform(layer, pv, list(range(nd - 2, nd)))
 
     def _on_image_transform(self, event=None):
         if not self._ok() or self._image_layer is None:
@@ -1017,8 +1016,7 @@ class EdgeSamWidget(QWidget):
         layer = self._image_layer
         for pl in (self._points_layer, self._boxes_layer):
             if pl is not None:
-                pl.scale = layer.scale
-                pl.translate = layer.translate
+                _prompts.copy_transform(layer, pl)
         self._align_preview()
         self._on_slice_changed(force=True)
 
@@ -1401,8 +1399,7 @@ class EdgeSamWidget(QWidget):
         layer = self.viewer.add_labels(
             np.zeros(geom.labels_shape, dtype=np.uint32),
             name=f"{img.name} EdgeSAM labels",
-            scale=[img.scale[i] for i in axes],
-            translate=[img.translate[i] for i in axes],
+            **_prompts.transform_kwargs(img, axes),
         )
         # keep the labels below the prompt layers, and the clicks going to the points layer
         own = [x for x in (self._preview_layer, self._boxes_layer, self._points_layer)
