@@ -40,6 +40,7 @@ from ..engine.errors import InvalidInputError
 from ..engine.intensity import IntensityMapping, default_mapping
 
 __all__ = [
+    "REJECTING_REASONS",
     "STOP_REASONS",
     "ChainEnd",
     "ObjectResult",
@@ -149,7 +150,8 @@ class PropagationSettings:
 
     box_margin : float
         Box prompt = bounding box of the previous mask grown on every side by
-        ``max(box_margin * max(height, width), box_margin_px)``. Default 0.15.
+        ``max(box_margin * max(height, width), box_margin_px)``. Default 0.05 (larger
+        margins let masks creep outwards slice by slice; see ``docs/propagation.md``).
         ``box_margin < 0`` disables the box (clicks only).
     box_margin_px : float
         Minimum margin in pixels. Default 3.
