@@ -246,3 +246,32 @@ def test_viewer_closed_while_encoding(make_napari_viewer, qtbot):
     qtbot.wait(100)
     assert time.time() - t0 < 10
     assert not w._alive["alive"]
+
+
+@pytest.mark.parametrize("accept", [True, False])
+def test_licence_dialog_shows_summary_and_link(make_napari_viewer, qtbot, accept):
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    from napari_edgesam.engine.models import get_card
+
+    viewer = make_napari_viewer()
+    w = make_widget(viewer)
+    card = get_card("edgesam-3x")
+    seen = {}
+
+    def answer():
+        box = next(x for x in QApplication.topLevelWidgets()
+                   if isinstance(x, QMessageBox) and x.isVisible())
+        seen["text"] = box.text() + "\n" + box.informativeText()
+        button = next(b for b in box.buttons()
+                      if (b.text() == "Accept and download") == accept
+                      and box.buttonRole(b) in (QMessageBox.ButtonRole.AcceptRole,
+                                                QMessageBox.ButtonRole.RejectRole))
+        button.click()
+
+    QTimer.singleShot(200, answer)
+    assert w._ask_licence(card) is accept
+    assert "S-Lab License 1.0" in seen["text"]
+    assert card.licence_url in seen["text"]
+    assert card.licence_summary in seen["text"]
