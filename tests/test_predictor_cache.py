@@ -34,6 +34,7 @@ def test_second_embed_is_a_cache_hit(test_model, tmp_path):
     assert cache.stats["memory_hits"] == 1
     np.testing.assert_array_equal(a.features, b.features)
     assert a.key == b.key
+    assert not a.cached and b.cached
     # A new process (empty memory) finds it on disk.
     cache.clear_memory()
     pred.embed(img)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import contract
 from .errors import InvalidInputError
-from .intensity import IntensityMapping, as_model_image, validate_image
+from .intensity import IntensityMapping, as_model_image, default_mapping, validate_image
 from .session import EdgeSamModel
 from .transforms import coords_to_model, preprocess, resized_shape, upsampler
 
@@ -50,12 +50,15 @@ class Embedding:
         ``(new_h, new_w)``: the part of the 1024 frame the slice occupies.
     key : str or None
         Embedding cache key (None when computed without one).
+    cached : bool
+        True when it came from the embedding cache (no encoder run).
     """
 
     features: np.ndarray
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
     key: str | None = None
+    cached: bool = False
 
 
 @dataclass(frozen=True)
@@ -297,16 +300,25 @@ class Predictor:
         Embedding
         """
         image, is_rgb = validate_image(image, rgb=rgb)
-        rgb_image, mapping = as_model_image(image, mapping, rgb=is_rgb)
+        if mapping is None:
+            mapping = default_mapping(image, rgb=is_rgb)
+        if mapping.channels != (3 if is_rgb else 1):
+            raise InvalidInputError(
+                f"intensity mapping has {mapping.channels} channel(s) but the image is "
+                f"{'RGB' if is_rgb else 'grey'}"
+            )
         h, w = image.shape[:2]
         key = None
         if self.cache is not None and (use_cache or fill_cache):
+            # The key needs only the raw pixels and the mapping: a hit skips the mapping,
+            # the resize and the encoder.
             key = embedding_key(self.model.identity, pixel_digest(image), mapping, tile)
             if use_cache:
                 hit = self.cache.get(key)
                 if hit is not None:
                     return Embedding(hit.astype(np.float32, copy=False), (h, w),
-                                     resized_shape(h, w), key)
+                                     resized_shape(h, w), key, cached=True)
+        rgb_image, mapping = as_model_image(image, mapping, rgb=is_rgb)
         tensor, resized = preprocess(rgb_image)
         features = self.model.encode(tensor, run_options)
         if key is not None and fill_cache:
