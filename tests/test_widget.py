@@ -193,6 +193,14 @@ def test_prompts_on_other_slices_are_ignored(viewer, qtbot, test_model):
     want2 = expected_mask(test_model, stack[2], points=[(5, 5)], labels=[1],
                           mapping=IntensityMapping.identity_uint8())
     np.testing.assert_array_equal(w.preview_mask, want2)
+    # one box per slice: boxes of other slices are kept
+    w.set_box((10, 10), (40, 40))
+    viewer.dims.set_point(0, 1)
+    wait_ready(qtbot, w)
+    w.set_box((12, 12), (36, 36))
+    w.set_box((14, 14), (34, 34))  # replaces the slice's box
+    assert w.boxes_layer.nshapes == 2
+    assert sorted(int(round(v[0, 0])) for v in w.boxes_layer.data) == [1, 2]
 
 
 def test_box_any_direction_is_normalised_and_clipped(viewer, qtbot, test_model):

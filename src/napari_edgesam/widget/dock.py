@@ -1347,16 +1347,16 @@ class EdgeSamWidget(QWidget):
         (r0, r1), (c0, c1) = sorted((da[-2], db[-2])), sorted((da[-1], db[-1]))
         rect = np.array([[*lead, r0, c0], [*lead, r0, c1], [*lead, r1, c1], [*lead, r1, c0]])
         others = self._other_slice_boxes(shapes)
-        shapes.data = [*others, rect]
-        shapes.shape_type = ["rectangle"] * (len(others) + 1)
+        # (vertices, type) pairs: data and shape types change in one event
+        shapes.data = [*others, (rect, "rectangle")]
 
     def _other_slice_boxes(self, shapes):
         geom = self._geometry
         out = []
-        for verts in shapes.data:
+        for verts, kind in zip(shapes.data, shapes.shape_type, strict=True):
             d = self._to_image_data(shapes, verts[0])
             if not geom.same_slice(geom.leading_index(d), self._lead):
-                out.append(np.asarray(verts))
+                out.append((np.asarray(verts), kind))
         return out
 
     def _keep_newest_box(self):
