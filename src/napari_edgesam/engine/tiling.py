@@ -229,14 +229,14 @@ class TiledPredictor:
         See :class:`TileGrid`.
     rgb : bool, optional
         Whether a last axis of size 3/4 is colour (default: yes).
+    max_recentre : int
+        How often a window may be re-centred on an object that touches its inner side
+        (each costs one more encoder run; 0 disables seam handling).
     """
-
-    #: How often a window is re-centred on an object that touches its inner side.
-    MAX_RECENTRE = 2
 
     def __init__(self, predictor: Predictor, image, mapping: IntensityMapping | None = None,
                  *, tile_size: int | None = None, halo: int | None = None,
-                 rgb: bool | None = None):
+                 rgb: bool | None = None, max_recentre: int = 2):
         shape = tuple(image.shape)
         if len(shape) not in (2, 3):
             raise InvalidInputError(f"image of shape {shape}: expected (H, W) or (H, W, 3|4)")
@@ -244,6 +244,7 @@ class TiledPredictor:
         if len(shape) == 3 and not self.rgb:
             raise InvalidInputError(f"image of shape {shape}: pick one channel first")
         self.predictor = predictor
+        self.max_recentre = int(max_recentre)
         self.image = image
         self.image_shape = (int(shape[0]), int(shape[1]))
         self.grid = TileGrid(self.image_shape, tile_size, halo)
@@ -310,11 +311,11 @@ class TiledPredictor:
         TiledPrediction
             The mask as a crop of the window that produced it. Objects that reach a window's
             inner side are re-predicted on a window centred on them (up to
-            :attr:`MAX_RECENTRE` times), so no object is cut at a tile seam.
+            ``max_recentre`` times), so no object is cut at a tile seam.
         """
         window = self.windows_for(points, box)
         seen = set()
-        for _ in range(self.MAX_RECENTRE + 1):
+        for _ in range(self.max_recentre + 1):
             seen.add(window)
             result = self._predict_in(window, points, labels, box)
             touching = self._touches_inner_side(result, window)
