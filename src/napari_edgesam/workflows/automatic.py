@@ -49,6 +49,7 @@ __all__ = [
     "SliceSegmentation",
     "StackSegmentation",
     "detect_seeds",
+    "detection_factor",
     "foreground_threshold",
     "grid_seeds",
     "label_dtype",
@@ -270,6 +271,25 @@ def _smooth(grey: np.ndarray, object_size: float) -> np.ndarray:
     return ndi.gaussian_filter(grey, sigma, mode="nearest")
 
 
+def detection_factor(shape: tuple[int, int], object_size: float) -> int:
+    """Block size for seed detection: keeps >= 12 pixels per object diameter and no more
+    than about 1024 pixels along the long side (1 for small slices)."""
+    return int(max(1, min(object_size // 12, max(shape) // 1024)))
+
+
+def _downscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Block mean by ``factor`` (edges padded by repetition); the image itself for 1."""
+    if factor <= 1:
+        return image
+    h, w = image.shape
+    ph, pw = -h % factor, -w % factor
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw)), mode="edge")
+    hh, ww = image.shape
+    return image.reshape(hh // factor, factor, ww // factor, factor).mean(axis=(1, 3),
+                                                                        dtype=np.float32)
+
+
 def foreground_threshold(signal: np.ndarray) -> float:
     """Otsu's threshold of a polarity-adjusted signal sample (0..255 scale).
 
@@ -471,6 +491,9 @@ def _postprocess(mask: np.ndarray, seed_rc: tuple[int, int], params: AutoParams)
         return None
     r0, c0, r1, c1 = box
     crop = mask[r0:r1, c0:c1]
+    min_area, max_area = params.area_limits
+    if np.count_nonzero(crop) < min_area:  # its components are smaller still
+        return None
     sr, sc = seed_rc
     if params.seed_component:
         if not (r0 <= sr < r1 and c0 <= sc < c1) or not crop[sr - r0, sc - c0]:
@@ -481,7 +504,8 @@ def _postprocess(mask: np.ndarray, seed_rc: tuple[int, int], params: AutoParams)
             sub = _bbox(crop)
             crop = crop[sub[0]:sub[2], sub[1]:sub[3]]
             r0, c0 = r0 + sub[0], c0 + sub[1]
-    min_area, _ = params.area_limits
+    if np.count_nonzero(crop) > max_area:  # filling holes only adds pixels
+        return None
     if min_area > 0:
         crop = _fill_small_holes(crop, min_area)
     return (r0, c0, r0 + crop.shape[0], c0 + crop.shape[1]), crop
@@ -605,11 +629,17 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
     if threshold is None:
         threshold = params.threshold if params.threshold is not None else \
             foreground_threshold(signal)
-    smoothed = _smooth(signal, params.object_size)
     h, w = signal.shape
+    # Detection needs about 12 pixels per object and no more than the model's own 1024
+    # frame: big slices are detected on a block-averaged copy (much faster at 4096^2).
+    factor = detection_factor((h, w), params.object_size)
+    small = _downscale(signal, factor)
+    smoothed = _smooth(small, params.object_size / factor)
     if params.seeds == "detect":
-        seeds = detect_seeds(signal, object_size=params.object_size, threshold=threshold,
-                             max_seeds=params.max_seeds, smoothed=smoothed)
+        seeds = detect_seeds(small, object_size=params.object_size / factor,
+                             threshold=threshold, max_seeds=params.max_seeds, smoothed=smoothed)
+        seeds = seeds * factor + (factor - 1) / 2.0
+        seeds = np.minimum(seeds, [w - 1, h - 1])
     else:
         seeds = grid_seeds((h, w), params.grid_spacing or params.object_size / 2.0,
                            params.max_seeds)
@@ -621,6 +651,8 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
     if embedding is None:
         embedding = predictor.embed(image, mapping, rgb=is_rgb)
     foreground = smoothed > threshold
+    if factor > 1:
+        foreground = np.repeat(np.repeat(foreground, factor, 0), factor, 1)[:h, :w]
     min_area, max_area = params.area_limits
     far = 0.75 * params.object_size
     candidates: list[Candidate] = []
