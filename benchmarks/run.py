@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # bench_workflows.py beside this file
 DEFAULT_ENCODER = HERE / "models" / "edgesam_faithful_encoder.onnx"
 DEFAULT_DECODER = HERE / "models" / "edgesam_faithful_decoder.onnx"
 #: Files smaller than this are not EdgeSAM-sized (the test double is a few kilobytes).
@@ -215,12 +216,26 @@ def bench_memory(ctx: Context) -> list[Row]:
                 {"peak_rss_mib": peak_rss_mb()})]
 
 
+def _workflow(name):
+    """Rows defined in bench_workflows.py (imported lazily: they need more of the package)."""
+
+    def bench(ctx):
+        import bench_workflows
+
+        return getattr(bench_workflows, f"bench_{name}")(ctx)
+
+    bench.__doc__ = f"see bench_workflows.bench_{name}"
+    return bench
+
+
 BENCHMARKS = {
     "encoder": bench_encoder,
     "decoder": bench_decoder,
     "click": bench_click,
     "postprocess": bench_postprocess,
     "overhead": bench_overhead,
+    "propagation": _workflow("propagation"),
+    "tiled": _workflow("tiled"),
     "memory": bench_memory,
 }
 

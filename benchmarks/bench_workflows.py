@@ -1,0 +1,145 @@
+"""Workflow rows of the benchmark harness: propagation, tiled first mask, batch.
+
+Each ``bench_*`` takes the harness's ``Context`` and returns ``Row`` objects; ``run.py``
+registers them. The model has random weights, so masks are meaningless: stop rules that
+would end a propagation early are switched off, so the figures are per-slice costs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _rows():
+    from run import Row  # the harness's row type (benchmarks/ is on sys.path when run)
+
+    return Row
+
+
+def _raw_costs(model, rng) -> tuple[float, float]:
+    """Median raw encoder and decoder run times on this model (seconds)."""
+    from run import median_time
+
+    enc = model.session("encoder")
+    dec = model.session("decoder")
+    tensor = rng.normal(0, 1, (1, 3, 1024, 1024)).astype(np.float32)
+    (emb,) = enc.run(None, {"image": tensor})
+    feeds = {"image_embeddings": emb,
+             "point_coords": np.array([[[300, 300], [320, 330], [400, 400]]], np.float32),
+             "point_labels": np.array([[1, 2, 3]], np.float32)}
+    return (median_time(lambda: enc.run(None, {"image": tensor}), 3),
+            median_time(lambda: dec.run(None, feeds), 5))
+
+
+def bench_propagation(ctx):
+    """Propagation per slice: cold cache, warm memory cache, warm disk cache."""
+    Row = _rows()
+    from napari_edgesam.engine import Predictor
+    from napari_edgesam.engine.cache import EmbeddingCache
+    from napari_edgesam.workflows.propagation import (
+        PropagationSettings,
+        SliceAnnotation,
+        propagate,
+    )
+
+    z, size = 9, 512
+    yy, xx = np.mgrid[:size, :size]
+    stack = np.stack([
+        (300 + 2000 * ((yy - 256) ** 2 + (xx - 256) ** 2 < (60 + 5 * k) ** 2)).astype(np.uint16)
+        for k in range(z)])
+    # Random weights: disable the stop rules so every slice is propagated.
+    settings = PropagationSettings(min_area=0, min_score=0.0, min_overlap=0.0,
+                                   max_growth=1e9, keep_connected=False)
+    objects = {1: SliceAnnotation(z // 2, points=[(256, 256)], labels=[1])}
+    raw_enc, raw_dec = _raw_costs(ctx.model, ctx.rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = EmbeddingCache(disk_dir=Path(tmp))
+        pred = Predictor(ctx.model, cache=cache)
+
+        def run():
+            t0 = time.perf_counter()
+            res = propagate(pred, stack, objects, settings=settings)
+            n = max(1, sum(1 for r in res.objects[1].records.values()))
+            return (time.perf_counter() - t0) / n, n
+
+        cold, n = run()
+        warm_mem = min(run()[0] for _ in range(2))
+        cache.clear_memory()
+        warm_disk, _ = run()
+    note = f"{n} slices of {size}x{size}; raw enc+dec {1e3 * (raw_enc + raw_dec):.0f} ms"
+    return [
+        Row("propagation per slice, cold cache", cold, raw_enc + raw_dec,
+            note + "; ratio to raw encoder + decoder"),
+        Row("propagation per slice, warm memory cache", warm_mem, raw_dec,
+            "ratio to one raw decoder run"),
+        Row("propagation per slice, warm disk cache", warm_disk, raw_dec,
+            "ratio to one raw decoder run"),
+    ]
+
+
+def _tiled_child(encoder, decoder, path, shape, queue):
+    """In a fresh process: first mask on a memory-mapped huge image; report time and RSS."""
+    import numpy as np
+
+    from napari_edgesam.engine import EdgeSamModel, IntensityMapping, Predictor
+    from napari_edgesam.engine.tiling import TiledPredictor
+
+    def status_mib(field):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    model = EdgeSamModel(encoder, decoder).load()
+    # Warm the sessions up (as a widget that has been used has), on other pixels.
+    warm = Predictor(model, cache=None)
+    warm.set_image(np.zeros((64, 64), np.uint8))
+    warm.predict(points=[(10, 10)])
+    image = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+    try:  # reset the peak-RSS counter (Linux) so the figure is the first mask's alone
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    rss0 = status_mib("VmRSS")
+    t0 = time.perf_counter()
+    # Random weights give masks that touch the window's sides; re-centring would then
+    # encode more windows, which real objects rarely need: time the needed tile alone.
+    tp = TiledPredictor(Predictor(model, cache=None), image, IntensityMapping.identity_uint8(),
+                        max_recentre=0)
+    res = tp.predict(points=[(shape[1] * 0.37, shape[0] * 0.61)])
+    elapsed = time.perf_counter() - t0
+    queue.put((elapsed, len(tp.encoded), rss0, status_mib("VmHWM"), res.area))
+
+
+def bench_tiled(ctx):
+    """Time to first mask on a 10000 x 10000 memory-mapped image (only needed tiles)."""
+    Row = _rows()
+    raw_enc, raw_dec = _raw_costs(ctx.model, ctx.rng)
+    shape = (10000, 10000)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.u8"
+        mm = np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
+        for r in range(0, shape[0], 1000):
+            mm[r:r + 1000] = ctx.rng.integers(0, 255, (1000, shape[1]), dtype=np.uint8)
+        mm.flush()
+        del mm
+        q = mp.get_context("spawn").Queue()
+        p = mp.get_context("spawn").Process(
+            target=_tiled_child,
+            args=(str(ctx.model.encoder_path), str(ctx.model.decoder_path), str(path), shape, q))
+        p.start()
+        elapsed, n_windows, rss0, rss1, _ = q.get(timeout=600)
+        p.join()
+    return [
+        Row("tiled first mask, 10000x10000 memmap", elapsed, raw_enc + raw_dec,
+            f"{n_windows} window(s) encoded; ratio to raw encoder + decoder"),
+        Row("tiled first mask, peak memory", 0.0, None,
+            f"peak RSS {rss1:.0f} MiB, {rss1 - rss0:+.0f} MiB over the loaded model "
+            f"(the image is {shape[0] * shape[1] / 2**20:.0f} MiB)",
+            {"peak_rss_mib": rss1, "delta_mib": rss1 - rss0}),
+    ]
