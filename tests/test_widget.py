@@ -317,13 +317,19 @@ class SlowModel:
         self._inner = EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="custom: slow")
         self.delay = delay
         self.calls = 0
+        self.terminated = 0
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
     def encode(self, tensor, run_options=None):
         self.calls += 1
-        time.sleep(self.delay)
+        t_end = time.perf_counter() + self.delay
+        while time.perf_counter() < t_end:
+            if run_options is not None and run_options.terminate:
+                self.terminated += 1
+                raise RuntimeError("Exiting due to terminate flag being set to true.")
+            time.sleep(0.005)
         return self._inner.encode(tensor, run_options)
 
 
@@ -630,3 +636,28 @@ def test_rotated_image_layers_follow(viewer, qtbot, test_model):
     layer.translate = (0, 0)
     np.testing.assert_allclose(w.points_layer.translate, (0, 0))
     np.testing.assert_allclose(w.preview_layer.translate, (0, 0))
+
+
+def test_stale_encoding_is_cancelled_when_the_slice_changes(viewer, qtbot):
+    """Scrubbing through a stack: the encoder run of a slice left behind is terminated
+    (onnxruntime's RunOptions.terminate), and the newest slice is encoded next."""
+    slow = SlowModel(1.5)
+    slow._inner.load()
+    stack = np.full((5, 64, 64), 10, np.uint8)
+    stack[3][disc_image((64, 64), (30, 30), 10)[1]] = 200
+    viewer.add_image(stack)
+    w = make_widget(viewer, slow)
+    assert w._encode_worker is not None  # slice 0
+    t0 = time.perf_counter()
+    for z in (1, 2, 3):
+        viewer.dims.set_point(0, z)
+        qtbot.wait(30)
+    wait_ready(qtbot, w)
+    took = time.perf_counter() - t0
+    assert slow.terminated >= 1
+    assert slow.calls == slow.terminated + 1  # only slice 3 ran to the end
+    assert took < 2 * 1.5 + 1.0, f"{took:.1f} s"
+    assert "slice 3" in w.status
+    w.add_point((3, 30, 30))
+    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    assert iou(w.preview_mask, disc_image((64, 64), (30, 30), 10)[1]) > 0.8

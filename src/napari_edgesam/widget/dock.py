@@ -52,7 +52,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import _prompts
-from ._geometry import ImageGeometry, commit_indices, normalise_box, rectangle_to_box
+from ._geometry import ImageGeometry, commit_indices, rectangle_to_box
 
 _log = logging.getLogger(__name__)
 
@@ -99,10 +99,21 @@ class _Prompts:
 # ---------------------------------------------------------------------------------------
 
 
-def _encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping):
-    """Read one slice, choose the intensity mapping and embed it (cache first)."""
+def _encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, control):
+    """Read one slice, choose the intensity mapping and embed it (cache first).
+
+    ``control`` is a dict shared with the GUI thread: setting ``control["cancel"]`` (and
+    the ``terminate`` flag of ``control["run_options"]``) stops a stale encoder run early.
+    Returns None when cancelled.
+    """
+    import onnxruntime as ort
+
     from napari_edgesam.engine import IntensityMapping, default_mapping, mapping_from_percentiles
 
+    run_options = ort.RunOptions()
+    control["run_options"] = run_options
+    if control.get("cancel"):
+        return None
     t0 = time.perf_counter()
     image = geom.read_slice(data, key)
     channels = 3 if geom.rgb else 1
@@ -122,7 +133,15 @@ def _encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping):
             mapping = default_mapping(stack, rgb=geom.rgb)
         else:
             mapping = mapping_from_percentiles(stack, rgb=geom.rgb)
-    embedding = predictor.embed(image, mapping, rgb=geom.rgb)
+    if control.get("cancel"):
+        return None
+    run_options.terminate = bool(control.get("cancel"))
+    try:
+        embedding = predictor.embed(image, mapping, rgb=geom.rgb, run_options=run_options)
+    except Exception:
+        if control.get("cancel"):  # onnxruntime stopped the run on our request
+            return None
+        raise
     return embedding, mapping, time.perf_counter() - t0
 
 
@@ -225,6 +244,7 @@ class EdgeSamWidget(QWidget):
         self._encode_worker = None
         self._encode_key = None
         self._encode_pending = False
+        self._encode_control: dict = {}
         self.last_encode_seconds: float | None = None
         # decoder state
         self._decode_worker = None
@@ -1137,6 +1157,7 @@ class EdgeSamWidget(QWidget):
         if self._encode_worker is not None:
             if self._encode_key != key:
                 self._encode_pending = True
+                self._cancel_encode()  # stale: stop it, the newest slice comes next
             return
         layer = self._image_layer
         data = layer.data[0] if layer.multiscale else layer.data
@@ -1144,17 +1165,29 @@ class EdgeSamWidget(QWidget):
         stack_mapping = self._stack_mappings.get(smk) if smk is not None else None
         self._encode_key = key
         self._encode_pending = False
+        self._encode_control = control = {}
         text = self._slice_text()
         self._set_status(f"Encoding {text}...")
         self._encode_worker = self._start(
             _encode_job, self._predictor, data, self._geometry, key[2], key[3], stack_mapping,
+            control,
             returned=lambda res, k=key, s=smk: self._on_encoded(k, s, res),
             errored=lambda exc, k=key: self._on_encode_failed(k, exc),
             finished=self._on_encode_done,
             desc=f"EdgeSAM: encoding {text}",
         )
 
+    def _cancel_encode(self):
+        """Ask the running encoder to stop (it returns None, the result is dropped)."""
+        control = self._encode_control
+        control["cancel"] = True
+        ro = control.get("run_options")
+        if ro is not None:
+            ro.terminate = True
+
     def _on_encoded(self, key, smk, result):
+        if result is None:
+            return  # cancelled
         embedding, mapping, seconds = result
         if smk is not None:
             self._stack_mappings[smk] = mapping
@@ -1528,6 +1561,8 @@ class EdgeSamWidget(QWidget):
             t.stop()
         if self._download_state:
             self._download_state["cancel"] = True
+        if self._encode_worker is not None:
+            self._cancel_encode()
         for emitter, cb in (
             (self.viewer.layers.events.inserted, self._on_layers_changed),
             (self.viewer.layers.events.removed, self._on_layer_removed),
