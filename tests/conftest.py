@@ -20,7 +20,11 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NAPARI_EDGESAM_CACHE_DIR", str(root / "cache"))
     monkeypatch.setenv("NAPARI_EDGESAM_CONFIG_DIR", str(root / "config"))
     monkeypatch.delenv("NAPARI_EDGESAM_MODEL_DIR", raising=False)
+    from napari_edgesam.engine.cache import set_default_cache
+
+    set_default_cache(None)  # each test's default cache lives in its own folder
     yield
+    set_default_cache(None)
 
 
 @pytest.fixture(scope="session")

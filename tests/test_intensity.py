@@ -72,3 +72,11 @@ def test_rgb_limits_per_channel():
 def test_key_changes_with_limits():
     assert IntensityMapping((0,), (10,)).key() != IntensityMapping((0,), (11,)).key()
     assert IntensityMapping((0,), (10,)).key() == IntensityMapping((0.0,), (10.0,)).key()
+
+
+def test_rgba_stack_percentiles_ignore_alpha():
+    stack = np.zeros((3, 8, 8, 4), np.float32)
+    stack[..., 0] = 10.0
+    stack[..., 3] = 1e6  # alpha must not count
+    m = mapping_from_percentiles(stack, rgb=True, percentiles=(0, 100))
+    assert m.channels == 3 and m.high[0] == 11.0  # constant 10 -> widened to 11

@@ -173,6 +173,9 @@ def validate_image(image, *, rgb: bool | None = None) -> tuple[np.ndarray, bool]
 def _sample(data, max_samples: int, rgb: bool) -> np.ndarray:
     """Evenly strided sample of a (..., H, W[, C]) array-like (numpy, dask, memmap)."""
     shape = data.shape
+    if rgb and shape[-1] == 4:  # RGBA: alpha is not an intensity
+        data = data[..., :3]
+        shape = data.shape
     spatial = shape[-3:-1] if rgb else shape[-2:]
     lead = shape[: len(shape) - (3 if rgb else 2)]
     n_lead = int(np.prod(lead)) if lead else 1

@@ -18,7 +18,7 @@ import numpy as np
 from . import contract
 from .errors import InvalidInputError, ModelError, ModelNotAvailableError, ModelSignatureError
 
-__all__ = ["EdgeSamModel", "check_signature", "resolve_providers"]
+__all__ = ["EdgeSamModel", "check_signature", "make_run_options", "resolve_providers"]
 
 #: Short names accepted for execution providers.
 PROVIDER_ALIASES = {
@@ -66,6 +66,15 @@ def resolve_providers(providers=None) -> list[str]:
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
+
+
+def make_run_options():
+    """A fresh ``onnxruntime.RunOptions``: pass it to :meth:`EdgeSamModel.encode` (or
+    ``Predictor.embed(run_options=...)``) and set ``.terminate = True`` from another thread to
+    stop that run early (it then raises; nothing is cached)."""
+    import onnxruntime as ort
+
+    return ort.RunOptions()
 
 
 def _describe(args) -> dict[str, tuple[str, tuple]]:
