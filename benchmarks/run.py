@@ -216,6 +216,275 @@ def bench_memory(ctx: Context) -> list[Row]:
                 {"peak_rss_mib": peak_rss_mb()})]
 
 
+# -- speed work (issue 10): optimised variants, session tuning ---------------------------
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median wall time of each ``fns[name]()``, timed in turn (A, B, C, A, B, C, ...).
+
+    Interleaving spreads the machine's load changes over all candidates, so their ratios
+    hold on a shared, noisy machine even when absolute times drift.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _optimized(ctx: Context, kinds=("decoder-fast", "decoder-int8", "encoder-int8")):
+    """Build (once; remembered beside the model files) and check the optimised variants on
+    synthetic slices; returns ``{kind: VariantResult}``."""
+    cached = getattr(ctx, "_optimized_results", None)
+    if cached is not None:
+        return cached
+    from napari_edgesam.engine.optimize import optimize_model
+
+    opts = getattr(ctx, "options", {}) or {}
+    rng = np.random.default_rng(123)
+    n = int(opts.get("optimize_images") or 3)
+    images = [_test_image(s, rng) for s in ([1024, 2048, 768] * n)[:n]]
+    print("... building / checking optimised variants (remembered after the first run)",
+          file=sys.stderr, flush=True)
+    report = optimize_model(ctx.model, images, variants=kinds,
+                            force=bool(opts.get("reoptimize")))
+    print(report.summary(), file=sys.stderr, flush=True)
+    ctx._optimized_results = {r.kind: r for r in report.results}
+    return ctx._optimized_results
+
+
+def _variant(ctx: Context, kind: str, **kw):
+    from napari_edgesam.engine.optimize import load_variant
+
+    res = _optimized(ctx)[kind]
+    if res.status == "failed":
+        raise RuntimeError(f"{kind} could not be built: {res.reason}")
+    return load_variant(ctx.model, kind, require_passed=False, **kw), res
+
+
+def _verdict(res) -> str:
+    if res.agreement is None:
+        return res.status
+    return (f"check: {res.status}, IoU mean {res.agreement.mean_iou:.3f} / min "
+            f"{res.agreement.min_iou:.3f} (random weights)")
+
+
+def bench_optimize(ctx: Context) -> list[Row]:
+    """Building and checking the variants (timed only when built in this run)."""
+    rows = []
+    for kind, res in _optimized(ctx).items():
+        note = ("remembered from an earlier run" if res.cached else "built and checked now")
+        rows.append(Row(f"variant {kind}: {res.status}", res.seconds, None,
+                        f"{note}; {_verdict(res)}",
+                        {"status": res.status, "cached": res.cached,
+                         "agreement": None if res.agreement is None
+                         else asdict(res.agreement), "details": res.details}))
+    return rows
+
+
+def bench_click_optimized(ctx: Context) -> list[Row]:
+    """Click to mask (decoder + stability + postprocessing, cached embedding) with the
+    optimised decoders, as a ratio to ONE raw float32 decoder run (goal <= 0.7x at 2048)."""
+    from napari_edgesam.engine import Predictor
+    from napari_edgesam.engine.predictor import prepare_prompts
+
+    model = ctx.model
+    sess = model.session("decoder")
+    fast, fast_res = _variant(ctx, "decoder-fast")
+    int8, int8_res = _variant(ctx, "decoder-int8")
+    int8_one, _ = _variant(ctx, "decoder-int8", use_split=False)
+    preds = {"float32 engine": Predictor(model, cache=None),
+             "decoder-fast": Predictor(fast, cache=None),
+             "decoder-int8": Predictor(int8, cache=None),
+             "decoder-int8, one file (no split)": Predictor(int8_one, cache=None)}
+    rows = []
+    for size in ctx.sizes:
+        emb = preds["float32 engine"].embed(_test_image(size, ctx.rng))
+        point = [(size * 0.4, size * 0.6)]
+        coords, labels, _ = prepare_prompts(emb.original_size, point, [1],
+                                            resized=emb.resized_size)
+        feeds = {"image_embeddings": emb.features, "point_coords": coords,
+                 "point_labels": labels}
+
+        def first_click(p=preds["decoder-int8"], e=emb, pt=point):
+            p.model._memo.clear()  # a new slice: the prompt-independent part runs too
+            return p.predict(points=pt, embedding=e)
+
+        fns = {"raw": lambda f=feeds: sess.run(None, f)}
+        for name, p in preds.items():
+            fns[name] = lambda p=p, e=emb, pt=point: p.predict(points=pt, embedding=e)
+        fns["decoder-int8, first click on a slice"] = first_click
+        med = interleaved_medians(fns, ctx.repeats)
+        area = preds["decoder-int8"].predict(points=point, embedding=emb).area / size**2
+        for name in fns:
+            if name == "raw":
+                continue
+            note = {"decoder-fast": _verdict(fast_res), "decoder-int8": _verdict(int8_res)}
+            rows.append(Row(f"click to mask {size}x{size}, {name}", med[name], med["raw"],
+                            note.get(name, f"mask {area:.0%} of the image (random weights)"),
+                            {"size": size, "variant": name}))
+    return rows
+
+
+def bench_encoder_int8(ctx: Context) -> list[Row]:
+    """int8 encoder vs float32: raw session runs on the same tensor (goal >= 2x faster),
+    and the engine's embed() with the int8 encoder vs a raw float32 run."""
+    from napari_edgesam.engine import Predictor
+    from napari_edgesam.engine.intensity import mapping_from_percentiles
+    from napari_edgesam.engine.transforms import preprocess
+
+    int8, res = _variant(ctx, "encoder-int8")
+    s32, s8 = ctx.model.session("encoder"), int8.session("encoder")
+    img = _test_image(1024, ctx.rng)
+    mapping = mapping_from_percentiles(img)
+    tensor, _ = preprocess(mapping.apply(img))
+    pred8 = Predictor(int8, cache=None)
+    med = interleaved_medians({
+        "fp32": lambda: s32.run(None, {"image": tensor}),
+        "int8": lambda: s8.run(None, {"image": tensor}),
+        "engine int8": lambda: pred8.embed(img, mapping, use_cache=False),
+    }, ctx.repeats)
+    speed = med["fp32"] / med["int8"]
+    return [
+        Row("encoder int8 (raw run) vs float32 (raw run)", med["int8"], med["fp32"],
+            f"{speed:.2f}x faster; {_verdict(res)}", {"speedup": speed}),
+        Row("encoder int8 engine embed() 1024x1024 vs float32 raw run", med["engine int8"],
+            med["fp32"], "mapping + Pillow resize + normalisation + int8 run"),
+    ]
+
+
+def bench_encoder_overhead(ctx: Context) -> list[Row]:
+    """Engine encoder overhead incl. preprocessing vs raw session.run (goal <= 5%),
+    interleaved, with the preprocessing steps timed alone."""
+    from PIL import Image
+
+    from napari_edgesam.engine import Predictor
+    from napari_edgesam.engine.intensity import mapping_from_percentiles
+    from napari_edgesam.engine.transforms import preprocess, resized_shape
+
+    pred = Predictor(ctx.model, cache=None)
+    sess = ctx.model.session("encoder")
+    rows = []
+    for size in ctx.sizes:
+        img = _test_image(size, ctx.rng)
+        mapping = mapping_from_percentiles(img)
+        rgb = mapping.apply(img)
+        tensor, _ = preprocess(rgb)
+        nh, nw = resized_shape(size, size)
+        med = interleaved_medians({
+            "raw": lambda t=tensor: sess.run(None, {"image": t}),
+            "engine": lambda im=img: pred.embed(im, mapping, use_cache=False),
+        }, ctx.repeats)
+        steps = interleaved_medians({
+            "mapping": lambda im=img: mapping.apply(im),
+            "resize": lambda r=rgb: Image.fromarray(r).resize((nw, nh),
+                                                              Image.Resampling.BILINEAR),
+            "preprocess": lambda r=rgb: preprocess(r),
+        }, max(3, ctx.repeats))
+        over = med["engine"] / med["raw"] - 1
+        rows.append(Row(f"encoder overhead {size}x{size} uint16 (engine vs raw run)",
+                        med["engine"], med["raw"],
+                        f"overhead {over:+.1%}; mapping {steps['mapping'] * 1e3:.1f} ms, "
+                        f"Pillow resize {steps['resize'] * 1e3:.1f} ms, preprocess() "
+                        f"{steps['preprocess'] * 1e3:.1f} ms",
+                        {"overhead": over, **{f"{k}_seconds": v for k, v in steps.items()}}))
+    return rows
+
+
+def _session(path, threads=None, level="all", spinning=True, mem_pattern=True, arena=True,
+             save_to=None):
+    import onnxruntime as ort
+
+    from napari_edgesam.engine.session import default_num_threads
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or default_num_threads())
+    so.log_severity_level = 3
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    so.enable_mem_pattern = mem_pattern
+    so.enable_cpu_mem_arena = arena
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if save_to is not None:
+        so.optimized_model_filepath = str(save_to)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def bench_startup(ctx: Context) -> list[Row]:
+    """Session creation: from the original file (graph optimised at load) vs from a saved,
+    already optimised graph (loaded with optimisation off)."""
+    import tempfile
+
+    rows = []
+    files = [("encoder float32", ctx.model.encoder_path),
+             ("decoder float32", ctx.model.decoder_path)]
+    try:
+        files.append(("encoder-int8", _variant(ctx, "encoder-int8")[0].encoder_path))
+        dec8 = _variant(ctx, "decoder-int8")[0]
+        files.append(("decoder-int8 prompt part", dec8.decoder_parts[1] if dec8.decoder_parts
+                      else dec8.decoder_path))
+    except (KeyError, RuntimeError) as exc:
+        print(f"(variants skipped: {exc})", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, path in files:
+            saved = Path(tmp) / (Path(path).stem + ".ort-optimised.onnx")
+            _session(path, save_to=saved)
+            med = interleaved_medians({
+                "original": lambda p=path: _session(p),
+                "saved": lambda s=saved: _session(s, level="disable"),
+            }, max(3, ctx.repeats // 2))
+            rows.append(Row(f"session start-up, {label}, saved optimised graph",
+                            med["saved"], med["original"],
+                            "ratio to creating the session from the file as shipped",
+                            {"original_seconds": med["original"]}))
+    return rows
+
+
+def bench_threads(ctx: Context) -> list[Row]:
+    """Session tuning measured: thread counts, spinning, memory pattern/arena, graph
+    optimisation level; each as a ratio to the engine's default session (interleaved)."""
+    from napari_edgesam.engine.intensity import mapping_from_percentiles
+    from napari_edgesam.engine.session import default_num_threads
+
+    img = _test_image(1024, ctx.rng)
+    from napari_edgesam.engine.transforms import preprocess
+
+    tensor, _ = preprocess(mapping_from_percentiles(img).apply(img))
+    emb = ctx.model.session("encoder").run(None, {"image": tensor})[0]
+    dec_feeds = {"image_embeddings": emb,
+                 "point_coords": np.array([[[400.0, 600.0], [0.0, 0.0]]], np.float32),
+                 "point_labels": np.array([[1.0, -1.0]], np.float32)}
+    cores = default_num_threads()
+    configs = {f"threads={n}": {"threads": n} for n in sorted({1, 2, cores, 2 * cores})}
+    configs.update({
+        "no spinning": {"spinning": False},
+        "no memory pattern": {"mem_pattern": False},
+        "no memory arena": {"arena": False},
+        "graph optimisation basic": {"level": "basic"},
+        "graph optimisation extended": {"level": "extended"},
+    })
+    rows = []
+    for role, path, feeds in (("encoder", ctx.model.encoder_path, {"image": tensor}),
+                              ("decoder", ctx.model.decoder_path, dec_feeds)):
+        sessions = {"default": _session(path)}
+        sessions.update({name: _session(path, **kw) for name, kw in configs.items()})
+        med = interleaved_medians(
+            {name: (lambda s=s: s.run(None, feeds)) for name, s in sessions.items()},
+            ctx.repeats)
+        for name in configs:
+            rows.append(Row(f"{role} {name}", med[name], med["default"],
+                            f"ratio to the default session ({cores} threads, all "
+                            "optimisations, spinning, arena)"))
+    return rows
+
+
 def _workflow(name):
     """Rows defined in bench_workflows.py (imported lazily: they need more of the package)."""
 
@@ -236,6 +505,12 @@ BENCHMARKS = {
     "overhead": bench_overhead,
     "propagation": _workflow("propagation"),
     "tiled": _workflow("tiled"),
+    "optimize": bench_optimize,
+    "click_optimized": bench_click_optimized,
+    "encoder_int8": bench_encoder_int8,
+    "encoder_overhead": bench_encoder_overhead,
+    "startup": bench_startup,
+    "threads": bench_threads,
     "memory": bench_memory,
 }
 
@@ -270,6 +545,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--only", default=None, help=f"comma list of {', '.join(BENCHMARKS)}")
     p.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
+    p.add_argument("--reoptimize", action="store_true",
+                   help="rebuild and re-check the optimised variants (else remembered)")
+    p.add_argument("--optimize-images", type=int, default=3,
+                   help="synthetic slices for calibrating/checking the variants")
     args = p.parse_args(argv)
 
     from napari_edgesam import __version__
@@ -288,6 +567,7 @@ def main(argv=None) -> int:
     model.load()
     ctx = Context(model, args.repeats, [int(s) for s in args.sizes.split(",")],
                   np.random.default_rng(0))
+    ctx.options = vars(args)
     chosen = args.only.split(",") if args.only else list(BENCHMARKS)
     rows: list[Row] = []
     for name in chosen:

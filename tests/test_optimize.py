@@ -361,3 +361,37 @@ def test_block_postprocessing_equals_full_interpolation(size):
     for low in cases:
         for thr in (0.0, 1.0, -2.5):
             np.testing.assert_array_equal(up.mask(low, thr), up.logits(low) > thr)
+
+
+def test_count_casts_in_float32_are_bit_identical():
+    """Stability counts: Cast(bool -> int64) -> ReduceSum -> Cast(float) == float32 counts."""
+    import onnxruntime as ort
+
+    n = helper.make_node
+    nodes = [
+        n("Greater", ["x", "one"], ["gt"]), n("Greater", ["x", "minus"], ["gm"]),
+        n("Cast", ["gt"], ["ci"], to=TensorProto.INT64),
+        n("ReduceSum", ["ci", "axes"], ["si"], keepdims=0),
+        n("Cast", ["si"], ["fi"], to=TensorProto.FLOAT),
+        n("Cast", ["gm"], ["cj"], to=TensorProto.INT64),
+        n("ReduceSum", ["cj", "axes"], ["sj"], keepdims=0),
+        n("Cast", ["sj"], ["fj"], to=TensorProto.FLOAT),
+        n("Div", ["fi", "fj"], ["scores"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(-1.0, np.float32), "minus"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    g = helper.make_graph(nodes, "counts",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 65536])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4])],
+                          inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rewritten, detail = opt.rewrite_count_casts(model)
+    assert detail.startswith("2 int64 count")
+    assert not any(nd.op_type == "Cast" and nd.attribute[0].i == TensorProto.INT64
+                   for nd in rewritten.graph.node)
+    x = {"x": (np.random.default_rng(0).standard_normal((1, 4, 65536)) * 3).astype(np.float32)}
+    a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            .run(None, x)[0] for m in (model, rewritten))
+    np.testing.assert_array_equal(a, b)
