@@ -395,3 +395,29 @@ def test_count_casts_in_float32_are_bit_identical():
     a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
             .run(None, x)[0] for m in (model, rewritten))
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(2048, 2048), (97, 131), (1500, 700), (1024, 1024)])
+def test_preprocess_grey_fast_path_is_bit_identical(shape):
+    """Grey slices are resized as one channel: same bytes as the RGB resize."""
+    from PIL import Image
+
+    from napari_edgesam.engine.contract import PIXEL_MEAN, PIXEL_STD
+    from napari_edgesam.engine.transforms import preprocess, resized_shape
+
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 256, shape, dtype=np.uint8)
+    grey = np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
+    almost = grey.copy()
+    almost[-1, -1, 2] ^= 1  # one coloured pixel: must take the RGB path
+    for rgb in (grey, almost):
+        nh, nw = resized_shape(*shape)
+        res = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BILINEAR))
+        ref = np.zeros((1, 3, 1024, 1024), np.float32)
+        mean = np.asarray(PIXEL_MEAN, np.float32)
+        inv = np.float32(1) / np.asarray(PIXEL_STD, np.float32)
+        for c in range(3):
+            ref[0, c, :nh, :nw] = (res[:, :, c].astype(np.float32) - mean[c]) * inv[c]
+        tensor, size = preprocess(rgb)
+        assert size == (nh, nw)
+        assert tensor.tobytes() == ref.tobytes()
