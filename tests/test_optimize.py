@@ -421,3 +421,23 @@ def test_preprocess_grey_fast_path_is_bit_identical(shape):
         tensor, size = preprocess(rgb)
         assert size == (nh, nw)
         assert tensor.tobytes() == ref.tobytes()
+
+
+def test_spatial_mean_becomes_global_average_pool():
+    import onnxruntime as ort
+
+    g = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=1),
+         helper.make_node("ReduceMean", ["x"], ["c"], axes=[1], keepdims=1),
+         helper.make_node("Mul", ["m", "c"], ["y"])],
+        "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 6])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rewritten, n = opt.rewrite_global_pool(model)
+    assert n == 1  # the channel mean is left alone
+    assert [nd.op_type for nd in rewritten.graph.node].count("GlobalAveragePool") == 1
+    x = {"x": np.random.default_rng(0).standard_normal((1, 4, 5, 6)).astype(np.float32)}
+    a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            .run(None, x)[0] for m in (model, rewritten))
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

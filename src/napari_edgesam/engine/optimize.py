@@ -620,6 +620,43 @@ def rewrite_count_casts(model) -> tuple[object, str]:
     return out, f"{done} int64 count(s) computed in float32 (exact below 2^24)"
 
 
+def rewrite_global_pool(model) -> tuple[object, int]:
+    """``ReduceMean(axes=[2, 3], keepdims=1)`` of a 4-D NCHW tensor -> ``GlobalAveragePool``.
+
+    The same mean (squeeze-excitation pooling); the quantiser has an int8 kernel for the
+    pool (``QLinearGlobalAveragePool``) but not for the reduction. Returns
+    ``(model, count)``.
+    """
+    onnx = _import_onnx()
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001
+        return model, 0
+    g = _Graph(inferred)
+    hits = set()
+    for n in inferred.graph.node:
+        if n.op_type != "ReduceMean":
+            continue
+        dims = _shape_dims(inferred, n.input[0])
+        if dims is None or len(dims) != 4:
+            continue
+        axes = _reduce_axes(g, n)
+        if axes is not None and sorted(a % 4 for a in axes) == [2, 3]:
+            hits.add(n.output[0])
+    if not hits:
+        return model, 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for n in out.graph.node:
+        if n.op_type == "ReduceMean" and n.output[0] in hits:
+            n.op_type = "GlobalAveragePool"
+            del n.input[1:]
+            del n.attribute[:]
+    _remove_dead(out)
+    return out, len(hits)
+
+
 def _remove_dead(model) -> None:
     """Drop nodes whose outputs nobody uses, and unused initializers (in place)."""
     g = model.graph
@@ -1013,6 +1050,7 @@ def _build_encoder_int8(ctx: BuildContext) -> dict:
     from onnxruntime.quantization import registry
 
     model = onnx.load(str(ctx.source))
+    model, n_pool = rewrite_global_pool(model)
     model, n_gelu = fuse_gelu(model)
     pre = ctx.work_dir / "fused.onnx"
     onnx.save(model, str(pre))
@@ -1044,6 +1082,7 @@ def _build_encoder_int8(ctx: BuildContext) -> dict:
         "quantization": "static QDQ, uint8 activations (MinMax calibration), int8 "
                         "per-channel weights",
         "fused_gelu": n_gelu,
+        "global_pools": n_pool,
         "calibration_slices": len(tensors),
     }
 
