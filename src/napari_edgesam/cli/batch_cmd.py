@@ -68,6 +68,9 @@ def add_parser(subparsers) -> None:
                    help="suppress masks overlapping a better one by more than this IoU")
     a.add_argument("--link-iou", type=float, default=0.3,
                    help="3D: minimum IoU to link objects of neighbouring slices (default 0.3)")
+    a.add_argument("--tiles", choices=("auto", "on", "off"), default="auto",
+                   help="predict on full-resolution tiles (auto: slices over 2048 px)")
+    a.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (1024)")
     e = p.add_argument_group("execution")
     e.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="dask.distributed scheduler address (tcp://host:8786) to run on a "
@@ -115,7 +118,7 @@ def run(args) -> int:
         object_size=args.object_size, seeds=args.seeds, grid_spacing=args.grid_spacing,
         polarity=args.polarity, threshold=args.threshold, min_stability=args.min_stability,
         min_area=args.min_area, max_area=args.max_area, nms_iou=args.nms_iou,
-        link_iou=args.link_iou,
+        link_iou=args.link_iou, tiles=args.tiles, tile_size=args.tile_size,
     )
     params = BatchParams(automatic=auto, channel=args.channel, z_axis=args.z_axis,
                          t_axis=args.t_axis, contrast=args.contrast)

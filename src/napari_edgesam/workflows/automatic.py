@@ -42,6 +42,7 @@ import numpy as np
 
 from ..engine.errors import CancelledError, InvalidInputError
 from ..engine.intensity import IntensityMapping, default_mapping, validate_image
+from ..engine.tiling import needs_tiling
 
 __all__ = [
     "AutoParams",
@@ -118,6 +119,8 @@ class AutoParams:
     seed_component: bool = True
     max_seeds: int = 2000
     link_iou: float = 0.3
+    tiles: str = "auto"
+    tile_size: int | None = None
 
     def __post_init__(self):
         if not (np.isfinite(self.object_size) and self.object_size >= 2):
@@ -135,6 +138,10 @@ class AutoParams:
                 raise InvalidInputError(f"{name} must be in 0..1, got {v}")
         if self.max_seeds < 1:
             raise InvalidInputError(f"max_seeds must be >= 1, got {self.max_seeds}")
+        if self.tiles not in ("auto", "on", "off"):
+            raise InvalidInputError(f"tiles must be 'auto', 'on' or 'off', got {self.tiles!r}")
+        if self.tile_size is not None and self.tile_size < 64:
+            raise InvalidInputError(f"tile size must be at least 64 pixels, got {self.tile_size}")
         lo, hi = self.area_limits
         if hi < lo:
             raise InvalidInputError(f"max_area {hi} is below min_area {lo}")
@@ -527,6 +534,17 @@ def _fill_small_holes(mask: np.ndarray, max_hole: int) -> np.ndarray:
     return mask | small[lab]
 
 
+def _values_at(mask: np.ndarray, off_r: int, off_c: int, rows: np.ndarray,
+               cols: np.ndarray) -> np.ndarray:
+    """``mask`` (a crop at ``(off_r, off_c)`` of the slice) at slice pixels ``(rows, cols)``;
+    False outside the crop."""
+    r, c = rows - off_r, cols - off_c
+    ok = (r >= 0) & (r < mask.shape[0]) & (c >= 0) & (c < mask.shape[1])
+    out = np.zeros(rows.shape, bool)
+    out[ok] = mask[r[ok], c[ok]]
+    return out
+
+
 def _mask_iou(a: Candidate, b: Candidate) -> float:
     ar0, ac0, ar1, ac1 = a.bbox
     br0, bc0, br1, bc1 = b.bbox
@@ -648,8 +666,23 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
     if len(seeds) == 0:
         return empty
     _check_cancel(cancel)
-    if embedding is None:
-        embedding = predictor.embed(image, mapping, rgb=is_rgb)
+    tiled = params.tiles == "on" or (params.tiles == "auto" and needs_tiling((h, w)))
+    if tiled:
+        from ..engine.tiling import TiledPredictor
+
+        tp = TiledPredictor(predictor, image, mapping, tile_size=params.tile_size, rgb=is_rgb)
+
+        def run(points, labels):
+            """Mask crop, its (row, col) offset in the slice, and the score."""
+            r = tp.predict(points=points, labels=labels)
+            return r.mask, r.window.row0, r.window.col0, r.score
+    else:
+        if embedding is None:
+            embedding = predictor.embed(image, mapping, rgb=is_rgb)
+
+        def run(points, labels):
+            r = predictor.predict(points=points, labels=labels, embedding=embedding)
+            return r.mask, 0, 0, r.score
     foreground = smoothed > threshold
     if factor > 1:
         foreground = np.repeat(np.repeat(foreground, factor, 0), factor, 1)[:h, :w]
@@ -665,28 +698,28 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
         j = owner[rows[i], cols[i]]
         if j >= 0 and math.hypot(x - candidates[j].seed[0], y - candidates[j].seed[1]) <= far:
             continue  # a second seed of an object already found: its mask would be a duplicate
-        result = predictor.predict(points=[(x, y)], labels=[1], embedding=embedding)
+        mask, off_r, off_c, score = run([(x, y)], [1])
         calls += 1
-        mask, score = result.mask, result.score
         if params.split_merged and len(seeds) > 1:
             dist = np.hypot(seeds[:, 0] - x, seeds[:, 1] - y)
-            inside = mask[rows, cols] & (dist > far)
+            inside = _values_at(mask, off_r, off_c, rows, cols) & (dist > far)
             if inside.any():
                 others = seeds[inside][np.argsort(dist[inside], kind="stable")][:8]
-                refined = predictor.predict(
-                    points=[(x, y), *map(tuple, others)], labels=[1] + [0] * len(others),
-                    embedding=embedding,
-                )
+                refined = run([(x, y), *map(tuple, others)], [1] + [0] * len(others))
                 calls += 1
-                if np.isfinite(refined.score) and refined.score >= params.min_stability:
-                    mask, score = refined.mask, refined.score
+                if np.isfinite(refined[3]) and refined[3] >= params.min_stability:
+                    mask, off_r, off_c, score = refined
         if not (np.isfinite(score) and score >= params.min_stability):
             continue
-        seed_rc = (min(h - 1, max(0, int(round(y)))), min(w - 1, max(0, int(round(x)))))
+        seed_rc = (min(h - 1, max(0, int(round(y)))) - off_r,
+                   min(w - 1, max(0, int(round(x)))) - off_c)
+        if not (0 <= seed_rc[0] < mask.shape[0] and 0 <= seed_rc[1] < mask.shape[1]):
+            continue
         post = _postprocess(mask, seed_rc, params)
         if post is None:
             continue
         (r0, c0, r1, c1), crop = post
+        r0, r1, c0, c1 = r0 + off_r, r1 + off_r, c0 + off_c, c1 + off_c
         area = int(np.count_nonzero(crop))
         if not min_area <= area <= max_area:
             continue
