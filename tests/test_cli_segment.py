@@ -194,3 +194,18 @@ def test_tiled_segment_of_a_large_image(tmp_path, capsys):
     code, out, err = run(["segment", tmp_path / "big.tif", "-p", "700,2100", "--tiles", "off",
                           "-o", tmp_path / "m2.tif", *MODEL], capsys)
     assert code == 0 and "window(s) encoded" not in out
+
+
+def test_output_has_normal_permissions(tmp_path, capsys):
+    import stat
+
+    img, _ = disc_image((60, 60), (30, 30), 10)
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    old = os.umask(0o022)
+    try:
+        code, _, err = run(["segment", tmp_path / "in.tif", "-p", "30,30", "-o",
+                            tmp_path / "o.tif", *MODEL], capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert stat.S_IMODE((tmp_path / "o.tif").stat().st_mode) == 0o644

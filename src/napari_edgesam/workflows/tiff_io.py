@@ -187,6 +187,13 @@ def select_plane(
     return plane, ", ".join(what) or "2D image"
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_tiff_atomic(path, data: np.ndarray, *, overwrite: bool = False, **kwargs) -> Path:
     """Write ``data`` to a TIFF under a temporary name, then rename it into place.
 
@@ -212,6 +219,7 @@ def write_tiff_atomic(path, data: np.ndarray, *, overwrite: bool = False, **kwar
     os.close(fd)
     try:
         tifffile.imwrite(tmp, data, **kwargs)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
