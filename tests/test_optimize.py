@@ -421,6 +421,7 @@ def test_preprocess_grey_fast_path_is_bit_identical(shape):
         tensor, size = preprocess(rgb)
         assert size == (nh, nw)
         assert tensor.tobytes() == ref.tobytes()
+    assert preprocess(g)[0].tobytes() == preprocess(grey)[0].tobytes()  # 2-D grey input
 
 
 def test_spatial_mean_becomes_global_average_pool():

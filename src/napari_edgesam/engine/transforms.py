@@ -47,8 +47,10 @@ def preprocess(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
 
     Parameters
     ----------
-    rgb : ndarray of uint8, shape (H, W, 3)
-        Original frame, values on the 0..255 scale (see :mod:`.intensity`).
+    rgb : ndarray of uint8, shape (H, W, 3) or (H, W)
+        Original frame, values on the 0..255 scale (see :mod:`.intensity`). A 2-D array is
+        a grey image, the same as three equal channels (and cheaper: no channel check, a
+        third of the resizing).
 
     Returns
     -------
@@ -67,7 +69,7 @@ def preprocess(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         # Grey data (the usual microscopy case) arrives as three equal channels: resizing
         # one channel is ~3x cheaper and Pillow's per-channel arithmetic is the same for
         # "L" and "RGB" images, so the result is bit-identical.
-        grey = _single_channel(rgb)
+        grey = np.ascontiguousarray(rgb) if rgb.ndim == 2 else _single_channel(rgb)
         resized = np.asarray(
             Image.fromarray(rgb if grey is None else grey).resize(
                 (new_w, new_h), Image.Resampling.BILINEAR)
