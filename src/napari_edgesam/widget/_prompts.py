@@ -43,9 +43,15 @@ KEYS = {
     "x": "clear_prompts",
     "Control-z": "undo",
     "Control-Shift-z": "redo",
+    "Shift-p": "propagate",
+    "Shift-c": "commit_propagation",
+    "Shift-w": "jump_to_weakest_slice",
 }
 #: Keys also bound on the box layer (napari uses Escape, Enter and X there for drawing).
-BOX_KEYS = {"c": "commit", "Control-z": "undo", "Control-Shift-z": "redo"}
+BOX_KEYS = {"c": "commit", "Control-z": "undo", "Control-Shift-z": "redo",
+            "Shift-c": "commit_propagation"}
+#: Colour of the pending propagation result on the preview layer (value 2).
+PROPAGATION_COLOUR = "cyan"
 
 
 def is_negative_click(event) -> bool:
@@ -133,7 +139,8 @@ def make_boxes_layer(image_layer, viewer):
 
 
 def make_preview_layer(image_layer, viewer, shape_hw):
-    """A 2D Labels layer showing the preview mask (value 1) over the current slice."""
+    """A 2D Labels layer showing the preview mask (value 1) over the current slice, or the
+    pending propagation result on that slice (value 2)."""
     from napari.utils.colormaps import DirectLabelColormap
 
     nd = image_layer.ndim
@@ -141,7 +148,7 @@ def make_preview_layer(image_layer, viewer, shape_hw):
         np.zeros(shape_hw, dtype=np.uint8),
         name=PREVIEW_NAME,
         colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent",
-                                                 1: PREVIEW_COLOUR}),
+                                                 1: PREVIEW_COLOUR, 2: PROPAGATION_COLOUR}),
         opacity=0.5,
         **transform_kwargs(image_layer, axes=list(range(nd - 2, nd))),
     )

@@ -47,12 +47,15 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from . import _prompts
+from . import _jobs, _prompts
 from ._geometry import ImageGeometry, commit_indices, rectangle_to_box
+from ._labels import LabelIds
+from ._prefetch import PrefetchController
 
 _log = logging.getLogger(__name__)
 
@@ -74,8 +77,20 @@ HELP_TEXT = (
     "<b>Left click</b>: positive point &nbsp; <b>Right click</b> or <b>Ctrl/Alt+click</b>: "
     "negative point &nbsp; <b>Shift+drag</b>: box<br>"
     "<b>C</b> / <b>Enter</b>: commit as a new label &nbsp; <b>Esc</b> / <b>X</b>: clear "
-    "prompts &nbsp; <b>Ctrl+Z</b> / <b>Ctrl+Shift+Z</b>: undo / redo"
+    "prompts &nbsp; <b>Ctrl+Z</b> / <b>Ctrl+Shift+Z</b>: undo / redo<br>"
+    "<b>Shift+P</b>: propagate through the stack &nbsp; <b>Shift+C</b>: commit the "
+    "propagation &nbsp; <b>Shift+W</b>: weakest slice"
 )
+
+
+#: Neighbouring slices prefetched while the user is idle (offsets along the slider's axis).
+PREFETCH_SLICES = (1, -1, 2, -2)
+#: Tiles prefetched around the last prompt's window (nearest first).
+PREFETCH_TILES = 4
+
+
+def _is_tiled_predictor(obj) -> bool:
+    return obj is not None and hasattr(obj, "windows_for") and hasattr(obj, "grid")
 
 
 @dataclass(frozen=True)
@@ -106,33 +121,15 @@ def _encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, 
     the ``terminate`` flag of ``control["run_options"]``) stops a stale encoder run early.
     Returns None when cancelled.
     """
-    import onnxruntime as ort
+    from napari_edgesam.engine.session import make_run_options
 
-    from napari_edgesam.engine import IntensityMapping, default_mapping, mapping_from_percentiles
-
-    run_options = ort.RunOptions()
+    run_options = make_run_options()
     control["run_options"] = run_options
     if control.get("cancel"):
         return None
     t0 = time.perf_counter()
     image = geom.read_slice(data, key)
-    channels = 3 if geom.rgb else 1
-    mode = spec[0]
-    if mode == "contrast":
-        lo, hi = spec[1]
-        mapping = IntensityMapping((lo,) * channels, (hi,) * channels)
-    elif stack_mapping is not None:
-        mapping = stack_mapping
-    else:
-        stack = data
-        if geom.channel_axis is not None:
-            stack = data[(slice(None),) * geom.channel_axis + (key[geom.channel_axis],)]
-        if geom.rgb and stack.shape[-1] == 4:
-            stack = stack[..., :3]
-        if mode == "auto":
-            mapping = default_mapping(stack, rgb=geom.rgb)
-        else:
-            mapping = mapping_from_percentiles(stack, rgb=geom.rgb)
+    mapping = _jobs.choose_mapping(data, geom, key, spec, stack_mapping)
     if control.get("cancel"):
         return None
     run_options.terminate = bool(control.get("cancel"))
@@ -146,8 +143,8 @@ def _encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, 
 
 
 def _decode_job(predictor, embedding, prompts: _Prompts):
-    """Run the decoder; returns the mask (uint8 0/1, for the preview layer), the score, the
-    time taken and the mask's bounding box ``(r0, c0, r1, c1)`` (None when empty)."""
+    """Run the decoder; returns a :class:`~._jobs.Decoded` with the whole-slice mask (uint8
+    0/1, for the preview layer), its bounding box, the score and the time taken."""
     t0 = time.perf_counter()
     pred = predictor.predict(
         points=list(prompts.points) or None,
@@ -159,7 +156,8 @@ def _decode_job(predictor, embedding, prompts: _Prompts):
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     bbox = None if rows.size == 0 else (int(rows[0]), int(cols[0]), int(rows[-1]) + 1,
                                         int(cols[-1]) + 1)
-    return mask.view(np.uint8), pred.score, time.perf_counter() - t0, bbox
+    return _jobs.Decoded(mask.view(np.uint8), (0, 0), bbox, pred.score,
+                         time.perf_counter() - t0)
 
 
 def _load_model_job(model):
@@ -255,8 +253,21 @@ class EdgeSamWidget(QWidget):
         self._preview_bbox: tuple | None = None
         self._preview_lead: tuple | None = None
         self._commit_when_ready = False
+        self._preview_offset: tuple = (0, 0)
+        self._shown_offset: tuple = (0, 0)
+        self._decode_control: dict = {}
         self.last_decode_seconds: float | None = None
         self._updating_combos = False
+        # large images (tiles), prefetching, label ids
+        self._current_mapping = None
+        self._last_window = None
+        self._tile_size: int | None = None
+        self._tile_halo: int | None = None
+        self._scrub_axis: int | None = None
+        self._label_ids = LabelIds(self._start)
+        self._prefetch = PrefetchController(self)
+        self.propagation = None
+        self.batch = None
 
         self._build_ui()
 
@@ -349,6 +360,26 @@ class EdgeSamWidget(QWidget):
         )
         self.mapping_combo.currentIndexChanged.connect(self._on_mapping_mode)
         form.addRow("contrast", self.mapping_combo)
+        orow = QHBoxLayout()
+        orow.setContentsMargins(0, 0, 0, 0)
+        self.tiles_check = QCheckBox("tiles")
+        self.tiles_check.setToolTip(
+            "Answer prompts from full-resolution tiles instead of the whole slice shrunk to "
+            "1024 pixels: small objects in big images. On by default for images larger "
+            "than 2048 pixels; only the tiles that prompts need are encoded."
+        )
+        self.tiles_check.toggled.connect(self._on_tiles_toggled)
+        self.prefetch_check = QCheckBox("prefetch")
+        self.prefetch_check.setChecked(True)
+        self.prefetch_check.setToolTip(
+            "While you are idle, encode the neighbouring slices (or the tiles around your "
+            "last click) in the background; stopped at once when you click."
+        )
+        self.prefetch_check.toggled.connect(self._on_prefetch_toggled)
+        orow.addWidget(self.tiles_check)
+        orow.addWidget(self.prefetch_check)
+        orow.addStretch(1)
+        form.addRow("speed", orow)
         outer.addWidget(box)
 
         # output
@@ -374,6 +405,17 @@ class EdgeSamWidget(QWidget):
         form.addRow(brow)
         outer.addWidget(box)
 
+        # propagation through stacks, batch segmentation of files
+        from ._batch_panel import BatchPanel
+        from ._propagation_panel import PropagationPanel
+
+        self.tabs = QTabWidget()
+        self.propagation = PropagationPanel(self)
+        self.batch = BatchPanel(self)
+        self.tabs.addTab(self.propagation, "Propagate (3D / time)")
+        self.tabs.addTab(self.batch, "Batch")
+        outer.addWidget(self.tabs)
+
         self.help_label = QLabel(HELP_TEXT)
         self.help_label.setWordWrap(True)
         self.help_label.setTextFormat(Qt.TextFormat.RichText)
@@ -389,7 +431,13 @@ class EdgeSamWidget(QWidget):
         """Whether the widget still exists (the viewer may have been closed)."""
         return self._alive["alive"]
 
-    def _start(self, func, *args, returned=None, errored=None, finished=None, desc=None):
+    def _start(self, func, *args, returned=None, errored=None, finished=None, desc=None,
+               yielded=None, total=0):
+        """Run ``func(*args)`` in a napari worker thread (a generator function gives a
+        generator worker whose ``yielded`` values go to ``yielded``; ``total`` sizes its
+        progress bar in napari's activity panel)."""
+        import inspect
+
         from napari.qt.threading import create_worker
 
         alive = self._alive
@@ -407,17 +455,20 @@ class EdgeSamWidget(QWidget):
                     raise
             return call
 
-        from superqt.utils import FunctionWorker
+        from superqt.utils import FunctionWorker, GeneratorWorker
 
-        # superqt's plain worker: errors go to our handler only (napari's own worker class
+        # superqt's plain workers: errors go to our handler only (napari's own worker class
         # would also relay them as a second notification with a traceback)
+        generator = inspect.isgeneratorfunction(func)
         kwargs = {"_start_thread": False, "_ignore_errors": True,
-                  "_worker_class": FunctionWorker}
+                  "_worker_class": GeneratorWorker if generator else FunctionWorker}
         if desc:
-            kwargs["_progress"] = {"total": 0, "desc": desc}
+            kwargs["_progress"] = {"total": int(total), "desc": desc}
         worker = create_worker(func, *args, **kwargs)
         if returned is not None:
             worker.returned.connect(guard(returned))
+        if yielded is not None and generator:
+            worker.yielded.connect(guard(yielded))
         worker.errored.connect(guard(errored or self._on_worker_error))
         if finished is not None:
             worker.finished.connect(guard(finished))
@@ -465,12 +516,117 @@ class EdgeSamWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        """Whether a worker (model loading, download, encoding, decoding) is running or a
-        slice change is about to start one."""
+        """Whether a worker (model loading, download, encoding, decoding, propagation) is
+        running or a slice change is about to start one. (Batch runs: :attr:`batch_busy`;
+        background prefetching is never "busy".)"""
         return any(w is not None for w in (self._model_worker, self._download_worker,
                                            self._encode_worker, self._decode_worker)) or (
             self._slice_timer.isActive() or self._contrast_timer.isActive()
-        )
+        ) or (self.propagation is not None and self.propagation.busy)
+
+    @property
+    def batch_busy(self) -> bool:
+        """Whether the batch panel is running."""
+        return self.batch is not None and self.batch.busy
+
+    @property
+    def use_tiles(self) -> bool:
+        """Whether prompts are answered from tiles (see :mod:`napari_edgesam.engine.tiling`).
+        Set automatically for images larger than 2048 pixels when the image is chosen."""
+        return self.tiles_check.isChecked()
+
+    @use_tiles.setter
+    def use_tiles(self, value: bool):
+        self.tiles_check.setChecked(bool(value))
+
+    def set_tile_geometry(self, tile_size: int | None = None, halo: int | None = None):
+        """Tile side and halo in image pixels (None: the engine's defaults, 1024 and 128)."""
+        self._tile_size = None if tile_size is None else int(tile_size)
+        self._tile_halo = None if halo is None else int(halo)
+        if self.use_tiles:
+            self._on_slice_changed(force=True)
+
+    @property
+    def tiled_predictor(self):
+        """The current slice's :class:`~napari_edgesam.engine.tiling.TiledPredictor` (tiled
+        images), else None."""
+        emb = self.embedding
+        return emb if _is_tiled_predictor(emb) else None
+
+    @property
+    def prefetch_enabled(self) -> bool:
+        return self.prefetch_check.isChecked()
+
+    @prefetch_enabled.setter
+    def prefetch_enabled(self, value: bool):
+        self.prefetch_check.setChecked(bool(value))
+
+    @property
+    def prefetcher(self):
+        """The :class:`~._prefetch.PrefetchController` (its ``prefetcher`` is the engine's)."""
+        return self._prefetch
+
+    def _on_tiles_toggled(self, checked):
+        if self._updating_combos or self._geometry is None:
+            return
+        self._align_preview()
+        self._on_slice_changed(force=True)
+
+    def _on_prefetch_toggled(self, checked):
+        self._prefetch.enabled = bool(checked)
+
+    def _prefetch_jobs(self) -> list:
+        """What to encode while the user is idle: the neighbouring slices of the current one
+        along the axis the user last moved on (stacks, movies), or the tiles nearest the last
+        prompt's window (tiled images). Lazy reads (callables), the current mapping."""
+        if (self._image_layer is None or self._model is None or self._view_problem()
+                or self._lead is None):
+            return []
+        emb = self.embedding
+        mapping = self._current_mapping
+        if emb is None or mapping is None:
+            return []
+        geom = self._geometry
+        if _is_tiled_predictor(emb):
+            w = self._last_window
+            if w is None:
+                return []
+            cx, cy = w.col0 + w.width / 2, w.row0 + w.height / 2
+            tiles = [t for t in emb.grid.tiles_by_distance(cx, cy)
+                     if t not in emb.encoded and t != w][:PREFETCH_TILES]
+            return [{"image": (lambda t=t: emb.read(t)), "mapping": emb.mapping,
+                     "rgb": emb.rgb, "tile": t.key(), "what": ("tile", t)} for t in tiles]
+        axes = [i for i in range(len(geom.leading_shape)) if i != geom.channel_axis]
+        if not axes:
+            return []
+        axis = self._scrub_axis if self._scrub_axis in axes else axes[0]
+        layer = self._image_layer
+        data = layer.data[0] if layer.multiscale else layer.data
+        n = geom.leading_shape[axis]
+        jobs = []
+        for dz in PREFETCH_SLICES:
+            z = self._lead[axis] + dz
+            if not 0 <= z < n:
+                continue
+            lead = list(self._lead)
+            lead[axis] = z
+            key = geom.slice_key(tuple(lead), self.channel)
+            jobs.append({"image": (lambda k=key: geom.read_slice(data, k)), "mapping": mapping,
+                         "rgb": geom.rgb, "what": ("slice", geom.labels_index(tuple(lead)))})
+        return jobs
+
+    def go_to_slice(self, axis: int, index: int):
+        """Move napari's slider of the image's leading ``axis`` to ``index`` (data
+        coordinates of the image layer)."""
+        layer = self._image_layer
+        if layer is None:
+            return
+        pos = np.asarray(layer.world_to_data(self.viewer.dims.point), dtype=float)
+        pos = pos[-layer.ndim:].copy()
+        pos[axis] = float(index)
+        world = np.asarray(layer.data_to_world(pos), dtype=float)
+        vaxis = self.viewer.dims.ndim - layer.ndim + axis
+        self.viewer.dims.set_point(vaxis, float(world[axis]))
 
     @property
     def model(self):
@@ -501,11 +657,33 @@ class EdgeSamWidget(QWidget):
     @property
     def preview_mask(self) -> np.ndarray | None:
         """The current preview (``(H, W)`` bool on the current slice) or None."""
-        return None if self._preview_mask is None else self._preview_mask.astype(bool)
+        mask = self._preview_mask
+        if mask is None:
+            return None
+        hw = self._geometry.spatial_shape
+        if mask.shape == hw:
+            return mask.astype(bool)
+        full = np.zeros(hw, dtype=bool)  # tiled images keep only the mask's crop
+        r0, c0 = self._preview_offset
+        full[r0:r0 + mask.shape[0], c0:c0 + mask.shape[1]] = mask.view(bool)
+        return full
+
+    @property
+    def preview_crop(self):
+        """``(mask crop (bool), (row0, col0), bbox)`` of the current preview, or None. Cheap
+        for big images (no whole-slice array)."""
+        mask = self._preview_mask
+        if mask is None or self._preview_bbox is None:
+            return None
+        r0, c0, r1, c1 = self._preview_bbox
+        orow, ocol = self._preview_offset
+        return (mask[r0 - orow:r1 - orow, c0 - ocol:c1 - ocol].view(bool), (r0, c0),
+                self._preview_bbox)
 
     @property
     def embedding(self):
-        """The embedding of the current slice (None while it is being computed)."""
+        """The embedding of the current slice (None while it is being computed); for tiled
+        images the slice's :class:`~napari_edgesam.engine.tiling.TiledPredictor`."""
         return self._embedding if self._embedding_key == self._wanted_key() else None
 
     @property
@@ -824,6 +1002,9 @@ class EdgeSamWidget(QWidget):
                 )
         if layer is self._labels_layer:
             self._labels_layer = None
+        self._label_ids.forget(layer)
+        if self.propagation is not None:
+            self.propagation.on_layer_removed(layer)
         if layer is self._points_layer:
             self._points_layer = None
         if layer is self._boxes_layer:
@@ -857,6 +1038,7 @@ class EdgeSamWidget(QWidget):
             self._refresh_layer_combos()
             return
         self._labels_layer = layer
+        self._label_ids.watch(layer)  # big layers: find the largest id in the background
 
     def _check_labels_layer(self, layer):
         if self._geometry is None:
@@ -873,6 +1055,7 @@ class EdgeSamWidget(QWidget):
         created at the first commit when ``layer`` is None."""
         if layer is not None:
             self._check_labels_layer(layer)
+            self._label_ids.watch(layer)  # big layers: find the largest id in the background
         self._labels_layer = layer
         self._refresh_layer_combos()
 
@@ -898,12 +1081,22 @@ class EdgeSamWidget(QWidget):
         except ValueError as exc:
             self._notify_error(exc)
             return
+        from napari_edgesam.engine.tiling import needs_tiling
+
         self._image_layer = layer
         self._geometry = geom
         self._data_version = 0
         self._stack_mappings = {}
         self._embedding = None
         self._embedding_key = None
+        self._current_mapping = None
+        self._last_window = None
+        self._scrub_axis = None
+        self._updating_combos = True
+        try:  # tiles by default for big slices (the user may switch them either way)
+            self.tiles_check.setChecked(needs_tiling(geom.spatial_shape))
+        finally:
+            self._updating_combos = False
         layer.events.data.connect(self._on_image_data)
         layer.events.contrast_limits.connect(self._on_contrast)
         for name in _TRANSFORM_EVENTS:
@@ -939,6 +1132,8 @@ class EdgeSamWidget(QWidget):
             self._channel_label.setVisible(has_axes)
         finally:
             self._updating_combos = False
+        if self.propagation is not None:
+            self.propagation.refresh_image()
 
     def set_channel_axis(self, axis: int | None, channel: int = 0):
         """Treat leading ``axis`` of the image as channels and feed ``channel`` to the model.
@@ -983,8 +1178,10 @@ class EdgeSamWidget(QWidget):
         active = self.viewer.layers.selection.active
         created = False
         if self._preview_layer is None or self._preview_layer not in self.viewer.layers:
-            self._preview_layer = _prompts.make_preview_layer(layer, self.viewer,
-                                                              geom.spatial_shape)
+            # big (tiled) images: the preview holds crops, never a whole-slice array
+            shape = (1, 1) if self._crop_preview() else geom.spatial_shape
+            self._preview_layer = _prompts.make_preview_layer(layer, self.viewer, shape)
+            self._shown_offset = (0, 0)
             created = True
         for attr, make, install in (
             ("_boxes_layer", _prompts.make_boxes_layer, _prompts.install_boxes_bindings),
@@ -1026,9 +1223,14 @@ class EdgeSamWidget(QWidget):
             return
         nd = layer.ndim
         hw = self._geometry.spatial_shape
-        if pv.data.shape != hw:
-            pv.data = np.zeros(hw, dtype=np.uint8)
         _prompts.copy_transform(layer, pv, list(range(nd - 2, nd)))
+        if self._crop_preview():
+            if pv.data.shape == hw and hw != (1, 1):  # was showing whole slices
+                pv.data = np.zeros((1, 1), dtype=np.uint8)
+                self._shown_offset = (0, 0)
+            self._place_preview(self._shown_offset)
+        elif pv.data.shape != hw:
+            pv.data = np.zeros(hw, dtype=np.uint8)
 
     def _on_image_transform(self, event=None):
         if not self._ok() or self._image_layer is None:
@@ -1086,7 +1288,12 @@ class EdgeSamWidget(QWidget):
         if lead == self._lead and not force:
             self._update_status()
             return
+        if lead is not None and self._lead is not None and len(lead) == len(self._lead):
+            moved = [i for i, (a, b) in enumerate(zip(lead, self._lead, strict=True)) if a != b]
+            if moved:
+                self._scrub_axis = moved[0]  # prefetch along the axis the user moves on
         self._lead = lead
+        self._last_window = None
         self._clear_preview()
         self._request_encode()
         self._request_predict()
@@ -1132,7 +1339,14 @@ class EdgeSamWidget(QWidget):
         if self._image_layer is None or self._model is None or self._lead is None:
             return None
         return (self._image_layer.unique_id, self._data_version, self._slice_key(),
-                self._mapping_spec(), id(self._model))
+                self._mapping_spec(), id(self._model), self._tiled_key())
+
+    def _tiled_key(self):
+        """``(tile_size, halo)`` when the current image is answered through tiles, else
+        None."""
+        if self._geometry is None or not self.tiles_check.isChecked():
+            return None
+        return (self._tile_size, self._tile_halo)
 
     def _stack_mapping_key(self):
         spec = self._mapping_spec()
@@ -1166,15 +1380,24 @@ class EdgeSamWidget(QWidget):
         self._encode_key = key
         self._encode_pending = False
         self._encode_control = control = {}
+        self._prefetch.activity()  # the slice the user looks at comes first
         text = self._slice_text()
-        self._set_status(f"Encoding {text}...")
+        tiled = self._tiled_key()
+        if tiled is not None:
+            # big image: no whole-slice embedding; tiles are encoded when prompts need them
+            self._set_status(f"Preparing {text} (large image: tiles)...")
+            job, args = _jobs.prepare_tiles_job, (*tiled, control)
+            desc = f"EdgeSAM: preparing tiles of {text}"
+        else:
+            self._set_status(f"Encoding {text}...")
+            job, args = _encode_job, (control,)
+            desc = f"EdgeSAM: encoding {text}"
         self._encode_worker = self._start(
-            _encode_job, self._predictor, data, self._geometry, key[2], key[3], stack_mapping,
-            control,
+            job, self._predictor, data, self._geometry, key[2], key[3], stack_mapping, *args,
             returned=lambda res, k=key, s=smk: self._on_encoded(k, s, res),
             errored=lambda exc, k=key: self._on_encode_failed(k, exc),
             finished=self._on_encode_done,
-            desc=f"EdgeSAM: encoding {text}",
+            desc=desc,
         )
 
     def _cancel_encode(self):
@@ -1195,7 +1418,9 @@ class EdgeSamWidget(QWidget):
             return  # the slice, image or mapping changed meanwhile: dropped
         self._embedding = embedding
         self._embedding_key = key
-        self.last_encode_seconds = seconds
+        self._current_mapping = mapping
+        if not _is_tiled_predictor(embedding):
+            self.last_encode_seconds = seconds
         self._update_status()
         self._request_predict()  # answers clicks made while encoding
 
@@ -1206,6 +1431,7 @@ class EdgeSamWidget(QWidget):
     def _on_encode_done(self):
         self._encode_worker = None
         self._encode_key = None
+        self._prefetch.activity()  # idle from here: prefetch after a while
         if self._encode_pending or (
             self._wanted_key() is not None and self._embedding_key != self._wanted_key()
         ):
@@ -1264,6 +1490,7 @@ class EdgeSamWidget(QWidget):
         self._generation += 1
         gen = self._generation
         prompts = self._gather_prompts()
+        self._prefetch.activity()  # a click needs the cores: stop any prefetch at once
         if prompts.empty:
             self._show_preview(None, gen)
             self._update_status()
@@ -1279,15 +1506,48 @@ class EdgeSamWidget(QWidget):
         if emb is None:
             self._request_encode()
             if self._encode_worker is not None:
+                what = "the image" if self._tiled_key() else self._slice_text()
                 self._set_status(
-                    f"Encoding {self._slice_text()}... your prompts are answered when it is done."
+                    f"{'Preparing' if self._tiled_key() else 'Encoding'} {what}... your "
+                    "prompts are answered when it is done."
                 )
             return
+        window = None
+        if _is_tiled_predictor(emb):
+            try:
+                window = emb.windows_for(list(prompts.points) or None, prompts.box)
+            except Exception as exc:  # noqa: BLE001 - a prompt the tiles cannot answer
+                self._notify_error(exc)
+                return
         if self._decode_worker is not None:
             self._decode_pending = True
+            ctl = self._decode_control
+            if window is not None and ctl.get("window") is not None and ctl["window"] != window:
+                # a tile no longer needed by the newest prompts: stop encoding it
+                ctl["cancel"] = True
+                ro = ctl.get("run_options")
+                if ro is not None:
+                    ro.terminate = True
             return
         self._decode_pending = False
         key = self._embedding_key
+        if window is not None:
+            self._decode_control = control = {"window": window}
+            self._last_window = window
+            if window not in emb.encoded:
+                self._set_status(
+                    f"Encoding the tile at rows {window.row0}..{window.row1 - 1}, columns "
+                    f"{window.col0}..{window.col1 - 1} of {self._slice_text()} (large image: "
+                    "tiles are encoded when a prompt needs them)..."
+                )
+            self._decode_worker = self._start(
+                _jobs.tiled_decode_job, emb, prompts, window, control,
+                returned=lambda res, g=gen, k=key: self._on_decoded(g, k, res),
+                errored=self._on_worker_error,
+                finished=self._on_decode_done,
+            )
+            return
+        self._decode_control = {}
         self._decode_worker = self._start(
             _decode_job, self._predictor, emb, prompts,
             returned=lambda res, g=gen, k=key: self._on_decoded(g, k, res),
@@ -1296,15 +1556,22 @@ class EdgeSamWidget(QWidget):
         )
 
     def _on_decoded(self, gen, key, result):
-        mask, score, seconds, bbox = result
-        self.last_decode_seconds = seconds
+        if result is None:
+            return  # cancelled (a tile the newest prompts do not need)
+        self.last_decode_seconds = result.seconds
         if key != self._embedding_key or key != self._wanted_key() or gen <= self._shown_generation:
             return  # stale: another slice, image or model, or older than what is shown
-        self._show_preview(mask, gen, bbox)
-        r0, c0, r1, c1 = bbox if bbox is not None else (0, 0, 0, 0)
-        area = int(np.count_nonzero(mask[r0:r1, c0:c1]))
+        self._show_preview(result.mask, gen, result.bbox, result.offset)
+        area = 0
+        if result.bbox is not None:
+            r0, c0, r1, c1 = result.bbox
+            orow, ocol = result.offset
+            area = int(np.count_nonzero(result.mask[r0 - orow:r1 - orow, c0 - ocol:c1 - ocol]))
+        where = self._slice_text()
+        if result.window is not None:
+            where += f" (tile at rows {result.window.row0}.., columns {result.window.col0}..)"
         self._set_status(
-            f"Preview on {self._slice_text()}: {area} px, stability {score:.2f}. "
+            f"Preview on {where}: {area} px, stability {result.score:.2f}. "
             "C: commit, Esc: clear."
         )
         if self._commit_when_ready and gen == self._generation:
@@ -1313,26 +1580,81 @@ class EdgeSamWidget(QWidget):
 
     def _on_decode_done(self):
         self._decode_worker = None
+        self._decode_control = {}
         if self._decode_pending:
             self._decode_pending = False
             self._request_predict()
+        self._prefetch.activity()
 
-    def _show_preview(self, mask, gen, bbox=None):
+    def _show_preview(self, mask, gen, bbox=None, offset=(0, 0)):
         self._shown_generation = gen
         self._preview_mask = mask
         self._preview_bbox = bbox
+        self._preview_offset = tuple(offset)
         self._preview_lead = self._lead if mask is not None else None
+        self.render_preview()
+
+    def render_preview(self):
+        """Show the prompt preview (value 1, yellow) on the preview layer, else the pending
+        propagation result on the current slice (value 2, cyan), else nothing."""
+        geom = self._geometry
+        if geom is None:
+            return
+        mask, offset, value = self._preview_mask, self._preview_offset, 1
+        if mask is None and self.propagation is not None and self._lead is not None:
+            overlay = self.propagation.overlay(self._image_layer, self._lead)
+            if overlay is not None:
+                mask, offset = overlay
+                value = 2
         pv = self._preview_layer
         if pv is None or pv not in self.viewer.layers:
             if mask is None:
                 return
             self._ensure_prompt_layers()
             pv = self._preview_layer
+        hw = geom.spatial_shape
+        if self._crop_preview():
+            # big images: the preview layer holds only the mask's crop, moved into place
+            if mask is None:
+                if pv.data.shape != (1, 1) or pv.data.any():
+                    pv.data = np.zeros((1, 1), np.uint8)
+                self._place_preview((0, 0))
+                return
+            data = mask.astype(np.uint8) * np.uint8(value) if value != 1 else mask
+            self._place_preview(offset)
+            pv.data = data
+            return
         if mask is None:
-            if pv.data.any():
-                pv.data = np.zeros(self._geometry.spatial_shape, dtype=np.uint8)
-        else:
+            if pv.data.shape != hw or pv.data.any():
+                pv.data = np.zeros(hw, dtype=np.uint8)
+            return
+        if value == 1 and mask.shape == hw:
             pv.data = mask
+            return
+        full = np.zeros(hw, dtype=np.uint8)
+        r0, c0 = offset
+        full[r0:r0 + mask.shape[0], c0:c0 + mask.shape[1]][mask.astype(bool)] = value
+        pv.data = full
+
+    def _crop_preview(self) -> bool:
+        """Whether the preview layer holds crops (tiled images) instead of whole slices."""
+        return bool(self._tiled_key())
+
+    def _place_preview(self, offset):
+        """Translate the (2D) preview layer so that its data starts at ``offset`` (row, col)
+        of the image's slice."""
+        layer, pv = self._image_layer, self._preview_layer
+        if layer is None or pv is None:
+            return
+        self._shown_offset = tuple(offset)
+        nd = layer.ndim
+        kw = _prompts.transform_kwargs(layer, list(range(nd - 2, nd)))
+        translate = tuple(float(t) + float(sc) * float(o)
+                          for t, sc, o in zip(kw["translate"], kw["scale"], offset, strict=True))
+        if tuple(pv.scale) != tuple(kw["scale"]):
+            pv.scale = kw["scale"]
+        if tuple(pv.translate) != translate:
+            pv.translate = translate
 
     def _clear_preview(self):
         self._generation += 1
@@ -1443,6 +1765,7 @@ class EdgeSamWidget(QWidget):
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
         self._labels_layer = layer
+        self._label_ids.set_new(layer, 0)
         self._refresh_layer_combos()
         return layer
 
@@ -1471,6 +1794,7 @@ class EdgeSamWidget(QWidget):
             self._set_status("Commit pending: waiting for the preview...")
             return None
         mask, lead, bbox = self._preview_mask, self._preview_lead, self._preview_bbox
+        offset = self._preview_offset
         if mask is None or lead is None or bbox is None:
             show_info("EdgeSAM: nothing to commit (no preview); click on an object first.")
             return None
@@ -1481,24 +1805,35 @@ class EdgeSamWidget(QWidget):
         except ValueError as exc:
             self._notify_error(exc)
             return None
+        label_id = self._label_ids.next_id(layer)
+        if label_id is None:  # a big Labels layer is still being scanned (background)
+            self._set_status("Commit pending: looking for the next free label id in "
+                             f"'{layer.name}' (a large layer)...")
+            gen = self._shown_generation
+            self._label_ids.when_known(
+                layer, lambda nid, g=gen: self.commit() if nid and self._ok()
+                and self._shown_generation == g else None)
+            return None
         lab_lead = geom.labels_index(lead)
-        # only the mask's bounding box is looked at (cheap for big images)
+        # only the mask's bounding box is looked at and written (cheap for big images)
         r0, c0, r1, c1 = bbox
+        orow, ocol = offset
         existing = (np.asarray(layer.data[(*lab_lead, slice(r0, r1), slice(c0, c1))])
                     if self.paint_background_only else None)
-        indices = commit_indices(mask[r0:r1, c0:c1].view(bool), lab_lead, existing,
-                                 self.paint_background_only, offset=(r0, c0))
+        crop = mask[r0 - orow:r1 - orow, c0 - ocol:c1 - ocol].view(bool)
+        indices = commit_indices(crop, lab_lead, existing, self.paint_background_only,
+                                 offset=(r0, c0))
         if indices[0].size == 0:
             show_info("EdgeSAM: nothing to paint: the preview lies on existing labels "
                       "(untick 'paint only on background' to overwrite them).")
             return None
-        label_id = int(np.max(layer.data)) + 1
         dtype = layer.data.dtype
         if np.issubdtype(dtype, np.integer) and label_id > np.iinfo(dtype).max:
             self._notify_error(f"no free label id left in the {dtype} Labels layer")
             return None
         with layer.block_history():
             layer.data_setitem(indices, label_id)
+        self._label_ids.note(layer, label_id)
         layer.selected_label = label_id
         self._clear_prompt_data()
         self._clear_preview()
@@ -1517,6 +1852,20 @@ class EdgeSamWidget(QWidget):
         """Redo the last undone change of the target Labels layer."""
         if self._labels_layer is not None:
             self._labels_layer.redo()
+
+    # ------------------------------------------------------------------ panels ------
+    def propagate(self):
+        """Propagate the current object through the stack (Shift+P); see
+        :class:`~._propagation_panel.PropagationPanel`."""
+        return self.propagation.propagate()
+
+    def commit_propagation(self):
+        """Commit the pending propagation result as one undo step (Shift+C)."""
+        return self.propagation.commit()
+
+    def jump_to_weakest_slice(self):
+        """Show the slice with the lowest score of the last propagation (Shift+W)."""
+        return self.propagation.jump_to_weakest()
 
     # ------------------------------------------------------------------ status ------
     def _update_status(self):
@@ -1559,6 +1908,11 @@ class EdgeSamWidget(QWidget):
         self._alive["alive"] = False
         for t in (self._slice_timer, self._contrast_timer, self._download_timer):
             t.stop()
+        self._prefetch.close()
+        self._label_ids.close()
+        for panel in (self.propagation, self.batch):
+            if panel is not None:
+                panel.shutdown()
         if self._download_state:
             self._download_state["cancel"] = True
         if self._encode_worker is not None:

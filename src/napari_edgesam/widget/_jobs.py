@@ -1,0 +1,138 @@
+"""Work done in background threads for the dock widget (no Qt, no napari in here).
+
+Shared by the click path (whole slices and tiles) and the propagation panel.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._geometry import ImageGeometry
+from ._lazy import SubArray
+
+__all__ = [
+    "Decoded",
+    "choose_mapping",
+    "crop_to_bbox",
+    "prepare_tiles_job",
+    "tiled_decode_job",
+]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A preview mask as the GUI thread gets it.
+
+    Attributes
+    ----------
+    mask : ndarray of uint8 (0/1)
+        The whole slice ``(H, W)`` (offset ``(0, 0)``), or a crop (tiled images).
+    offset : (int, int)
+        ``(row, col)`` of ``mask[0, 0]`` in the slice.
+    bbox : (r0, c0, r1, c1) or None
+        The mask's bounding box in slice pixels (half-open); None when empty.
+    score : float
+    seconds : float
+    window : object
+        The tile/window that answered (tiled images), else None.
+    """
+
+    mask: np.ndarray
+    offset: tuple
+    bbox: tuple | None
+    score: float
+    seconds: float
+    window: object = None
+
+
+def crop_to_bbox(mask: np.ndarray):
+    """``(crop, (r0, c0))`` of a bool mask's bounding box, or ``(None, None)`` when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None, None
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return np.ascontiguousarray(mask[r0:r1, c0:c1]), (r0, c0)
+
+
+def choose_mapping(data, geom: ImageGeometry, key, spec, stack_mapping):
+    """The intensity mapping for slices of ``data`` (the same for every slice of a stack).
+
+    ``spec`` is ``("contrast", (lo, hi))``, ``("auto",)`` or ``("percentiles",)``;
+    ``stack_mapping`` a mapping computed before for this stack (returned as is). The stack is
+    sampled (:func:`~napari_edgesam.engine.intensity.default_mapping`), never read whole.
+    """
+    from napari_edgesam.engine import IntensityMapping, default_mapping, mapping_from_percentiles
+
+    channels = 3 if geom.rgb else 1
+    if spec[0] == "contrast":
+        lo, hi = spec[1]
+        return IntensityMapping((lo,) * channels, (hi,) * channels)
+    if stack_mapping is not None:
+        return stack_mapping
+    stack = data
+    if geom.channel_axis is not None:
+        stack = SubArray(data, {geom.channel_axis: key[geom.channel_axis]})
+    # (RGBA: the engine samples without the alpha channel)
+    if spec[0] == "auto":
+        return default_mapping(stack, rgb=geom.rgb)
+    return mapping_from_percentiles(stack, rgb=geom.rgb)
+
+
+def prepare_tiles_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping,
+                      tile_size, halo, control):
+    """A :class:`~napari_edgesam.engine.tiling.TiledPredictor` for one slice of a big image.
+
+    Nothing is encoded here: tiles are encoded when a prompt needs them. Only the intensity
+    mapping is chosen (sampled). Returns ``(tiled_predictor, mapping, seconds)`` or None
+    when cancelled.
+    """
+    from napari_edgesam.engine.tiling import TiledPredictor
+
+    t0 = time.perf_counter()
+    if control.get("cancel"):
+        return None
+    mapping = choose_mapping(data, geom, key, spec, stack_mapping)
+    view = SubArray(data, dict(enumerate(key))) if key else data
+    tp = TiledPredictor(predictor, view, mapping, tile_size=tile_size, halo=halo,
+                        rgb=geom.rgb)
+    return tp, mapping, time.perf_counter() - t0
+
+
+def tiled_decode_job(tp, prompts, window, control):
+    """Answer prompts on a tiled slice: encode the window they need (terminable), then
+    predict (re-centring on objects cut by a window side, see
+    :meth:`TiledPredictor.predict`). Returns a :class:`Decoded` with the mask cropped to
+    its bounding box, or None when cancelled."""
+    from napari_edgesam.engine.session import make_run_options
+
+    run_options = make_run_options()
+    control["run_options"] = run_options
+    if control.get("cancel"):
+        return None
+    t0 = time.perf_counter()
+    run_options.terminate = bool(control.get("cancel"))
+    try:
+        tp.embedding(window, run_options=run_options)
+    except Exception:
+        if control.get("cancel") or run_options.terminate:
+            return None
+        raise
+    if control.get("cancel"):
+        return None
+    pred = tp.predict(points=list(prompts.points) or None,
+                      labels=list(prompts.labels) or None, box=prompts.box)
+    bbox = pred.bbox()
+    if bbox is None:
+        mask, offset = np.zeros((1, 1), np.uint8), (0, 0)
+    else:
+        w = pred.window
+        r0, c0, r1, c1 = bbox
+        mask = np.ascontiguousarray(
+            pred.mask[r0 - w.row0:r1 - w.row0, c0 - w.col0:c1 - w.col0]).view(np.uint8)
+        offset = (r0, c0)
+    return Decoded(mask, offset, bbox, float(pred.score), time.perf_counter() - t0,
+                   pred.window)
