@@ -1,0 +1,364 @@
+"""The propagation tab of the dock widget, in real napari, with the test-double model.
+
+The test double (tests/models) is not EdgeSAM. Expected results come from the engine's
+propagation workflow run directly on the same stack, with the same seed mask, mapping and
+settings: the tests check that the widget feeds the workflow the right stack, slice, seed
+and limits, shows the result before writing it, and writes exactly that result, as one undo
+step, into the right slices of the Labels layer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from conftest import TEST_DECODER, TEST_ENCODER  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 30_000
+SHAPE = (14, 56, 64)
+#: The object: an ellipsoid centred on slice 7 that ends inside the stack (slices ~3..11).
+CENTRE, AXES = (7, 28, 30), (4.6, 13, 15)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path):
+    from napari_edgesam.engine.cache import EmbeddingCache, set_default_cache
+
+    cache = EmbeddingCache(disk_dir=tmp_path / "embeddings")
+    set_default_cache(cache)
+    yield cache
+    set_default_cache(None)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def make_stack(shape=SHAPE, centre=CENTRE, axes=AXES, seed=0):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    (cz, cy, cx), (c, ry, rx) = centre, axes
+    truth = ((zz - cz) / c) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    img = np.full(shape, 100.0)
+    img[truth] = 420
+    img += rng.normal(0, 6, shape)
+    return np.clip(img, 0, 65535).astype(np.uint16), truth
+
+
+def make_widget(viewer, model):
+    from napari_edgesam.widget.dock import EdgeSamWidget
+
+    w = EdgeSamWidget(viewer, model=model)
+    viewer.window.add_dock_widget(w, name="EdgeSAM")
+    w.prefetch_enabled = False  # deterministic encoder counts
+    return w
+
+
+def wait_ready(qtbot, w):
+    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
+
+
+def wait_idle(qtbot, w):
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
+
+
+def expected(test_model, stack, seed_z, seed_mask, *, z_range=None, settings=None):
+    from napari_edgesam.engine import Predictor
+    from napari_edgesam.workflows.propagation import SliceAnnotation, propagate
+
+    return propagate(Predictor(test_model, cache=None), stack,
+                     {1: SliceAnnotation(seed_z, mask=seed_mask)}, z_range=z_range,
+                     settings=settings)
+
+
+def click_and_wait(qtbot, w, position):
+    w.add_point(position)
+    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    return w.preview_mask.copy()
+
+
+# --------------------------------------------------------------------------------------
+
+
+def test_propagate_preview_then_commit_as_one_undo_step(viewer, qtbot, test_model):
+    stack, truth = make_stack()
+    layer = viewer.add_image(stack, name="stack")
+    w = make_widget(viewer, test_model)
+    panel = w.propagation
+    assert panel.stack_axis == 0 and panel.z_range == (0, SHAPE[0] - 1)
+    # the thresholds start at the workflow's own defaults
+    from napari_edgesam.workflows.propagation import PropagationSettings
+
+    d = PropagationSettings()
+    assert (panel.min_score, panel.min_overlap, panel.max_growth) == pytest.approx(
+        (d.min_score, d.min_overlap, d.max_growth))
+
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    seed = click_and_wait(qtbot, w, (7, 28, 30))
+    assert panel.propagate() is not None
+    assert w.busy
+    wait_idle(qtbot, w)
+    assert panel.pending and w.labels_layer is None  # nothing written before the commit
+
+    want = expected(test_model, stack, 7, seed)
+    mask3d = want.mask(1)
+    zs = np.flatnonzero(mask3d.any(axis=(1, 2)))
+    assert zs[0] > 0 and zs[-1] < SHAPE[0] - 1  # the object ends inside the stack
+    assert abs(int(zs[0]) - 3) <= 1 and abs(int(zs[-1]) - 11) <= 1
+    # the per-slice read-out: same records as the workflow's
+    assert [(r.z, r.accepted, r.reason) for r in panel.records] == [
+        (r.z, r.accepted, r.reason) for r in
+        (want.objects[1].records[z] for z in sorted(want.objects[1].records))]
+    assert panel.table.rowCount() == len(panel.records)
+    assert {panel.table.item(i, 1).text() for i in range(panel.table.rowCount())} >= {
+        "annotated", "kept", "stopped"}
+
+    # the preview layer shows the pending result (value 2) on the slice you look at
+    viewer.dims.set_point(0, 5)
+    qtbot.waitUntil(lambda: w._lead == (5,), timeout=TIMEOUT)
+    np.testing.assert_array_equal(w.preview_layer.data == 2, mask3d[5])
+    # clicking a table row jumps to that slice
+    row = [r.z for r in panel.records].index(int(zs[-1]))
+    panel.table.cellClicked.emit(row, 0)
+    assert layer.world_to_data(viewer.dims.point)[0] == pytest.approx(zs[-1])
+
+    label = panel.commit()
+    assert label == 1
+    labels = w.labels_layer
+    np.testing.assert_array_equal(labels.data == 1, mask3d)
+    assert set(np.unique(labels.data)) == {0, 1}
+    assert not panel.pending
+    assert w.preview_layer.data.max() <= 1  # the overlay is gone after the commit
+    # ONE undo step for the whole run
+    labels.undo()
+    assert not labels.data.any()
+    labels.redo()
+    np.testing.assert_array_equal(labels.data == 1, mask3d)
+
+
+def test_label_source_z_limits_weakest_slice_and_thresholds(viewer, qtbot, test_model):
+    from napari_edgesam.workflows.propagation import PropagationSettings
+
+    stack, truth = make_stack()
+    layer = viewer.add_image(stack, name="stack")
+    existing = np.zeros(SHAPE, np.uint16)
+    existing[7][truth[7]] = 5          # the object, committed on slice 7 as label 5
+    existing[2, :4, :4] = 9            # another object that must stay untouched
+    labels = viewer.add_labels(existing.copy(), name="mine")
+    w = make_widget(viewer, test_model)
+    w.set_labels_layer(labels)
+    panel = w.propagation
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    panel.source = "label"
+    panel.label = 5
+    panel.set_z_range(5, 9)
+    panel.min_score = 0.6
+    assert panel.propagate() is not None
+    wait_idle(qtbot, w)
+    settings = PropagationSettings(min_score=0.6)
+    want = expected(test_model, stack, 7, truth[7], z_range=(5, 9), settings=settings)
+    assert panel.result.z_range == (5, 9)
+    assert panel.commit() == 5
+    got = labels.data
+    np.testing.assert_array_equal(got == 5, want.mask(1) | (existing == 5))
+    assert not (got[:5] == 5).any() and not (got[10:] == 5).any()  # the z-limits
+    assert (got == 9).sum() == 16
+    ends = {e.reason for e in panel.result.objects[5].ends}
+    assert ends <= {"z-limit", "low score", "vanished", "overlap collapsed", "area jump"}
+
+    # the weakest kept slice is shown
+    kept = [r for r in panel.records if r.accepted and r.source == "propagated"]
+    weakest = min(kept, key=lambda r: (r.score, r.z)).z
+    viewer.dims.set_point(0, 7)
+    assert w.jump_to_weakest_slice() == weakest
+    assert layer.world_to_data(viewer.dims.point)[0] == pytest.approx(weakest)
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, existing)
+
+
+def test_cancel_mid_run_leaves_a_consistent_undoable_state(viewer, qtbot, test_model):
+    slow = SlowEncoder(0.25)
+    slow._inner.load()
+    stack, truth = make_stack()
+    viewer.add_image(stack, name="stack")
+    w = make_widget(viewer, slow)
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    seed = click_and_wait(qtbot, w, (7, 28, 30))
+    panel = w.propagation
+    panel.propagate()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 2, timeout=TIMEOUT)
+    panel.cancel()
+    wait_idle(qtbot, w)
+    res = panel.result
+    assert res.cancelled and panel.pending
+    assert any(e.reason == "cancelled" for e in res.objects[1].ends)
+    assert w.labels_layer is None  # cancelling writes nothing
+    # the partial result is complete slices only, each equal to the full run's slice
+    full = expected(test_model, stack, 7, seed).mask(1)
+    part = res.mask(1)
+    done = np.flatnonzero(part.any(axis=(1, 2)))
+    assert 7 in done and len(done) < np.count_nonzero(full.any(axis=(1, 2)))
+    for z in done:
+        np.testing.assert_array_equal(part[z], full[z])
+    assert panel.commit() == 1
+    labels = w.labels_layer
+    np.testing.assert_array_equal(labels.data == 1, part)
+    labels.undo()
+    assert not labels.data.any()
+
+
+def test_repropagation_after_correcting_a_committed_slice(viewer, qtbot, test_model):
+    stack, truth = make_stack()
+    viewer.add_image(stack, name="stack")
+    w = make_widget(viewer, test_model)
+    panel = w.propagation
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    seed = click_and_wait(qtbot, w, (7, 28, 30))
+    panel.propagate()
+    wait_idle(qtbot, w)
+    assert panel.commit() == 1
+    labels = w.labels_layer
+    before = labels.data.copy()
+    first = panel.result
+    zs = np.flatnonzero(before.any(axis=(1, 2)))
+    cut = int(zs[-1]) - 2
+    # the user says "the object ends here": erases it on slice `cut` with napari's brush
+    idx = np.nonzero(labels.data[cut] == 1)
+    with labels.block_history():
+        labels.data_setitem((np.full(idx[0].shape, cut), *idx), 0)
+    viewer.dims.set_point(0, cut)
+    qtbot.waitUntil(lambda: w._lead == (cut,), timeout=TIMEOUT)
+    wait_ready(qtbot, w)
+    assert panel.repropagate() is not None
+    wait_idle(qtbot, w)
+    assert panel.pending
+    # what the workflow's own re-propagation gives
+    from napari_edgesam.engine import Predictor
+    from napari_edgesam.workflows.propagation import Propagator, SliceAnnotation
+
+    prop = Propagator(Predictor(test_model, cache=None), stack)
+    want = prop.repropagate(first, 1, SliceAnnotation(cut, mask=np.zeros(SHAPE[1:], bool)))
+    np.testing.assert_array_equal(panel.result.mask(1), want.mask(1))
+    assert not want.mask(1)[cut:].any()
+    assert panel.commit() == 1
+    np.testing.assert_array_equal(labels.data == 1, want.mask(1))
+    labels.undo()  # the re-propagation is one step
+    after_brush = before.copy()
+    after_brush[cut][before[cut] == 1] = 0
+    np.testing.assert_array_equal(labels.data, after_brush)
+
+
+def test_movie_along_time_in_a_4d_image(viewer, qtbot, test_model):
+    """(T, Z, Y, X): the stack runs along the chosen axis; other axes stay where they are
+    and only their slices are written."""
+    stack, truth = make_stack(shape=(10, 48, 48), centre=(5, 24, 24), axes=(3.5, 11, 11))
+    data = np.stack([np.full_like(stack, 100), stack])  # (2, 10, 48, 48): t=1 holds it
+    layer = viewer.add_image(data, name="movie")
+    w = make_widget(viewer, test_model)
+    panel = w.propagation
+    assert panel.stack_axis == 0  # the first leading axis by default
+    panel.stack_axis = 1
+    assert panel.z_range == (0, 9)
+    viewer.dims.set_point(0, 1)
+    viewer.dims.set_point(1, 5)
+    qtbot.waitUntil(lambda: w._lead == (1, 5), timeout=TIMEOUT)
+    wait_ready(qtbot, w)
+    seed = click_and_wait(qtbot, w, (1, 5, 24, 24))
+    panel.propagate()
+    wait_idle(qtbot, w)
+    want = expected(test_model, stack, 5, seed).mask(1)
+    # the overlay is shown only for t=1
+    viewer.dims.set_point(1, 4)
+    qtbot.waitUntil(lambda: w._lead == (1, 4), timeout=TIMEOUT)
+    np.testing.assert_array_equal(w.preview_layer.data == 2, want[4])
+    viewer.dims.set_point(0, 0)
+    qtbot.waitUntil(lambda: w._lead == (0, 4), timeout=TIMEOUT)
+    assert not (w.preview_layer.data == 2).any()
+    assert panel.commit() == 1
+    got = w.labels_layer.data
+    assert got.shape == data.shape
+    assert not got[0].any()
+    np.testing.assert_array_equal(got[1] == 1, want)
+    assert layer.world_to_data(viewer.dims.point)[0] == 0
+
+
+def test_image_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: shown.append(msg))
+    slow = SlowEncoder(0.25)
+    slow._inner.load()
+    stack, _ = make_stack()
+    viewer.add_image(stack, name="stack")
+    w = make_widget(viewer, slow)
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    click_and_wait(qtbot, w, (7, 28, 30))
+    panel = w.propagation
+    panel.propagate()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 1, timeout=TIMEOUT)
+    viewer.layers.remove("stack")
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: bool(shown), timeout=TIMEOUT)
+    assert any("removed during propagation" in m for m in shown)
+    assert not panel.pending and w.labels_layer is None
+    assert panel.commit() is None
+
+
+def test_propagation_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
+    """Shift+P propagates, Shift+C commits, Shift+W jumps: real key presses."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    stack, _ = make_stack()
+    layer = viewer.add_image(stack)
+    w = make_widget(viewer, test_model)
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    click_and_wait(qtbot, w, (7, 28, 30))
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    shift = Qt.KeyboardModifier.ShiftModifier
+    qtbot.keyClick(canvas, Qt.Key.Key_P, shift)
+    assert w.propagation.busy or w.propagation.pending
+    wait_idle(qtbot, w)
+    qtbot.keyClick(canvas, Qt.Key.Key_W, shift)
+    z = w.propagation.weakest_slice()
+    assert z is not None and layer.world_to_data(viewer.dims.point)[0] == pytest.approx(z)
+    qtbot.keyClick(canvas, Qt.Key.Key_C, shift)
+    assert w.labels_layer is not None and w.labels_layer.data.max() == 1
+    assert w.labels_layer.data.any(axis=(1, 2)).sum() > 3
+
+
+class SlowEncoder:
+    """The test double with a slower encoder (runs in worker threads)."""
+
+    def __init__(self, delay):
+        from napari_edgesam.engine import EdgeSamModel
+
+        self._inner = EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="custom: slow")
+        self.delay = delay
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def encode(self, tensor, run_options=None):
+        t_end = time.perf_counter() + self.delay
+        while time.perf_counter() < t_end:
+            if run_options is not None and run_options.terminate:
+                raise RuntimeError("Exiting due to terminate flag being set to true.")
+            time.sleep(0.005)
+        return self._inner.encode(tensor, run_options)
