@@ -256,6 +256,24 @@ def default_mapping(data, *, rgb: bool = False) -> IntensityMapping:
     return mapping_from_percentiles(data, rgb=rgb)
 
 
+def mapping_for(image, is_rgb: bool, mapping: IntensityMapping | None = None) -> IntensityMapping:
+    """``mapping`` checked against a validated slice, or :func:`default_mapping` of it.
+
+    Raises
+    ------
+    InvalidInputError
+        A grey mapping for an RGB slice or the reverse.
+    """
+    if mapping is None:
+        return default_mapping(image, rgb=is_rgb)
+    if mapping.channels != (3 if is_rgb else 1):
+        raise InvalidInputError(
+            f"intensity mapping has {mapping.channels} channel(s) but the image is "
+            f"{'RGB' if is_rgb else 'grey'}"
+        )
+    return mapping
+
+
 def as_model_image(
     image, mapping: IntensityMapping | None = None, *, rgb: bool | None = None
 ) -> tuple[np.ndarray, IntensityMapping]:
@@ -275,13 +293,7 @@ def as_model_image(
         The mapping used.
     """
     image, is_rgb = validate_image(image, rgb=rgb)
-    if mapping is None:
-        mapping = default_mapping(image, rgb=is_rgb)
-    if mapping.channels != (3 if is_rgb else 1):
-        raise InvalidInputError(
-            f"intensity mapping has {mapping.channels} channel(s) but the image is "
-            f"{'RGB' if is_rgb else 'grey'}"
-        )
+    mapping = mapping_for(image, is_rgb, mapping)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
         raise InvalidInputError("the image contains no finite values (all NaN or inf)")
     return mapping.apply(image), mapping

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import contract
 from .errors import InvalidInputError
-from .intensity import IntensityMapping, as_model_image, default_mapping, validate_image
+from .intensity import IntensityMapping, as_model_image, mapping_for, validate_image
 from .session import EdgeSamModel
 from .transforms import coords_to_model, preprocess, resized_shape, upsampler
 
@@ -300,13 +300,7 @@ class Predictor:
         Embedding
         """
         image, is_rgb = validate_image(image, rgb=rgb)
-        if mapping is None:
-            mapping = default_mapping(image, rgb=is_rgb)
-        if mapping.channels != (3 if is_rgb else 1):
-            raise InvalidInputError(
-                f"intensity mapping has {mapping.channels} channel(s) but the image is "
-                f"{'RGB' if is_rgb else 'grey'}"
-            )
+        mapping = mapping_for(image, is_rgb, mapping)
         h, w = image.shape[:2]
         key = None
         if self.cache is not None and (use_cache or fill_cache):
