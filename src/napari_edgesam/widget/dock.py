@@ -860,6 +860,7 @@ class EdgeSamWidget(QWidget):
 
         self._model = model
         self._predictor = Predictor(model)  # default memory + disk embedding cache
+        self._prefetch.set_predictor(self._predictor)
         self._embedding = None
         self._embedding_key = None
         self._populate_models()

@@ -1,0 +1,134 @@
+"""Prefetching in the dock widget: neighbouring slices are encoded only while the user is
+idle, an in-flight prefetch is stopped when a click needs the cores, and the checkbox turns
+it off. Real napari, the test-double model (not EdgeSAM); the timing goal itself is measured
+by the benchmark harness, not asserted here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from conftest import TEST_DECODER, TEST_ENCODER, disc_image  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 20_000
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path):
+    from napari_edgesam.engine.cache import EmbeddingCache, set_default_cache
+
+    cache = EmbeddingCache(disk_dir=tmp_path / "embeddings")
+    set_default_cache(cache)
+    yield cache
+    set_default_cache(None)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture(autouse=True)
+def _short_idle(monkeypatch):
+    from napari_edgesam.widget import _prefetch
+
+    monkeypatch.setattr(_prefetch, "IDLE_MS", 150)
+
+
+class SlowEncoder:
+    """The test double with a slow encoder that honours RunOptions.terminate."""
+
+    def __init__(self, delay):
+        from napari_edgesam.engine import EdgeSamModel
+
+        self._inner = EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="custom: slow")
+        self.delay = delay
+        self.calls = 0
+        self.terminated = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def encode(self, tensor, run_options=None):
+        self.calls += 1
+        t_end = time.perf_counter() + self.delay
+        while time.perf_counter() < t_end:
+            if run_options is not None and run_options.terminate:
+                self.terminated += 1
+                raise RuntimeError("Exiting due to terminate flag being set to true.")
+            time.sleep(0.005)
+        return self._inner.encode(tensor, run_options)
+
+
+def make_stack():
+    stack = np.full((6, 64, 64), 20, np.uint8)
+    for z in range(6):
+        stack[z][disc_image((64, 64), (30, 30 + z), 10)[1]] = 200
+    return stack
+
+
+def make_widget(viewer, model):
+    from napari_edgesam.widget.dock import EdgeSamWidget
+
+    w = EdgeSamWidget(viewer, model=model)
+    viewer.window.add_dock_widget(w, name="EdgeSAM")
+    return w
+
+
+def wait_ready(qtbot, w):
+    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
+
+
+def test_neighbours_prefetched_when_idle(viewer, qtbot, test_model):
+    viewer.add_image(make_stack())
+    w = make_widget(viewer, test_model)
+    viewer.dims.set_point(0, 2)
+    wait_ready(qtbot, w)
+    ctl = w.prefetcher
+    qtbot.waitUntil(lambda: ctl.prefetcher is not None and ctl.prefetcher.stats["done"] >= 4,
+                    timeout=TIMEOUT)
+    assert ctl.requested[-4:] == [("slice", (3,)), ("slice", (1,)), ("slice", (4,)),
+                                  ("slice", (0,))]
+    viewer.dims.set_point(0, 3)
+    qtbot.waitUntil(lambda: w._lead == (3,), timeout=TIMEOUT)
+    wait_ready(qtbot, w)
+    assert w.embedding.cached  # found in the cache: no encoder run on the way
+
+
+def test_click_stops_an_inflight_prefetch_and_checkbox_off(viewer, qtbot):
+    slow = SlowEncoder(1.0)
+    slow._inner.load()
+    viewer.add_image(make_stack())
+    w = make_widget(viewer, slow)
+    viewer.dims.set_point(0, 2)
+    wait_ready(qtbot, w)
+    ctl = w.prefetcher
+    qtbot.waitUntil(lambda: ctl.prefetcher is not None and ctl.prefetcher.busy,
+                    timeout=TIMEOUT)
+    t0 = time.perf_counter()
+    w.add_point((2, 30, 32))
+    # the click asked the run in flight to terminate at once (onnxruntime's RunOptions)
+    assert ctl.prefetcher._run_options is None or ctl.prefetcher._run_options.terminate
+    qtbot.waitUntil(lambda: w.preview_mask is not None, timeout=TIMEOUT)
+    latency = time.perf_counter() - t0
+    qtbot.waitUntil(lambda: ctl.prefetcher.stats["cancelled"] >= 1, timeout=TIMEOUT)
+    assert slow.terminated >= 1
+    assert latency < 0.9, f"click answered after {latency:.2f} s"  # not after the prefetch
+
+    # off: nothing is prefetched any more, even when idle
+    w.prefetch_enabled = False
+    assert not ctl.busy
+    n = len(ctl.requested)
+    viewer.dims.set_point(0, 4)
+    qtbot.waitUntil(lambda: w._lead == (4,), timeout=TIMEOUT)
+    wait_ready(qtbot, w)
+    qtbot.wait(400)
+    assert len(ctl.requested) == n and not ctl.busy

@@ -1,0 +1,189 @@
+"""Large images in the dock widget: clicks answered through tiles, lazy windowed reads, crop
+previews, commits that touch only the mask's window, label ids without whole-layer scans on
+the GUI thread. Real napari, the test-double model (not EdgeSAM).
+
+As in tests/test_tiling.py the tiles are 400 pixels (the test double resolves objects only
+from about 30 pixels in its 1024 frame); the logic is the same as with the default 1024.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from scipy import ndimage as ndi  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 30_000
+TILE, HALO = 400, 50
+SIZE = 2500  # above the 2048-pixel tiling threshold
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path):
+    from napari_edgesam.engine.cache import EmbeddingCache, set_default_cache
+
+    cache = EmbeddingCache(disk_dir=tmp_path / "embeddings")
+    set_default_cache(cache)
+    yield cache
+    set_default_cache(None)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+class RecordingArray:
+    """An array-like that records every read: (thread name, pixels, shape of the read)."""
+
+    def __init__(self, arr):
+        self.arr = arr
+        self.shape, self.dtype, self.ndim, self.size = arr.shape, arr.dtype, arr.ndim, arr.size
+        self.reads = []
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        out = np.asarray(self.arr[idx])
+        with self._lock:
+            self.reads.append((threading.current_thread() is threading.main_thread(),
+                               out.size, out.shape))
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        return self[...] if dtype is None else self[...].astype(dtype)
+
+    def worker_reads(self):
+        return [(n, s) for main, n, s in self.reads if not main]
+
+
+def scene(size=SIZE):
+    """Discs of 12-15 px radius; one centred on a tile seam."""
+    img = np.full((size, size), 30, np.float32)
+    yy, xx = np.ogrid[:size, :size]
+    discs = [(1210, 1290, 13), (620, 700, 12), (1800, 350, 15)]
+    for cy, cx, r in discs:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 90
+    return ndi.gaussian_filter(img, 0.7).round().astype(np.uint8), discs
+
+
+def make_widget(viewer, model):
+    from napari_edgesam.widget.dock import EdgeSamWidget
+
+    w = EdgeSamWidget(viewer, model=model)
+    viewer.window.add_dock_widget(w, name="EdgeSAM")
+    w.prefetch_enabled = False
+    return w
+
+
+def wait_ready(qtbot, w):
+    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
+
+
+def expected(test_model, image, **prompt):
+    from napari_edgesam.engine import IntensityMapping, Predictor
+    from napari_edgesam.engine.tiling import TiledPredictor
+
+    tp = TiledPredictor(Predictor(test_model, cache=None), image,
+                        IntensityMapping.identity_uint8(), tile_size=TILE, halo=HALO)
+    return tp.predict(**prompt)
+
+
+def test_big_image_clicks_through_tiles_reading_windows_only(viewer, qtbot, test_model,
+                                                             monkeypatch):
+    img, discs = scene()
+    data = RecordingArray(img)
+    layer = viewer.add_image(data, name="big")
+    existing = np.zeros(img.shape, np.uint16)
+    existing[:3, :3] = 7
+    labels = viewer.add_labels(existing.copy(), name="big labels")
+    w = make_widget(viewer, test_model)
+    assert w.image_layer is layer and w.use_tiles  # on by default above 2048 pixels
+    w.set_tile_geometry(TILE, HALO)
+    w.set_labels_layer(labels)  # 6 M pixels: its largest id is found in a worker
+    wait_ready(qtbot, w)
+    tp = w.tiled_predictor
+    assert tp is not None and tp.encoded == []  # nothing encoded before a prompt
+    data.reads.clear()
+
+    # a click: only the tile under it is read and encoded
+    cy, cx, r = discs[0]
+    w.add_point((cy, cx))
+    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    want = expected(test_model, img, points=[(cx, cy)])
+    np.testing.assert_array_equal(w.preview_mask, want.full_mask())
+    assert len(tp.encoded) == 1 and tp.encoded[0] == tp.grid.tile_for_point(cx, cy)
+    yy, xx = np.ogrid[:SIZE, :SIZE]
+    truth = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    inter = np.count_nonzero(want.full_mask() & truth)
+    assert inter / np.count_nonzero(want.full_mask() | truth) >= 0.8
+    # the preview layer holds the mask's crop only, placed at its offset
+    r0, c0, r1, c1 = want.bbox()
+    assert w.preview_layer.data.shape == (r1 - r0, c1 - c0)
+    np.testing.assert_allclose(w.preview_layer.translate, (r0, c0))
+    assert "tile" in w.status
+
+    # commit: the next free id after 7 (scanned in the background), only the window written
+    written = []
+    orig = labels.data_setitem
+    monkeypatch.setattr(labels, "data_setitem",
+                        lambda idx, value, **kw: (written.append(idx), orig(idx, value, **kw)))
+    qtbot.waitUntil(lambda: not w._label_ids.scanning(labels), timeout=TIMEOUT)
+    assert w.commit() == 8
+    np.testing.assert_array_equal(labels.data == 8, want.full_mask())
+    (rows, cols), = written
+    assert rows.min() >= r0 and rows.max() < r1 and cols.min() >= c0 and cols.max() < c1
+
+    # napari's brush paints a new label 40: the tracked maximum follows the paint event
+    with labels.block_history():
+        orig((np.array([5, 5]), np.array([5, 6])), 40)
+    cy, cx, r = discs[1]
+    w.add_point((cy, cx))
+    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    want2 = expected(test_model, img, points=[(cx, cy)])
+    assert w.commit() == 41
+    np.testing.assert_array_equal(labels.data == 41, want2.full_mask() & (existing == 0))
+    labels.undo()
+    assert not (labels.data == 41).any()
+
+    # our code never read the image whole: every worker read is one window at most
+    reads = data.worker_reads()
+    assert reads, "the tiles are read in worker threads"
+    assert all(n <= TILE * TILE for n, _ in reads), reads
+    assert sum(n for n, _ in reads) <= 4 * TILE * TILE
+
+
+def test_tiles_on_request_box_across_tiles_and_back(viewer, qtbot, test_model):
+    img, _ = scene(900)
+    yy, xx = np.ogrid[:900, :900]
+    img[(yy - 400) ** 2 + (xx - 395) ** 2 <= 30 ** 2] = 90  # across the seam near 400
+    viewer.add_image(img, name="small")
+    w = make_widget(viewer, test_model)
+    wait_ready(qtbot, w)
+    assert not w.use_tiles and w.tiled_predictor is None  # whole slices below 2048
+    w.set_tile_geometry(TILE, HALO)
+    w.use_tiles = True
+    wait_ready(qtbot, w)
+    tp = w.tiled_predictor
+    assert tp is not None
+    box = (355, 360, 435, 440)  # x0, y0, x1, y1: crosses the tiles' border
+    w.set_box((box[1], box[0]), (box[3], box[2]))
+    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    want = expected(test_model, img, box=box)
+    np.testing.assert_array_equal(w.preview_mask, want.full_mask())
+    assert w.commit() == 1
+    np.testing.assert_array_equal(w.labels_layer.data == 1, want.full_mask())
+
+    w.use_tiles = False  # back to the whole-slice embedding
+    wait_ready(qtbot, w)
+    assert w.tiled_predictor is None and w.embedding.features.shape == (1, 256, 64, 64)
+    assert w.preview_layer.data.shape == (900, 900)
