@@ -363,9 +363,14 @@ class MaskUpsampler:
             for k in range(1, cik.shape[1]):
                 tmp += sub[:, cik[:, k]] * cwk[:, k]
             rik, rwk = ri[ra:rb] - lo, rw[ra:rb]
-            band = tmp[rik[:, 0]] * rwk[:, 0, None]
+            # same operations as logits(), without temporaries
+            band = np.take(tmp, rik[:, 0], axis=0)
+            band *= rwk[:, 0, None]
+            buf = np.empty_like(band)
             for k in range(1, rik.shape[1]):
-                band += tmp[rik[:, k]] * rwk[:, k, None]
+                np.take(tmp, rik[:, k], axis=0, out=buf)
+                buf *= rwk[:, k, None]
+                band += buf
             hit = band > threshold
             # write back run by run (slices are much cheaper than a fancy-index scatter)
             d = np.diff(np.concatenate(([0], unsure[i].view(np.int8), [0])))
