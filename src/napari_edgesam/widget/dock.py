@@ -254,6 +254,7 @@ class EdgeSamWidget(QWidget):
         self._preview_lead: tuple | None = None
         self._commit_when_ready = False
         self._preview_offset: tuple = (0, 0)
+        self._last_request: tuple | None = None  # (key, prompts, generation) last asked for
         self._shown_offset: tuple = (0, 0)
         self._decode_control: dict = {}
         self.last_decode_seconds: float | None = None
@@ -1482,6 +1483,11 @@ class EdgeSamWidget(QWidget):
         action = getattr(event, "action", None)
         if action is not None and str(action) in ("adding", "removing", "changing"):
             return  # the matching "added"/"removed"/"changed" follows
+        if (self._last_request is not None and self._geometry is not None
+                and self._lead is not None
+                and self._last_request == (self._wanted_key(), self._gather_prompts(),
+                                           self._generation)):
+            return  # the same prompts again (napari sends "features", then "data")
         self._request_predict()
 
     def _request_predict(self):
@@ -1491,6 +1497,7 @@ class EdgeSamWidget(QWidget):
         self._generation += 1
         gen = self._generation
         prompts = self._gather_prompts()
+        self._last_request = (self._wanted_key(), prompts, gen)
         self._prefetch.activity()  # a click needs the cores: stop any prefetch at once
         if prompts.empty:
             self._show_preview(None, gen)
