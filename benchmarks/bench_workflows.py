@@ -143,3 +143,101 @@ def bench_tiled(ctx):
             f"(the image is {shape[0] * shape[1] / 2**20:.0f} MiB)",
             {"peak_rss_mib": rss1, "delta_mib": rss1 - rss0}),
     ]
+
+
+def bench_napari_click(ctx):
+    """Click to labels in napari: a real napari Viewer with the EdgeSAM dock widget, a
+    2048 x 2048 uint16 image whose embedding is already computed (cached). Median time from
+    a click (a point added to the prompt layer, as napari's mouse callback adds it) until the
+    preview is in the preview layer, and until the object is in the Labels layer (commit
+    pressed right after the click: the widget commits when the preview arrives, one undo
+    step), next to one raw decoder run. The widget's workers run in threads; the Qt event
+    loop is spun without sleeping while waiting. The window is not shown, so the canvas's
+    OpenGL drawing is not included (napari's layer refresh is).
+
+    Needs a display: on a headless machine run the harness under Xvfb,
+    ``xvfb-run -a python benchmarks/run.py --only napari``; without one the row is skipped
+    with a note.
+    """
+    import os
+
+    Row = _rows()
+    name = "napari: click to labels, 2048x2048 (cached embedding)"
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+            or os.environ.get("QT_QPA_PLATFORM") in ("offscreen", "minimal")):
+        return [Row(name, 0.0, None, "skipped: no display (run under xvfb-run -a)")]
+    import napari
+    from qtpy.QtCore import QEventLoop, QTimer
+    from qtpy.QtWidgets import QApplication
+    from run import _test_image
+
+    from napari_edgesam.widget.dock import EdgeSamWidget
+
+    _, raw_dec = _raw_costs(ctx.model, ctx.rng)
+    size = 2048
+    img = _test_image(size, ctx.rng)
+    viewer = napari.Viewer(show=False)
+    app = QApplication.instance()
+
+    # Wait as napari's own event loop does (sleeping until an event arrives), so that the
+    # waiting does not take a core from onnxruntime; a 5 ms tick bounds the polling delay.
+    tick = QTimer()
+    tick.setInterval(5)
+    tick.start()
+
+    def spin(cond, timeout=120.0):
+        t_end = time.perf_counter() + timeout
+        while not cond():
+            app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
+            if time.perf_counter() > t_end:
+                raise TimeoutError("the widget did not answer")
+
+    preview_times, label_times, areas = [], [], []
+    try:
+        layer = viewer.add_image(img, name="bench")
+        labels = viewer.add_labels(np.zeros((size, size), np.uint32), name="bench labels")
+        w = EdgeSamWidget(viewer, model=ctx.model)
+        viewer.window.add_dock_widget(w, name="EdgeSAM")
+        w.prefetch_enabled = False
+        w.paint_background_only = False  # every commit paints its whole mask
+        w.set_labels_layer(labels)
+        spin(lambda: not w.busy and w.embedding is not None)  # the embedding, computed once
+        painted = []
+        labels.events.paint.connect(lambda e: painted.append(time.perf_counter()))
+        rng = np.random.default_rng(1)
+        for i in range(ctx.repeats + 1):
+            p = layer.data_to_world((rng.uniform(0.2, 0.8) * size, rng.uniform(0.2, 0.8) * size))
+            t0 = time.perf_counter()
+            w.add_point(p)
+            spin(lambda: not w.busy and w._shown_generation == w._generation)
+            t_preview = time.perf_counter() - t0
+            crop = w.preview_crop
+            w.clear_prompts()
+            if crop is None:
+                continue  # random weights: an empty mask has nothing to commit
+            n = len(painted)
+            t0 = time.perf_counter()
+            w.add_point(p)
+            w.commit()
+            spin(lambda: len(painted) > n)
+            t_labels = painted[n] - t0
+            spin(lambda: not w.busy)
+            if i == 0:
+                continue  # warm-up
+            preview_times.append(t_preview)
+            label_times.append(t_labels)
+            areas.append(int(crop[0].sum()))
+        w.close()
+    finally:
+        tick.stop()
+        viewer.close()
+    if not label_times:
+        return [Row(name, 0.0, None, "no non-empty mask (random weights): nothing committed")]
+    frac = float(np.median(areas)) / size**2
+    return [
+        Row(name, float(np.median(label_times)), raw_dec,
+            f"click -> object in the Labels layer; mask {frac:.1%} of the image (random "
+            "weights); ratio to one raw decoder run", {"mask_fraction": frac}),
+        Row("napari: click to preview, 2048x2048 (cached embedding)",
+            float(np.median(preview_times)), raw_dec, "ratio to one raw decoder run"),
+    ]

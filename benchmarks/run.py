@@ -577,6 +577,7 @@ BENCHMARKS = {
     "startup": bench_startup,
     "threads": bench_threads,
     "prefetch": bench_prefetch,
+    "napari": _workflow("napari_click"),
     "memory": bench_memory,
 }
 
