@@ -145,6 +145,89 @@ def bench_tiled(ctx):
     ]
 
 
+def _blob_stack(z, size, rng, n=6):
+    yy, xx = np.ogrid[:size, :size]
+    stack = rng.normal(400, 40, (z, size, size)).astype(np.float32)
+    centers = rng.uniform(0.1 * size, 0.9 * size, (n, 2))
+    for k in range(z):
+        for cy, cx in centers:
+            r = size / 30 * (1 + 0.3 * np.sin(k / 3))
+            stack[k][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] += 3000
+    return np.clip(stack, 0, 65535).astype(np.uint16)
+
+
+def _batch_child(argv, queue):
+    """Run the batch CLI in a fresh process; report its peak RSS and peak anonymous
+    (private) memory in MiB. RSS also counts file-backed pages of memory-mapped inputs and
+    scratch files, which the kernel can drop; anonymous memory is what the run really holds."""
+    import resource
+    import threading
+
+    from napari_edgesam.cli.main import main
+
+    peak_anon = [0.0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    peak_anon[0] = max(peak_anon[0], int(line.split()[1]) / 1024)
+            done.wait(0.05)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    code = main(argv)
+    seconds = time.perf_counter() - t0
+    done.set()
+    t.join()
+    queue.put((code, seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               peak_anon[0]))
+
+
+def bench_batch(ctx):
+    """Batch slices per second (next to the encoder-bound rate) and peak memory for a stack
+    larger than a memory budget, in one process (``--scheduler synchronous``)."""
+    Row = _rows()
+    import tifffile
+
+    raw_enc, raw_dec = _raw_costs(ctx.model, ctx.rng)
+    model_args = ["--encoder", str(ctx.model.encoder_path),
+                  "--decoder", str(ctx.model.decoder_path)]
+    rows = []
+    spawn = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        results = {}
+        for name, z in (("small", 4), ("large", 32)):
+            stack = _blob_stack(z, 2048, ctx.rng)
+            path = tmp / f"{name}.tif"
+            tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZYX"})
+            q = spawn.Queue()
+            p = spawn.Process(target=_batch_child, args=(
+                [ "batch", str(path), "--out", str(tmp / f"out_{name}"), "--object-size", "140",
+                  "--scheduler", "synchronous", "-q", *model_args], q))
+            p.start()
+            code, seconds, peak, anon = q.get(timeout=1800)
+            p.join()
+            results[name] = (z, stack.nbytes / 2**20, seconds, peak, anon, code)
+        z, mib, seconds, peak, anon, code = results["large"]
+        rate = z / seconds
+        rows.append(Row("batch, 2048x2048 uint16 slices per second", 1 / rate, raw_enc,
+                        f"{rate:.2f} slices/s vs encoder-bound {1 / raw_enc:.2f} slices/s "
+                        f"(seconds per slice; exit {code})", {"slices_per_second": rate}))
+        zs, mibs, _, peak_small, anon_small, _ = results["small"]
+        rows.append(Row("batch, peak memory: stack larger than the budget", 0.0, None,
+                        f"{mib:.0f} MiB stack: private {anon:.0f} MiB (RSS {peak:.0f} MiB incl. "
+                        f"page cache); {mibs:.0f} MiB stack: private {anon_small:.0f} MiB "
+                        f"(RSS {peak_small:.0f} MiB)",
+                        {"stack_mib": mib, "peak_rss_mib": peak, "peak_private_mib": anon,
+                         "small_stack_mib": mibs, "small_peak_rss_mib": peak_small,
+                         "small_peak_private_mib": anon_small}))
+    return rows
+
+
 def bench_napari_click(ctx):
     """Click to labels in napari: a real napari Viewer with the EdgeSAM dock widget, a
     2048 x 2048 uint16 image whose embedding is already computed (cached). Median time from
