@@ -80,3 +80,17 @@ def test_rgba_stack_percentiles_ignore_alpha():
     stack[..., 3] = 1e6  # alpha must not count
     m = mapping_from_percentiles(stack, rgb=True, percentiles=(0, 100))
     assert m.channels == 3 and m.high[0] == 11.0  # constant 10 -> widened to 11
+
+
+def test_lookup_table_path_equals_the_arithmetic():
+    """8/16-bit integers go through a lookup table: same values as the float32 formula."""
+    rng = np.random.default_rng(0)
+    for dt in (np.uint16, np.int16, np.uint8, np.int8):
+        info = np.iinfo(dt)
+        img = rng.integers(info.min, info.max, (50, 60), endpoint=True).astype(dt)
+        m = IntensityMapping((info.min / 3,), (info.max / 2,))
+        x = (img.astype(np.float32) - np.float32(info.min / 3)) * (
+            np.float32(255) / (np.float32(info.max / 2) - np.float32(info.min / 3)))
+        expected = (np.clip(x, 0, 255) + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(m.apply(img)[..., 0], expected)
+        np.testing.assert_array_equal(m.apply(img, expand=False), expected)

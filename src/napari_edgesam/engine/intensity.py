@@ -12,6 +12,7 @@ never per slice, so that neighbouring slices look alike to the model.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,18 +78,23 @@ class IntensityMapping:
         hi = ",".join(f"{v:.9g}" for v in self.high)
         return f"linear[{lo}|{hi}]"
 
-    def apply(self, image: np.ndarray) -> np.ndarray:
+    def apply(self, image: np.ndarray, *, expand: bool = True) -> np.ndarray:
         """Map one 2D slice to the model's RGB input.
 
         Parameters
         ----------
         image : ndarray, shape (H, W) or (H, W, 3)
             Grey (when ``channels == 1``) or RGB (when ``channels == 3``) pixels, any real dtype.
+        expand : bool
+            Copy grey values into three channels (default). With False a grey slice comes
+            back as (H, W), which :func:`.transforms.preprocess` takes as three equal channels.
 
         Returns
         -------
-        ndarray of uint8, shape (H, W, 3)
+        ndarray of uint8, shape (H, W, 3) (or (H, W) for grey with ``expand=False``)
             Values ``round(255 * clip((x - low) / (high - low), 0, 1))``; NaN gives 0.
+            8- and 16-bit integers go through a lookup table computed with the same float32
+            arithmetic, so the result is identical and about 3x cheaper.
         """
         image = np.asarray(image)
         expected_ndim = 2 if self.channels == 1 else 3
@@ -101,18 +107,40 @@ class IntensityMapping:
             255.0,
         ) * self.channels:
             out = image
+        elif image.dtype.kind in "ui" and image.dtype.itemsize <= 2:
+            codes = image.view(f"u{image.dtype.itemsize}")
+            if self.channels == 1:
+                out = _lookup_table(self, image.dtype.str, 0)[codes]
+            else:
+                out = np.empty(image.shape, np.uint8)
+                for c in range(3):
+                    out[..., c] = _lookup_table(self, image.dtype.str, c)[codes[..., c]]
         else:
-            low = np.asarray(self.low, dtype=np.float32)
-            scale = np.float32(255.0) / (np.asarray(self.high, dtype=np.float32) - low)
-            x = (image.astype(np.float32, copy=False) - low) * scale
-            # NaN -> 0, +inf -> 255, -inf -> 0; then round half up.
-            np.nan_to_num(x, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-            np.clip(x, 0.0, 255.0, out=x)
-            x += 0.5
-            out = x.astype(np.uint8)
-        if out.ndim == 2:
+            out = self._compute(image)
+        if out.ndim == 2 and expand:
             out = np.repeat(out[:, :, None], 3, axis=2)
         return np.ascontiguousarray(out)
+
+    def _compute(self, values: np.ndarray, channel: int | None = None) -> np.ndarray:
+        """The mapping's arithmetic (float32), for any array of values."""
+        low = np.asarray(self.low if channel is None else self.low[channel], dtype=np.float32)
+        high = np.asarray(self.high if channel is None else self.high[channel], dtype=np.float32)
+        scale = np.float32(255.0) / (high - low)
+        x = (values.astype(np.float32, copy=False) - low) * scale
+        # NaN -> 0, +inf -> 255, -inf -> 0; then round half up.
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        np.clip(x, 0.0, 255.0, out=x)
+        x += 0.5
+        return x.astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=32)
+def _lookup_table(mapping: IntensityMapping, dtype: str, channel: int) -> np.ndarray:
+    """uint8 value of every code of an 8/16-bit integer dtype, indexed by the code's
+    unsigned bit pattern (so signed types index with ``image.view(unsigned)``)."""
+    dt = np.dtype(dtype)
+    codes = np.arange(2 ** (8 * dt.itemsize), dtype=f"u{dt.itemsize}").view(dt)
+    return mapping._compute(codes, channel if mapping.channels == 3 else None)
 
 
 def validate_image(image, *, rgb: bool | None = None) -> tuple[np.ndarray, bool]:
@@ -275,7 +303,8 @@ def mapping_for(image, is_rgb: bool, mapping: IntensityMapping | None = None) ->
 
 
 def as_model_image(
-    image, mapping: IntensityMapping | None = None, *, rgb: bool | None = None
+    image, mapping: IntensityMapping | None = None, *, rgb: bool | None = None,
+    expand: bool = True,
 ) -> tuple[np.ndarray, IntensityMapping]:
     """Validate one slice and map it to the model's uint8 RGB input.
 
@@ -286,9 +315,12 @@ def as_model_image(
         Defaults to :func:`default_mapping` of this slice alone; for stacks pass the
         stack-wide mapping so slices stay consistent.
 
+    expand : bool
+        See :meth:`IntensityMapping.apply` (False: grey slices stay (H, W)).
+
     Returns
     -------
-    rgb_image : ndarray of uint8, shape (H, W, 3)
+    rgb_image : ndarray of uint8, shape (H, W, 3) (or (H, W), see ``expand``)
     mapping : IntensityMapping
         The mapping used.
     """
@@ -296,4 +328,4 @@ def as_model_image(
     mapping = mapping_for(image, is_rgb, mapping)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
         raise InvalidInputError("the image contains no finite values (all NaN or inf)")
-    return mapping.apply(image), mapping
+    return mapping.apply(image, expand=expand), mapping

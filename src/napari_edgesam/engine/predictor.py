@@ -312,7 +312,7 @@ class Predictor:
                 if hit is not None:
                     return Embedding(hit.astype(np.float32, copy=False), (h, w),
                                      resized_shape(h, w), key, cached=True)
-        rgb_image, mapping = as_model_image(image, mapping, rgb=is_rgb)
+        rgb_image, mapping = as_model_image(image, mapping, rgb=is_rgb, expand=False)
         tensor, resized = preprocess(rgb_image)
         features = self.model.encode(tensor, run_options)
         if key is not None and fill_cache:
