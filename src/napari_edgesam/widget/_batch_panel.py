@@ -35,7 +35,7 @@ __all__ = ["SCHEDULERS", "BatchPanel"]
 
 #: Where the files are processed: combo text -> ``run_batch(scheduler=...)``.
 SCHEDULERS = {
-    "worker processes (like the command line)": None,
+    "worker processes": None,
     "this process": "synchronous",
 }
 
@@ -166,15 +166,15 @@ class BatchPanel(QWidget):
         self.polarity_combo.addItems(["bright", "dark"])
         self.polarity_combo.setToolTip("Objects brighter (fluorescence) or darker (bright "
                                        "field) than the background")
-        row = QHBoxLayout()
-        row.addWidget(self.object_size_spin)
-        row.addWidget(QLabel("channel"))
-        row.addWidget(self.channel_spin)
-        row.addWidget(self.polarity_combo)
-        form.addRow("objects", row)
+        form.addRow("object size", self.object_size_spin)
+        form.addRow("channel", self.channel_spin)
+        form.addRow("objects are", self.polarity_combo)
         self.scheduler_combo = QComboBox()
         for text, value in SCHEDULERS.items():
             self.scheduler_combo.addItem(text, value)
+        self.scheduler_combo.setToolTip(
+            "Worker processes: several files at once, as the command line does. This "
+            "process: one file at a time in a background thread.")
         self.overwrite_check = QCheckBox("overwrite")
         self.overwrite_check.setToolTip("Recompute every file (default: skip files already "
                                         "done with the same parameters)")

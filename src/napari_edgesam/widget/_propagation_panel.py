@@ -196,11 +196,15 @@ class PropagationPanel(QWidget):
 
     # -- UI -------------------------------------------------------------------------------
     def _build_ui(self):
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(4, 4, 4, 4)
+        top = QVBoxLayout(self)
+        top.setContentsMargins(4, 4, 4, 4)
         self.note_label = QLabel("")
         self.note_label.setWordWrap(True)
-        outer.addWidget(self.note_label)
+        top.addWidget(self.note_label)
+        self._body = QWidget()  # disabled for images without a stack axis
+        top.addWidget(self._body)
+        outer = QVBoxLayout(self._body)
+        outer.setContentsMargins(0, 0, 0, 0)
         form = QFormLayout()
         self.source_combo = QComboBox()
         for key, text in SOURCES.items():
@@ -257,15 +261,14 @@ class PropagationPanel(QWidget):
         self.max_growth_spin.setValue(defaults["max_growth"])
         self.max_growth_spin.setToolTip("Stop where the area grows more than this factor "
                                         "from one slice to the next")
-        trow = QHBoxLayout()
-        for text, sp in (("score", self.min_score_spin), ("overlap", self.min_overlap_spin),
-                         ("growth", self.max_growth_spin)):
-            trow.addWidget(QLabel(text))
-            trow.addWidget(sp)
-        form.addRow("stop at", trow)
+        for text, sp in (("min score", self.min_score_spin),
+                         ("min overlap", self.min_overlap_spin),
+                         ("max growth", self.max_growth_spin)):
+            label = QLabel(text)
+            label.setToolTip(sp.toolTip())
+            form.addRow(label, sp)
         outer.addLayout(form)
 
-        brow = QHBoxLayout()
         self.propagate_button = QPushButton("Propagate (Shift+P)")
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button = QPushButton("Cancel")
@@ -274,14 +277,17 @@ class PropagationPanel(QWidget):
         self.commit_button.clicked.connect(self.commit)
         self.discard_button = QPushButton("Discard")
         self.discard_button.clicked.connect(self.discard)
-        for b in (self.propagate_button, self.cancel_button, self.commit_button,
-                  self.discard_button):
-            brow.addWidget(b)
-        outer.addLayout(brow)
+        for pair in ((self.propagate_button, self.cancel_button),
+                     (self.commit_button, self.discard_button)):
+            brow = QHBoxLayout()
+            for b in pair:
+                brow.addWidget(b)
+            outer.addLayout(brow)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("%v / %m slices")
+        self.progress.setVisible(False)  # shown from the first run on
         outer.addWidget(self.progress)
 
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
@@ -293,7 +299,7 @@ class PropagationPanel(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(
             QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setMinimumHeight(120)
+        self.table.setMinimumHeight(160)
         self.table.setToolTip("Click a row to show that slice")
         self.table.cellClicked.connect(self._on_row_clicked)
         outer.addWidget(self.table)
@@ -313,6 +319,7 @@ class PropagationPanel(QWidget):
         self.summary_label.setWordWrap(True)
         self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.summary_label)
+        top.addStretch(1)
         self._on_source()
         self._update_buttons()
 
@@ -457,6 +464,8 @@ class PropagationPanel(QWidget):
     def _update_buttons(self):
         running = self._worker is not None
         has_stack = self.axis_combo.count() > 0
+        self._body.setEnabled(has_stack or self._pending is not None
+                              or self._committed is not None)
         self.propagate_button.setEnabled(has_stack and not running)
         self.cancel_button.setEnabled(running)
         self.commit_button.setEnabled(self._pending is not None and not running)
@@ -639,6 +648,7 @@ class PropagationPanel(QWidget):
         dock._prefetch.activity()  # propagation needs the cores
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.progress.setVisible(True)
         what = "Re-propagating" if previous is not None else "Propagating"
         dock._set_status(f"{what} from slice {z}...")
         self.summary_label.setText("")
@@ -656,6 +666,7 @@ class PropagationPanel(QWidget):
     # -- worker callbacks -----------------------------------------------------------------
     def _on_step(self, step):
         done, total, z, live = step
+        self._done = done
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(min(done, total))
         self._live.update(live)
@@ -684,11 +695,15 @@ class PropagationPanel(QWidget):
         ext = None if obj is None else obj.extent
         span = f"slices {ext[0]}..{ext[1]} ({len(obj.slices)} with the object)" if ext \
             else "no slice"
-        state = "cancelled: partial result, " if result.cancelled else ""
+        state = "Cancelled: partial result, " if result.cancelled else ""
         stats = result.stats
+        ends = "; ".join(
+            f"{'up' if e.direction > 0 else 'down'}: {e.reason}"
+            + (f" at {e.at}" if e.at is not None else "")
+            for e in sorted(obj.ends, key=lambda e: (e.start, e.direction))) if obj else ""
         self.summary_label.setText(
-            f"{state}{span}; {stats.get('embeddings', 0)} slices embedded "
-            f"({stats.get('encoded', 0)} encoded now).\n{result.summary()}")
+            f"{state}{span}. Stopped {ends}. {stats.get('embeddings', 0)} slices embedded "
+            f"({stats.get('encoded', 0)} encoded now).")
         self._dock._set_status(
             f"Propagation {'cancelled' if result.cancelled else 'done'}: {span}. The cyan "
             "overlay shows it slice by slice: Shift+C commits it, Discard drops it.")
@@ -701,7 +716,10 @@ class PropagationPanel(QWidget):
         self._worker = None
         self._control = {}
         self._live = {}
-        self.progress.setValue(self.progress.maximum())
+        done = getattr(self, "_done", 0)  # directions stop early: the total was a bound
+        self.progress.setRange(0, max(1, done))
+        self.progress.setValue(done)
+        self._done = 0
         self._update_buttons()
         self._dock.render_preview()
         self._dock._prefetch.activity()

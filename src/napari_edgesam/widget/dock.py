@@ -40,12 +40,14 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTabWidget,
     QVBoxLayout,
@@ -413,9 +415,16 @@ class EdgeSamWidget(QWidget):
         self.tabs = QTabWidget()
         self.propagation = PropagationPanel(self)
         self.batch = BatchPanel(self)
-        self.tabs.addTab(self.propagation, "Propagate (3D / time)")
-        self.tabs.addTab(self.batch, "Batch")
-        outer.addWidget(self.tabs)
+        for panel, title in ((self.propagation, "Propagate (3D / time)"),
+                             (self.batch, "Batch")):
+            # a page scrolls rather than squeezing its rows when the window is short
+            area = QScrollArea()
+            area.setWidgetResizable(True)
+            area.setFrameShape(QFrame.Shape.NoFrame)
+            area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            area.setWidget(panel)
+            self.tabs.addTab(area, title)
+        outer.addWidget(self.tabs, 1)
 
         self.help_label = QLabel(HELP_TEXT)
         self.help_label.setWordWrap(True)
@@ -425,7 +434,6 @@ class EdgeSamWidget(QWidget):
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.status_label)
-        outer.addStretch(1)
 
     # ------------------------------------------------------------------ helpers -----
     def _ok(self) -> bool:
