@@ -10,7 +10,16 @@ mask post-processing all live in :mod:`napari_edgesam.engine`. The widget
 - runs the decoder in a background worker on every prompt change; the newest prompt state
   wins and results older than what is shown are dropped (a generation counter);
 - commits the preview into the target Labels layer as a new object (next free label id),
-  as ONE undoable step of that layer (``data_setitem`` inside ``block_history``).
+  as ONE undoable step of that layer (``data_setitem`` inside ``block_history``);
+- for images above 2048 pixels (or with "tiles" ticked) answers prompts through the engine's
+  :class:`~napari_edgesam.engine.tiling.TiledPredictor`: only the window a prompt needs is
+  read (lazily: numpy, memmap, dask, zarr; see :mod:`._lazy`) and encoded; the preview holds
+  the mask's crop, a commit reads and writes the mask's bounding box only, and the next free
+  label id of a big Labels layer comes from a background scan (:mod:`._labels`);
+- while the user is idle, prefetches neighbouring slices / tiles (:mod:`._prefetch`, the
+  engine's ``Prefetcher``), stopped at once by any click;
+- holds two tabs: propagation through stacks and movies (:mod:`._propagation_panel`) and
+  batch segmentation of files (:mod:`._batch_panel`).
 
 The GUI thread never runs the model, hashing (model files, pixels) or mask resampling.
 
@@ -24,6 +33,9 @@ Public API (also used by the tests)::
     w.commit()                                          # -> label id (or None)
     w.undo(); w.redo(); w.clear_prompts()
     w.busy, w.status, w.preview_mask, w.labels_layer
+    w.use_tiles, w.set_tile_geometry(tile, halo), w.tiled_predictor, w.prefetch_enabled
+    w.propagate(); w.commit_propagation(); w.jump_to_weakest_slice()   # Shift+P/C/W
+    w.propagation, w.batch                              # the tabs (see their modules)
 """
 
 from __future__ import annotations
