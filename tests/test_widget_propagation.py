@@ -318,6 +318,37 @@ def test_image_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatch
     assert panel.commit() is None
 
 
+def test_labels_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatch):
+    """The source label's layer goes away mid-run: a notification; the result is committed
+    as a new object into a new Labels layer."""
+    import napari.utils.notifications as notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: shown.append(msg))
+    stack, truth = make_stack()
+    viewer.add_image(stack, name="stack")
+    existing = np.zeros(SHAPE, np.uint8)
+    existing[7][truth[7]] = 3
+    labels = viewer.add_labels(existing, name="mine")
+    w = make_widget(viewer, test_model)
+    w.set_labels_layer(labels)
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    panel = w.propagation
+    panel.source = "label"
+    panel.label = 3
+    assert panel.propagate() is not None
+    viewer.layers.remove("mine")  # before the worker has delivered anything
+    wait_idle(qtbot, w)
+    qtbot.waitUntil(lambda: bool(shown), timeout=TIMEOUT)
+    assert any("'mine' was removed during propagation" in m for m in shown)
+    assert panel.pending
+    want = expected(test_model, stack, 7, truth[7]).mask(1)
+    assert panel.commit() == 1
+    assert w.labels_layer is not labels and w.labels_layer.name == "stack EdgeSAM labels"
+    np.testing.assert_array_equal(w.labels_layer.data == 1, want)
+
+
 def test_propagation_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
     """Shift+P propagates, Shift+C commits, Shift+W jumps: real key presses."""
     from qtpy.QtCore import Qt
