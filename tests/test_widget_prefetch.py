@@ -104,7 +104,7 @@ def test_neighbours_prefetched_when_idle(viewer, qtbot, test_model):
 
 
 def test_click_stops_an_inflight_prefetch_and_checkbox_off(viewer, qtbot):
-    slow = SlowEncoder(1.0)
+    slow = SlowEncoder(2.0)
     slow._inner.load()
     viewer.add_image(make_stack())
     w = make_widget(viewer, slow)
@@ -121,7 +121,8 @@ def test_click_stops_an_inflight_prefetch_and_checkbox_off(viewer, qtbot):
     latency = time.perf_counter() - t0
     qtbot.waitUntil(lambda: ctl.prefetcher.stats["cancelled"] >= 1, timeout=TIMEOUT)
     assert slow.terminated >= 1
-    assert latency < 0.9, f"click answered after {latency:.2f} s"  # not after the prefetch
+    # answered long before the 2 s prefetch run could have ended
+    assert latency < 1.2, f"click answered after {latency:.2f} s"
 
     # off: nothing is prefetched any more, even when idle
     w.prefetch_enabled = False
