@@ -27,6 +27,24 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     set_default_cache(None)
 
 
+@pytest.fixture
+def embedding_cache(tmp_path):
+    """A private memory + disk embedding cache, installed as the process-wide default."""
+    from napari_edgesam.engine.cache import EmbeddingCache, set_default_cache
+
+    cache = EmbeddingCache(disk_dir=tmp_path / "embeddings")
+    set_default_cache(cache)
+    yield cache
+    set_default_cache(None)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    """A napari viewer (napari's fixture; it blocks plugin discovery, so widgets are built
+    directly with the viewer)."""
+    return make_napari_viewer()
+
+
 @pytest.fixture(scope="session")
 def test_model():
     """The test-double model pair (loaded once per session)."""

@@ -23,31 +23,9 @@ from napari_edgesam.engine import IntensityMapping, Predictor  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
+from widget_support import make_widget  # noqa: E402
+
 TIMEOUT = 20_000
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache(tmp_path):
-    """A private embedding cache per test (the process-wide one would leak hits)."""
-    from napari_edgesam.engine.cache import EmbeddingCache, set_default_cache
-
-    cache = EmbeddingCache(disk_dir=tmp_path / "embeddings")
-    set_default_cache(cache)
-    yield cache
-    set_default_cache(None)
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-def make_widget(viewer, model):
-    from napari_edgesam.widget.dock import EdgeSamWidget
-
-    w = EdgeSamWidget(viewer, model=model)
-    viewer.window.add_dock_widget(w, name="EdgeSAM")
-    return w
 
 
 def wait_ready(qtbot, w):
@@ -419,7 +397,7 @@ def test_commit_right_after_click_waits_for_preview(viewer, qtbot, test_model):
     np.testing.assert_array_equal(w.labels_layer.data == 1, want)
 
 
-def test_contrast_mapping_modes(viewer, qtbot, test_model, _fresh_cache):
+def test_contrast_mapping_modes(viewer, qtbot, test_model, embedding_cache):
     img = np.full((64, 64), 1000, np.uint16)
     disc = disc_image((64, 64), (32, 32), 12)[1]
     img[disc] = 3000
@@ -429,16 +407,16 @@ def test_contrast_mapping_modes(viewer, qtbot, test_model, _fresh_cache):
     w.mapping_mode = "contrast"
     wait_ready(qtbot, w)
     assert w.embedding.key is not None and "linear[0|4000]" in w.embedding.key
-    misses = _fresh_cache.stats["misses"]
+    misses = embedding_cache.stats["misses"]
     layer.contrast_limits = (500, 3500)
     qtbot.waitUntil(lambda: not w.busy and w.embedding is not None
                     and "linear[500|3500]" in w.embedding.key, timeout=TIMEOUT)
-    assert _fresh_cache.stats["misses"] == misses + 1
+    assert embedding_cache.stats["misses"] == misses + 1
     # back to the old limits: a cache hit, no new encoder run
     layer.contrast_limits = (0, 4000)
     qtbot.waitUntil(lambda: not w.busy and w.embedding is not None
                     and "linear[0|4000]" in w.embedding.key, timeout=TIMEOUT)
-    assert _fresh_cache.stats["misses"] == misses + 1
+    assert embedding_cache.stats["misses"] == misses + 1
     w.add_point((32, 32))
     qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
     want = expected_mask(test_model, img, points=[(32, 32)], labels=[1],

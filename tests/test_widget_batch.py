@@ -19,12 +19,10 @@ from conftest import TEST_DECODER, TEST_ENCODER  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
+from widget_support import make_widget  # noqa: E402
+
+
 TIMEOUT = 60_000
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
 
 
 @pytest.fixture
@@ -55,15 +53,6 @@ def write_inputs(folder, n=2):
     return paths
 
 
-def make_widget(viewer, model):
-    from napari_edgesam.widget.dock import EdgeSamWidget
-
-    w = EdgeSamWidget(viewer, model=model)
-    viewer.window.add_dock_widget(w, name="EdgeSAM")
-    w.prefetch_enabled = False
-    return w
-
-
 def test_batch_panel_runs_run_batch_and_loads_results(viewer, qtbot, model, tmp_path,
                                                       monkeypatch):
     import tifffile
@@ -80,7 +69,7 @@ def test_batch_panel_runs_run_batch_and_loads_results(viewer, qtbot, model, tmp_
     monkeypatch.setattr(batch, "run_batch", spy)
     inputs = write_inputs(tmp_path / "raw")
     out = tmp_path / "labels"
-    w = make_widget(viewer, model)
+    w = make_widget(viewer, model, prefetch=False)
     panel = w.batch
     panel.set_inputs([tmp_path / "raw"])
     panel.set_output(out)
@@ -130,7 +119,7 @@ def test_batch_cancel_and_errors(viewer, qtbot, model, tmp_path, monkeypatch):
     monkeypatch.setattr(notifications, "show_info", lambda msg: infos.append(msg))
     write_inputs(tmp_path / "raw", n=3)
     (tmp_path / "raw" / "broken.tif").write_bytes(b"not a tiff at all")
-    w = make_widget(viewer, model)
+    w = make_widget(viewer, model, prefetch=False)
     panel = w.batch
     # missing inputs / output: a message, no run
     assert panel.run() is None and any("input" in m for m in infos)

@@ -24,6 +24,8 @@ pytest.importorskip("pytestqt")
 from conftest import MODELS, TEST_DECODER, TEST_ENCODER, disc_image  # noqa: E402
 
 pytestmark = pytest.mark.gui
+
+from widget_support import make_widget  # noqa: E402
 TIMEOUT = 20_000
 
 
@@ -91,14 +93,6 @@ def test_card_dir(tmp_path, monkeypatch):
         return folder
 
     return make
-
-
-def make_widget(viewer, model=None):
-    from napari_edgesam.widget.dock import EdgeSamWidget
-
-    w = EdgeSamWidget(viewer, model=model)
-    viewer.window.add_dock_widget(w, name="EdgeSAM")
-    return w
 
 
 def test_published_models_listed_not_downloaded(make_napari_viewer):

@@ -18,22 +18,9 @@ from conftest import TEST_DECODER, TEST_ENCODER, disc_image  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
+from widget_support import make_widget  # noqa: E402
+
 TIMEOUT = 20_000
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache(tmp_path):
-    from napari_edgesam.engine.cache import EmbeddingCache, set_default_cache
-
-    cache = EmbeddingCache(disk_dir=tmp_path / "embeddings")
-    set_default_cache(cache)
-    yield cache
-    set_default_cache(None)
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
 
 
 @pytest.fixture(autouse=True)
@@ -73,14 +60,6 @@ def make_stack():
     for z in range(6):
         stack[z][disc_image((64, 64), (30, 30 + z), 10)[1]] = 200
     return stack
-
-
-def make_widget(viewer, model):
-    from napari_edgesam.widget.dock import EdgeSamWidget
-
-    w = EdgeSamWidget(viewer, model=model)
-    viewer.window.add_dock_widget(w, name="EdgeSAM")
-    return w
 
 
 def wait_ready(qtbot, w):

@@ -21,25 +21,13 @@ from conftest import TEST_DECODER, TEST_ENCODER  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
+from widget_support import make_widget  # noqa: E402
+
+
 TIMEOUT = 30_000
 SHAPE = (14, 56, 64)
 #: The object: an ellipsoid centred on slice 7 that ends inside the stack (slices ~3..11).
 CENTRE, AXES = (7, 28, 30), (4.6, 13, 15)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache(tmp_path):
-    from napari_edgesam.engine.cache import EmbeddingCache, set_default_cache
-
-    cache = EmbeddingCache(disk_dir=tmp_path / "embeddings")
-    set_default_cache(cache)
-    yield cache
-    set_default_cache(None)
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
 
 
 def make_stack(shape=SHAPE, centre=CENTRE, axes=AXES, seed=0):
@@ -51,15 +39,6 @@ def make_stack(shape=SHAPE, centre=CENTRE, axes=AXES, seed=0):
     img[truth] = 420
     img += rng.normal(0, 6, shape)
     return np.clip(img, 0, 65535).astype(np.uint16), truth
-
-
-def make_widget(viewer, model):
-    from napari_edgesam.widget.dock import EdgeSamWidget
-
-    w = EdgeSamWidget(viewer, model=model)
-    viewer.window.add_dock_widget(w, name="EdgeSAM")
-    w.prefetch_enabled = False  # deterministic encoder counts
-    return w
 
 
 def wait_ready(qtbot, w):
@@ -91,7 +70,7 @@ def click_and_wait(qtbot, w, position):
 def test_propagate_preview_then_commit_as_one_undo_step(viewer, qtbot, test_model):
     stack, truth = make_stack()
     layer = viewer.add_image(stack, name="stack")
-    w = make_widget(viewer, test_model)
+    w = make_widget(viewer, test_model, prefetch=False)
     panel = w.propagation
     assert panel.stack_axis == 0 and panel.z_range == (0, SHAPE[0] - 1)
     # the thresholds start at the workflow's own defaults
@@ -154,7 +133,7 @@ def test_label_source_z_limits_weakest_slice_and_thresholds(viewer, qtbot, test_
     existing[7][truth[7]] = 5          # the object, committed on slice 7 as label 5
     existing[2, :4, :4] = 9            # another object that must stay untouched
     labels = viewer.add_labels(existing.copy(), name="mine")
-    w = make_widget(viewer, test_model)
+    w = make_widget(viewer, test_model, prefetch=False)
     w.set_labels_layer(labels)
     panel = w.propagation
     viewer.dims.set_point(0, 7)
@@ -191,7 +170,7 @@ def test_cancel_mid_run_leaves_a_consistent_undoable_state(viewer, qtbot, test_m
     slow._inner.load()
     stack, truth = make_stack()
     viewer.add_image(stack, name="stack")
-    w = make_widget(viewer, slow)
+    w = make_widget(viewer, slow, prefetch=False)
     viewer.dims.set_point(0, 7)
     wait_ready(qtbot, w)
     seed = click_and_wait(qtbot, w, (7, 28, 30))
@@ -221,11 +200,11 @@ def test_cancel_mid_run_leaves_a_consistent_undoable_state(viewer, qtbot, test_m
 def test_repropagation_after_correcting_a_committed_slice(viewer, qtbot, test_model):
     stack, truth = make_stack()
     viewer.add_image(stack, name="stack")
-    w = make_widget(viewer, test_model)
+    w = make_widget(viewer, test_model, prefetch=False)
     panel = w.propagation
     viewer.dims.set_point(0, 7)
     wait_ready(qtbot, w)
-    seed = click_and_wait(qtbot, w, (7, 28, 30))
+    click_and_wait(qtbot, w, (7, 28, 30))
     panel.propagate()
     wait_idle(qtbot, w)
     assert panel.commit() == 1
@@ -266,7 +245,7 @@ def test_movie_along_time_in_a_4d_image(viewer, qtbot, test_model):
     stack, truth = make_stack(shape=(10, 48, 48), centre=(5, 24, 24), axes=(3.5, 11, 11))
     data = np.stack([np.full_like(stack, 100), stack])  # (2, 10, 48, 48): t=1 holds it
     layer = viewer.add_image(data, name="movie")
-    w = make_widget(viewer, test_model)
+    w = make_widget(viewer, test_model, prefetch=False)
     panel = w.propagation
     assert panel.stack_axis == 0  # the first leading axis by default
     panel.stack_axis = 1
@@ -303,7 +282,7 @@ def test_image_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatch
     slow._inner.load()
     stack, _ = make_stack()
     viewer.add_image(stack, name="stack")
-    w = make_widget(viewer, slow)
+    w = make_widget(viewer, slow, prefetch=False)
     viewer.dims.set_point(0, 7)
     wait_ready(qtbot, w)
     click_and_wait(qtbot, w, (7, 28, 30))
@@ -330,7 +309,7 @@ def test_labels_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatc
     existing = np.zeros(SHAPE, np.uint8)
     existing[7][truth[7]] = 3
     labels = viewer.add_labels(existing, name="mine")
-    w = make_widget(viewer, test_model)
+    w = make_widget(viewer, test_model, prefetch=False)
     w.set_labels_layer(labels)
     viewer.dims.set_point(0, 7)
     wait_ready(qtbot, w)
@@ -356,7 +335,7 @@ def test_propagation_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
     viewer = make_napari_viewer(show=True)
     stack, _ = make_stack()
     layer = viewer.add_image(stack)
-    w = make_widget(viewer, test_model)
+    w = make_widget(viewer, test_model, prefetch=False)
     viewer.dims.set_point(0, 7)
     wait_ready(qtbot, w)
     click_and_wait(qtbot, w, (7, 28, 30))

@@ -20,24 +20,12 @@ from scipy import ndimage as ndi  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
+from widget_support import make_widget  # noqa: E402
+
+
 TIMEOUT = 30_000
 TILE, HALO = 400, 50
 SIZE = 2500  # above the 2048-pixel tiling threshold
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache(tmp_path):
-    from napari_edgesam.engine.cache import EmbeddingCache, set_default_cache
-
-    cache = EmbeddingCache(disk_dir=tmp_path / "embeddings")
-    set_default_cache(cache)
-    yield cache
-    set_default_cache(None)
-
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
 
 
 class RecordingArray:
@@ -76,15 +64,6 @@ def scene(size=SIZE):
     return ndi.gaussian_filter(img, 0.7).round().astype(np.uint8), discs
 
 
-def make_widget(viewer, model):
-    from napari_edgesam.widget.dock import EdgeSamWidget
-
-    w = EdgeSamWidget(viewer, model=model)
-    viewer.window.add_dock_widget(w, name="EdgeSAM")
-    w.prefetch_enabled = False
-    return w
-
-
 def wait_ready(qtbot, w):
     qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
 
@@ -106,7 +85,7 @@ def test_big_image_clicks_through_tiles_reading_windows_only(viewer, qtbot, test
     existing = np.zeros(img.shape, np.uint16)
     existing[:3, :3] = 7
     labels = viewer.add_labels(existing.copy(), name="big labels")
-    w = make_widget(viewer, test_model)
+    w = make_widget(viewer, test_model, prefetch=False)
     assert w.image_layer is layer and w.use_tiles  # on by default above 2048 pixels
     w.set_tile_geometry(TILE, HALO)
     w.set_labels_layer(labels)  # 6 M pixels: its largest id is found in a worker
@@ -167,7 +146,7 @@ def test_tiles_on_request_box_across_tiles_and_back(viewer, qtbot, test_model):
     yy, xx = np.ogrid[:900, :900]
     img[(yy - 400) ** 2 + (xx - 395) ** 2 <= 30 ** 2] = 90  # across the seam near 400
     viewer.add_image(img, name="small")
-    w = make_widget(viewer, test_model)
+    w = make_widget(viewer, test_model, prefetch=False)
     wait_ready(qtbot, w)
     assert not w.use_tiles and w.tiled_predictor is None  # whole slices below 2048
     w.set_tile_geometry(TILE, HALO)
