@@ -84,6 +84,10 @@ def add_parser(subparsers) -> None:
     s.add_argument("--box-margin", type=float, default=d.box_margin,
                    help="margin of the derived box prompt, as a fraction of the object size "
                         f"(default {d.box_margin})")
+    p.add_argument("--tiles", choices=("auto", "on", "off"), default="auto",
+                   help="predict on full-resolution tiles around the object (auto: slices "
+                        "over 2048 px)")
+    p.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (1024)")
     p.add_argument("-o", "--output", required=True, help="output mask TIFF")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-cache", action="store_true",
@@ -208,7 +212,8 @@ def run(args) -> int:
     model = model_from_args(args)
     cache = None if args.no_cache else "default"
     predictor = Predictor(model, cache=cache)
-    prop = Propagator(predictor, data, mapping=mapping, settings=settings)
+    prop = Propagator(predictor, data, mapping=mapping, settings=settings, tiles=args.tiles,
+                      tile_size=args.tile_size)
     points = [(x, y) for x, y, _ in args.point] or None
     labels = [lab for _, _, lab in args.point] or None
     annotation = SliceAnnotation(args.slice_index, points=points, labels=labels, box=args.box)

@@ -250,7 +250,9 @@ class TiledPredictor:
         self.grid = TileGrid(self.image_shape, tile_size, halo)
         self.mapping = mapping if mapping is not None else self._default_mapping()
         self._embeddings: dict[Window, Embedding] = {}
-        #: Windows encoded by this object so far (in order), for progress and tests.
+        #: Windows whose embedding this object used so far (in order).
+        self.windows: list[Window] = []
+        #: Of those, the windows the encoder really ran for (not found in the cache).
         self.encoded: list[Window] = []
 
     def _default_mapping(self) -> IntensityMapping:
@@ -274,7 +276,9 @@ class TiledPredictor:
             emb = self.predictor.embed(self.read(window), self.mapping, rgb=self.rgb,
                                        tile=window.key(), **kwargs)
             self._embeddings[window] = emb
-            self.encoded.append(window)
+            self.windows.append(window)
+            if not emb.cached:
+                self.encoded.append(window)
         return emb
 
     def windows_for(self, points=None, box=None) -> Window:

@@ -504,6 +504,12 @@ class SliceSource:
             plane = plane[..., self.channel] if self.channel is not None else plane[..., :3]
         return np.asarray(plane)
 
+    def lazy(self, z: int) -> _LazyPlane:
+        """Slice ``z`` as a lazy array-like: only the windows indexed are read (for tiles)."""
+        if not 0 <= z < self.n:
+            raise IndexError(z)
+        return _LazyPlane(self, int(z))
+
     def sampling_view(self):
         """The stack with the slice axis first and the channel chosen (for percentiles)."""
         data = self.stack
@@ -516,6 +522,29 @@ class SliceSource:
     def default_mapping(self) -> IntensityMapping:
         """One mapping for the whole stack (:func:`default_mapping` of the whole stack)."""
         return default_mapping(self.sampling_view(), rgb=self.rgb)
+
+
+class _LazyPlane:
+    """One slice of a :class:`SliceSource` that reads only the ``[rows, cols]`` windows it is
+    indexed with: shape ``(Y, X)`` or ``(Y, X, 3)``."""
+
+    def __init__(self, source: SliceSource, z: int):
+        self.source, self.z = source, z
+        self.shape = (source.height, source.width) + ((3,) if source.rgb else ())
+        self.ndim = len(self.shape)
+        self.dtype = source.stack.dtype
+
+    def __getitem__(self, idx):
+        rows, cols = idx[:2] if isinstance(idx, tuple) else (idx, slice(None))
+        src = self.source
+        index = [slice(None)] * src.ndim
+        index[src.axis] = self.z
+        spatial = [i for i in range(src.ndim) if i != src.axis][:2]
+        index[spatial[0]], index[spatial[1]] = rows, cols
+        plane = src.stack[tuple(index)]
+        if src.ndim == 4:
+            plane = plane[..., src.channel] if src.channel is not None else plane[..., :3]
+        return np.asarray(plane)
 
 
 # ---------------------------------------------------------------------------------------
@@ -708,10 +737,13 @@ class _Embeddings:
     cache). Counts what the encoder really computed."""
 
     def __init__(self, predictor, source: SliceSource, mapping: IntensityMapping,
-                 memo_slices: int):
+                 memo_slices: int, tiles: bool = False, tile_size: int | None = None):
         self.predictor = predictor
         self.source = source
         self.mapping = mapping
+        self.tiles = tiles
+        self.tile_size = tile_size
+        self.tiled: list = []  # the TiledPredictors made, for the statistics
         self.memo: OrderedDict[int, object] = OrderedDict()
         self.memo_slices = max(0, int(memo_slices))
         self.embeddings = 0
@@ -722,6 +754,30 @@ class _Embeddings:
         if emb is not None:
             self.memo.move_to_end(z)
             return emb
+        if self.tiles:
+            # Large slices: full-resolution windows around the object, encoded when a
+            # prediction needs them (the object's tiles only), read lazily from the stack.
+            from ..engine.tiling import TiledPredictor
+
+            emb = TiledPredictor(self.predictor, self.source.lazy(z), self.mapping,
+                                 tile_size=self.tile_size, rgb=self.source.rgb)
+            self.tiled.append(emb)
+        else:
+            emb = self._embed(z)
+        if self.memo_slices:
+            self.memo[z] = emb
+            while len(self.memo) > self.memo_slices:
+                self.memo.popitem(last=False)
+        return emb
+
+    def counts(self) -> tuple[int, int]:
+        """``(embeddings used, embeddings the encoder computed)``."""
+        if self.tiles:
+            return (sum(len(t.windows) for t in self.tiled),
+                    sum(len(t.encoded) for t in self.tiled))
+        return self.embeddings, self.encoded
+
+    def _embed(self, z: int):
         cache = self.predictor.cache
         before = cache.stats["misses"] if cache is not None and hasattr(cache, "stats") else None
         emb = self.predictor.embed(self.source[z], self.mapping, rgb=self.source.rgb)
@@ -730,11 +786,15 @@ class _Embeddings:
             self.encoded += 1
         elif before is not None:
             self.encoded += int(cache.stats["misses"] > before)
-        if self.memo_slices:
-            self.memo[z] = emb
-            while len(self.memo) > self.memo_slices:
-                self.memo.popitem(last=False)
         return emb
+
+
+@dataclass(frozen=True)
+class _WholeSlice:
+    """A tiled prediction as the slice-sized mask and score the run works with."""
+
+    mask: np.ndarray
+    score: float
 
 
 class PropagationRun:
@@ -755,7 +815,8 @@ class PropagationRun:
         self.z_range = z_range
         self._base = base
         self._emb = _Embeddings(propagator.predictor, propagator.source, propagator.mapping,
-                                propagator.settings.memo_slices)
+                                propagator.settings.memo_slices, propagator.tiled,
+                                propagator.tile_size)
         self._decoder_calls = 0
         self._annot_masks: dict = {}   # (object_id, z) -> (record, mask)
         self._cancelled = False
@@ -851,6 +912,10 @@ class PropagationRun:
 
     def _predict(self, emb, **prompts):
         self._decoder_calls += 1
+        if hasattr(emb, "grid"):  # a TiledPredictor (large slices)
+            r = emb.predict(points=prompts.get("points"), labels=prompts.get("labels"),
+                            box=prompts.get("box"))
+            return _WholeSlice(r.full_mask(), r.score)
         return self._p.predictor.predict(embedding=emb, **prompts)
 
     def _steps(self) -> Iterator[PropagationStep]:
@@ -1039,7 +1104,8 @@ class PropagationRun:
                 obj.records[z] = replace(rec, alternative_score=alt.score)
                 obj._set(z, mask)
             obj.records = dict(sorted(obj.records.items()))
-        stats = {"embeddings": self._emb.embeddings, "encoded": self._emb.encoded,
+        embeddings, encoded = self._emb.counts()
+        stats = {"embeddings": embeddings, "encoded": encoded,
                  "decoder_calls": self._decoder_calls}
         return PropagationResult(
             shape=p.source.shape, z_range=self.z_range, objects=objects, mapping=p.mapping,
@@ -1088,6 +1154,12 @@ class Propagator:
         One mapping for every slice; default :func:`default_mapping` of the whole stack
         (uint8 as is, else 0.5-99.8 percentiles sampled over the stack).
     settings : PropagationSettings, optional
+    tiles : {"auto", "on", "off"}
+        Predict on full-resolution windows around the object (:mod:`napari_edgesam.engine.
+        tiling`) instead of whole slices shrunk to 1024 pixels; ``"auto"``: for slices over
+        2048 pixels. Only the tiles the object occupies are read and encoded.
+    tile_size : int, optional
+        Tile side in pixels (default 1024).
 
     Examples
     --------
@@ -1099,10 +1171,18 @@ class Propagator:
 
     def __init__(self, predictor, stack, *, axis: int = 0, channel: int | None = None,
                  mapping: IntensityMapping | None = None,
-                 settings: PropagationSettings | None = None):
+                 settings: PropagationSettings | None = None,
+                 tiles: str = "auto", tile_size: int | None = None):
+        from ..engine.tiling import needs_tiling
+
         self.predictor = predictor
         self.source = SliceSource(stack, axis=axis, channel=channel)
         self.settings = settings or PropagationSettings()
+        if tiles not in ("auto", "on", "off"):
+            raise InvalidInputError(f"tiles must be 'auto', 'on' or 'off', got {tiles!r}")
+        self.tiled = tiles == "on" or (
+            tiles == "auto" and needs_tiling((self.source.height, self.source.width)))
+        self.tile_size = tile_size
         self.mapping = mapping if mapping is not None else self.source.default_mapping()
 
     # -- helpers ------------------------------------------------------------------------
@@ -1247,7 +1327,8 @@ def propagate(predictor, stack, objects, *, axis: int = 0, channel: int | None =
               mapping: IntensityMapping | None = None, z_range=None,
               settings: PropagationSettings | None = None,
               progress: ProgressCallback | None = None,
-              should_cancel: Callable[[], bool] | None = None) -> PropagationResult:
+              should_cancel: Callable[[], bool] | None = None,
+              tiles: str = "auto", tile_size: int | None = None) -> PropagationResult:
     """Propagate objects through a stack in one call.
 
     Parameters
@@ -1257,7 +1338,7 @@ def propagate(predictor, stack, objects, *, axis: int = 0, channel: int | None =
         Slice axis at ``axis`` (0 by default; time for 2D+t).
     objects : mapping or sequence
         ``{object_id: SliceAnnotation or [SliceAnnotation, ...]}``.
-    axis, channel, mapping, settings
+    axis, channel, mapping, settings, tiles, tile_size
         See :class:`Propagator`.
     z_range : (int, int), optional
         Inclusive slice limits.
@@ -1270,5 +1351,5 @@ def propagate(predictor, stack, objects, *, axis: int = 0, channel: int | None =
         ``result.mask(object_id)`` is bool ``(Z, Y, X)`` (slice axis first).
     """
     prop = Propagator(predictor, stack, axis=axis, channel=channel, mapping=mapping,
-                      settings=settings)
+                      settings=settings, tiles=tiles, tile_size=tile_size)
     return prop.run(objects, z_range=z_range, progress=progress, should_cancel=should_cancel)
