@@ -19,6 +19,7 @@ window is then re-centred on the object (a new, cached embedding) so the object 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,6 +235,9 @@ class TiledPredictor:
         (each costs one more encoder run; 0 disables seam handling).
     """
 
+    #: Window embeddings kept here (4 MiB each); older ones come back through the cache.
+    MEMO_WINDOWS = 16
+
     def __init__(self, predictor: Predictor, image, mapping: IntensityMapping | None = None,
                  *, tile_size: int | None = None, halo: int | None = None,
                  rgb: bool | None = None, max_recentre: int = 2):
@@ -249,7 +253,7 @@ class TiledPredictor:
         self.image_shape = (int(shape[0]), int(shape[1]))
         self.grid = TileGrid(self.image_shape, tile_size, halo)
         self.mapping = mapping if mapping is not None else self._default_mapping()
-        self._embeddings: dict[Window, Embedding] = {}
+        self._embeddings: OrderedDict[Window, Embedding] = OrderedDict()
         #: Windows whose embedding this object used so far (in order).
         self.windows: list[Window] = []
         #: Of those, the windows the encoder really ran for (not found in the cache).
@@ -272,10 +276,14 @@ class TiledPredictor:
     def embedding(self, window: Window, **kwargs) -> Embedding:
         """Embedding of one window (memoised here, and through the predictor's cache)."""
         emb = self._embeddings.get(window)
-        if emb is None:
+        if emb is not None:
+            self._embeddings.move_to_end(window)
+        else:
             emb = self.predictor.embed(self.read(window), self.mapping, rgb=self.rgb,
                                        tile=window.key(), **kwargs)
             self._embeddings[window] = emb
+            while len(self._embeddings) > self.MEMO_WINDOWS:  # the rest live in the cache
+                self._embeddings.popitem(last=False)
             self.windows.append(window)
             if not emb.cached:
                 self.encoded.append(window)
