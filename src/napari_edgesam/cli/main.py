@@ -73,6 +73,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                    help="onnxruntime execution provider(s), e.g. cuda, coreml, directml "
                         "(default: cpu)")
     g.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    g.add_argument("--optimized", action="store_true",
+                   help="use the optimised variants that passed their agreement check "
+                        "(made with 'napari-edgesam optimize'); the original otherwise")
 
 
 def model_from_args(args):
@@ -94,6 +97,16 @@ def model_from_args(args):
             args.model, model_dir=args.model_dir, download=args.download,
             licence_notice=notice, providers=args.provider, num_threads=args.threads,
         )
+    if getattr(args, "optimized", False) and getattr(args, "command", "") != "optimize":
+        from ..engine.optimize import load_optimized
+
+        considered: list = []
+        optimized = load_optimized(model, report=considered)
+        used = [r.kind for r in considered if getattr(r, "status", "") == "enabled"]
+        print(f"optimised variants enabled: "
+              f"{', '.join(used) if optimized is not model else 'none'} "
+              "(see 'napari-edgesam optimize')", file=sys.stderr)
+        model = optimized
     return model.load()
 
 
@@ -219,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Subcommand -> module under ``napari_edgesam.cli`` that contributes it, with
 #: ``add_parser(subparsers)`` and ``run(args) -> int`` (or a ``func`` default).
-_SUBCOMMAND_MODULES = {"models": "models_cmd", "propagate": "propagate_cmd", "batch": "batch_cmd"}
+_SUBCOMMAND_MODULES = {"models": "models_cmd", "propagate": "propagate_cmd", "batch": "batch_cmd",
+                       "optimize": "optimize_cmd"}
 
 
 def main(argv=None) -> int:
