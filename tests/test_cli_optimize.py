@@ -64,3 +64,11 @@ def test_unknown_variant_exit_2(tmp_path, capsys, model_files):
     tifffile.imwrite(tmp_path / "in.tif", img)
     code = main(["optimize", str(tmp_path / "in.tif"), "--variants", "turbo", *model_files])
     assert code == 2 and "unknown variant" in capsys.readouterr().err
+
+
+def test_batch_refuses_optimized_clearly(tmp_path, capsys, model_files):
+    img, _ = disc_image((100, 100), (50, 50), 20)
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    code = main(["batch", str(tmp_path / "in.tif"), "--out", str(tmp_path / "out"),
+                 "--optimized", *model_files])
+    assert code == 2 and "not supported by batch" in capsys.readouterr().err

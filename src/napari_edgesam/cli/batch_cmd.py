@@ -114,6 +114,10 @@ def run(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise InvalidInputError("--workers must be at least 1")
+    if getattr(args, "optimized", False):
+        # Workers rebuild the model from file paths; optimised variants (split decoders)
+        # are not described by paths alone yet.
+        raise InvalidInputError("--optimized is not supported by batch yet")
     auto = AutoParams(
         object_size=args.object_size, seeds=args.seeds, grid_spacing=args.grid_spacing,
         polarity=args.polarity, threshold=args.threshold, min_stability=args.min_stability,
