@@ -671,6 +671,12 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
         from ..engine.tiling import TiledPredictor
 
         tp = TiledPredictor(predictor, image, mapping, tile_size=params.tile_size, rgb=is_rgb)
+        # Seeds tile by tile (stable within a tile): each tile's embedding is used while it
+        # is at hand instead of being evicted and fetched again from the cache.
+        tile_index = {t: k for k, t in enumerate(tp.grid.tiles)}
+        order = np.argsort([tile_index[tp.grid.tile_for_point(x, y)] for x, y in seeds],
+                           kind="stable")
+        seeds = seeds[order]
 
         def run(points, labels):
             """Mask crop, its (row, col) offset in the slice, and the score."""
