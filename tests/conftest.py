@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,52 @@ def predictor(test_model):
     from napari_edgesam.engine import Predictor
 
     return Predictor(test_model, cache=None)
+
+
+class CountingModel:
+    """Wraps an EdgeSamModel and counts encoder and decoder runs."""
+
+    def __init__(self, model):
+        self._model = model
+        self.encodes = 0
+        self.decodes = 0
+
+    def encode(self, *args, **kwargs):
+        self.encodes += 1
+        return self._model.encode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        self.decodes += 1
+        return self._model.decode(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+class SlowModel:
+    """The test double with a slow encoder that honours ``RunOptions.terminate`` (for tests of
+    work in worker threads, cancellation and GUI responsiveness)."""
+
+    def __init__(self, delay):
+        from napari_edgesam.engine import EdgeSamModel
+
+        self._inner = EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="custom: slow")
+        self.delay = delay
+        self.calls = 0
+        self.terminated = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def encode(self, tensor, run_options=None):
+        self.calls += 1
+        t_end = time.perf_counter() + self.delay
+        while time.perf_counter() < t_end:
+            if run_options is not None and run_options.terminate:
+                self.terminated += 1
+                raise RuntimeError("Exiting due to terminate flag being set to true.")
+            time.sleep(0.005)
+        return self._inner.encode(tensor, run_options)
 
 
 def disc_image(shape, center_rc, radius, value=200, background=20, dtype=np.uint8):

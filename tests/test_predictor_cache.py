@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import disc_image, iou
+from conftest import CountingModel, disc_image, iou
 
 from napari_edgesam.engine import IntensityMapping, Predictor
 from napari_edgesam.engine.cache import EmbeddingCache
-
-
-class CountingModel:
-    """Wraps a model and counts encoder runs."""
-
-    def __init__(self, model):
-        self._model, self.encodes = model, 0
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def encode(self, tensor, run_options=None):
-        self.encodes += 1
-        return self._model.encode(tensor, run_options)
 
 
 def test_second_embed_is_a_cache_hit(test_model, tmp_path):

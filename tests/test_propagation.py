@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import CountingModel
 from scipy import ndimage as ndi
 
 from napari_edgesam.engine import InvalidInputError, Predictor
@@ -64,26 +65,6 @@ def click(i):
     """One click in the middle of object i (1-based): the annotated slice and (x, y)."""
     (cz, cy, cx), _, _ = OBJECTS[i - 1]
     return SliceAnnotation(min(max(cz, 0), SHAPE[0] - 1), points=[(cx, cy)], labels=[1])
-
-
-class CountingModel:
-    """Wraps an EdgeSamModel and counts encoder runs."""
-
-    def __init__(self, model):
-        self._model = model
-        self.encodes = 0
-        self.decodes = 0
-
-    def encode(self, *args, **kwargs):
-        self.encodes += 1
-        return self._model.encode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        self.decodes += 1
-        return self._model.decode(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from conftest import TEST_DECODER, TEST_ENCODER, disc_image, iou  # noqa: E402
+from conftest import TEST_DECODER, TEST_ENCODER, SlowModel, disc_image, iou# noqa: E402
 
 from napari_edgesam.engine import IntensityMapping, Predictor  # noqa: E402
 
@@ -284,31 +284,6 @@ def test_layer_deleted_while_encoding(viewer, qtbot, test_model, monkeypatch):
     assert w.labels_layer is None
     # prompt layers left intact
     assert len(w.points_layer.data) == 1
-
-
-class SlowModel:
-    """The test double with a slow encoder (the encoder runs in a worker thread)."""
-
-    def __init__(self, delay):
-        from napari_edgesam.engine import EdgeSamModel
-
-        self._inner = EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="custom: slow")
-        self.delay = delay
-        self.calls = 0
-        self.terminated = 0
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def encode(self, tensor, run_options=None):
-        self.calls += 1
-        t_end = time.perf_counter() + self.delay
-        while time.perf_counter() < t_end:
-            if run_options is not None and run_options.terminate:
-                self.terminated += 1
-                raise RuntimeError("Exiting due to terminate flag being set to true.")
-            time.sleep(0.005)
-        return self._inner.encode(tensor, run_options)
 
 
 def test_event_loop_keeps_ticking_while_encoding(viewer, qtbot):

@@ -223,7 +223,7 @@ def test_3d_view_is_refused_politely(make_napari_viewer, qtbot, test_model):
 
 def test_viewer_closed_while_encoding(make_napari_viewer, qtbot):
     """Closing the viewer while a worker runs: no exception when the worker returns."""
-    from test_widget import SlowModel
+    from conftest import SlowModel
 
     viewer = make_napari_viewer()
     viewer.add_image(disc_image((64, 64), (32, 32), 10)[0])

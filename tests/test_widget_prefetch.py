@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from conftest import TEST_DECODER, TEST_ENCODER, disc_image  # noqa: E402
+from conftest import SlowModel, disc_image# noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -28,31 +28,6 @@ def _short_idle(monkeypatch):
     from napari_edgesam.widget import _prefetch
 
     monkeypatch.setattr(_prefetch, "IDLE_MS", 150)
-
-
-class SlowEncoder:
-    """The test double with a slow encoder that honours RunOptions.terminate."""
-
-    def __init__(self, delay):
-        from napari_edgesam.engine import EdgeSamModel
-
-        self._inner = EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="custom: slow")
-        self.delay = delay
-        self.calls = 0
-        self.terminated = 0
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def encode(self, tensor, run_options=None):
-        self.calls += 1
-        t_end = time.perf_counter() + self.delay
-        while time.perf_counter() < t_end:
-            if run_options is not None and run_options.terminate:
-                self.terminated += 1
-                raise RuntimeError("Exiting due to terminate flag being set to true.")
-            time.sleep(0.005)
-        return self._inner.encode(tensor, run_options)
 
 
 def make_stack():
@@ -83,7 +58,7 @@ def test_neighbours_prefetched_when_idle(viewer, qtbot, test_model):
 
 
 def test_click_stops_an_inflight_prefetch_and_checkbox_off(viewer, qtbot):
-    slow = SlowEncoder(2.0)
+    slow = SlowModel(2.0)
     slow._inner.load()
     viewer.add_image(make_stack())
     w = make_widget(viewer, slow)

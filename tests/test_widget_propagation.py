@@ -9,7 +9,6 @@ step, into the right slices of the Labels layer.
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from conftest import TEST_DECODER, TEST_ENCODER  # noqa: E402
+from conftest import SlowModel# noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -166,7 +165,7 @@ def test_label_source_z_limits_weakest_slice_and_thresholds(viewer, qtbot, test_
 
 
 def test_cancel_mid_run_leaves_a_consistent_undoable_state(viewer, qtbot, test_model):
-    slow = SlowEncoder(0.25)
+    slow = SlowModel(0.25)
     slow._inner.load()
     stack, truth = make_stack()
     viewer.add_image(stack, name="stack")
@@ -278,7 +277,7 @@ def test_image_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatch
 
     shown = []
     monkeypatch.setattr(notifications, "show_warning", lambda msg: shown.append(msg))
-    slow = SlowEncoder(0.25)
+    slow = SlowModel(0.25)
     slow._inner.load()
     stack, _ = make_stack()
     viewer.add_image(stack, name="stack")
@@ -351,24 +350,3 @@ def test_propagation_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
     qtbot.keyClick(canvas, Qt.Key.Key_C, shift)
     assert w.labels_layer is not None and w.labels_layer.data.max() == 1
     assert w.labels_layer.data.any(axis=(1, 2)).sum() > 3
-
-
-class SlowEncoder:
-    """The test double with a slower encoder (runs in worker threads)."""
-
-    def __init__(self, delay):
-        from napari_edgesam.engine import EdgeSamModel
-
-        self._inner = EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="custom: slow")
-        self.delay = delay
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def encode(self, tensor, run_options=None):
-        t_end = time.perf_counter() + self.delay
-        while time.perf_counter() < t_end:
-            if run_options is not None and run_options.terminate:
-                raise RuntimeError("Exiting due to terminate flag being set to true.")
-            time.sleep(0.005)
-        return self._inner.encode(tensor, run_options)
