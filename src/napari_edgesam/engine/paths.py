@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +145,44 @@ def get_setting(key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`.
+def atomic_write(path, write: Callable[[str], object], *, suffix: str = ".partial") -> Path:
+    """Create ``path`` through a temporary file in its folder and :func:`os.replace`.
 
-    Readers see either the old or the new content, never a half-written file.
+    ``write(tmp_path)`` writes the content; the file then gets the usual permissions
+    (``0666 & ~umask``, not the temporary file's private 0600) and replaces ``path`` in one
+    step, so readers and a killed process never see a half-written file under ``path``. The
+    temporary file is removed on any error.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`), creating
+    the folder if needed.
 
     Raises
     ------
@@ -156,17 +191,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), suffix=".tmp")
 
 
 def save_settings(settings: dict[str, Any]) -> None:

@@ -716,23 +716,13 @@ def _write_labels(path: Path, labels: np.ndarray, out_axes: str, dtype: np.dtype
         with contextlib.suppress(OSError):
             stale.unlink()
     write_tiff_atomic(path, data, overwrite=True, **kwargs)
-    _default_permissions(path)
     return fmt
-
-
-def _default_permissions(path: Path) -> None:
-    """Give a file written through a private temporary file the usual permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~umask)
 
 
 def _atomic_json(path: Path, data: dict) -> None:
     from ..engine.paths import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
-    _default_permissions(path)
 
 
 def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,

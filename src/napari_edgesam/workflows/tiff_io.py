@@ -6,14 +6,13 @@ Axes letters follow tifffile: ``Y``/``X`` spatial, ``S`` samples (RGB), ``C`` ch
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..engine.errors import InvalidInputError
+from ..engine.paths import atomic_write
 
 __all__ = [
     "ImageStack",
@@ -187,13 +186,6 @@ def select_plane(
     return plane, ", ".join(what) or "2D image"
 
 
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_tiff_atomic(path, data: np.ndarray, *, overwrite: bool = False, **kwargs) -> Path:
     """Write ``data`` to a TIFF under a temporary name, then rename it into place.
 
@@ -215,19 +207,7 @@ def write_tiff_atomic(path, data: np.ndarray, *, overwrite: bool = False, **kwar
         raise InvalidInputError(f"{path} exists; pass --overwrite to replace it")
     if not path.parent.is_dir():
         raise InvalidInputError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, data, **kwargs)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, **kwargs))
 
 
 # ---------------------------------------------------------------------------------------
