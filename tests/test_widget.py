@@ -614,3 +614,22 @@ def test_stale_encoding_is_cancelled_when_the_slice_changes(viewer, qtbot):
     w.add_point((3, 30, 30))
     qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
     assert iou(w.preview_mask, disc_image((64, 64), (30, 30), 10)[1]) > 0.8
+
+
+def test_failed_encoding_is_not_retried_in_a_loop(viewer, qtbot, test_model, monkeypatch):
+    """An encoder error is reported once; the widget does not retry the same slice forever."""
+    from napari_edgesam.engine import Predictor
+
+    calls = []
+
+    def broken(self, *args, **kwargs):
+        calls.append(1)
+        raise ValueError("broken encoder")
+
+    monkeypatch.setattr(Predictor, "embed", broken)
+    img, _ = disc_image((64, 64), (32, 32), 10)
+    viewer.add_image(img)
+    w = make_widget(viewer, test_model, prefetch=False)
+    qtbot.waitUntil(lambda: not w.busy and bool(calls), timeout=TIMEOUT)
+    qtbot.wait(500)
+    assert len(calls) == 1 and not w.busy

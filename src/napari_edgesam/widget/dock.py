@@ -256,6 +256,7 @@ class EdgeSamWidget(QWidget):
         self._encode_worker = None
         self._encode_key = None
         self._encode_pending = False
+        self._failed_key = None  # the slice whose encoding failed: not retried by itself
         self._encode_control: dict = {}
         self.last_encode_seconds: float | None = None
         # decoder state
@@ -1390,6 +1391,8 @@ class EdgeSamWidget(QWidget):
         key = self._wanted_key()
         if key == self._embedding_key and self._embedding is not None:
             return
+        if key == self._failed_key:
+            return  # it failed (the user was told); a new slice, mapping or model retries
         if self._encode_worker is not None:
             if self._encode_key != key:
                 self._encode_pending = True
@@ -1447,6 +1450,7 @@ class EdgeSamWidget(QWidget):
         self._request_predict()  # answers clicks made while encoding
 
     def _on_encode_failed(self, key, exc):
+        self._failed_key = key
         if key == self._wanted_key():
             self._notify_error(exc, f"cannot encode {self._slice_text(key[2])}: ")
 
