@@ -474,6 +474,9 @@ def test_mouse_clicks_through_napari_callbacks(viewer, qtbot, test_model):
 
     # Shift + drag: a box, bottom-right to top-left
     w.clear_prompts()
+    requests = []
+    request = w._request_predict
+    w._request_predict = lambda: (requests.append(1), request())[1]
     start = dict(button=1, modifiers=["Shift"], dims_displayed=[0, 1])
     mouse_press_callbacks(pts, read_only_mouse_event(
         type="mouse_press", position=(170, 170), pos=np.array([0.0, 0.0]), **start))
@@ -485,6 +488,7 @@ def test_mouse_clicks_through_napari_callbacks(viewer, qtbot, test_model):
         type="mouse_release", position=(40, 40), pos=np.array([60.0, 0.0]), **start))
     assert len(pts.data) == 0  # no point added by the drag
     assert w.boxes_layer.nshapes == 1
+    assert len(requests) == 1  # the decoder runs on release, not on every mouse move
     qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
     want = expected_mask(test_model, img, box=(20, 20, 85, 85))
     np.testing.assert_array_equal(w.preview_mask, want)

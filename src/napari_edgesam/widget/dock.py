@@ -257,6 +257,7 @@ class EdgeSamWidget(QWidget):
         self._encode_key = None
         self._encode_pending = False
         self._failed_key = None  # the slice whose encoding failed: not retried by itself
+        self._drawing_box = False  # a box drag in progress: no prediction until release
         self._encode_control: dict = {}
         self.last_encode_seconds: float | None = None
         # decoder state
@@ -1502,7 +1503,7 @@ class EdgeSamWidget(QWidget):
         return _Prompts(tuple(points), tuple(labels), box)
 
     def _on_prompts_changed(self, event=None):
-        if not self._ok():
+        if not self._ok() or self._drawing_box:
             return
         action = getattr(event, "action", None)
         if action is not None and str(action) in ("adding", "removing", "changing"):
@@ -1734,6 +1735,9 @@ class EdgeSamWidget(QWidget):
         (r0, r1), (c0, c1) = sorted((da[-2], db[-2])), sorted((da[-1], db[-1]))
         rect = np.array([[*lead, r0, c0], [*lead, r0, c1], [*lead, r1, c1], [*lead, r1, c0]])
         others = self._other_slice_boxes(shapes)
+        # While the box is being dragged only its outline follows the mouse; the decoder
+        # runs once, on release (``final``).
+        self._drawing_box = not final
         # (vertices, type) pairs: data and shape types change in one event
         shapes.data = [*others, (rect, "rectangle")]
 
