@@ -156,15 +156,13 @@ def _mapping_for(args, stack, plane):
         return IntensityMapping((lo,) * n, (hi,) * n)
     if rgb:
         return default_mapping(plane[..., :3], rgb=True)
-    # Stack-wide limits for a grey slice: sample the whole stack (same channel), so that
-    # every slice of a stack is mapped alike.
-    data = stack.data
-    if args.channel is not None and any(a in "CS" for a in stack.axes):
-        axis = next(i for i, a in enumerate(stack.axes) if a in "CS")
-        data = np.take(data, args.channel, axis=axis)
+    # Stack-wide limits for a grey slice, so that every slice of a stack is mapped alike:
+    # percentiles sampled (a few slices, strided) from a lazy view, never the whole stack.
+    from ..workflows.tiff_io import stack_view
+
     try:
-        whole = data if data.ndim == 2 else data.reshape(-1, *plane.shape)
-    except ValueError:  # axes in an unusual order: fall back to the slice itself
+        whole, _ = stack_view(stack, args.channel)
+    except InvalidInputError:  # a 2D image: the slice is the whole image
         whole = plane
     return default_mapping(whole, rgb=False)
 

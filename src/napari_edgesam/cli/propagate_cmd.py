@@ -18,7 +18,7 @@ import numpy as np
 
 from .main import EXIT_OK, _box, _point, add_model_options, model_from_args
 
-__all__ = ["add_parser", "run", "stack_view"]
+__all__ = ["add_parser", "run"]
 
 
 def _z_range(text: str) -> tuple[int, int]:
@@ -98,68 +98,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def stack_view(image, channel: int | None = None):
-    """A ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)`` view of an :class:`~..workflows.tiff_io.ImageStack`
-    (memory-mapped data stays mapped).
-
-    Returns
-    -------
-    data : array-like
-        Slice axis first, then Y, X, then RGB samples if any.
-    axis_letter : str
-        The file's stack axis (``"Z"``, ``"T"``, ...).
-    """
-    from ..engine.errors import InvalidInputError
-    from ..workflows.tiff_io import STACK_AXES
-
-    data, axes = image.data, image.axes
-    shape = tuple(data.shape)
-    name = image.path.name
-    stack_axes = [a for a, n in zip(axes, shape, strict=True) if a in STACK_AXES and n > 1]
-    if not stack_axes:
-        raise InvalidInputError(
-            f"{name} is not a stack (axes {axes}, shape {shape}); use 'segment' for 2D images")
-    if len(stack_axes) > 1:
-        raise InvalidInputError(
-            f"{name} has several stack axes ({axes}, shape {shape}); propagate needs one "
-            "(Z or T)")
-    z_letter = stack_axes[0]
-    index, kept = [], []
-    for pos, (a, n) in enumerate(zip(axes, shape, strict=True)):
-        if a in "YX" or (a == z_letter and n > 1):
-            index.append(slice(None))
-            kept.append(a)
-        elif a in "CS":
-            if channel is not None:
-                if not 0 <= channel < n:
-                    raise InvalidInputError(
-                        f"--channel {channel} is outside 0..{n - 1} ({name}, axes {axes})")
-                index.append(channel)
-            elif n == 1:
-                index.append(0)
-            elif (a == "S" or pos == len(axes) - 1) and n in (3, 4):
-                index.append(slice(None))
-                kept.append("S")
-            else:
-                raise InvalidInputError(
-                    f"{name} has {n} channels (axis {a}, axes {axes}); pass --channel C with "
-                    f"C in 0..{n - 1}")
-        elif n == 1:
-            index.append(0)
-        else:
-            raise InvalidInputError(
-                f"{name} has an axis {a!r} of size {n} that is not understood (axes {axes})")
-    if channel is not None and not any(a in "CS" for a in axes):
-        raise InvalidInputError(f"--channel given but {name} has no channel axis (axes {axes})")
-    view = data[tuple(index)]
-    order = [kept.index(a) for a in (z_letter, "Y", "X")]
-    if "S" in kept:
-        order.append(kept.index("S"))
-    if order != list(range(len(order))):
-        view = np.transpose(view, order)
-    return view, z_letter
-
-
 def _fmt(x: float, spec: str = ".3f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -185,7 +123,7 @@ def run(args) -> int:
     from ..engine.errors import InvalidInputError
     from ..engine.intensity import IntensityMapping
     from ..workflows.propagation import PropagationSettings, Propagator, SliceAnnotation
-    from ..workflows.tiff_io import read_image, write_tiff_atomic
+    from ..workflows.tiff_io import read_image, stack_view, write_tiff_atomic
 
     if not args.point and args.box is None:
         raise InvalidInputError("no prompt: give at least one --point or a --box")

@@ -20,6 +20,7 @@ __all__ = [
     "TiffMetadata",
     "read_image",
     "select_plane",
+    "stack_view",
     "write_tiff_atomic",
 ]
 
@@ -184,6 +185,65 @@ def select_plane(
     if plane.ndim not in (2, 3):  # pragma: no cover - defensive
         raise InvalidInputError(f"could not extract a 2D slice from axes {axes}")
     return plane, ", ".join(what) or "2D image"
+
+
+def stack_view(image, channel: int | None = None):
+    """A ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)`` view of an :class:`ImageStack`
+    (memory-mapped data stays mapped).
+
+    Returns
+    -------
+    data : array-like
+        Slice axis first, then Y, X, then RGB samples if any.
+    axis_letter : str
+        The file's stack axis (``"Z"``, ``"T"``, ...).
+    """
+    data, axes = image.data, image.axes
+    shape = tuple(data.shape)
+    name = image.path.name
+    stack_axes = [a for a, n in zip(axes, shape, strict=True) if a in STACK_AXES and n > 1]
+    if not stack_axes:
+        raise InvalidInputError(
+            f"{name} is not a stack (axes {axes}, shape {shape}); use 'segment' for 2D images")
+    if len(stack_axes) > 1:
+        raise InvalidInputError(
+            f"{name} has several stack axes ({axes}, shape {shape}); propagate needs one "
+            "(Z or T)")
+    z_letter = stack_axes[0]
+    index, kept = [], []
+    for pos, (a, n) in enumerate(zip(axes, shape, strict=True)):
+        if a in "YX" or (a == z_letter and n > 1):
+            index.append(slice(None))
+            kept.append(a)
+        elif a in "CS":
+            if channel is not None:
+                if not 0 <= channel < n:
+                    raise InvalidInputError(
+                        f"--channel {channel} is outside 0..{n - 1} ({name}, axes {axes})")
+                index.append(channel)
+            elif n == 1:
+                index.append(0)
+            elif (a == "S" or pos == len(axes) - 1) and n in (3, 4):
+                index.append(slice(None))
+                kept.append("S")
+            else:
+                raise InvalidInputError(
+                    f"{name} has {n} channels (axis {a}, axes {axes}); pass --channel C with "
+                    f"C in 0..{n - 1}")
+        elif n == 1:
+            index.append(0)
+        else:
+            raise InvalidInputError(
+                f"{name} has an axis {a!r} of size {n} that is not understood (axes {axes})")
+    if channel is not None and not any(a in "CS" for a in axes):
+        raise InvalidInputError(f"--channel given but {name} has no channel axis (axes {axes})")
+    view = data[tuple(index)]
+    order = [kept.index(a) for a in (z_letter, "Y", "X")]
+    if "S" in kept:
+        order.append(kept.index("S"))
+    if order != list(range(len(order))):
+        view = np.transpose(view, order)
+    return view, z_letter
 
 
 def write_tiff_atomic(path, data: np.ndarray, *, overwrite: bool = False, **kwargs) -> Path:
