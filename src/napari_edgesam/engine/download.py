@@ -8,7 +8,6 @@ requests) are imported only when a download actually starts.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
@@ -133,14 +132,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _unlink(path: Path) -> None:
     try:
         path.unlink()
@@ -196,10 +187,10 @@ def fetch_file(
             f"Cannot create the model folder {dest_dir}: {exc.strerror or exc}.{tail}",
             spec.filename,
         ) from exc
+    from napari_edgesam.engine.models import file_sha256  # models imports us lazily too
+
     if target.is_file():
         try:
-            from napari_edgesam.engine.models import file_sha256
-
             if target.stat().st_size == spec.size and file_sha256(target) == spec.sha256:
                 return target
         except OSError:
@@ -232,7 +223,7 @@ def fetch_file(
             if size != spec.size:
                 attempts.append((url, f"incomplete: got {size} of {spec.size} bytes"))
                 continue
-            actual = _sha256(tmp)
+            actual = file_sha256(tmp, use_memo=False)
             if actual != spec.sha256:
                 mismatches.append((url, actual))
                 attempts.append((url, f"wrong SHA-256 {actual}"))

@@ -211,7 +211,7 @@ class Prefetcher:
         return True
 
     def _work(self) -> None:
-        import onnxruntime as ort
+        from .session import make_run_options
 
         _lower_thread_priority(self.nice)
         while True:
@@ -220,7 +220,7 @@ class Prefetcher:
                 if self._closed:
                     return
                 job = self._queue.popleft()
-                run_options = ort.RunOptions()
+                run_options = make_run_options()
                 self._run_options, self._current, self._requeue = run_options, job, False
             try:
                 image = job.image() if callable(job.image) else job.image
