@@ -315,8 +315,12 @@ class TiledPredictor:
         c1 = max(r[3] for r in rects)
         return self.grid.window_around(r0, c0, r1, c1)
 
-    def predict(self, points=None, labels=None, box=None) -> TiledPrediction:
+    def predict(self, points=None, labels=None, box=None, *,
+                run_options=None) -> TiledPrediction:
         """Predict one mask; prompts in whole-image original pixels, ``(x, y) = (col, row)``.
+
+        ``run_options`` (see :func:`.session.make_run_options`) is passed to every window
+        encoding this needs, re-centred windows included, so the whole call can be stopped.
 
         Returns
         -------
@@ -329,7 +333,7 @@ class TiledPredictor:
         seen = set()
         for _ in range(self.max_recentre + 1):
             seen.add(window)
-            result = self._predict_in(window, points, labels, box)
+            result = self._predict_in(window, points, labels, box, run_options)
             touching = self._touches_inner_side(result, window)
             if not touching:
                 break
@@ -340,8 +344,9 @@ class TiledPredictor:
             window = wider
         return result
 
-    def _predict_in(self, window: Window, points, labels, box) -> TiledPrediction:
-        emb = self.embedding(window)
+    def _predict_in(self, window: Window, points, labels, box,
+                    run_options=None) -> TiledPrediction:
+        emb = self.embedding(window, run_options=run_options)
         shift = np.array([window.col0, window.row0], dtype=float)
         pts = None if points is None else np.asarray(points, float).reshape(-1, 2) - shift
         if pts is not None:  # clicks outside the window can't be used there; keep the rest

@@ -18,6 +18,7 @@ __all__ = [
     "choose_mapping",
     "crop_to_bbox",
     "prepare_tiles_job",
+    "cancel",
     "tiled_decode_job",
 ]
 
@@ -102,10 +103,18 @@ def prepare_tiles_job(predictor, data, geom: ImageGeometry, key, spec, stack_map
     return tp, mapping, time.perf_counter() - t0
 
 
-def tiled_decode_job(tp, prompts, window, control):
-    """Answer prompts on a tiled slice: encode the window they need (terminable), then
-    predict (re-centring on objects cut by a window side, see
-    :meth:`TiledPredictor.predict`). Returns a :class:`Decoded` with the mask cropped to
+def cancel(control: dict) -> None:
+    """Ask the job owning ``control`` to stop: it returns None at its next check, and an
+    encoder run in flight is terminated through its RunOptions."""
+    control["cancel"] = True
+    ro = control.get("run_options")
+    if ro is not None:
+        ro.terminate = True
+
+
+def tiled_decode_job(tp, prompts, control):
+    """Answer prompts on a tiled slice: the windows they need are encoded (terminable,
+    re-centred ones included) and the mask predicted, see :meth:`TiledPredictor.predict`. Returns a :class:`Decoded` with the mask cropped to
     its bounding box, or None when cancelled."""
     from napari_edgesam.engine.session import make_run_options
 
@@ -114,17 +123,16 @@ def tiled_decode_job(tp, prompts, window, control):
     if control.get("cancel"):
         return None
     t0 = time.perf_counter()
-    run_options.terminate = bool(control.get("cancel"))
     try:
-        tp.embedding(window, run_options=run_options)
+        pred = tp.predict(points=list(prompts.points) or None,
+                          labels=list(prompts.labels) or None, box=prompts.box,
+                          run_options=run_options)
     except Exception:
         if control.get("cancel") or run_options.terminate:
             return None
         raise
     if control.get("cancel"):
         return None
-    pred = tp.predict(points=list(prompts.points) or None,
-                      labels=list(prompts.labels) or None, box=prompts.box)
     bbox = pred.bbox()
     if bbox is None:
         mask, offset = np.zeros((1, 1), np.uint8), (0, 0)

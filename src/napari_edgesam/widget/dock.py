@@ -1428,11 +1428,7 @@ class EdgeSamWidget(QWidget):
 
     def _cancel_encode(self):
         """Ask the running encoder to stop (it returns None, the result is dropped)."""
-        control = self._encode_control
-        control["cancel"] = True
-        ro = control.get("run_options")
-        if ro is not None:
-            ro.terminate = True
+        _jobs.cancel(self._encode_control)
 
     def _on_encoded(self, key, smk, result):
         if result is None:
@@ -1556,25 +1552,21 @@ class EdgeSamWidget(QWidget):
             self._decode_pending = True
             ctl = self._decode_control
             if window is not None and ctl.get("window") is not None and ctl["window"] != window:
-                # a tile no longer needed by the newest prompts: stop encoding it
-                ctl["cancel"] = True
-                ro = ctl.get("run_options")
-                if ro is not None:
-                    ro.terminate = True
+                _jobs.cancel(ctl)  # a tile no longer needed by the newest prompts
             return
         self._decode_pending = False
         key = self._embedding_key
         if window is not None:
             self._decode_control = control = {"window": window}
             self._last_window = window
-            if window not in emb.encoded:
+            if window not in emb.windows:
                 self._set_status(
                     f"Encoding the tile at rows {window.row0}..{window.row1 - 1}, columns "
                     f"{window.col0}..{window.col1 - 1} of {self._slice_text()} (large image: "
                     "tiles are encoded when a prompt needs them)..."
                 )
             self._decode_worker = self._start(
-                _jobs.tiled_decode_job, emb, prompts, window, control,
+                _jobs.tiled_decode_job, emb, prompts, control,
                 returned=lambda res, g=gen, k=key: self._on_decoded(g, k, res),
                 errored=self._on_worker_error,
                 finished=self._on_decode_done,
