@@ -258,14 +258,11 @@ class StackSegmentation:
 # ---------------------------------------------------------------------------------------
 
 
-def _signal(mapped_rgb: np.ndarray, polarity: str) -> np.ndarray:
-    """Grey float32 (H, W) on 0..255 from the mapped (H, W, 3) uint8 image; dark objects are
-    inverted so that objects are always bright."""
-    if np.array_equal(mapped_rgb[..., 0], mapped_rgb[..., 1]) and \
-            np.array_equal(mapped_rgb[..., 0], mapped_rgb[..., 2]):
-        grey = mapped_rgb[..., 0].astype(np.float32)
-    else:
-        grey = mapped_rgb.astype(np.float32).mean(axis=-1)
+def _signal(mapped: np.ndarray, polarity: str) -> np.ndarray:
+    """Grey float32 (H, W) on 0..255 from the mapped uint8 image ((H, W) grey or (H, W, 3)
+    RGB, averaged); dark objects are inverted so that objects are always bright."""
+    grey = mapped.astype(np.float32) if mapped.ndim == 2 else \
+        mapped.astype(np.float32).mean(axis=-1)
     if polarity == "dark":
         grey = 255.0 - grey
     return grey
@@ -363,7 +360,8 @@ def stack_statistics(planes, *, params: AutoParams, mapping: IntensityMapping | 
             mapping = default_mapping(data, rgb=rgb)
     if params.threshold is not None:
         return mapping, float(params.threshold)
-    sig = [_signal(mapping.apply(s), params.polarity).reshape(-1) for s in samples]
+    sig = [_signal(mapping.apply(s, expand=False), params.polarity).reshape(-1)
+           for s in samples]
     return mapping, foreground_threshold(np.concatenate(sig))
 
 
@@ -642,7 +640,7 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
     image, is_rgb = validate_image(image, rgb=rgb)
     if mapping is None:
         mapping = default_mapping(image, rgb=is_rgb)
-    mapped = mapping.apply(image)
+    mapped = mapping.apply(image, expand=False)
     signal = _signal(mapped, params.polarity)
     if threshold is None:
         threshold = params.threshold if params.threshold is not None else \
