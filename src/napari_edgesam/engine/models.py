@@ -139,18 +139,6 @@ def file_sha256(path: str | os.PathLike, *, use_memo: bool = True) -> str:
     return digest
 
 
-def forget_hash(path: str | os.PathLike) -> None:
-    """Drop the memoised hash of ``path`` (in memory and, when writable, on disk)."""
-    key = str(Path(path).expanduser().resolve())
-    with _memo_lock:
-        memo = _load_memo_locked()
-        if memo.pop(key, None) is not None:
-            try:
-                paths.atomic_write_text(_memo_path(), json.dumps(memo, indent=1, sort_keys=True))
-            except OSError:
-                pass
-
-
 def cached_sha256(path: str | os.PathLike) -> str | None:
     """Return the memoised SHA-256 of ``path`` if it is still valid, without hashing.
 

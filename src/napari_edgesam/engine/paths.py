@@ -194,18 +194,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), suffix=".tmp")
 
 
-def save_settings(settings: dict[str, Any]) -> None:
-    """Replace the settings file atomically with ``settings`` (a JSON-serialisable dict).
-
-    Raises
-    ------
-    OSError
-        When the config folder is not writable.
-    """
-    with _settings_lock:
-        atomic_write_text(settings_path(), json.dumps(settings, indent=2, sort_keys=True) + "\n")
-
-
 def set_setting(key: str, value: Any) -> None:
     """Set one setting and save (read-modify-write; ``None`` removes the key).
 
