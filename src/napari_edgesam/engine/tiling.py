@@ -28,6 +28,7 @@ from . import contract
 from .errors import InvalidInputError
 from .intensity import IntensityMapping, default_mapping
 from .predictor import Embedding, Prediction, Predictor
+from .transforms import mask_bbox
 
 __all__ = [
     "DEFAULT_HALO",
@@ -204,13 +205,11 @@ class TiledPrediction:
 
     def bbox(self) -> tuple[int, int, int, int] | None:
         """``(row0, col0, row1, col1)`` (half-open, whole-image pixels) of the mask, or None."""
-        rows = np.nonzero(self.mask.any(axis=1))[0]
-        if rows.size == 0:
+        bb = mask_bbox(self.mask)
+        if bb is None:
             return None
-        cols = np.nonzero(self.mask.any(axis=0))[0]
         w = self.window
-        return (w.row0 + int(rows[0]), w.col0 + int(cols[0]), w.row0 + int(rows[-1]) + 1,
-                w.col0 + int(cols[-1]) + 1)
+        return bb[0] + w.row0, bb[1] + w.col0, bb[2] + w.row0, bb[3] + w.col0
 
 
 class TiledPredictor:

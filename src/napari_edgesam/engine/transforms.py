@@ -25,11 +25,32 @@ from .contract import IMAGE_SIZE, LOW_RES_SIZE, MASK_THRESHOLD, PIXEL_MEAN, PIXE
 
 __all__ = [
     "MaskUpsampler",
+    "mask_bbox",
     "bilinear_matrix",
     "coords_to_model",
     "preprocess",
     "resized_shape",
 ]
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box of a boolean mask's True pixels.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (H, W)
+
+    Returns
+    -------
+    (row0, col0, row1, col1) or None
+        Half-open (``mask[row0:row1, col0:col1]`` is the crop), in the mask's own pixels;
+        None when the mask is empty.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def resized_shape(height: int, width: int, target: int = IMAGE_SIZE) -> tuple[int, int]:

@@ -51,11 +51,12 @@ class Decoded:
 
 def crop_to_bbox(mask: np.ndarray):
     """``(crop, (r0, c0))`` of a bool mask's bounding box, or ``(None, None)`` when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    from napari_edgesam.engine.transforms import mask_bbox
+
+    bb = mask_bbox(mask)
+    if bb is None:
         return None, None
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    r0, c0, r1, c1 = bb
     return np.ascontiguousarray(mask[r0:r1, c0:c1]), (r0, c0)
 
 

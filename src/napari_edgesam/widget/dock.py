@@ -166,10 +166,10 @@ def _decode_job(predictor, embedding, prompts: _Prompts):
         box=prompts.box,
         embedding=embedding,
     )
+    from napari_edgesam.engine.transforms import mask_bbox
+
     mask = pred.mask
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    bbox = None if rows.size == 0 else (int(rows[0]), int(cols[0]), int(rows[-1]) + 1,
-                                        int(cols[-1]) + 1)
+    bbox = mask_bbox(mask)
     return _jobs.Decoded(mask.view(np.uint8), (0, 0), bbox, pred.score,
                          time.perf_counter() - t0)
 

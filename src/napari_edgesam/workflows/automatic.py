@@ -43,6 +43,7 @@ import numpy as np
 from ..engine.errors import CancelledError, InvalidInputError
 from ..engine.intensity import IntensityMapping, default_mapping, validate_image
 from ..engine.tiling import needs_tiling
+from ..engine.transforms import mask_bbox
 
 __all__ = [
     "AutoParams",
@@ -476,14 +477,6 @@ def grid_seeds(shape: tuple[int, int], spacing: float, max_seeds: int | None = N
 # ---------------------------------------------------------------------------------------
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
-
-
 def _postprocess(mask: np.ndarray, seed_rc: tuple[int, int], params: AutoParams):
     """Crop a full-frame mask; keep the seed's component; fill small holes.
 
@@ -491,7 +484,7 @@ def _postprocess(mask: np.ndarray, seed_rc: tuple[int, int], params: AutoParams)
     """
     from scipy import ndimage as ndi
 
-    box = _bbox(mask)
+    box = mask_bbox(mask)
     if box is None:
         return None
     r0, c0, r1, c1 = box
@@ -506,7 +499,7 @@ def _postprocess(mask: np.ndarray, seed_rc: tuple[int, int], params: AutoParams)
         lab, n = ndi.label(crop)
         if n > 1:
             crop = lab == lab[sr - r0, sc - c0]
-            sub = _bbox(crop)
+            sub = mask_bbox(crop)
             crop = crop[sub[0]:sub[2], sub[1]:sub[3]]
             r0, c0 = r0 + sub[0], c0 + sub[1]
     if np.count_nonzero(crop) > max_area:  # filling holes only adds pixels

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..engine.errors import InvalidInputError
 from ..engine.intensity import IntensityMapping, default_mapping
+from ..engine.transforms import mask_bbox
 
 __all__ = [
     "REJECTING_REASONS",
@@ -303,10 +304,8 @@ class ObjectResult:
         if mask is None or not mask.any():
             self._masks.pop(z, None)
             return
-        rows = np.flatnonzero(mask.any(axis=1))
-        cols = np.flatnonzero(mask.any(axis=0))
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        self._masks[z] = (int(r0), int(c0), np.array(mask[r0:r1, c0:c1], dtype=bool))
+        r0, c0, r1, c1 = mask_bbox(mask)
+        self._masks[z] = (r0, c0, np.array(mask[r0:r1, c0:c1], dtype=bool))
 
     def slice_mask(self, z: int) -> np.ndarray | None:
         """The mask on slice ``z``: bool ``(Y, X)``, or None where the object is absent."""
@@ -562,12 +561,11 @@ def _margin(mask_shape_hw: tuple[int, int], settings: PropagationSettings) -> fl
     return max(settings.box_margin * max(h, w), settings.box_margin_px)
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+def _last_pixels(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(first_row, last_row, first_col, last_col)`` of a mask, inclusive (pixel centres:
+    what box corners are made of), from :func:`mask_bbox`; None when empty."""
+    bb = mask_bbox(mask)
+    return None if bb is None else (bb[0], bb[2] - 1, bb[1], bb[3] - 1)
 
 
 def _deep_points(mask: np.ndarray, n: int, min_depth: float = 0.0) -> list[tuple[float, float]]:
@@ -576,7 +574,7 @@ def _deep_points(mask: np.ndarray, n: int, min_depth: float = 0.0) -> list[tuple
     less than ``min_depth`` pixels from the mask's edge are not returned."""
     if n <= 0:
         return []
-    bb = _bbox(mask)
+    bb = _last_pixels(mask)
     if bb is None:
         return []
     r0, r1, c0, c1 = bb
@@ -624,7 +622,7 @@ def derive_prompts(
         ``margin`` (float, pixels), ready for :meth:`Predictor.predict`.
     """
     h, w = prev_mask.shape
-    bb = _bbox(prev_mask)
+    bb = _last_pixels(prev_mask)
     if bb is None:
         raise InvalidInputError("cannot derive prompts from an empty mask")
     r0, r1, c0, c1 = bb
@@ -678,8 +676,7 @@ def _keep_touching(mask: np.ndarray, prev: np.ndarray, margin: float) -> np.ndar
     lab, n = _ndi().label(mask)
     if n <= 1:
         return mask
-    bb = _bbox(prev)
-    r0, r1, c0, c1 = bb
+    r0, r1, c0, c1 = _last_pixels(prev)
     m = int(math.ceil(margin))
     h, w = mask.shape
     ys0, ys1 = max(0, r0 - m), min(h, r1 + m + 1)
