@@ -9,17 +9,13 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from .main import EXIT_ERROR, EXIT_OK, add_model_options, model_from_args
-
-
-def _contrast(text: str) -> tuple[float, float]:
-    import argparse
-
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--contrast {text!r}: expected LOW,HIGH") from None
-    return lo, hi
+from .main import (
+    EXIT_ERROR,
+    EXIT_OK,
+    add_model_options,
+    contrast_limits,
+    model_from_args,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -45,7 +41,7 @@ def add_parser(subparsers) -> None:
                         "T) or its position; default Z, or the only unnamed stack axis")
     g.add_argument("--t-axis", default=None, metavar="AXIS",
                    help="axis of independent frames; default T")
-    g.add_argument("--contrast", type=_contrast, default=None, metavar="LOW,HIGH",
+    g.add_argument("--contrast", type=contrast_limits, default=None, metavar="LOW,HIGH",
                    help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
                         "0.5-99.8 percentiles over the whole file)")
     a = p.add_argument_group("automatic segmentation")

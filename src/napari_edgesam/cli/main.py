@@ -57,6 +57,17 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return values
 
 
+def contrast_limits(text: str) -> tuple[float, float]:
+    """argparse type of ``--contrast LOW,HIGH`` (numbers, HIGH > LOW)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--contrast {text!r}: expected LOW,HIGH") from None
+    if not hi > lo:
+        raise argparse.ArgumentTypeError(f"--contrast {text!r}: HIGH must exceed LOW")
+    return lo, hi
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--model NAME | --encoder PATH --decoder PATH``, ``--model-dir``, ``--provider``."""
     g = parser.add_argument_group("model")
@@ -126,7 +137,7 @@ def _add_segment(sub) -> None:
                    help="slice index along the stack axis (Z or T) of a stack")
     p.add_argument("--channel", type=int, default=None,
                    help="channel to segment (a 3-channel last axis is RGB otherwise)")
-    p.add_argument("--contrast", default=None, metavar="LOW,HIGH",
+    p.add_argument("--contrast", type=contrast_limits, default=None, metavar="LOW,HIGH",
                    help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
                         "0.5-99.8 percentiles over the whole stack)")
     p.add_argument("--tiles", choices=("auto", "on", "off"), default="auto",
@@ -146,12 +157,7 @@ def _mapping_for(args, stack, plane):
 
     rgb = plane.ndim == 3
     if args.contrast:
-        try:
-            lo, hi = (float(v) for v in args.contrast.split(","))
-        except ValueError:
-            raise InvalidInputError(f"--contrast {args.contrast!r}: expected LOW,HIGH") from None
-        if not hi > lo:
-            raise InvalidInputError(f"--contrast {args.contrast!r}: HIGH must exceed LOW")
+        lo, hi = args.contrast
         n = 3 if rgb else 1
         return IntensityMapping((lo,) * n, (hi,) * n)
     if rgb:

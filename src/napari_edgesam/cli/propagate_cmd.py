@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .main import EXIT_OK, _box, _point, add_model_options, model_from_args
+from .main import (
+    EXIT_OK,
+    _box,
+    _point,
+    add_model_options,
+    contrast_limits,
+    model_from_args,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -29,16 +36,6 @@ def _z_range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--z-range {text!r}: expected Z0,Z1 (integers)") from None
     if lo > hi:
         raise argparse.ArgumentTypeError(f"--z-range {text!r}: Z0 must not exceed Z1")
-    return lo, hi
-
-
-def _contrast(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--contrast {text!r}: expected LOW,HIGH") from None
-    if not hi > lo:
-        raise argparse.ArgumentTypeError(f"--contrast {text!r}: HIGH must exceed LOW")
     return lo, hi
 
 
@@ -67,7 +64,7 @@ def add_parser(subparsers) -> None:
                    help="propagate only within slices Z0..Z1 (inclusive)")
     p.add_argument("--channel", type=int, default=None,
                    help="channel to segment (a 3-channel last axis is RGB otherwise)")
-    p.add_argument("--contrast", type=_contrast, default=None, metavar="LOW,HIGH",
+    p.add_argument("--contrast", type=contrast_limits, default=None, metavar="LOW,HIGH",
                    help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
                         "0.5-99.8 percentiles over the whole stack)")
     s = p.add_argument_group("stop rules (see docs/propagation.md)")
