@@ -39,6 +39,8 @@ class Decoded:
     seconds : float
     window : object
         The tile/window that answered (tiled images), else None.
+    area : int
+        Mask pixels (counted in the worker, not on the GUI thread).
     """
 
     mask: np.ndarray
@@ -47,6 +49,7 @@ class Decoded:
     score: float
     seconds: float
     window: object = None
+    area: int = 0
 
 
 def crop_to_bbox(mask: np.ndarray):
@@ -144,4 +147,4 @@ def tiled_decode_job(tp, prompts, control):
             pred.mask[r0 - w.row0:r1 - w.row0, c0 - w.col0:c1 - w.col0]).view(np.uint8)
         offset = (r0, c0)
     return Decoded(mask, offset, bbox, float(pred.score), time.perf_counter() - t0,
-                   pred.window)
+                   pred.window, pred.area)

@@ -171,7 +171,7 @@ def _decode_job(predictor, embedding, prompts: _Prompts):
     mask = pred.mask
     bbox = mask_bbox(mask)
     return _jobs.Decoded(mask.view(np.uint8), (0, 0), bbox, pred.score,
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, area=pred.area)
 
 
 def _load_model_job(model):
@@ -1587,11 +1587,7 @@ class EdgeSamWidget(QWidget):
         if key != self._embedding_key or key != self._wanted_key() or gen <= self._shown_generation:
             return  # stale: another slice, image or model, or older than what is shown
         self._show_preview(result.mask, gen, result.bbox, result.offset)
-        area = 0
-        if result.bbox is not None:
-            r0, c0, r1, c1 = result.bbox
-            orow, ocol = result.offset
-            area = int(np.count_nonzero(result.mask[r0 - orow:r1 - orow, c0 - ocol:c1 - ocol]))
+        area = result.area
         where = self._slice_text()
         if result.window is not None:
             where += f" (tile at rows {result.window.row0}.., columns {result.window.col0}..)"
