@@ -476,7 +476,7 @@ def test_mouse_clicks_through_napari_callbacks(viewer, qtbot, test_model):
     w.clear_prompts()
     requests = []
     request = w._request_predict
-    w._request_predict = lambda: (requests.append(1), request())[1]
+    w._request_predict = lambda *a: (requests.append(1), request(*a))[1]
     start = dict(button=1, modifiers=["Shift"], dims_displayed=[0, 1])
     mouse_press_callbacks(pts, read_only_mouse_event(
         type="mouse_press", position=(170, 170), pos=np.array([0.0, 0.0]), **start))

@@ -1504,20 +1504,23 @@ class EdgeSamWidget(QWidget):
         action = getattr(event, "action", None)
         if action is not None and str(action) in ("adding", "removing", "changing"):
             return  # the matching "added"/"removed"/"changed" follows
-        if (self._last_request is not None and self._geometry is not None
-                and self._lead is not None
-                and self._last_request == (self._wanted_key(), self._gather_prompts(),
-                                           self._generation)):
-            return  # the same prompts again (napari sends "features", then "data")
-        self._request_predict()
+        prompts = None
+        if self._last_request is not None and self._geometry is not None \
+                and self._lead is not None:
+            prompts = self._gather_prompts()
+            if self._last_request == (self._wanted_key(), prompts, self._generation):
+                return  # the same prompts again (napari sends "features", then "data")
+        self._request_predict(prompts)
 
-    def _request_predict(self):
-        """Run the decoder on the newest prompt state (off the GUI thread)."""
+    def _request_predict(self, prompts: _Prompts | None = None):
+        """Run the decoder on the newest prompt state (off the GUI thread); ``prompts``
+        when the caller has just gathered them."""
         if self._image_layer is None or self._geometry is None or self._lead is None:
             return
         self._generation += 1
         gen = self._generation
-        prompts = self._gather_prompts()
+        if prompts is None:
+            prompts = self._gather_prompts()
         self._last_request = (self._wanted_key(), prompts, gen)
         self._prefetch.activity()  # a click needs the cores: stop any prefetch at once
         if prompts.empty:
