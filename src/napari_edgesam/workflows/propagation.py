@@ -639,18 +639,15 @@ def derive_prompts(
     if settings.neighbour_negatives and neighbour_masks:
         bx0, by0, bx1, by1 = box if box is not None else (
             c0 - margin, r0 - margin, c1 + margin, r1 + margin)
+        ys0, ys1 = int(max(0, math.floor(by0))), int(min(h, math.ceil(by1) + 1))
+        xs0, xs1 = int(max(0, math.floor(bx0))), int(min(w, math.ceil(bx1) + 1))
         for other in neighbour_masks:
-            inter = other.copy()
-            inter[prev_mask] = False
-            ys0, ys1 = int(max(0, math.floor(by0))), int(min(h, math.ceil(by1) + 1))
-            xs0, xs1 = int(max(0, math.floor(bx0))), int(min(w, math.ceil(bx1) + 1))
-            window = np.zeros_like(inter)
-            window[ys0:ys1, xs0:xs1] = True
-            inter &= window
+            # the neighbour inside this object's box, outside the object (window only)
+            inter = other[ys0:ys1, xs0:xs1] & ~prev_mask[ys0:ys1, xs0:xs1]
             if inter.sum() < max(settings.min_area, 4):
                 continue
             for x, y in _deep_points(inter, 1):
-                pts.append((x, y, 0))
+                pts.append((x + xs0, y + ys0, 0))
     if pts:
         points = np.array([(x, y) for x, y, _ in pts], dtype=np.float64)
         labels = np.array([lab for _, _, lab in pts], dtype=np.int64)
