@@ -14,6 +14,7 @@ onnxruntime is imported only when a session is first needed.
 
 from .contract import IMAGE_SIZE, LOW_RES_SIZE
 from .errors import (
+    CacheBoundError,
     CancelledError,
     ChecksumError,
     EdgeSamError,
@@ -29,6 +30,7 @@ from .session import EdgeSamModel
 __all__ = [
     "IMAGE_SIZE",
     "LOW_RES_SIZE",
+    "CacheBoundError",
     "CancelledError",
     "ChecksumError",
     "EdgeSamError",

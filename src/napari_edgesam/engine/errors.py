@@ -34,3 +34,8 @@ class ChecksumError(ModelError):
 
 class CancelledError(EdgeSamError):
     """A long operation was cancelled by the user; partial results stay consistent."""
+
+
+class CacheBoundError(InvalidInputError):
+    """An image whose tile embeddings would not fit under the disk cache's bound (the
+    message says how large they are and which setting to raise)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import contract
-from .errors import InvalidInputError
+from .errors import CacheBoundError, InvalidInputError
 from .intensity import IntensityMapping, default_mapping
 from .predictor import Embedding, Prediction, Predictor
 from .transforms import mask_bbox
@@ -38,6 +38,7 @@ __all__ = [
     "TiledPrediction",
     "TiledPredictor",
     "Window",
+    "check_cache_bound",
     "needs_tiling",
 ]
 
@@ -130,18 +131,60 @@ class TileGrid:
         return Window(tile.row0 + top, tile.col0 + left, tile.height - top - bottom,
                       tile.width - left - right)
 
+    def _cuts(self, starts: list[int], size: int, length: int) -> np.ndarray:
+        """Pixel edges between neighbouring tiles' owned regions along one axis: the
+        midpoints between their centres (integers, so cells are whole pixels)."""
+        centres = np.asarray(starts, float) + min(self.tile_size, length) / 2.0
+        return np.floor((centres[:-1] + centres[1:]) / 2.0).astype(int)
+
+    def tile_indices(self, xy) -> np.ndarray:
+        """Index into :attr:`tiles` of the tile that *owns* each point.
+
+        Every pixel is owned by exactly one tile: the one whose centre is nearest (ties to the
+        earlier tile). The owned region lies inside the tile's central region, so a point is
+        always answered from a tile that sees at least ``halo`` pixels around it.
+
+        Parameters
+        ----------
+        xy : array-like, shape (N, 2)
+            ``(x, y) = (col, row)`` in original pixels.
+
+        Returns
+        -------
+        ndarray of int, shape (N,)
+        """
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        rows = np.floor(xy[:, 1] + 0.5).astype(int)
+        cols = np.floor(xy[:, 0] + 0.5).astype(int)
+        ri = np.searchsorted(self._cuts(self.row_starts, self.tile_size, self.height), rows,
+                             side="right")
+        ci = np.searchsorted(self._cuts(self.col_starts, self.tile_size, self.width), cols,
+                             side="right")
+        return ri * len(self.col_starts) + ci
+
+    def owned(self, tile: Window) -> Window:
+        """The pixels that ``tile`` owns (see :meth:`tile_indices`); the owned regions of
+        all tiles partition the image."""
+        k = self.tiles.index(tile)
+        i, j = divmod(k, len(self.col_starts))
+        rcuts = [0, *self._cuts(self.row_starts, self.tile_size, self.height), self.height]
+        ccuts = [0, *self._cuts(self.col_starts, self.tile_size, self.width), self.width]
+        return Window(int(rcuts[i]), int(ccuts[j]), int(rcuts[i + 1] - rcuts[i]),
+                      int(ccuts[j + 1] - ccuts[j]))
+
     def tile_for_point(self, x: float, y: float) -> Window:
-        """The tile whose central region holds ``(x, y)``, preferring the one whose centre
-        is nearest (central regions overlap where tiles are spread evenly)."""
-        best, best_d = None, np.inf
-        for t in self.tiles:
-            cy, cx = t.row0 + t.height / 2, t.col0 + t.width / 2
-            d = (cx - x) ** 2 + (cy - y) ** 2
-            if self.central(t).contains_xy(x, y) and d < best_d:
-                best, best_d = t, d
-        if best is None:  # pragma: no cover - central regions cover the image
-            raise InvalidInputError(f"point ({x}, {y}) is outside the image")
-        return best
+        """The tile that owns ``(x, y)`` (see :meth:`tile_indices`): its central region
+        holds the point and, of those tiles, its centre is nearest."""
+        w = self.width
+        h = self.height
+        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+            raise InvalidInputError(f"point ({x}, {y}) is outside the {w} x {h} image")
+        return self.tiles[int(self.tile_indices([(x, y)])[0])]
+
+    def cache_bytes(self, itemsize: int = 2) -> int:
+        """Bytes that the embeddings of all tiles take in a cache storing ``itemsize``-byte
+        floats (2 for the disk cache's float16)."""
+        return len(self.tiles) * int(np.prod(contract.EMBEDDING_SHAPE)) * int(itemsize)
 
     def tiles_by_distance(self, x: float, y: float) -> list[Window]:
         """All tiles, nearest centre to ``(x, y)`` first (order for background encoding)."""
@@ -161,6 +204,53 @@ class TileGrid:
         r = int(round(min(max(cy - h / 2, 0), self.height - h)))
         c = int(round(min(max(cx - w / 2, 0), self.width - w)))
         return Window(r, c, h, w)
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n}"  # pragma: no cover
+
+
+def check_cache_bound(grid: TileGrid, cache) -> None:
+    """Refuse an image whose tile embeddings cannot all be kept by the disk cache.
+
+    An image larger than memory is fine (it is read window by window), but every tile's
+    embedding is meant to be computed once and then found in the cache. When they cannot
+    all fit under the disk cache's bound, the cache would evict tiles the user comes back
+    to and re-encode them again and again; that is refused up front with a message saying
+    what to change.
+
+    Parameters
+    ----------
+    grid : TileGrid
+    cache : EmbeddingCache or None
+        Nothing is checked without a cache or with a memory-only one.
+
+    Raises
+    ------
+    CacheBoundError
+    """
+    if cache is None or getattr(cache, "disk_dir", None) is None:
+        return
+    bound = int(getattr(cache, "disk_bytes", 0) or 0)
+    if bound <= 0:
+        return
+    dtype = getattr(cache, "disk_dtype", None)
+    need = grid.cache_bytes(np.dtype(dtype).itemsize if dtype is not None else 4)
+    if need <= bound:
+        return
+    from . import paths
+
+    raise CacheBoundError(
+        f"this {grid.width} x {grid.height} image needs {len(grid.tiles)} tiles of "
+        f"{grid.tile_size} px, whose embeddings take {_size(need)} in the disk cache: more "
+        f"than its bound of {_size(bound)}. Raise \"cache_disk_bytes\" in "
+        f"{paths.settings_path()} (to at least {need}), use larger tiles (fewer, each "
+        "seen at lower resolution), or work on a crop of the image."
+    )
 
 
 @dataclass(frozen=True)
@@ -232,6 +322,12 @@ class TiledPredictor:
     max_recentre : int
         How often a window may be re-centred on an object that touches its inner side
         (each costs one more encoder run; 0 disables seam handling).
+
+    Raises
+    ------
+    CacheBoundError
+        The embeddings of all tiles would not fit under the disk cache's bound (see
+        :func:`check_cache_bound`).
     """
 
     #: Window embeddings kept here (4 MiB each); older ones come back through the cache.
@@ -251,6 +347,7 @@ class TiledPredictor:
         self.image = image
         self.image_shape = (int(shape[0]), int(shape[1]))
         self.grid = TileGrid(self.image_shape, tile_size, halo)
+        check_cache_bound(self.grid, getattr(predictor, "cache", None))
         self.mapping = mapping if mapping is not None else self._default_mapping()
         self._embeddings: OrderedDict[Window, Embedding] = OrderedDict()
         #: Windows whose embedding this object used so far (in order).

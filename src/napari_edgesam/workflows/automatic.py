@@ -55,6 +55,7 @@ __all__ = [
     "foreground_threshold",
     "grid_seeds",
     "label_dtype",
+    "link_ids",
     "link_labels",
     "resolve_overlaps",
     "segment_slice",
@@ -100,9 +101,16 @@ class AutoParams:
     seed_component : bool
         Keep only the connected component of a mask that contains its seed.
     max_seeds : int
-        At most this many seeds per slice (the brightest first for detection).
+        At most this many seeds per slice (the brightest first for detection); per tile
+        when the slice is tiled.
     link_iou : float
         Stacks: minimum IoU between instances of neighbouring slices to give them one id.
+    tiles : {"auto", "on", "off"}
+        Segment large slices tile by tile at full resolution (``"auto"``: slices larger
+        than :data:`~napari_edgesam.engine.tiling.TILING_THRESHOLD` on a side), reading
+        them window by window; see :func:`segment_slice`.
+    tile_size : int or None
+        Tile side in pixels (default :data:`~napari_edgesam.engine.tiling.DEFAULT_TILE_SIZE`).
     """
 
     object_size: float = 30.0
@@ -347,10 +355,11 @@ def stack_statistics(planes, *, params: AutoParams, mapping: IntensityMapping | 
     idx = np.unique(np.linspace(0, n - 1, min(n, max_planes)).round().astype(int))
     samples = []
     for i in idx:
-        p = np.asarray(planes[int(i)])
+        p = planes[int(i)]  # strided before it is read: lazy planes stay lazy
         h, w = p.shape[:2]
         step = max(1, int(math.ceil(math.sqrt(h * w / max_pixels_per_plane))))
-        samples.append(np.ascontiguousarray(p[::step, ::step, :3] if rgb else p[::step, ::step]))
+        samples.append(np.ascontiguousarray(
+            np.asarray(p[::step, ::step, :3] if rgb else p[::step, ::step])))
     if mapping is None:
         if samples[0].dtype == np.uint8:
             mapping = IntensityMapping.identity_uint8(3 if rgb else 1)
@@ -536,6 +545,44 @@ def _values_at(mask: np.ndarray, off_r: int, off_c: int, rows: np.ndarray,
     return out
 
 
+class _BoxIndex:
+    """Which boxes lie near a point or a box: a hash of ``cell`` x ``cell`` pixel cells.
+
+    Replaces slice-sized "owner" maps and all-pairs comparisons, so memory grows with the
+    number of objects, not with the slice. Boxes are ``(row0, col0, row1, col1)``, half-open.
+    """
+
+    def __init__(self, cell: int = 256):
+        self.cell = int(cell)
+        self._cells: dict[tuple[int, int], list[int]] = {}
+
+    def _span(self, bbox):
+        r0, c0, r1, c1 = bbox
+        k = self.cell
+        return range(r0 // k, (max(r1, r0 + 1) - 1) // k + 1), \
+            range(c0 // k, (max(c1, c0 + 1) - 1) // k + 1)
+
+    def add(self, key: int, bbox) -> None:
+        """Record box ``bbox`` under ``key`` (keys are added in increasing order)."""
+        rows, cols = self._span(bbox)
+        for i in rows:
+            for j in cols:
+                self._cells.setdefault((i, j), []).append(key)
+
+    def at(self, row: int, col: int) -> list[int]:
+        """Keys (in the order added) of boxes whose cells include pixel ``(row, col)``."""
+        return self._cells.get((row // self.cell, col // self.cell), [])
+
+    def near(self, bbox) -> set[int]:
+        """Keys of boxes sharing a cell with ``bbox``."""
+        rows, cols = self._span(bbox)
+        found: set[int] = set()
+        for i in rows:
+            for j in cols:
+                found.update(self._cells.get((i, j), ()))
+        return found
+
+
 def _mask_iou(a: Candidate, b: Candidate) -> float:
     ar0, ac0, ar1, ac1 = a.bbox
     br0, bc0, br1, bc1 = b.bbox
@@ -551,7 +598,8 @@ def _mask_iou(a: Candidate, b: Candidate) -> float:
 
 def resolve_overlaps(candidates: list[Candidate], shape: tuple[int, int], *,
                      nms_iou: float = 0.5, min_kept_fraction: float = 0.5,
-                     min_area: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                     min_area: int = 1, out: np.ndarray | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Non-maximum suppression on mask IoU, then painting without overlaps.
 
     Candidates are taken in order of decreasing score (then increasing area, then seed
@@ -564,29 +612,41 @@ def resolve_overlaps(candidates: list[Candidate], shape: tuple[int, int], *,
     candidates : list of Candidate
     shape : (int, int)
         ``(H, W)`` of the slice.
+    out : ndarray of uint32, shape (H, W), optional
+        Where to paint (for example a slice of a disk memmap); it is zeroed first. Only the
+        candidates' boxes are touched after that, so a memmap is never loaded whole.
 
     Returns
     -------
     labels : ndarray of uint32, shape (H, W)
-        0 background, 1..n in painting order.
+        0 background, 1..n in painting order (``out`` when given).
     scores : ndarray of float32, shape (n,)
     """
     order = sorted(candidates, key=lambda c: (-c.score, c.area, c.index))
     kept: list[Candidate] = []
+    index = _BoxIndex()
     for cand in order:
-        if all(_mask_iou(cand, k) <= nms_iou for k in kept):
+        if all(_mask_iou(cand, kept[k]) <= nms_iou for k in index.near(cand.bbox)):
+            index.add(len(kept), cand.bbox)
             kept.append(cand)
-    labels = np.zeros(shape, dtype=np.uint32)
+    if out is None:
+        labels = np.zeros(shape, dtype=np.uint32)
+    else:
+        if tuple(out.shape) != tuple(shape):
+            raise InvalidInputError(f"out has shape {out.shape}, expected {tuple(shape)}")
+        labels = out
+        labels[...] = 0
     scores = []
     for cand in kept:
         r0, c0, r1, c1 = cand.bbox
-        window = labels[r0:r1, c0:c1]
+        window = np.asarray(labels[r0:r1, c0:c1])
         free = cand.mask & (window == 0)
         n_free = int(np.count_nonzero(free))
         if n_free < max(min_area, min_kept_fraction * cand.area) or n_free == 0:
             continue
         scores.append(cand.score)
         window[free] = len(scores)
+        labels[r0:r1, c0:c1] = window
     return labels, np.asarray(scores, dtype=np.float32)
 
 
@@ -600,100 +660,68 @@ def _check_cancel(cancel) -> None:
         raise CancelledError("automatic segmentation cancelled")
 
 
-def segment_slice(predictor, image, *, params: AutoParams | None = None,
-                  mapping: IntensityMapping | None = None, threshold: float | None = None,
-                  embedding=None, cancel: Callable[[], bool] | None = None,
-                  rgb: bool | None = None) -> SliceSegmentation:
-    """Segment all objects of one 2D slice without clicks.
+def _detect(signal: np.ndarray, params: AutoParams, threshold: float, *,
+            factor: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Detected seeds of one grey signal image (see :func:`detect_seeds`).
 
-    Parameters
-    ----------
-    predictor : Predictor
-        Its cache is used for the embedding (pass ``cache=None`` to the predictor to skip it).
-    image : array-like, shape (H, W) or (H, W, 3)
-        One slice, ``(row, col)`` order, any real dtype.
-    params : AutoParams, optional
-    mapping : IntensityMapping, optional
-        The intensity mapping (stack-wide for slices of a stack). Default: identity for
-        uint8, else robust percentiles of this slice.
-    threshold : float, optional
-        Foreground threshold on the 0..255 polarity-adjusted scale (stack-wide for stacks).
-        Default: ``params.threshold``, else Otsu's threshold of this slice.
-    embedding : Embedding, optional
-        Precomputed embedding of this slice (with this mapping).
-    cancel : callable returning bool, optional
-        Polled between decoder calls; when it returns True, :class:`CancelledError` is raised.
+    Detection needs about 12 pixels per object and no more than the model's own 1024
+    frame: big images are detected on a block-averaged copy (much faster at 4096^2).
 
     Returns
     -------
-    SliceSegmentation
+    seeds : ndarray of float64, shape (N, 2)
+        ``(x, y)`` in pixels of ``signal``.
+    smoothed : ndarray of float32
+        The (block-averaged) signal smoothed at ``object_size / 8``.
+    factor : int
+        The block size used.
     """
-    t0 = time.perf_counter()
-    params = params or AutoParams()
-    image, is_rgb = validate_image(image, rgb=rgb)
-    if mapping is None:
-        mapping = default_mapping(image, rgb=is_rgb)
-    mapped = mapping.apply(image, expand=False)
-    signal = _signal(mapped, params.polarity)
-    if threshold is None:
-        threshold = params.threshold if params.threshold is not None else \
-            foreground_threshold(signal)
     h, w = signal.shape
-    # Detection needs about 12 pixels per object and no more than the model's own 1024
-    # frame: big slices are detected on a block-averaged copy (much faster at 4096^2).
-    factor = detection_factor((h, w), params.object_size)
+    if factor is None:
+        factor = detection_factor((h, w), params.object_size)
     small = _downscale(signal, factor)
     smoothed = _smooth(small, params.object_size / factor)
-    if params.seeds == "detect":
-        seeds = detect_seeds(small, object_size=params.object_size / factor,
-                             threshold=threshold, max_seeds=params.max_seeds, smoothed=smoothed)
-        seeds = seeds * factor + (factor - 1) / 2.0
-        seeds = np.minimum(seeds, [w - 1, h - 1])
-    else:
-        seeds = grid_seeds((h, w), params.grid_spacing or params.object_size / 2.0,
-                           params.max_seeds)
-    empty = SliceSegmentation(np.zeros((h, w), np.uint32), np.zeros(0, np.float32), seeds, 0, 0,
-                              time.perf_counter() - t0)
-    if len(seeds) == 0:
-        return empty
-    _check_cancel(cancel)
-    tiled = params.tiles == "on" or (params.tiles == "auto" and needs_tiling((h, w)))
-    if tiled:
-        from ..engine.tiling import TiledPredictor
+    seeds = detect_seeds(small, object_size=params.object_size / factor, threshold=threshold,
+                         max_seeds=params.max_seeds, smoothed=smoothed)
+    seeds = seeds * factor + (factor - 1) / 2.0
+    return np.minimum(seeds, [w - 1, h - 1]), smoothed, factor
 
-        tp = TiledPredictor(predictor, image, mapping, tile_size=params.tile_size, rgb=is_rgb)
-        # Seeds tile by tile (stable within a tile): each tile's embedding is used while it
-        # is at hand instead of being evicted and fetched again from the cache.
-        tile_index = {t: k for k, t in enumerate(tp.grid.tiles)}
-        order = np.argsort([tile_index[tp.grid.tile_for_point(x, y)] for x, y in seeds],
-                           kind="stable")
-        seeds = seeds[order]
 
-        def run(points, labels):
-            """Mask crop, its (row, col) offset in the slice, and the score."""
-            r = tp.predict(points=points, labels=labels)
-            return r.mask, r.window.row0, r.window.col0, r.score
-    else:
-        if embedding is None:
-            embedding = predictor.embed(image, mapping, rgb=is_rgb)
+def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoParams,
+                        shape: tuple[int, int], cancel) -> tuple[list[Candidate], int]:
+    """Steps 3-4 of the module docstring: one decoder call per seed, then the filters.
 
-        def run(points, labels):
-            r = predictor.predict(points=points, labels=labels, embedding=embedding)
-            return r.mask, 0, 0, r.score
-    foreground = smoothed > threshold
-    if factor > 1:
-        foreground = np.repeat(np.repeat(foreground, factor, 0), factor, 1)[:h, :w]
+    Parameters
+    ----------
+    seeds : ndarray, shape (N, 2)
+        ``(x, y)`` pixels of the slice, in the order they are tried.
+    run : callable(points, labels) -> (mask, row0, col0, score)
+        Predicts one mask crop and its ``(row, col)`` offset in the slice.
+    foreground_crop : callable(row0, col0, row1, col1) -> ndarray of bool
+        The foreground of a half-open box of the slice.
+    shape : (int, int)
+        ``(H, W)`` of the slice.
+
+    Returns
+    -------
+    candidates : list of Candidate
+    decoder_calls : int
+    """
+    h, w = shape
     min_area, max_area = params.area_limits
     far = 0.75 * params.object_size
     candidates: list[Candidate] = []
-    owner = np.full((h, w), -1, np.int32)  # which accepted candidate first covered a pixel
+    covered = _BoxIndex()  # which accepted candidate first covers a pixel
     rows = np.clip(np.round(seeds[:, 1]).astype(int), 0, h - 1)
     cols = np.clip(np.round(seeds[:, 0]).astype(int), 0, w - 1)
     calls = 0
     for i, (x, y) in enumerate(seeds):
         _check_cancel(cancel)
-        j = owner[rows[i], cols[i]]
-        if j >= 0 and math.hypot(x - candidates[j].seed[0], y - candidates[j].seed[1]) <= far:
+        owner = next((k for k in covered.at(rows[i], cols[i])
+                      if _values_at(candidates[k].mask, *candidates[k].bbox[:2],
+                                    rows[i:i + 1], cols[i:i + 1])[0]), None)
+        if owner is not None and math.hypot(x - candidates[owner].seed[0],
+                                            y - candidates[owner].seed[1]) <= far:
             continue  # a second seed of an object already found: its mask would be a duplicate
         mask, off_r, off_c, score = run([(x, y)], [1])
         calls += 1
@@ -721,15 +749,167 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
         if not min_area <= area <= max_area:
             continue
         if params.min_foreground > 0:
-            fg = np.count_nonzero(crop & foreground[r0:r1, c0:c1]) / max(area, 1)
+            fg = np.count_nonzero(crop & foreground_crop(r0, c0, r1, c1)) / max(area, 1)
             if fg < params.min_foreground:
                 continue
-        window = owner[r0:r1, c0:c1]
-        window[crop & (window < 0)] = len(candidates)
+        covered.add(len(candidates), (r0, c0, r1, c1))
         candidates.append(Candidate((r0, c0, r1, c1), crop, float(score), (float(x), float(y)), i))
+    return candidates, calls
+
+
+def segment_slice(predictor, image, *, params: AutoParams | None = None,
+                  mapping: IntensityMapping | None = None, threshold: float | None = None,
+                  embedding=None, cancel: Callable[[], bool] | None = None,
+                  rgb: bool | None = None, out: np.ndarray | None = None) -> SliceSegmentation:
+    """Segment all objects of one 2D slice without clicks.
+
+    Slices larger than :data:`~napari_edgesam.engine.tiling.TILING_THRESHOLD` (or any, with
+    ``params.tiles == "on"``) are segmented tile by tile at full resolution: the slice is
+    then only ever read window by window (a memory-mapped TIFF, a dask or zarr array may be
+    larger than memory) and the labels are painted into ``out`` box by box.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        Its cache is used for the embedding (pass ``cache=None`` to the predictor to skip it).
+    image : array-like, shape (H, W) or (H, W, 3|4)
+        One slice, ``(row, col)`` order, any real dtype. numpy, memmap, dask or zarr; when
+        tiled, read through ``image[r0:r1, c0:c1]`` windows only.
+    params : AutoParams, optional
+    mapping : IntensityMapping, optional
+        The intensity mapping (stack-wide for slices of a stack). Default: identity for
+        uint8, else robust percentiles of this slice (strided samples when tiled).
+    threshold : float, optional
+        Foreground threshold on the 0..255 polarity-adjusted scale (stack-wide for stacks).
+        Default: ``params.threshold``, else Otsu's threshold of this slice.
+    embedding : Embedding, optional
+        Precomputed embedding of this slice (with this mapping; not used when tiled).
+    cancel : callable returning bool, optional
+        Polled between decoder calls; when it returns True, :class:`CancelledError` is raised.
+    rgb : bool, optional
+        Force the reading of a last axis of size 3 or 4 (default: colour).
+    out : ndarray of uint32, shape (H, W), optional
+        Where to write the labels (zeroed first), e.g. a slice of a disk memmap.
+
+    Returns
+    -------
+    SliceSegmentation
+        ``labels`` is ``out`` when given.
+    """
+    t0 = time.perf_counter()
+    params = params or AutoParams()
+    shape = tuple(image.shape)
+    tiled = params.tiles == "on" or (params.tiles == "auto" and len(shape) >= 2
+                                     and needs_tiling(shape[:2]))
+    if tiled:
+        return _segment_slice_tiled(predictor, image, params=params, mapping=mapping,
+                                    threshold=threshold, cancel=cancel, rgb=rgb, out=out,
+                                    t0=t0)
+    image, is_rgb = validate_image(image, rgb=rgb)
+    if mapping is None:
+        mapping = default_mapping(image, rgb=is_rgb)
+    signal = _signal(mapping.apply(image, expand=False), params.polarity)
+    if threshold is None:
+        threshold = params.threshold if params.threshold is not None else \
+            foreground_threshold(signal)
+    h, w = signal.shape
+    if params.seeds == "detect":
+        seeds, smoothed, factor = _detect(signal, params, threshold)
+    else:
+        factor = detection_factor((h, w), params.object_size)
+        smoothed = _smooth(_downscale(signal, factor), params.object_size / factor)
+        seeds = grid_seeds((h, w), params.grid_spacing or params.object_size / 2.0,
+                           params.max_seeds)
+    del signal
+    foreground = smoothed > threshold
+    if factor > 1:
+        foreground = np.repeat(np.repeat(foreground, factor, 0), factor, 1)[:h, :w]
+    candidates: list[Candidate] = []
+    calls = 0
+    if len(seeds):
+        _check_cancel(cancel)
+        if embedding is None:
+            embedding = predictor.embed(image, mapping, rgb=is_rgb)
+
+        def run(points, labels):
+            r = predictor.predict(points=points, labels=labels, embedding=embedding)
+            return r.mask, 0, 0, r.score
+
+        candidates, calls = _collect_candidates(
+            seeds, run, lambda r0, c0, r1, c1: foreground[r0:r1, c0:c1], params, (h, w),
+            cancel)
     labels, scores = resolve_overlaps(candidates, (h, w), nms_iou=params.nms_iou,
                                       min_kept_fraction=params.min_kept_fraction,
-                                      min_area=min_area)
+                                      min_area=params.area_limits[0], out=out)
+    return SliceSegmentation(labels, scores, seeds, len(candidates), calls,
+                             time.perf_counter() - t0)
+
+
+def _segment_slice_tiled(predictor, image, *, params: AutoParams, mapping, threshold,
+                         cancel, rgb, out, t0) -> SliceSegmentation:
+    """:func:`segment_slice` on tiles, reading ``image`` one window at a time.
+
+    Pass 1 detects seeds tile by tile: each tile detects in the pixels it owns (see
+    :meth:`TileGrid.tile_indices`) plus a margin of two object sizes, so objects on a tile
+    border are seen whole and found once. Pass 2 runs the decoder per seed, tile by tile,
+    through :class:`TiledPredictor` (which re-centres windows on objects that reach a tile's
+    side). The foreground test reads a small window around each mask. Nothing slice-sized is
+    allocated except ``out`` (when not given).
+    """
+    from ..engine.tiling import TiledPredictor, Window
+
+    validate_image(np.asarray(image[:2, :2]), rgb=rgb)  # dtype and axes, without a read
+    tp = TiledPredictor(predictor, image, mapping, tile_size=params.tile_size, rgb=rgb)
+    mapping, is_rgb, grid = tp.mapping, tp.rgb, tp.grid
+    h, w = tp.image_shape
+    if threshold is None:
+        threshold = params.threshold if params.threshold is not None else \
+            stack_statistics([image], params=params, mapping=mapping, rgb=is_rgb)[1]
+
+    def signal_of(win: Window) -> np.ndarray:
+        return _signal(mapping.apply(tp.read(win), expand=False), params.polarity)
+
+    def clipped(r0, c0, r1, c1) -> Window:
+        r0, c0, r1, c1 = max(0, r0), max(0, c0), min(h, r1), min(w, c1)
+        return Window(r0, c0, r1 - r0, c1 - c0)
+
+    if params.seeds == "detect":
+        margin = int(math.ceil(2 * params.object_size)) + 4
+        found = []
+        for tile in grid.tiles:
+            _check_cancel(cancel)
+            own = grid.owned(tile)
+            block = clipped(own.row0 - margin, own.col0 - margin, own.row1 + margin,
+                            own.col1 + margin)
+            seeds, _, _ = _detect(signal_of(block), params, threshold)
+            seeds = seeds + [block.col0, block.row0]
+            r = np.floor(seeds[:, 1] + 0.5)
+            c = np.floor(seeds[:, 0] + 0.5)
+            found.append(seeds[(r >= own.row0) & (r < own.row1)
+                               & (c >= own.col0) & (c < own.col1)])
+        seeds = np.concatenate(found) if found else np.zeros((0, 2))
+    else:
+        seeds = grid_seeds((h, w), params.grid_spacing or params.object_size / 2.0,
+                           params.max_seeds)
+    # Seeds tile by tile (stable within a tile): each tile's embedding is used while it is
+    # at hand instead of being evicted and fetched again from the cache.
+    seeds = seeds[np.argsort(grid.tile_indices(seeds), kind="stable")] if len(seeds) else seeds
+    pad = int(math.ceil(4 * max(1.0, params.object_size / 8.0))) + 1
+
+    def foreground_crop(r0, c0, r1, c1):
+        win = clipped(r0 - pad, c0 - pad, r1 + pad, c1 + pad)
+        fg = _smooth(signal_of(win), params.object_size) > threshold
+        return fg[r0 - win.row0:r1 - win.row0, c0 - win.col0:c1 - win.col0]
+
+    def run(points, labels):
+        r = tp.predict(points=points, labels=labels)
+        return r.mask, r.window.row0, r.window.col0, r.score
+
+    candidates, calls = _collect_candidates(seeds, run, foreground_crop, params, (h, w),
+                                            cancel)
+    labels, scores = resolve_overlaps(candidates, (h, w), nms_iou=params.nms_iou,
+                                      min_kept_fraction=params.min_kept_fraction,
+                                      min_area=params.area_limits[0], out=out)
     return SliceSegmentation(labels, scores, seeds, len(candidates), calls,
                              time.perf_counter() - t0)
 
@@ -737,6 +917,80 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
 # ---------------------------------------------------------------------------------------
 # Stacks
 # ---------------------------------------------------------------------------------------
+
+
+#: Row blocks of about this many pixels are what linking holds in memory at a time.
+_BLOCK_PIXELS = 1 << 22
+
+
+def _row_blocks(shape) -> list[slice]:
+    h, w = int(shape[0]), int(shape[1])
+    step = max(1, _BLOCK_PIXELS // max(1, w))
+    return [slice(r, min(h, r + step)) for r in range(0, h, step)]
+
+
+def link_ids(previous: np.ndarray | None, current: np.ndarray, *, min_iou: float,
+             next_id: int, n_current: int | None = None) -> tuple[np.ndarray, int]:
+    """The global id of each local id of ``current`` (see :func:`link_labels`).
+
+    Reads both slices in row blocks, so memmaps of slices larger than memory can be linked.
+
+    Parameters
+    ----------
+    previous : ndarray of int, shape (H, W), or None
+        The slice before, in global ids ``< next_id``.
+    current : ndarray of int, shape (H, W)
+        Local ids 1..n (0 background).
+    n_current : int, optional
+        ``n`` (default: the maximum of ``current``).
+
+    Returns
+    -------
+    mapping : ndarray of uint32, shape (n + 1,)
+        ``mapping[local]`` is the global id (``mapping[0] == 0``).
+    next_id : int
+    """
+    blocks = _row_blocks(current.shape)
+    if n_current is None:
+        n_current = max((int(np.max(current[b], initial=0)) for b in blocks), default=0)
+    n_cur = int(n_current)
+    mapping = np.zeros(n_cur + 1, dtype=np.uint32)
+    if previous is not None and n_cur > 0:
+        n_prev = int(next_id)
+        keys, counts = [], []
+        area_c = np.zeros(n_cur + 1, np.int64)
+        area_p = np.zeros(n_prev + 1, np.int64)
+        for b in blocks:
+            prev = np.asarray(previous[b]).astype(np.int64, copy=False)
+            cur = np.asarray(current[b]).astype(np.int64, copy=False)
+            area_c += np.bincount(cur.ravel(), minlength=n_cur + 1)[:n_cur + 1]
+            area_p += np.bincount(prev.ravel(), minlength=n_prev + 1)[:n_prev + 1]
+            both = (prev > 0) & (cur > 0)
+            if both.any():
+                k, c = np.unique(prev[both] * (n_cur + 1) + cur[both], return_counts=True)
+                keys.append(k)
+                counts.append(c)
+        if keys:
+            k = np.concatenate(keys)
+            pairs, inv = np.unique(k, return_inverse=True)
+            inter = np.bincount(inv.ravel(), weights=np.concatenate(counts))
+            pid, cid = pairs // (n_cur + 1), pairs % (n_cur + 1)
+            ious = inter / (area_p[pid] + area_c[cid] - inter)
+            order = np.lexsort((cid, pid, -ious))
+            used_p: set[int] = set()
+            for j in order:
+                if ious[j] < min_iou:
+                    break
+                q, r = int(pid[j]), int(cid[j])
+                if q in used_p or mapping[r]:
+                    continue
+                mapping[r] = q
+                used_p.add(q)
+    for r in range(1, n_cur + 1):
+        if not mapping[r]:
+            mapping[r] = next_id
+            next_id += 1
+    return mapping, next_id
 
 
 def link_labels(previous: np.ndarray | None, current: np.ndarray, *, min_iou: float,
@@ -764,34 +1018,7 @@ def link_labels(previous: np.ndarray | None, current: np.ndarray, *, min_iou: fl
         First unused global id after this slice.
     """
     current = np.asarray(current)
-    n_cur = int(current.max(initial=0))
-    mapping = np.zeros(n_cur + 1, dtype=np.uint32)
-    if previous is not None and n_cur > 0:
-        prev = np.asarray(previous)
-        both = (prev > 0) & (current > 0)
-        if both.any():
-            p = prev[both].astype(np.int64)
-            c = current[both].astype(np.int64)
-            pairs, inter = np.unique(p * (n_cur + 1) + c, return_counts=True)
-            pid, cid = pairs // (n_cur + 1), pairs % (n_cur + 1)
-            area_c = np.bincount(current.ravel(), minlength=n_cur + 1)
-            uniq_p, inv = np.unique(prev[prev > 0], return_counts=True)
-            area_p = dict(zip(uniq_p.tolist(), inv.tolist(), strict=True))
-            ious = inter / (np.array([area_p[q] for q in pid.tolist()]) + area_c[cid] - inter)
-            order = np.lexsort((cid, pid, -ious))
-            used_p: set[int] = set()
-            for k in order:
-                if ious[k] < min_iou:
-                    break
-                q, r = int(pid[k]), int(cid[k])
-                if q in used_p or mapping[r]:
-                    continue
-                mapping[r] = q
-                used_p.add(q)
-    for r in range(1, n_cur + 1):
-        if not mapping[r]:
-            mapping[r] = next_id
-            next_id += 1
+    mapping, next_id = link_ids(previous, current, min_iou=min_iou, next_id=next_id)
     return mapping[current], next_id
 
 
@@ -823,7 +1050,8 @@ def segment_stack(predictor, planes, *, params: AutoParams | None = None,
         Link instances of neighbouring slices by IoU (``params.link_iou``); False numbers
         instances of every slice independently from 1 (e.g. time frames).
     out : ndarray of uint32, shape (Z, H, W), optional
-        Where to write the labels (e.g. a disk memmap for big stacks).
+        Where to write the labels (e.g. a disk memmap for big stacks); each slice is
+        painted and linked in place, so a memmap is never loaded whole.
     progress : callable(done, total), optional
         Called after each slice.
     cancel : callable returning bool, optional
@@ -841,7 +1069,6 @@ def segment_stack(predictor, planes, *, params: AutoParams | None = None,
             threshold = stack_thr
     elif threshold is None:
         threshold = float(params.threshold)
-    first = None
     prev = None
     next_id = 1
     per_slice = []
@@ -849,23 +1076,22 @@ def segment_stack(predictor, planes, *, params: AutoParams | None = None,
     n_max = 0
     for z in range(n):
         _check_cancel(cancel)
-        plane = np.asarray(planes[z])
+        plane = planes[z]  # not read here: large slices are read tile by tile
+        if out is None:
+            out = np.zeros((n, *tuple(plane.shape)[:2]), dtype=np.uint32)
         res = segment_slice(predictor, plane, params=params, mapping=mapping,
-                            threshold=threshold, cancel=cancel, rgb=rgb)
+                            threshold=threshold, cancel=cancel, rgb=rgb, out=out[z])
         calls += res.decoder_calls
         per_slice.append(res.n_objects)
-        if out is None and first is None:
-            out = np.zeros((n, *res.labels.shape), dtype=np.uint32)
-            first = True
         if link:
-            linked, next_id = link_labels(prev, res.labels, min_iou=params.link_iou,
-                                          next_id=next_id)
-            prev = linked
+            ids, next_id = link_ids(prev, out[z], min_iou=params.link_iou, next_id=next_id,
+                                    n_current=res.n_objects)
+            for b in _row_blocks(out.shape[1:]):  # in place, a block at a time
+                out[z, b] = ids[out[z, b]]
+            prev = out[z]
             n_max = next_id - 1
         else:
-            linked = res.labels
             n_max = max(n_max, res.n_objects)
-        out[z] = linked
         if progress is not None:
             progress(z + 1, n)
     if out is None:
