@@ -228,6 +228,53 @@ def bench_batch(ctx):
     return rows
 
 
+def bench_batch_large(ctx):
+    """Batch on one 10000 x 10000 slice, memory-mapped (an uncompressed TIFF): tiled
+    automatic segmentation reads it window by window; peak private memory next to the
+    image's size. Random weights make most masks fail the filters, so the time is mostly
+    the encoder over every tile (the decoder runs once or twice per seed)."""
+    Row = _rows()
+    import tifffile
+
+    from napari_edgesam.engine.tiling import TileGrid
+
+    raw_enc, _ = _raw_costs(ctx.model, ctx.rng)
+    size, step = 10000, 400
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        path = tmp / "slide.tif"
+        mm = tifffile.memmap(path, shape=(size, size), dtype=np.uint8)
+        yy, xx = np.ogrid[-20:20, -20:20]
+        disc = (yy ** 2 + xx ** 2 <= 14 ** 2).astype(np.uint8) * 150
+        for r in range(0, size, 1000):
+            block = ctx.rng.integers(20, 40, (1000, size), dtype=np.uint8)
+            for cy in range(step // 2, 1000, step):  # one nucleus every 400 px
+                for cx in range(step // 2, size, step):
+                    block[cy - 20:cy + 20, cx - 20:cx + 20] += disc
+            mm[r:r + 1000] = block
+        mm.flush()
+        del mm
+        n_tiles = len(TileGrid((size, size)))
+        q = mp.get_context("spawn").Queue()
+        p = mp.get_context("spawn").Process(target=_batch_child, args=(
+            ["batch", str(path), "--out", str(tmp / "out"), "--object-size", "28",
+             "--scheduler", "synchronous", "-q", "--encoder", str(ctx.model.encoder_path),
+             "--decoder", str(ctx.model.decoder_path)], q))
+        p.start()
+        code, seconds, peak, anon = q.get(timeout=3600)
+        p.join()
+    mib = size * size / 2**20
+    return [
+        Row("batch, one 10000x10000 memmapped slice (tiled)", seconds, raw_enc * n_tiles,
+            f"{n_tiles} tiles; ratio to {n_tiles} raw encoder runs (exit {code})",
+            {"tiles": n_tiles}),
+        Row("batch, 10000x10000 slice: peak memory", 0.0, None,
+            f"{mib:.0f} MiB image: private {anon:.0f} MiB (RSS {peak:.0f} MiB incl. "
+            "page cache of the memmapped input and label scratch)",
+            {"image_mib": mib, "peak_private_mib": anon, "peak_rss_mib": peak}),
+    ]
+
+
 def bench_napari_click(ctx):
     """Click to labels in napari: a real napari Viewer with the EdgeSAM dock widget, a
     2048 x 2048 uint16 image whose embedding is already computed (cached). Median time from

@@ -570,6 +570,7 @@ BENCHMARKS = {
     "propagation": _workflow("propagation"),
     "tiled": _workflow("tiled"),
     "batch": _workflow("batch"),
+    "batch_large": _workflow("batch_large"),
     "optimize": bench_optimize,
     "click_optimized": bench_click_optimized,
     "encoder_int8": bench_encoder_int8,

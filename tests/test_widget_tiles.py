@@ -166,3 +166,28 @@ def test_tiles_on_request_box_across_tiles_and_back(viewer, qtbot, test_model):
     wait_ready(qtbot, w)
     assert w.tiled_predictor is None and w.embedding.features.shape == (1, 256, 64, 64)
     assert w.preview_layer.data.shape == (900, 900)
+
+
+def test_image_over_the_disk_cache_bound_is_a_clear_notification(viewer, qtbot, test_model,
+                                                                  tmp_path, monkeypatch):
+    """An image whose tiles cannot all be cached is refused once, with the size needed and
+    the setting to raise, in napari's notifications; the widget stays usable."""
+    import napari.utils.notifications as notifications
+
+    from napari_edgesam.engine.cache import EmbeddingCache, set_default_cache
+
+    errors = []
+    monkeypatch.setattr(notifications, "show_error", errors.append)
+    set_default_cache(EmbeddingCache(disk_dir=tmp_path / "emb", disk_bytes=4 * 2**20))
+    img, _ = scene()
+    w = make_widget(viewer, test_model, prefetch=False)
+    w.set_tile_geometry(TILE, HALO)  # 64 tiles of 2 MiB: over the 4 MiB bound
+    w.set_image_layer(viewer.add_image(img, name="big"))
+    qtbot.waitUntil(lambda: bool(errors) and not w.busy, timeout=TIMEOUT)
+    assert len(errors) == 1, errors
+    assert "64 tiles" in errors[0] and "cache_disk_bytes" in errors[0], errors[0]
+    assert "cache_disk_bytes" in w.status and w.tiled_predictor is None
+    # a small image still works with the same cache
+    w.set_image_layer(viewer.add_image(img[:600, :600].copy(), name="small"))
+    wait_ready(qtbot, w)
+    assert len(errors) == 1

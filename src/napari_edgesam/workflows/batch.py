@@ -73,6 +73,8 @@ LOG_NAME = "napari-edgesam-batch.log.jsonl"
 #: Label volumes larger than this are kept in a scratch memmap on disk, not in memory.
 IN_MEMORY_LABELS_BYTES = 256 * 2**20
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: Tile side of label TIFFs whose slices are larger than ``IN_MEMORY_LABELS_BYTES``.
+OUTPUT_TILE = 1024
 
 
 # ---------------------------------------------------------------------------------------
@@ -504,8 +506,9 @@ class AxisPlan:
         return tuple(idx)
 
     def plane(self, reader: LazyTiff, t: int, z: int) -> np.ndarray:
-        """Read one slice as ``(Y, X)`` or ``(Y, X, 3)`` (RGB, alpha dropped)."""
-        arr = reader.read(self.index(t, z))
+        """One slice as ``(Y, X)`` or ``(Y, X, 3)`` (RGB, alpha dropped): a view of a
+        memory-mapped file (read window by window by tiled segmentation), else a copy."""
+        arr = reader.view(self.index(t, z))
         kept = sorted([self.y, self.x] + ([self.channel_axis] if self.rgb else []))
         order = [kept.index(self.y), kept.index(self.x)]
         if self.rgb:
@@ -688,6 +691,13 @@ def _physical_sizes(meta: TiffMetadata) -> dict:
     return phys
 
 
+def _padded(block: np.ndarray, size: int, dtype: np.dtype) -> np.ndarray:
+    """``block`` as ``dtype`` in the top-left corner of a ``size`` x ``size`` tile of 0."""
+    tile = np.zeros((size, size), dtype)
+    tile[:block.shape[0], :block.shape[1]] = block
+    return tile
+
+
 def _write_labels(path: Path, labels: np.ndarray, out_axes: str, dtype: np.dtype,
                   meta: TiffMetadata) -> str:
     """Write the label image atomically with the input's calibration; returns the format."""
@@ -705,13 +715,23 @@ def _write_labels(path: Path, labels: np.ndarray, out_axes: str, dtype: np.dtype
         kwargs["ome"] = True
         kwargs["metadata"] = {"axes": out_axes, **_physical_sizes(meta)}
     lead = labels.shape[:-2]
-    if labels.dtype == dtype:
+    h, w = labels.shape[-2:]
+    if labels.dtype == dtype and not isinstance(labels, np.memmap):
         data = labels
     elif labels.nbytes <= IN_MEMORY_LABELS_BYTES:
-        data = labels.astype(dtype)
-    else:  # page by page from the scratch memmap
+        data = np.asarray(labels, dtype=dtype)
+    elif h * w * dtype.itemsize <= IN_MEMORY_LABELS_BYTES:  # page by page from the memmap
         data = (np.asarray(labels[i], dtype=dtype) for i in np.ndindex(*lead))
         kwargs.update(shape=labels.shape, dtype=dtype)
+    else:  # slices larger than that: a tiled TIFF, written tile by tile
+        t = OUTPUT_TILE
+        data = (_padded(labels[i][r:r + t, c:c + t], t, dtype)
+                for i in np.ndindex(*lead) for r in range(0, h, t) for c in range(0, w, t))
+        kwargs.update(shape=labels.shape, dtype=dtype, tile=(t, t))
+        if fmt == "imagej":  # ImageJ hyperstacks cannot be tiled
+            fmt = "ome"
+            kwargs.pop("imagej")
+            kwargs.update(ome=True, metadata={"axes": out_axes, **_physical_sizes(meta)})
     for stale in path.parent.glob(f".{path.name}.*.partial"):
         with contextlib.suppress(OSError):
             stale.unlink()

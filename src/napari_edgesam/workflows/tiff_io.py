@@ -459,6 +459,18 @@ class LazyTiff:
     def ndim(self) -> int:
         return len(self.shape)
 
+    def view(self, index: tuple) -> np.ndarray:
+        """Like :meth:`read`, but memory-mapped files give a read-only *view* (nothing is
+        read until its pixels are used, so a slice larger than memory can be worked on
+        window by window); other files give an in-memory copy."""
+        if self._memmap is not None:
+            index = tuple(index)
+            if len(index) != self.ndim:
+                raise IndexError(f"index {index} has {len(index)} entries, image has "
+                                 f"{self.ndim} axes")
+            return self._memmap[index]
+        return self.read(index)
+
     def read(self, index: tuple) -> np.ndarray:
         """Read a part of the image.
 
