@@ -94,3 +94,24 @@ def test_lookup_table_path_equals_the_arithmetic():
         expected = (np.clip(x, 0, 255) + 0.5).astype(np.uint8)
         np.testing.assert_array_equal(m.apply(img)[..., 0], expected)
         np.testing.assert_array_equal(m.apply(img, expand=False), expected)
+
+
+def test_chunked_slices_are_sampled_in_windows_not_read_whole():
+    """dask reads whole chunks for strided pixels; a large dask slice is sampled in a few
+    windows instead, reading a small part of it, with percentiles close to strides'."""
+    da = __import__("pytest").importorskip("dask.array")
+    rng = np.random.default_rng(0)
+    img = (rng.gamma(2.0, 300.0, (6000, 6000)) + 100).astype(np.uint16)
+    lazy = da.from_array(img, chunks=500)
+    read = []
+
+    def count(block):
+        read.append(block.size)
+        return block
+
+    counted = lazy.map_blocks(count, dtype=img.dtype)
+    m = mapping_from_percentiles(counted)
+    strided = mapping_from_percentiles(img)  # numpy in memory: strides
+    assert sum(read) < img.size / 3, sum(read) / img.size  # a few chunks, not the slice
+    assert abs(m.low[0] - strided.low[0]) < 0.05 * strided.low[0] + 5
+    assert abs(m.high[0] - strided.high[0]) < 0.05 * strided.high[0]

@@ -217,8 +217,54 @@ def _sample(data, max_samples: int, rgb: bool) -> np.ndarray:
     for i in flat_idx:
         idx = np.unravel_index(i, lead) if lead else ()
         sl = data[idx] if lead else data
-        part = np.asarray(sl[::step, ::step])
+        part = _sample_plane(sl, step)
         parts.append(part.reshape(-1, 3) if rgb else part.reshape(-1))
+    return np.concatenate(parts)
+
+
+#: Chunked (dask, zarr) slices are sampled from this many whole chunks at least (and at
+#: most four times as many), evenly spread.
+SAMPLE_CHUNKS = 16
+
+
+def _chunk_edges(chunks, length: int) -> np.ndarray:
+    """Chunk boundaries along one axis from zarr-style (an int) or dask-style (a tuple of
+    sizes) chunks: ``[0, ..., length]``."""
+    if isinstance(chunks, (int, np.integer)):
+        return np.append(np.arange(0, length, int(chunks)), length)
+    return np.concatenate([[0], np.cumsum(chunks)]).astype(int)
+
+
+def _sample_plane(plane, step: int) -> np.ndarray:
+    """About ``(H / step) * (W / step)`` pixels of one (H, W[, C]) slice.
+
+    Arrays in memory and memmaps are strided (a memmap then touches only every
+    ``step``-th row). Chunked arrays (anything with a ``chunks`` attribute: dask, zarr) read
+    a whole chunk for any pixel in it, so striding would read the whole slice: they are
+    sampled from :data:`SAMPLE_CHUNKS` to 4 x that many whole chunks spread evenly over
+    the slice (strided inside each to the same total size).
+    """
+    h, w = plane.shape[:2]
+    chunks = getattr(plane, "chunks", None)
+    if chunks is None:
+        return np.asarray(plane[::step, ::step])
+    rows, cols = _chunk_edges(chunks[0], h), _chunk_edges(chunks[1], w)
+    n_r, n_c = len(rows) - 1, len(cols) - 1
+    target = -(-h // step) * -(-w // step)
+    chunk_px = int(rows[1] - rows[0]) * int(cols[1] - cols[0])
+    k = int(np.clip(-(-target // max(1, chunk_px)), SAMPLE_CHUNKS, 4 * SAMPLE_CHUNKS))
+    if k >= n_r * n_c // 2:  # most chunks would be read anyway
+        return np.asarray(plane[::step, ::step])
+    g_r = min(n_r, int(np.ceil(np.sqrt(k * n_r / n_c))))
+    g_c = min(n_c, -(-k // g_r))
+    parts = []
+    for i in np.unique(np.linspace(0, n_r - 1, g_r).round().astype(int)):
+        for j in np.unique(np.linspace(0, n_c - 1, g_c).round().astype(int)):
+            block = np.asarray(plane[rows[i]:rows[i + 1], cols[j]:cols[j + 1]])
+            s = max(1, int(np.ceil(np.sqrt(block.shape[0] * block.shape[1] * g_r * g_c
+                                           / max(1, target)))))
+            sub = block[::s, ::s]
+            parts.append(sub.reshape((-1,) + tuple(block.shape[2:])))
     return np.concatenate(parts)
 
 

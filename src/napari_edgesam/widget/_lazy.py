@@ -54,6 +54,15 @@ class SubArray:
         self.ndim = len(self.shape)
 
     @property
+    def chunks(self):
+        """The chunks of the free axes, for chunked data (dask, zarr) only: numpy data has
+        no such attribute, so samplers can tell chunked data from arrays in memory."""
+        chunks = getattr(self.data, "chunks", None)
+        if chunks is None:
+            raise AttributeError("chunks")
+        return tuple(chunks[a] for a in self.free_axes)
+
+    @property
     def size(self) -> int:
         return int(np.prod(self.shape)) if self.shape else 1
 
