@@ -47,7 +47,7 @@ import numpy as np
 
 from ..engine.errors import CancelledError, EdgeSamError, InvalidInputError, ModelError
 from .automatic import AutoParams, label_dtype, segment_stack, stack_statistics
-from .tiff_io import LazyTiff, TiffMetadata, write_tiff_atomic
+from .tiff_io import LazyTiff, TiffMetadata, rgb_axis, write_tiff_atomic
 
 __all__ = [
     "AxisPlan",
@@ -535,6 +535,11 @@ def plan_axes(axes: str, shape, *, is_rgb: bool = False, channel: int | None = N
               name: str = "input") -> AxisPlan:
     """Decide how each axis of a file is used (see :class:`BatchParams` for the rules).
 
+    Without ``channel``, the channel axis is used whole as colour when it is the colour axis
+    of :func:`~napari_edgesam.workflows.tiff_io.rgb_axis` (an ``S`` axis, or a last ``C``
+    axis, of size 3 or 4; ``is_rgb`` is the file's photometric interpretation, passed on);
+    any other channel axis of size > 1 needs ``channel``.
+
     Raises
     ------
     InvalidInputError
@@ -567,7 +572,7 @@ def plan_axes(axes: str, shape, *, is_rgb: bool = False, channel: int | None = N
             if not 0 <= channel < n:
                 raise InvalidInputError(f"{name}: --channel {channel} is outside 0..{n - 1} "
                                         f"(axes {axes}, shape {shape})")
-        elif is_rgb and axes[channel_axis] == "S" and n in (3, 4):
+        elif rgb_axis(axes, shape, photometric_rgb=is_rgb) == channel_axis:
             rgb = True
         else:
             raise InvalidInputError(

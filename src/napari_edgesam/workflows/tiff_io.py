@@ -19,6 +19,7 @@ __all__ = [
     "LazyTiff",
     "TiffMetadata",
     "read_image",
+    "rgb_axis",
     "select_plane",
     "stack_view",
     "write_tiff_atomic",
@@ -26,6 +27,52 @@ __all__ = [
 
 #: Axes that index slices of a stack.
 STACK_AXES = "ZTIQ"
+
+
+def rgb_axis(axes: str, shape, *, photometric_rgb: bool = False) -> int | None:
+    """Which axis of an image holds colour (RGB or RGBA), if any.
+
+    The one rule used by ``segment`` (:func:`select_plane`), ``propagate``
+    (:func:`stack_view`) and ``batch`` (:func:`napari_edgesam.workflows.batch.plan_axes`):
+    the colour axis is used whole. An explicit channel (``--channel``) is handled by those
+    callers before this rule and always wins over it.
+
+    Parameters
+    ----------
+    axes : str
+        One tifffile letter per axis: ``Y``/``X`` spatial, ``S`` samples, ``C`` channels,
+        ``Z``/``T``/``I``/``Q`` stack axes (e.g. ``"YXS"``, ``"ZYXC"``, ``"CYX"``).
+    shape : sequence of int
+        The image's shape, one size per letter of ``axes``.
+    photometric_rgb : bool, optional
+        The file's photometric interpretation is RGB. Its ``S`` axis of size 3 or 4 is
+        colour, as for any file; the flag does not make any other axis colour (a
+        photometric-RGB file whose samples are read as a ``C`` axis that is not the last
+        axis is not colour).
+
+    Returns
+    -------
+    int or None
+        Position in ``axes`` of the colour axis: the first ``S`` axis of size 3 or 4, else
+        the last axis if it is a ``C`` axis of size 3 or 4; None when there is none. Other
+        ``C``/``S`` axes of size > 1 are channel axes, on which a channel must be chosen.
+
+    Raises
+    ------
+    ValueError
+        ``axes`` and ``shape`` differ in length.
+    """
+    axes = str(axes).upper()
+    shape = tuple(int(n) for n in shape)
+    if len(axes) != len(shape):
+        raise ValueError(f"axes {axes!r} do not match shape {shape}")
+    # photometric_rgb only confirms the S rule below (callers pass what the file says).
+    for pos, (a, n) in enumerate(zip(axes, shape, strict=True)):
+        if a == "S" and n in (3, 4):
+            return pos
+    if axes and axes[-1] == "C" and shape[-1] in (3, 4):
+        return len(axes) - 1
+    return None
 
 
 @dataclass
@@ -106,8 +153,8 @@ def select_plane(
     slice_index : int, optional
         Index along the one stack axis (Z, T, I or Q) of size > 1.
     channel : int, optional
-        Channel to use when there is a C or S axis; without it a 3- or 4-sample ``S`` axis
-        (or a last ``C`` axis of size 3 or 4) is RGB.
+        Channel to use when there is a C or S axis; without it the colour axis of
+        :func:`rgb_axis` (an ``S`` axis, or a last ``C`` axis, of size 3 or 4) is RGB.
 
     Returns
     -------
@@ -130,6 +177,7 @@ def select_plane(
             f"{stack.path.name} has several stack axes ({axes}, shape {data.shape}); "
             "only one of Z, T is supported here"
         )
+    colour = rgb_axis(axes, data.shape)
     for pos, (a, n) in enumerate(zip(axes, data.shape, strict=True)):
         if a in "YX":
             index.append(slice(None))
@@ -150,7 +198,6 @@ def select_plane(
                 index.append(slice_index)
                 what.append(f"{a}={slice_index}")
         elif a in "CS":
-            is_last = pos == len(axes) - 1
             if channel is not None:
                 if not 0 <= channel < n:
                     raise InvalidInputError(
@@ -160,7 +207,7 @@ def select_plane(
                 what.append(f"channel {channel}")
             elif n == 1:
                 index.append(0)
-            elif (a == "S" or is_last) and n in (3, 4):
+            elif pos == colour:
                 index.append(slice(None))
                 out_axes += "S"
                 what.append("RGB")
@@ -191,6 +238,9 @@ def stack_view(image, channel: int | None = None):
     """A ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)`` view of an :class:`ImageStack`
     (memory-mapped data stays mapped).
 
+    Without ``channel`` the colour axis of :func:`rgb_axis` is kept as RGB; other channel
+    axes of size > 1 need ``channel``.
+
     Returns
     -------
     data : array-like
@@ -210,6 +260,7 @@ def stack_view(image, channel: int | None = None):
             f"{name} has several stack axes ({axes}, shape {shape}); propagate needs one "
             "(Z or T)")
     z_letter = stack_axes[0]
+    colour = rgb_axis(axes, shape)
     index, kept = [], []
     for pos, (a, n) in enumerate(zip(axes, shape, strict=True)):
         if a in "YX" or (a == z_letter and n > 1):
@@ -223,7 +274,7 @@ def stack_view(image, channel: int | None = None):
                 index.append(channel)
             elif n == 1:
                 index.append(0)
-            elif (a == "S" or pos == len(axes) - 1) and n in (3, 4):
+            elif pos == colour:
                 index.append(slice(None))
                 kept.append("S")
             else:
