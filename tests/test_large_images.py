@@ -193,3 +193,24 @@ def test_image_too_large_for_the_disk_cache_bound_is_refused_with_a_message(tmp_
     for cache in (roomy, EmbeddingCache(disk_dir=False), None):
         tp = TiledPredictor(Predictor(test_model, cache=cache), big, grey)
         assert len(tp.grid) == 169
+
+
+# -- masks as crops ----------------------------------------------------------------------------
+
+def test_mask_crop_windows_and_round_trip():
+    from napari_edgesam.engine.transforms import MaskCrop
+
+    full = np.zeros((50, 60), bool)
+    full[10:14, 20:23] = True
+    full[12, 25] = True
+    m = MaskCrop(full)
+    assert m.bbox == (10, 20, 14, 26) and m.area == 13 and m.crop.shape == (4, 6)
+    np.testing.assert_array_equal(np.asarray(m), full)
+    np.testing.assert_array_equal(m.window(8, 18, 13, 30), full[8:13, 18:30])
+    assert not m.window(0, 0, 5, 5).any() and m.window(0, 0, 5, 5).shape == (5, 5)
+    # a window crop placed in a slice, trimmed to its box
+    w = MaskCrop(full[5:30, 15:40], 5, 15, (50, 60))
+    assert w.bbox == m.bbox and np.array_equal(w.full(), full)
+    empty = MaskCrop(np.zeros((7, 7), bool), 3, 3, (50, 60))
+    assert empty.bbox is None and not empty.any() and not empty.full().any()
+    assert empty.full().shape == (50, 60)

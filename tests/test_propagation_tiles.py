@@ -76,3 +76,35 @@ def test_auto_tiling_follows_the_slice_size(test_model):
     big = np.zeros((2, 2100, 50), np.uint8)
     assert Propagator(Predictor(test_model, cache=None), big).tiled
     assert not Propagator(Predictor(test_model, cache=None), big, tiles="off").tiled
+
+
+def test_tiled_propagation_memory_grows_with_the_object_not_the_slices(test_model):
+    """Masks are kept as crops through the run (steps, chains, result): no slice-sized
+    array is made, so Python/numpy allocations stay far below one 6.8 MB slice mask per
+    visited slice; ``np.asarray`` of a step's mask still gives the slice-sized mask."""
+    import tracemalloc
+
+    from napari_edgesam.engine.transforms import MaskCrop
+
+    stack, truth, (cx, cy) = _sphere_stack()
+    prop = Propagator(Predictor(test_model, cache=None), stack,
+                      mapping=IntensityMapping.identity_uint8(), settings=SETTINGS, tiles="on",
+                      tile_size=400)
+    tracemalloc.start()
+    try:
+        run = prop.start({1: SliceAnnotation(3, points=[(cx, cy)], labels=[1])})
+        steps = list(run)
+        tracemalloc.reset_peak()
+        result = run.result()
+        peak_result = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    masks = [m for s in steps for _, _, m in s.updates if m is not None]
+    assert masks and all(isinstance(m, MaskCrop) for m in masks)
+    assert all(m.crop.size < 60 * 60 for m in masks)  # the object's box, not 2600 x 2600
+    assert peak_result < H * W / 4, peak_result  # building the result: crops only
+    z, last = next((s.z, m) for s in steps for _, rec, m in s.updates
+                   if m is not None and rec.source == "propagated")
+    np.testing.assert_array_equal(np.asarray(last), result.objects[1].slice_mask(z))
+    crop = result.objects[1].slice_crop(z)
+    assert crop.offset == last.offset and crop.area == last.area

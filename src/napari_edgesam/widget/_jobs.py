@@ -52,10 +52,13 @@ class Decoded:
     area: int = 0
 
 
-def crop_to_bbox(mask: np.ndarray):
-    """``(crop, (r0, c0))`` of a bool mask's bounding box, or ``(None, None)`` when empty."""
-    from napari_edgesam.engine.transforms import mask_bbox
+def crop_to_bbox(mask):
+    """``(crop, (r0, c0))`` of a bool mask's bounding box, or ``(None, None)`` when empty.
+    ``mask`` is a slice-sized bool array or an engine ``MaskCrop`` (taken as it is)."""
+    from napari_edgesam.engine.transforms import MaskCrop, mask_bbox
 
+    if isinstance(mask, MaskCrop):
+        return (mask.crop, mask.offset) if mask.area else (None, None)
     bb = mask_bbox(mask)
     if bb is None:
         return None, None

@@ -135,7 +135,7 @@ def _propagation_job(prepare, oid, previous_crops, control):
     crops = {}
     if obj is not None:
         for z in obj.slices:
-            crop, off = crop_to_bbox(obj.slice_mask(z))
+            crop, off = crop_to_bbox(obj.slice_crop(z))
             if crop is not None:
                 crops[z] = (crop, off)
     changed = []
@@ -146,13 +146,6 @@ def _propagation_job(prepare, oid, previous_crops, control):
                     or not np.array_equal(a[0], b[0]):
                 changed.append(z)
     return result, crops, changed
-
-
-def _full_mask(shape_hw, crop, offset) -> np.ndarray:
-    out = np.zeros(shape_hw, dtype=bool)
-    r0, c0 = offset
-    out[r0:r0 + crop.shape[0], c0:c0 + crop.shape[1]] = crop
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -615,12 +608,14 @@ class PropagationPanel(QWidget):
         oid = ctx.object_id
 
         def prepare():  # runs in the worker thread
+            from napari_edgesam.engine.transforms import MaskCrop
+
             mapping = choose_mapping(data, geom, key, spec, known)
             ctx.mapping = mapping
             stack = stack_view(data, key, axis)
             prop = Propagator(predictor, stack, axis=0, mapping=mapping, settings=settings)
             if ann[0] == "mask":
-                annotation = SliceAnnotation(z, mask=_full_mask(hw, ann[1], ann[2]))
+                annotation = SliceAnnotation(z, mask=MaskCrop(ann[1], *ann[2], hw))
             elif ann[0] == "prompts":
                 _, points, labels, box = ann
                 annotation = SliceAnnotation(z, points=list(points) or None,

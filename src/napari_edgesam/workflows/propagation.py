@@ -38,7 +38,7 @@ import numpy as np
 
 from ..engine.errors import InvalidInputError
 from ..engine.intensity import IntensityMapping, default_mapping
-from ..engine.transforms import mask_bbox
+from ..engine.transforms import MaskCrop
 
 __all__ = [
     "REJECTING_REASONS",
@@ -86,7 +86,7 @@ class SliceAnnotation:
     ----------
     z : int
         Slice index along the slice axis.
-    mask : ndarray of bool, shape (Y, X), optional
+    mask : ndarray of bool, shape (Y, X), or MaskCrop, optional
         The object's mask on this slice (used as is, no prediction).
     points : array-like, shape (N, 2), optional
         Clicks as ``(x, y) = (col, row)`` in slice pixels.
@@ -111,7 +111,7 @@ class SliceAnnotation:
             raise InvalidInputError(f"slice {self.z}: give a mask or prompts, not both")
         if self.mask is None and not has_prompt:
             raise InvalidInputError(f"slice {self.z}: an annotation needs a mask, points or a box")
-        if self.mask is not None:
+        if self.mask is not None and not isinstance(self.mask, MaskCrop):
             m = np.asarray(self.mask)
             if m.ndim != 2:
                 raise InvalidInputError(f"slice {self.z}: a mask must be 2D (Y, X), got {m.shape}")
@@ -300,12 +300,21 @@ class ObjectResult:
     _masks: dict = field(default_factory=dict, repr=False)
 
     # -- masks --------------------------------------------------------------------------
-    def _set(self, z: int, mask: np.ndarray | None) -> None:
-        if mask is None or not mask.any():
+    def _set(self, z: int, mask: MaskCrop | np.ndarray | None) -> None:
+        if mask is not None and not isinstance(mask, MaskCrop):
+            mask = MaskCrop(mask)
+        if mask is None or not mask.area:
             self._masks.pop(z, None)
             return
-        r0, c0, r1, c1 = mask_bbox(mask)
-        self._masks[z] = (r0, c0, np.array(mask[r0:r1, c0:c1], dtype=bool))
+        self._masks[z] = (mask.row0, mask.col0, mask.crop)
+
+    def slice_crop(self, z: int) -> MaskCrop | None:
+        """The mask on slice ``z`` as a :class:`MaskCrop` (no slice-sized array), or None."""
+        entry = self._masks.get(int(z))
+        if entry is None:
+            return None
+        r0, c0, crop = entry
+        return MaskCrop(crop, r0, c0, self.shape[1:])
 
     def slice_mask(self, z: int) -> np.ndarray | None:
         """The mask on slice ``z``: bool ``(Y, X)``, or None where the object is absent."""
@@ -420,9 +429,10 @@ class PropagationStep:
         that stop early make ``done`` jump to ``total`` at the end).
     z : int
         The slice just processed.
-    updates : tuple of (object_id, SliceRecord, mask or None)
-        Candidate masks found on this slice (bool ``(Y, X)``; None when rejected). In a gap
-        filled from both ends the final choice is made at the end of the run.
+    updates : tuple of (object_id, SliceRecord, MaskCrop or None)
+        Candidate masks found on this slice (crops; ``np.asarray`` gives bool ``(Y, X)``;
+        None when rejected). In a gap filled from both ends the final choice is made at the
+        end of the run.
     """
 
     done: int
@@ -561,10 +571,14 @@ def _margin(mask_shape_hw: tuple[int, int], settings: PropagationSettings) -> fl
     return max(settings.box_margin * max(h, w), settings.box_margin_px)
 
 
-def _last_pixels(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+def _as_crop(mask) -> MaskCrop:
+    return mask if isinstance(mask, MaskCrop) else MaskCrop(mask)
+
+
+def _last_pixels(mask: MaskCrop) -> tuple[int, int, int, int] | None:
     """``(first_row, last_row, first_col, last_col)`` of a mask, inclusive (pixel centres:
-    what box corners are made of), from :func:`mask_bbox`; None when empty."""
-    bb = mask_bbox(mask)
+    what box corners are made of); None when empty."""
+    bb = mask.bbox
     return None if bb is None else (bb[0], bb[2] - 1, bb[1], bb[3] - 1)
 
 
@@ -574,7 +588,7 @@ def _deep_points(mask: np.ndarray, n: int, min_depth: float = 0.0) -> list[tuple
     less than ``min_depth`` pixels from the mask's edge are not returned."""
     if n <= 0:
         return []
-    bb = _last_pixels(mask)
+    bb = _last_pixels(MaskCrop(mask))
     if bb is None:
         return []
     r0, r1, c0, c1 = bb
@@ -608,10 +622,10 @@ def derive_prompts(
 
     Parameters
     ----------
-    prev_mask : ndarray of bool, shape (Y, X)
+    prev_mask : ndarray of bool, shape (Y, X), or MaskCrop
         Non-empty mask of the object on the previous slice.
     settings : PropagationSettings
-    neighbour_masks : sequence of ndarray of bool, shape (Y, X)
+    neighbour_masks : sequence of (ndarray of bool, shape (Y, X), or MaskCrop)
         Masks of other objects on the previous slice (for negative clicks).
 
     Returns
@@ -621,8 +635,9 @@ def derive_prompts(
         (ndarray (N,) of 0/1, or None), ``box`` (``(x0, y0, x1, y1)`` or None) and
         ``margin`` (float, pixels), ready for :meth:`Predictor.predict`.
     """
-    h, w = prev_mask.shape
-    bb = _last_pixels(prev_mask)
+    prev = _as_crop(prev_mask)
+    h, w = prev.shape
+    bb = _last_pixels(prev)
     if bb is None:
         raise InvalidInputError("cannot derive prompts from an empty mask")
     r0, r1, c0, c1 = bb
@@ -635,15 +650,17 @@ def derive_prompts(
         )
     # Without a box the clicks are the only prompt: always give at least the deepest point.
     min_depth = settings.click_min_depth if box is not None else 0.0
-    pts = [(x, y, 1) for x, y in _deep_points(prev_mask, settings.positive_points, min_depth)]
+    pts = [(x + prev.col0, y + prev.row0, 1)
+           for x, y in _deep_points(prev.crop, settings.positive_points, min_depth)]
     if settings.neighbour_negatives and neighbour_masks:
         bx0, by0, bx1, by1 = box if box is not None else (
             c0 - margin, r0 - margin, c1 + margin, r1 + margin)
         ys0, ys1 = int(max(0, math.floor(by0))), int(min(h, math.ceil(by1) + 1))
         xs0, xs1 = int(max(0, math.floor(bx0))), int(min(w, math.ceil(bx1) + 1))
+        own = prev.window(ys0, xs0, ys1, xs1)
         for other in neighbour_masks:
             # the neighbour inside this object's box, outside the object (window only)
-            inter = other[ys0:ys1, xs0:xs1] & ~prev_mask[ys0:ys1, xs0:xs1]
+            inter = _as_crop(other).window(ys0, xs0, ys1, xs1) & ~own
             if inter.sum() < max(settings.min_area, 4):
                 continue
             for x, y in _deep_points(inter, 1):
@@ -658,9 +675,15 @@ def derive_prompts(
     return {"points": points, "labels": labels, "box": box, "margin": margin}
 
 
-def _overlaps(new: np.ndarray, prev: np.ndarray) -> tuple[float, float]:
-    inter = np.count_nonzero(new & prev)
-    a, b = np.count_nonzero(new), np.count_nonzero(prev)
+def _overlaps(new: MaskCrop, prev: MaskCrop) -> tuple[float, float]:
+    """``(IoU, intersection over the smaller area)`` of two masks of one slice."""
+    inter = 0
+    a, b = new.bbox, prev.bbox
+    if a is not None and b is not None:
+        win = (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+        if win[2] > win[0] and win[3] > win[1]:
+            inter = int(np.count_nonzero(new.window(*win) & prev.window(*win)))
+    a, b = new.area, prev.area
     union = a + b - inter
     iou = inter / union if union else math.nan
     small = min(a, b)
@@ -668,9 +691,9 @@ def _overlaps(new: np.ndarray, prev: np.ndarray) -> tuple[float, float]:
     return float(iou), float(overlap)
 
 
-def _keep_touching(mask: np.ndarray, prev: np.ndarray, margin: float) -> np.ndarray:
+def _keep_touching(mask: MaskCrop, prev: MaskCrop, margin: float) -> MaskCrop:
     """Keep the connected parts of ``mask`` that touch ``prev`` grown by ``margin`` px."""
-    lab, n = _ndi().label(mask)
+    lab, n = _ndi().label(mask.crop)
     if n <= 1:
         return mask
     r0, r1, c0, c1 = _last_pixels(prev)
@@ -678,14 +701,17 @@ def _keep_touching(mask: np.ndarray, prev: np.ndarray, margin: float) -> np.ndar
     h, w = mask.shape
     ys0, ys1 = max(0, r0 - m), min(h, r1 + m + 1)
     xs0, xs1 = max(0, c0 - m), min(w, c1 + m + 1)
-    # Distance from prev within a window (outside the window is farther than the margin).
-    grown = np.zeros_like(mask)
-    sub = prev[ys0:ys1, xs0:xs1]
-    dist = _ndi().distance_transform_edt(~sub)
-    grown[ys0:ys1, xs0:xs1] = dist <= margin
-    keep = np.unique(lab[grown & mask])
-    keep = keep[keep > 0]
-    return np.isin(lab, keep)
+    # Distance from prev within a window (outside the window is farther than the margin),
+    # looked at where the window meets the mask's crop.
+    grown = _ndi().distance_transform_edt(~prev.window(ys0, xs0, ys1, xs1)) <= margin
+    mr0, mc0, mr1, mc1 = mask.bbox
+    ir0, ic0, ir1, ic1 = max(ys0, mr0), max(xs0, mc0), min(ys1, mr1), min(xs1, mc1)
+    keep = np.zeros(0, lab.dtype)
+    if ir1 > ir0 and ic1 > ic0:
+        sub = lab[ir0 - mr0:ir1 - mr0, ic0 - mc0:ic1 - mc0]
+        keep = np.unique(sub[grown[ir0 - ys0:ir1 - ys0, ic0 - xs0:ic1 - xs0]])
+        keep = keep[keep > 0]
+    return MaskCrop(np.isin(lab, keep), mr0, mc0, mask.shape)
 
 
 # ---------------------------------------------------------------------------------------
@@ -699,7 +725,7 @@ class _Chain:
     bound: int              # last slice it may visit (inclusive)
     bound_reason: str       # reason when it reaches past ``bound``
     gap: bool               # between two annotated slices
-    prev_mask: np.ndarray | None = None
+    prev_mask: MaskCrop | None = None
     last: int = 0
     next_z: int = 0
     active: bool = True
@@ -784,10 +810,10 @@ class _Embeddings:
 
 
 @dataclass(frozen=True)
-class _WholeSlice:
-    """A tiled prediction as the slice-sized mask and score the run works with."""
+class _Predicted:
+    """A prediction as the run works with it: the mask as a crop, and the score."""
 
-    mask: np.ndarray
+    mask: MaskCrop
     score: float
 
 
@@ -904,13 +930,15 @@ class PropagationRun:
         self._finished = True
         self._result = self._build_result()
 
-    def _predict(self, emb, **prompts):
+    def _predict(self, emb, **prompts) -> _Predicted:
         self._decoder_calls += 1
-        if hasattr(emb, "grid"):  # a TiledPredictor (large slices)
+        if hasattr(emb, "grid"):  # a TiledPredictor (large slices): the window's crop
             r = emb.predict(points=prompts.get("points"), labels=prompts.get("labels"),
                             box=prompts.get("box"))
-            return _WholeSlice(r.full_mask(), r.score)
-        return self._p.predictor.predict(embedding=emb, **prompts)
+            return _Predicted(MaskCrop(r.mask, r.window.row0, r.window.col0, r.image_shape),
+                              r.score)
+        r = self._p.predictor.predict(embedding=emb, **prompts)
+        return _Predicted(MaskCrop(r.mask), r.score)
 
     def _steps(self) -> Iterator[PropagationStep]:
         settings = self._p.settings
@@ -928,12 +956,11 @@ class PropagationRun:
             for plan in by_z[z]:
                 ann = plan.annotations[z]
                 if ann.is_mask:
-                    mask, score = ann.mask, math.nan
+                    mask, score = _as_crop(ann.mask), math.nan
                 else:
                     pred = self._predict(emb, points=ann.points, labels=ann.labels, box=ann.box)
                     mask, score = pred.mask, pred.score
-                rec = SliceRecord(plan.object_id, z, "annotation", z, 0, True, score,
-                                  int(np.count_nonzero(mask)))
+                rec = SliceRecord(plan.object_id, z, "annotation", z, 0, True, score, mask.area)
                 self._annot_masks[(plan.object_id, z)] = (rec, mask)
                 updates.append((plan.object_id, rec, mask))
             if needs_model:
@@ -952,10 +979,10 @@ class PropagationRun:
                     mask = plan.known.get(ch.start)
                 ch.last = ch.start
                 ch.next_z = ch.start + ch.direction
-                if mask is None or np.count_nonzero(mask) < settings.min_area:
+                if mask is None or mask.area < settings.min_area:
                     ch.finish("vanished", ch.start)
                     continue
-                ch.prev_mask = np.asarray(mask, dtype=bool)
+                ch.prev_mask = mask
                 if (ch.direction > 0 and ch.next_z > ch.bound) or (
                         ch.direction < 0 and ch.next_z < ch.bound):
                     ch.finish(ch.bound_reason, ch.bound + ch.direction
@@ -1004,7 +1031,7 @@ class PropagationRun:
                 out.append(found)
         return out
 
-    def _step(self, ch: _Chain, z: int, emb, neighbours) -> tuple[SliceRecord, np.ndarray | None]:
+    def _step(self, ch: _Chain, z: int, emb, neighbours) -> tuple[SliceRecord, MaskCrop | None]:
         s = self._p.settings
         prompts = derive_prompts(ch.prev_mask, s, neighbours)
         margin = prompts.pop("margin")
@@ -1012,8 +1039,8 @@ class PropagationRun:
         mask = pred.mask
         if s.keep_connected and mask.any():
             mask = _keep_touching(mask, ch.prev_mask, margin)
-        area = int(np.count_nonzero(mask))
-        prev_area = int(np.count_nonzero(ch.prev_mask))
+        area = mask.area
+        prev_area = ch.prev_mask.area
         iou, overlap = _overlaps(mask, ch.prev_mask)
         score = float(pred.score)
         reason = None
@@ -1296,7 +1323,7 @@ class Propagator:
         known = {}
         for nz in (below, above):
             if nz is not None and obj is not None:
-                known[nz] = obj.slice_mask(nz)
+                known[nz] = obj.slice_crop(nz)
 
         def drop(e: ChainEnd, below=below, above=above, z=z) -> bool:
             # The chains whose slices lie in the cleared range: those leaving the annotated
