@@ -35,7 +35,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder (created if missing)")
     g = p.add_argument_group("axes and intensities")
     g.add_argument("--channel", type=int, default=None,
-                   help="channel to segment in multichannel files (RGB files are used whole)")
+                   help="channel to segment; without it, an S axis or a last C axis of 3 or 4 "
+                        "is colour (RGB), other channel axes need this")
     g.add_argument("--z-axis", default=None, metavar="AXIS",
                    help="axis linked into 3D objects: a letter of the file's axes (e.g. Q, I, "
                         "T) or its position; default Z, or the only unnamed stack axis")

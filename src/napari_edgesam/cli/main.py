@@ -136,7 +136,8 @@ def _add_segment(sub) -> None:
     p.add_argument("--slice", type=int, default=None, dest="slice_index",
                    help="slice index along the stack axis (Z or T) of a stack")
     p.add_argument("--channel", type=int, default=None,
-                   help="channel to segment (a 3-channel last axis is RGB otherwise)")
+                   help="channel to segment; without it, an S axis or a last C axis of 3 or 4 "
+                        "is colour (RGB), other channel axes need this")
     p.add_argument("--contrast", type=contrast_limits, default=None, metavar="LOW,HIGH",
                    help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
                         "0.5-99.8 percentiles over the whole stack)")

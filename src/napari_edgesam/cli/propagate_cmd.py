@@ -63,7 +63,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--z-range", type=_z_range, default=None, metavar="Z0,Z1",
                    help="propagate only within slices Z0..Z1 (inclusive)")
     p.add_argument("--channel", type=int, default=None,
-                   help="channel to segment (a 3-channel last axis is RGB otherwise)")
+                   help="channel to segment; without it, an S axis or a last C axis of 3 or 4 "
+                        "is colour (RGB), other channel axes need this")
     p.add_argument("--contrast", type=contrast_limits, default=None, metavar="LOW,HIGH",
                    help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
                         "0.5-99.8 percentiles over the whole stack)")

@@ -91,7 +91,8 @@ class BatchParams:
     automatic : AutoParams
         Seeds, filters, overlap resolution and 3D linking.
     channel : int or None
-        Channel to segment when the file has a channel axis (``C``, or a non-RGB ``S``).
+        Channel to segment when the file has a channel axis that is not colour (see
+        :func:`.tiff_io.rgb_axis`: an ``S`` axis, or a last ``C`` axis, of 3 or 4 is colour).
         Without it an RGB file is segmented as colour; other multichannel files fail with a
         message asking for it.
     z_axis, t_axis : str or None
