@@ -66,9 +66,24 @@ def test_unknown_variant_exit_2(tmp_path, capsys, model_files):
     assert code == 2 and "unknown variant" in capsys.readouterr().err
 
 
-def test_batch_refuses_optimized_clearly(tmp_path, capsys, model_files):
-    img, _ = disc_image((100, 100), (50, 50), 20)
+def test_batch_optimized_runs_the_variant_files(tmp_path, capsys, model_files):
+    """Batch workers rebuild the model from paths: with --optimized those are the variant's
+    files, named in the sidecar, and the labels agree with the original model's."""
+    import json
+
+    img, truth = disc_image((300, 400), (120, 250), 40)
     tifffile.imwrite(tmp_path / "in.tif", img)
-    code = main(["batch", str(tmp_path / "in.tif"), "--out", str(tmp_path / "out"),
-                 "--optimized", *model_files])
-    assert code == 2 and "not supported by batch" in capsys.readouterr().err
+    assert main(["optimize", str(tmp_path / "in.tif"), "--variants", "decoder-fast",
+                 *model_files]) == 0
+    runs = {}
+    for name, extra in (("opt", ["--optimized"]), ("orig", [])):
+        code = main(["batch", str(tmp_path / "in.tif"), "--out", str(tmp_path / name),
+                     "--object-size", "80", "--scheduler", "synchronous", "-q", *extra,
+                     *model_files])
+        assert code == 0, capsys.readouterr().err
+        runs[name] = (tifffile.imread(tmp_path / name / "in_labels.tif"),
+                      json.loads((tmp_path / name / "in_labels.json").read_text())["model"])
+    (opt, opt_model), (orig, orig_model) = runs["opt"], runs["orig"]
+    assert "decoder-fast" in opt_model["name"] and "decoder-fast" not in orig_model["name"]
+    assert opt_model["decoder_sha256"] != orig_model["decoder_sha256"]
+    assert iou(opt > 0, truth) >= 0.9 and iou(opt > 0, orig > 0) >= 0.99

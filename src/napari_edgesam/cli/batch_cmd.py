@@ -111,10 +111,6 @@ def run(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise InvalidInputError("--workers must be at least 1")
-    if getattr(args, "optimized", False):
-        # Workers rebuild the model from file paths; optimised variants (split decoders)
-        # are not described by paths alone yet.
-        raise InvalidInputError("--optimized is not supported by batch yet")
     auto = AutoParams(
         object_size=args.object_size, seeds=args.seeds, grid_spacing=args.grid_spacing,
         polarity=args.polarity, threshold=args.threshold, min_stability=args.min_stability,
@@ -124,6 +120,8 @@ def run(args) -> int:
     params = BatchParams(automatic=auto, channel=args.channel, z_axis=args.z_axis,
                          t_axis=args.t_axis, contrast=args.contrast)
     # Resolve and check the model here (exit 3 if unusable); workers get only its paths.
+    # With --optimized those are the variant files that passed their agreement check
+    # (contract-compatible ONNX files; the sidecar names them), so every worker runs them.
     model = model_from_args(args)
     spec = ModelSpec.from_model(model)
     scheduler = args.scheduler
