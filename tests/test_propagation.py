@@ -443,3 +443,32 @@ def test_derive_prompts_geometry():
     edge = np.zeros_like(mask)
     edge[0:10, 0:10] = True
     assert derive_prompts(edge, s)["box"][:2] == (0.0, 0.0)
+
+
+def test_cancel_terminates_a_running_encoder(synth):
+    """cancel() from another thread stops the encoder run in progress (RunOptions), not
+    only before the next slice: the run ends at once with the slices done kept."""
+    import threading
+    import time
+
+    from conftest import SlowModel
+
+    stack, _ = synth
+    slow = SlowModel(3.0)  # each slice's encoder run takes 3 s unless terminated
+    slow.delay = 0.0
+    run = Propagator(Predictor(slow, cache=None), stack).start({1: click(1)})
+    steps = []
+    t0 = None
+    for step in run:
+        steps.append(step)
+        if len(steps) == 2:  # the annotated slice and one more, then slow encoders
+            slow.delay = 3.0
+            t0 = time.perf_counter()
+            threading.Timer(0.3, run.cancel).start()
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.5, elapsed  # not the 3 s a whole encoder run takes
+    assert slow.terminated == 1
+    res = run.result()
+    assert res.cancelled
+    assert len(res.objects[1].slices) == 2  # the slices done are kept
+    assert {e.reason for e in res.objects[1].ends} == {"cancelled"}

@@ -161,7 +161,7 @@ class PropagationPanel(QWidget):
         panel.stack_axis = 0; panel.set_z_range(5, 40)
         panel.min_score, panel.min_overlap, panel.max_growth   # the thresholds
         panel.propagate()            # starts the worker (Shift+P)
-        panel.cancel()               # stops at the next slice (partial result kept)
+        panel.cancel()               # stops at once (partial result kept)
         panel.commit()               # one undo step -> label id (Shift+C)
         panel.discard()
         panel.repropagate()          # after correcting the current slice
@@ -720,8 +720,8 @@ class PropagationPanel(QWidget):
         self._dock._prefetch.activity()
 
     def cancel(self):
-        """Stop the run before its next slice; the partial (consistent) result is kept
-        as pending, nothing is written."""
+        """Stop the run at once (a running encoder is terminated); the partial (consistent)
+        result is kept as pending, nothing is written."""
         control = self._control
         if self._worker is None or not control:
             return

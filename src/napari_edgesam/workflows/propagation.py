@@ -768,6 +768,8 @@ class _Embeddings:
         self.memo_slices = max(0, int(memo_slices))
         self.embeddings = 0
         self.encoded = 0
+        #: onnxruntime RunOptions passed to every encoder run (``terminate`` stops it).
+        self.run_options = None
 
     def get(self, z: int):
         emb = self.memo.get(z)
@@ -800,7 +802,8 @@ class _Embeddings:
     def _embed(self, z: int):
         cache = self.predictor.cache
         before = cache.stats["misses"] if cache is not None and hasattr(cache, "stats") else None
-        emb = self.predictor.embed(self.source[z], self.mapping, rgb=self.source.rgb)
+        emb = self.predictor.embed(self.source[z], self.mapping, rgb=self.source.rgb,
+                                   run_options=self.run_options)
         self.embeddings += 1
         if cache is None:
             self.encoded += 1
@@ -837,6 +840,9 @@ class PropagationRun:
         self._emb = _Embeddings(propagator.predictor, propagator.source, propagator.mapping,
                                 propagator.settings.memo_slices, propagator.tiled,
                                 propagator.tile_size)
+        from ..engine.session import make_run_options
+
+        self._emb.run_options = make_run_options()  # cancel() terminates a running encoder
         self._decoder_calls = 0
         self._annot_masks: dict = {}   # (object_id, z) -> (record, mask)
         self._cancelled = False
@@ -857,13 +863,20 @@ class PropagationRun:
         except GeneratorExit:
             self._cancel()
             raise
+        except Exception:
+            if not self._cancelled:
+                raise
+            self._cancel()  # cancel() terminated an encoder run: keep the slices done
         finally:
             if not self._finished:
                 self._cancel()
 
     def cancel(self) -> None:
-        """Stop the run after the current slice (also: stop iterating, or ``close()``)."""
+        """Stop the run: an encoder run in progress is terminated, and the run ends before
+        the next slice (also: stop iterating, or ``close()``). Thread-safe."""
         self._cancelled = True
+        if self._emb.run_options is not None:
+            self._emb.run_options.terminate = True
 
     @property
     def cancelled(self) -> bool:
@@ -934,7 +947,7 @@ class PropagationRun:
         self._decoder_calls += 1
         if hasattr(emb, "grid"):  # a TiledPredictor (large slices): the window's crop
             r = emb.predict(points=prompts.get("points"), labels=prompts.get("labels"),
-                            box=prompts.get("box"))
+                            box=prompts.get("box"), run_options=self._emb.run_options)
             return _Predicted(MaskCrop(r.mask, r.window.row0, r.window.col0, r.image_shape),
                               r.score)
         r = self._p.predictor.predict(embedding=emb, **prompts)
