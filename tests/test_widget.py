@@ -637,3 +637,47 @@ def test_failed_encoding_is_not_retried_in_a_loop(viewer, qtbot, test_model, mon
     qtbot.waitUntil(lambda: not w.busy and bool(calls), timeout=TIMEOUT)
     qtbot.wait(500)
     assert len(calls) == 1 and not w.busy
+
+
+def test_optimised_checkbox_runs_the_variants_that_passed(viewer, qtbot, tmp_path,
+                                                          monkeypatch):
+    """"optimised" runs the variants made by `napari-edgesam optimize` (here decoder-fast,
+    checked on this image) and says so; the same click gives the original's mask. Without
+    variants it says how to make them and runs the original."""
+    import shutil
+
+    import napari.utils.notifications as notifications
+
+    pytest.importorskip("onnx")
+    from napari_edgesam.engine import EdgeSamModel
+    from napari_edgesam.engine.optimize import OptimizedEdgeSamModel, optimize_model
+
+    infos = []
+    monkeypatch.setattr(notifications, "show_info", infos.append)
+    for name in (TEST_ENCODER, TEST_DECODER):
+        shutil.copy(name, tmp_path / name.name)
+    model = EdgeSamModel(tmp_path / TEST_ENCODER.name, tmp_path / TEST_DECODER.name,
+                         name="custom: copy")
+    img, truth = disc_image((256, 256), (100, 140), 30)
+    viewer.add_image(img)
+    w = make_widget(viewer, model, prefetch=False)
+    wait_ready(qtbot, w)
+    w.use_optimized = True  # nothing made yet: the original, and a hint
+    wait_ready(qtbot, w)
+    assert w.predictor.model is model and "napari-edgesam optimize" in infos[-1]
+    w.add_point((100, 140))
+    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    original = w.preview_mask.copy()
+
+    report = optimize_model(model, [img], variants=["decoder-fast"])
+    assert "decoder-fast" in report.summary()
+    w.use_optimized = False
+    w.use_optimized = True
+    wait_ready(qtbot, w)
+    assert isinstance(w.predictor.model, OptimizedEdgeSamModel)
+    assert "decoder-fast" in w.predictor.model.name and "decoder-fast" in infos[-1]
+    assert w.model is model  # the model shown and used by batch stays the original
+    w.clear_prompts()
+    w.add_point((100, 140))
+    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    assert iou(w.preview_mask, original) >= 0.99 and iou(w.preview_mask, truth) >= 0.9

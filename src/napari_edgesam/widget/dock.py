@@ -393,8 +393,15 @@ class EdgeSamWidget(QWidget):
             "last click) in the background; stopped at once when you click."
         )
         self.prefetch_check.toggled.connect(self._on_prefetch_toggled)
+        self.optimized_check = QCheckBox("optimised")
+        self.optimized_check.setToolTip(
+            "Run the faster model variants made with 'napari-edgesam optimize' on your own "
+            "images, only those whose masks agreed with the original model's there."
+        )
+        self.optimized_check.toggled.connect(self._on_optimized_toggled)
         orow.addWidget(self.tiles_check)
         orow.addWidget(self.prefetch_check)
+        orow.addWidget(self.optimized_check)
         orow.addStretch(1)
         form.addRow("speed", orow)
         outer.addWidget(box)
@@ -597,6 +604,26 @@ class EdgeSamWidget(QWidget):
 
     def _on_prefetch_toggled(self, checked):
         self._prefetch.enabled = bool(checked)
+
+    @property
+    def use_optimized(self) -> bool:
+        """Whether the optimised variants that passed their agreement check are run (see
+        :func:`napari_edgesam.engine.optimize.load_optimized`); :attr:`model` stays the
+        original, :attr:`predictor` runs the variants."""
+        return self.optimized_check.isChecked()
+
+    @use_optimized.setter
+    def use_optimized(self, value: bool):
+        self.optimized_check.setChecked(bool(value))
+
+    @property
+    def predictor(self):
+        """The :class:`~napari_edgesam.engine.Predictor` in use (None before a model)."""
+        return self._predictor
+
+    def _on_optimized_toggled(self, checked):
+        if self._model is not None:
+            self.set_model(self._model)
 
     def _prefetch_jobs(self) -> list:
         """What to encode while the user is idle: the neighbouring slices of the current one
@@ -881,14 +908,40 @@ class EdgeSamWidget(QWidget):
         """
         from napari_edgesam.engine import Predictor
 
+        model = getattr(model, "source", None) or model  # the original, if given a variant
         self._model = model
-        self._predictor = Predictor(model)  # default memory + disk embedding cache
+        self._predictor = Predictor(self._runnable(model))  # default memory + disk cache
         self._prefetch.set_predictor(self._predictor)
         self._embedding = None
         self._embedding_key = None
         self._populate_models()
         self._clear_preview()
         self._request_encode()
+
+    def _runnable(self, model):
+        """``model``, or its optimised variants when "optimised" is ticked (records are
+        read only: cheap); says in the status line and notifications which are used."""
+        if not self.use_optimized:
+            return model
+        from napari.utils.notifications import show_info
+
+        from napari_edgesam.engine.optimize import load_optimized
+
+        report: list = []
+        try:
+            optimized = load_optimized(model, report=report)
+        except Exception as exc:  # unreadable records: run the original
+            self._notify_error(exc, "optimised variants not usable: ")
+            return model
+        if optimized is model:
+            why = "; ".join(f"{r.kind}: {r.status}" for r in report) or "none made"
+            show_info(f"EdgeSAM: no optimised variant of {model.name} passed its check here "
+                      f"({why}); running the original. Make them with 'napari-edgesam "
+                      "optimize IMAGES' on a few of your images.")
+            return model
+        show_info(f"EdgeSAM: running {optimized.name} (optimised variants that agreed with "
+                  "the original on your images).")
+        return optimized
 
     # ------------------------------------------------------------------ download ----
     def _ask_licence(self, card) -> bool:
