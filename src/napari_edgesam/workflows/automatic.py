@@ -757,6 +757,16 @@ def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoPar
     return candidates, calls
 
 
+def _slice_result(candidates, seeds, calls, params: AutoParams, shape, out,
+                  t0: float) -> SliceSegmentation:
+    """Step 5 (overlaps and painting) and the result of :func:`segment_slice`."""
+    labels, scores = resolve_overlaps(candidates, shape, nms_iou=params.nms_iou,
+                                      min_kept_fraction=params.min_kept_fraction,
+                                      min_area=params.area_limits[0], out=out)
+    return SliceSegmentation(labels, scores, seeds, len(candidates), calls,
+                             time.perf_counter() - t0)
+
+
 def segment_slice(predictor, image, *, params: AutoParams | None = None,
                   mapping: IntensityMapping | None = None, threshold: float | None = None,
                   embedding=None, cancel: Callable[[], bool] | None = None,
@@ -838,11 +848,7 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
         candidates, calls = _collect_candidates(
             seeds, run, lambda r0, c0, r1, c1: foreground[r0:r1, c0:c1], params, (h, w),
             cancel)
-    labels, scores = resolve_overlaps(candidates, (h, w), nms_iou=params.nms_iou,
-                                      min_kept_fraction=params.min_kept_fraction,
-                                      min_area=params.area_limits[0], out=out)
-    return SliceSegmentation(labels, scores, seeds, len(candidates), calls,
-                             time.perf_counter() - t0)
+    return _slice_result(candidates, seeds, calls, params, (h, w), out, t0)
 
 
 def _segment_slice_tiled(predictor, image, *, params: AutoParams, mapping, threshold,
@@ -907,11 +913,7 @@ def _segment_slice_tiled(predictor, image, *, params: AutoParams, mapping, thres
 
     candidates, calls = _collect_candidates(seeds, run, foreground_crop, params, (h, w),
                                             cancel)
-    labels, scores = resolve_overlaps(candidates, (h, w), nms_iou=params.nms_iou,
-                                      min_kept_fraction=params.min_kept_fraction,
-                                      min_area=params.area_limits[0], out=out)
-    return SliceSegmentation(labels, scores, seeds, len(candidates), calls,
-                             time.perf_counter() - t0)
+    return _slice_result(candidates, seeds, calls, params, (h, w), out, t0)
 
 
 # ---------------------------------------------------------------------------------------
