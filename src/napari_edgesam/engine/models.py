@@ -115,26 +115,18 @@ def file_sha256(path: str | os.PathLike, *, use_memo: bool = True) -> str:
         When the file cannot be read (``FileNotFoundError`` when it does not exist).
     """
     p = Path(path).expanduser().resolve()
-    st = p.stat()
-    key = str(p)
     if use_memo:
-        with _memo_lock:
-            entry = _load_memo_locked().get(key)
-        if (
-            entry is not None
-            and entry.get("size") == st.st_size
-            and entry.get("mtime_ns") == st.st_mtime_ns
-            and isinstance(entry.get("sha256"), str)
-            and len(entry["sha256"]) == 64
-        ):
-            return entry["sha256"]
+        known = cached_sha256(p)
+        if known is not None:
+            return known
+    st = p.stat()
     digest = _hash_file(p)
     st2 = p.stat()
     if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
         return digest  # changed while we read it: don't remember
     with _memo_lock:
         memo = _load_memo_locked()
-        memo[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        memo[str(p)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
         _save_memo_locked(memo)
     return digest
 
@@ -159,6 +151,7 @@ def cached_sha256(path: str | os.PathLike) -> str | None:
         and entry.get("size") == st.st_size
         and entry.get("mtime_ns") == st.st_mtime_ns
         and isinstance(entry.get("sha256"), str)
+        and len(entry["sha256"]) == 64
     ):
         return entry["sha256"]
     return None
