@@ -36,7 +36,7 @@ def _write(path, data, axes):
 def _plan(path, **kwargs):
     with LazyTiff(path) as r:
         assert not r.is_rgb
-        return plan_axes(r.axes, r.shape, is_rgb=r.is_rgb, name=path.name, **kwargs)
+        return plan_axes(r.axes, r.shape, name=path.name, **kwargs)
 
 
 @pytest.fixture
@@ -56,13 +56,12 @@ def files(tmp_path):
 
 def test_rgb_axis_rule():
     assert rgb_axis("YXS", (5, 6, 3)) == 2
-    assert rgb_axis("YXS", (5, 6, 4), photometric_rgb=True) == 2
+    assert rgb_axis("YXS", (5, 6, 4)) == 2
     assert rgb_axis("SYX", (3, 5, 6)) == 0  # samples are colour wherever they are
     assert rgb_axis("YXC", (5, 6, 3)) == 2  # a last C axis of 3 or 4 is colour
     assert rgb_axis("ZYXC", (2, 5, 6, 4)) == 3
     assert rgb_axis("yxc", (5, 6, 3)) == 2  # letters are case-insensitive
     assert rgb_axis("CYX", (3, 5, 6)) is None  # a C axis that is not last is not colour
-    assert rgb_axis("CYX", (3, 5, 6), photometric_rgb=True) is None
     assert rgb_axis("ZCYX", (2, 3, 5, 6)) is None
     assert rgb_axis("YXC", (5, 6, 2)) is None  # sizes other than 3 or 4 are channels
     assert rgb_axis("YXC", (5, 6, 5)) is None

@@ -383,7 +383,7 @@ def test_plan_axes_rules():
     assert (p.z, p.t, p.out_axes) == (None, 0, "TYX")
     p = plan_axes("TYX", (7, 40, 50), z_axis="T")  # link over time
     assert (p.z, p.t, p.out_axes) == (0, None, "ZYX")
-    p = plan_axes("YXS", (40, 50, 3), is_rgb=True)
+    p = plan_axes("YXS", (40, 50, 3))
     assert p.rgb and p.out_axes == "YX"
     p = plan_axes("ZYX", (3, 40, 50), z_axis="0")
     assert p.z == 0

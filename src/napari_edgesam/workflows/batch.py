@@ -531,15 +531,14 @@ def _find_axis(spec: str, axes: str, what: str) -> int:
     return matches[0]
 
 
-def plan_axes(axes: str, shape, *, is_rgb: bool = False, channel: int | None = None,
+def plan_axes(axes: str, shape, *, channel: int | None = None,
               z_axis: str | None = None, t_axis: str | None = None,
               name: str = "input") -> AxisPlan:
     """Decide how each axis of a file is used (see :class:`BatchParams` for the rules).
 
     Without ``channel``, the channel axis is used whole as colour when it is the colour axis
     of :func:`~napari_edgesam.workflows.tiff_io.rgb_axis` (an ``S`` axis, or a last ``C``
-    axis, of size 3 or 4; ``is_rgb`` is the file's photometric interpretation, passed on);
-    any other channel axis of size > 1 needs ``channel``.
+    axis, of size 3 or 4); any other channel axis of size > 1 needs ``channel``.
 
     Raises
     ------
@@ -573,7 +572,7 @@ def plan_axes(axes: str, shape, *, is_rgb: bool = False, channel: int | None = N
             if not 0 <= channel < n:
                 raise InvalidInputError(f"{name}: --channel {channel} is outside 0..{n - 1} "
                                         f"(axes {axes}, shape {shape})")
-        elif rgb_axis(axes, shape, photometric_rgb=is_rgb) == channel_axis:
+        elif rgb_axis(axes, shape) == channel_axis:
             rgb = True
         else:
             raise InvalidInputError(
@@ -806,7 +805,7 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
         identity = _input_identity(path)
         predictor = predictor_for(model)
         with LazyTiff(path) as reader:
-            plan = plan_axes(reader.axes, reader.shape, is_rgb=reader.is_rgb,
+            plan = plan_axes(reader.axes, reader.shape,
                              channel=params.channel, z_axis=params.z_axis,
                              t_axis=params.t_axis, name=path.name)
             auto = params.automatic

@@ -29,7 +29,7 @@ __all__ = [
 STACK_AXES = "ZTIQ"
 
 
-def rgb_axis(axes: str, shape, *, photometric_rgb: bool = False) -> int | None:
+def rgb_axis(axes: str, shape) -> int | None:
     """Which axis of an image holds colour (RGB or RGBA), if any.
 
     The one rule used by ``segment`` (:func:`select_plane`), ``propagate``
@@ -44,11 +44,6 @@ def rgb_axis(axes: str, shape, *, photometric_rgb: bool = False) -> int | None:
         ``Z``/``T``/``I``/``Q`` stack axes (e.g. ``"YXS"``, ``"ZYXC"``, ``"CYX"``).
     shape : sequence of int
         The image's shape, one size per letter of ``axes``.
-    photometric_rgb : bool, optional
-        The file's photometric interpretation is RGB. Its ``S`` axis of size 3 or 4 is
-        colour, as for any file; the flag does not make any other axis colour (a
-        photometric-RGB file whose samples are read as a ``C`` axis that is not the last
-        axis is not colour).
 
     Returns
     -------
@@ -66,7 +61,6 @@ def rgb_axis(axes: str, shape, *, photometric_rgb: bool = False) -> int | None:
     shape = tuple(int(n) for n in shape)
     if len(axes) != len(shape):
         raise ValueError(f"axes {axes!r} do not match shape {shape}")
-    # photometric_rgb only confirms the S rule below (callers pass what the file says).
     for pos, (a, n) in enumerate(zip(axes, shape, strict=True)):
         if a == "S" and n in (3, 4):
             return pos
