@@ -217,7 +217,7 @@ def _sample(data, max_samples: int, rgb: bool) -> np.ndarray:
     for i in flat_idx:
         idx = np.unravel_index(i, lead) if lead else ()
         sl = data[idx] if lead else data
-        part = _sample_plane(sl, step)
+        part = sample_plane(sl, step)
         parts.append(part.reshape(-1, 3) if rgb else part.reshape(-1))
     return np.concatenate(parts)
 
@@ -235,7 +235,7 @@ def _chunk_edges(chunks, length: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(chunks)]).astype(int)
 
 
-def _sample_plane(plane, step: int) -> np.ndarray:
+def sample_plane(plane, step: int) -> np.ndarray:
     """About ``(H / step) * (W / step)`` pixels of one (H, W[, C]) slice.
 
     Arrays in memory and memmaps are strided (a memmap then touches only every
@@ -243,6 +243,19 @@ def _sample_plane(plane, step: int) -> np.ndarray:
     a whole chunk for any pixel in it, so striding would read the whole slice: they are
     sampled from :data:`SAMPLE_CHUNKS` to 4 x that many whole chunks spread evenly over
     the slice (strided inside each to the same total size).
+
+    Parameters
+    ----------
+    plane : array-like, shape (H, W) or (H, W, C)
+        numpy, memmap, dask, zarr or any array-like with ``shape`` and slicing.
+    step : int
+        Stride that sets the sample size.
+
+    Returns
+    -------
+    ndarray
+        ``(h, w)`` or ``(h, w, C)`` for strided samples, ``(N,)`` or ``(N, C)`` for chunks:
+        callers flatten it.
     """
     h, w = plane.shape[:2]
     chunks = getattr(plane, "chunks", None)

@@ -41,7 +41,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..engine.errors import CancelledError, InvalidInputError
-from ..engine.intensity import IntensityMapping, default_mapping, validate_image
+from ..engine.intensity import (
+    IntensityMapping,
+    default_mapping,
+    sample_plane,
+    validate_image,
+)
 from ..engine.tiling import needs_tiling
 from ..engine.transforms import mask_bbox
 
@@ -358,8 +363,10 @@ def stack_statistics(planes, *, params: AutoParams, mapping: IntensityMapping | 
         p = planes[int(i)]  # strided before it is read: lazy planes stay lazy
         h, w = p.shape[:2]
         step = max(1, int(math.ceil(math.sqrt(h * w / max_pixels_per_plane))))
-        samples.append(np.ascontiguousarray(
-            np.asarray(p[::step, ::step, :3] if rgb else p[::step, ::step])))
+        sample = sample_plane(p, step)  # strides, or whole chunks of dask/zarr slices
+        # one row of pixels, (1, N) or (1, N, 3): a 2D image for the mapping and signal
+        samples.append(np.ascontiguousarray(sample[..., :3].reshape(1, -1, 3) if rgb
+                                            else sample.reshape(1, -1)))
     if mapping is None:
         if samples[0].dtype == np.uint8:
             mapping = IntensityMapping.identity_uint8(3 if rgb else 1)
