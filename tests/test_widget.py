@@ -436,6 +436,26 @@ def test_multichannel_channel_choice(viewer, qtbot, test_model):
     assert not w.labels_layer.data[[0, 2]].any()
 
 
+def test_channel_axis_in_the_middle_warns_about_the_display(viewer, qtbot, test_model,
+                                                             monkeypatch):
+    """(Z, C, Y, X): a Labels layer without C would be drawn along the wrong sliders, so the
+    widget says so (and what to do); with C first there is nothing to say."""
+    import napari.utils.notifications as notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", shown.append)
+    viewer.add_image(np.zeros((3, 2, 64, 64), np.uint8), name="zcyx")
+    w = make_widget(viewer, test_model, prefetch=False)
+    w.set_channel_axis(0)
+    qtbot.wait(50)
+    assert not [m for m in shown if "line up" in m]
+    w.set_channel_axis(1)
+    qtbot.waitUntil(lambda: any("line up" in m for m in shown), timeout=TIMEOUT)
+    msg = next(m for m in shown if "line up" in m)
+    assert "channel_axis=1" in msg and "zcyx" in msg
+    wait_ready(qtbot, w)
+
+
 def test_mouse_clicks_through_napari_callbacks(viewer, qtbot, test_model):
     """Left click adds a positive point, right click and Ctrl+click negative ones, Shift+drag
     draws a box: through the points layer's mouse callbacks, as napari calls them."""

@@ -1230,6 +1230,18 @@ class EdgeSamWidget(QWidget):
         self._updating_combos = False
         self._refresh_layer_combos()
         self._on_slice_changed(force=True)
+        if geom.channel_axis is not None and geom.channel_axis > 0:
+            # napari lines layers up by their last axes: a Labels layer without this axis
+            # would show its slices along the wrong sliders. Say so before anything is drawn.
+            self._warn_later(
+                f"EdgeSAM: channels on axis {geom.channel_axis} of "
+                f"'{self._image_layer.name}' {geom.shape}: napari lines layers up by their "
+                "last axes, so the Labels layer (which has no channel axis) will not line up "
+                "with this image. Segmentation and the label data are correct, but for a "
+                "correct display open the image with its channels split (for example "
+                f"viewer.add_image(data, channel_axis={geom.channel_axis}) in napari's "
+                "console) and pick one channel's layer."
+            )
 
     def _on_channel_axis(self, index):
         if self._updating_combos or self._geometry is None:
