@@ -158,9 +158,7 @@ def _mapping_for(args, stack, plane):
 
     rgb = plane.ndim == 3
     if args.contrast:
-        lo, hi = args.contrast
-        n = 3 if rgb else 1
-        return IntensityMapping((lo,) * n, (hi,) * n)
+        return IntensityMapping.from_limits(*args.contrast, channels=3 if rgb else 1)
     if rgb:
         return default_mapping(plane[..., :3], rgb=True)
     # Stack-wide limits for a grey slice, so that every slice of a stack is mapped alike:
@@ -174,26 +172,42 @@ def _mapping_for(args, stack, plane):
     return default_mapping(whole, rgb=False)
 
 
-def _run_segment(args) -> int:
+def check_prompts_and_output(args) -> tuple[list | None, list | None]:
+    """The ``--point``/``--box`` prompts and ``--output`` checks shared by segment and
+    propagate; returns ``(points, labels)`` (``(x, y)`` pixels and 1/0 labels, or None).
+
+    Raises
+    ------
+    InvalidInputError
+        No prompt, or an existing output without ``--overwrite``.
+    """
     from pathlib import Path
 
-    from ..engine import Predictor
     from ..engine.errors import InvalidInputError
-    from ..engine.tiling import TiledPredictor, needs_tiling
-    from ..workflows.tiff_io import read_image, select_plane, write_tiff_atomic
 
     if not args.point and args.box is None:
         raise InvalidInputError("no prompt: give at least one --point or a --box")
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise InvalidInputError(f"{out} exists; pass --overwrite to replace it")
+    return ([(x, y) for x, y, _ in args.point] or None,
+            [lab for _, _, lab in args.point] or None)
+
+
+def _run_segment(args) -> int:
+    from pathlib import Path
+
+    from ..engine import Predictor
+    from ..engine.tiling import TiledPredictor, needs_tiling
+    from ..workflows.tiff_io import read_image, select_plane, write_tiff_atomic
+
+    points, labels = check_prompts_and_output(args)
+    out = Path(args.output)
     stack = read_image(args.image)
     plane, what = select_plane(stack, slice_index=args.slice_index, channel=args.channel)
     mapping = _mapping_for(args, stack, plane)
     model = model_from_args(args)
     predictor = Predictor(model, cache=None)
-    points = [(x, y) for x, y, _ in args.point] or None
-    labels = [lab for _, _, lab in args.point] or None
     tiled = args.tiles == "on" or (args.tiles == "auto" and needs_tiling(plane.shape))
     if tiled:
         tp = TiledPredictor(predictor, plane, mapping, tile_size=args.tile_size)

@@ -21,6 +21,7 @@ from .main import (
     _box,
     _point,
     add_model_options,
+    check_prompts_and_output,
     contrast_limits,
     model_from_args,
 )
@@ -123,11 +124,8 @@ def run(args) -> int:
     from ..workflows.propagation import PropagationSettings, Propagator, SliceAnnotation
     from ..workflows.tiff_io import read_image, stack_view, write_tiff_atomic
 
-    if not args.point and args.box is None:
-        raise InvalidInputError("no prompt: give at least one --point or a --box")
+    points, labels = check_prompts_and_output(args)
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InvalidInputError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise InvalidInputError(f"output folder does not exist: {out.parent}")
     image = read_image(args.stack)
@@ -142,16 +140,13 @@ def run(args) -> int:
         min_area=args.min_area, box_margin=args.box_margin)
     mapping = None
     if args.contrast is not None:
-        lo, hi = args.contrast
-        channels = 3 if data.ndim == 4 else 1
-        mapping = IntensityMapping((lo,) * channels, (hi,) * channels)
+        mapping = IntensityMapping.from_limits(*args.contrast,
+                                               channels=3 if data.ndim == 4 else 1)
     model = model_from_args(args)
     cache = None if args.no_cache else "default"
     predictor = Predictor(model, cache=cache)
     prop = Propagator(predictor, data, mapping=mapping, settings=settings, tiles=args.tiles,
                       tile_size=args.tile_size)
-    points = [(x, y) for x, y, _ in args.point] or None
-    labels = [lab for _, _, lab in args.point] or None
     annotation = SliceAnnotation(args.slice_index, points=points, labels=labels, box=args.box)
 
     tty = sys.stderr.isatty() and not args.quiet

@@ -63,6 +63,12 @@ class IntensityMapping:
         object.__setattr__(self, "high", high)
 
     @classmethod
+    def from_limits(cls, low: float, high: float, channels: int = 1) -> IntensityMapping:
+        """The same contrast limits ``low -> 0``, ``high -> 255`` for every channel (for
+        example the ``--contrast LOW,HIGH`` option or napari's contrast limits)."""
+        return cls((float(low),) * channels, (float(high),) * channels)
+
+    @classmethod
     def identity_uint8(cls, channels: int = 1) -> IntensityMapping:
         """The reference mapping for 8-bit data: 0 -> 0 and 255 -> 255, unchanged."""
         return cls((0.0,) * channels, (255.0,) * channels)

@@ -77,8 +77,7 @@ def choose_mapping(data, geom: ImageGeometry, key, spec, stack_mapping):
 
     channels = 3 if geom.rgb else 1
     if spec[0] == "contrast":
-        lo, hi = spec[1]
-        return IntensityMapping((lo,) * channels, (hi,) * channels)
+        return IntensityMapping.from_limits(*spec[1], channels=channels)
     if stack_mapping is not None:
         return stack_mapping
     stack = data

@@ -813,8 +813,8 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
             if params.contrast is not None:
                 from ..engine.intensity import IntensityMapping
 
-                n = 3 if plan.rgb else 1
-                mapping = IntensityMapping((params.contrast[0],) * n, (params.contrast[1],) * n)
+                mapping = IntensityMapping.from_limits(*params.contrast,
+                                                       channels=3 if plan.rgb else 1)
             mapping, threshold = stack_statistics(_Planes(reader, plan, None), params=auto,
                                                   mapping=mapping, rgb=plan.rgb)
             n_t, n_z = plan.n_t, plan.n_z
