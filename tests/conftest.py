@@ -21,11 +21,39 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NAPARI_EDGESAM_CACHE_DIR", str(root / "cache"))
     monkeypatch.setenv("NAPARI_EDGESAM_CONFIG_DIR", str(root / "config"))
     monkeypatch.delenv("NAPARI_EDGESAM_MODEL_DIR", raising=False)
+    monkeypatch.delenv("NAPARI_EDGESAM_CARDS_DIR", raising=False)
     from napari_edgesam.engine.cache import set_default_cache
 
     set_default_cache(None)  # each test's default cache lives in its own folder
     yield
     set_default_cache(None)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A private copy of the test-double pair, ``enc.onnx`` and ``dec.onnx`` (optimised
+    variants are written beside the files, so never next to the committed ones)."""
+    import os
+    import shutil
+
+    d = tmp_path / "models"
+    d.mkdir()
+    shutil.copy(TEST_ENCODER, d / "enc.onnx")
+    shutil.copy(TEST_DECODER, d / "dec.onnx")
+    yield d
+    os.chmod(d, 0o755)  # tests may make it read-only; pytest must be able to clean up
+
+
+@pytest.fixture
+def closed_url():
+    """A URL on a port where nothing listens (no network)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@ checked on the user's images, then used by segment (test double, not EdgeSAM).""
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
 import tifffile
-from conftest import TEST_DECODER, TEST_ENCODER, disc_image, iou
+from conftest import disc_image, iou
 
 from napari_edgesam.cli.main import main
 
@@ -16,12 +15,8 @@ pytest.importorskip("onnx")
 
 
 @pytest.fixture
-def model_files(tmp_path):
-    d = tmp_path / "model"
-    d.mkdir()
-    shutil.copy(TEST_ENCODER, d / "enc.onnx")
-    shutil.copy(TEST_DECODER, d / "dec.onnx")
-    return ["--encoder", str(d / "enc.onnx"), "--decoder", str(d / "dec.onnx")]
+def model_files(model_dir):
+    return ["--encoder", str(model_dir / "enc.onnx"), "--decoder", str(model_dir / "dec.onnx")]
 
 
 def test_optimize_then_segment_with_the_variant(tmp_path, capsys, model_files):

@@ -96,16 +96,6 @@ def server():
     srv.server_close()
 
 
-@pytest.fixture
-def closed_url():
-    """A URL on a port where nothing listens (no network)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
-
-
 def make_card(*bases: str, name: str = "fake") -> models.ModelCard:
     """A test card for the fake files, fetched from ``<base>/<filename>`` for each base."""
     real = models.get_card("edgesam-3x")

@@ -30,15 +30,6 @@ ENC, DEC = "tiny_encoder.onnx", "tiny_decoder.onnx"
 CONTENT = {ENC: b"encoder bytes " * 1000, DEC: b"decoder bytes " * 500}
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    user = tmp_path_factory.mktemp("user")
-    monkeypatch.setenv("NAPARI_EDGESAM_CACHE_DIR", str(user / "cache"))
-    monkeypatch.setenv("NAPARI_EDGESAM_CONFIG_DIR", str(user / "config"))
-    monkeypatch.delenv("NAPARI_EDGESAM_MODEL_DIR", raising=False)
-    monkeypatch.delenv("NAPARI_EDGESAM_CARDS_DIR", raising=False)
-
-
 def tiny_card(name="tiny", **overrides) -> models.ModelCard:
     data = models.get_card("edgesam-3x").to_dict()
     data.update(name=name, display_name=name.title(), aliases=[], default=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEST_DECODER, TEST_ENCODER, disc_image
+from conftest import TEST_DECODER, disc_image
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -29,17 +29,6 @@ from napari_edgesam.engine import optimize as opt  # noqa: E402
 from napari_edgesam.engine.cache import EmbeddingCache  # noqa: E402
 from napari_edgesam.engine.models import file_sha256  # noqa: E402
 from napari_edgesam.engine.transforms import MaskUpsampler  # noqa: E402
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    """A private copy of the test-double pair (variants are written beside it)."""
-    d = tmp_path / "models"
-    d.mkdir()
-    shutil.copy(TEST_ENCODER, d / "enc.onnx")
-    shutil.copy(TEST_DECODER, d / "dec.onnx")
-    yield d
-    os.chmod(d, 0o755)
 
 
 @pytest.fixture

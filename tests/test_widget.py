@@ -659,13 +659,11 @@ def test_failed_encoding_is_not_retried_in_a_loop(viewer, qtbot, test_model, mon
     assert len(calls) == 1 and not w.busy
 
 
-def test_optimised_checkbox_runs_the_variants_that_passed(viewer, qtbot, tmp_path,
+def test_optimised_checkbox_runs_the_variants_that_passed(viewer, qtbot, model_dir,
                                                           monkeypatch):
     """"optimised" runs the variants made by `napari-edgesam optimize` (here decoder-fast,
     checked on this image) and says so; the same click gives the original's mask. Without
     variants it says how to make them and runs the original."""
-    import shutil
-
     import napari.utils.notifications as notifications
 
     pytest.importorskip("onnx")
@@ -674,10 +672,7 @@ def test_optimised_checkbox_runs_the_variants_that_passed(viewer, qtbot, tmp_pat
 
     infos = []
     monkeypatch.setattr(notifications, "show_info", infos.append)
-    for name in (TEST_ENCODER, TEST_DECODER):
-        shutil.copy(name, tmp_path / name.name)
-    model = EdgeSamModel(tmp_path / TEST_ENCODER.name, tmp_path / TEST_DECODER.name,
-                         name="custom: copy")
+    model = EdgeSamModel(model_dir / "enc.onnx", model_dir / "dec.onnx", name="custom: copy")
     img, truth = disc_image((256, 256), (100, 140), 30)
     viewer.add_image(img)
     w = make_widget(viewer, model, prefetch=False)

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import http.server
 import json
-import socket
 import threading
 import time
 
@@ -57,14 +56,6 @@ def model_server():
     yield f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
     srv.server_close()
-
-
-def _closed_url():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
 
 
 def _sha(path):
@@ -159,12 +150,12 @@ def test_download_shows_licence_then_uses_the_model(make_napari_viewer, qtbot, m
 
 
 def test_download_failure_is_a_notification(make_napari_viewer, qtbot, test_card_dir,
-                                            monkeypatch):
+                                            closed_url, monkeypatch):
     import napari.utils.notifications as notifications
 
     errors = []
     monkeypatch.setattr(notifications, "show_error", errors.append)
-    test_card_dir(_closed_url())
+    test_card_dir(closed_url)
     viewer = make_napari_viewer()
     viewer.add_image(disc_image((64, 64), (32, 32), 10)[0], name="img")
     w = make_widget(viewer)
