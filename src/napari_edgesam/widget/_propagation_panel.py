@@ -488,7 +488,7 @@ class PropagationPanel(QWidget):
         ``("prompts", points, labels, box)`` from its prompts, or None."""
         dock = self._dock
         crop = dock.preview_crop
-        if (crop is not None and dock._preview_lead == dock._lead
+        if (crop is not None and dock._preview.lead == dock._lead
                 and dock._shown_generation == dock._generation):
             return ("mask", crop[0].copy(), crop[1])
         prompts = dock._gather_prompts()

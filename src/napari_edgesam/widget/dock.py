@@ -128,6 +128,30 @@ class _Prompts:
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Preview:
+    """The prompt preview shown on one slice.
+
+    ``mask`` is uint8 0/1 (a bool view is taken where needed): slice-sized for small images
+    (it then becomes the preview layer's data without a copy), else the crop placed at
+    ``offset`` ``(row, col)``. ``bbox`` is the mask's half-open ``(row0, col0, row1, col1)``
+    in slice pixels (None when empty); ``lead`` the slice's leading indices.
+    """
+
+    mask: np.ndarray
+    offset: tuple
+    bbox: tuple | None
+    lead: tuple | None
+
+    def crop(self) -> np.ndarray | None:
+        """The mask on its bounding box, bool (a view), or None when empty."""
+        if self.bbox is None:
+            return None
+        r0, c0, r1, c1 = self.bbox
+        orow, ocol = self.offset
+        return self.mask[r0 - orow:r1 - orow, c0 - ocol:c1 - ocol].view(bool)
+
+
 def _encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, control):
     """Read one slice, choose the intensity mapping and embed it (cache first).
 
@@ -265,11 +289,8 @@ class EdgeSamWidget(QWidget):
         self._decode_pending = False
         self._generation = 0
         self._shown_generation = 0
-        self._preview_mask: np.ndarray | None = None
-        self._preview_bbox: tuple | None = None
-        self._preview_lead: tuple | None = None
+        self._preview: _Preview | None = None
         self._commit_when_ready = False
-        self._preview_offset: tuple = (0, 0)
         self._last_request: tuple | None = None  # (key, prompts, generation) last asked for
         self._shown_offset: tuple = (0, 0)
         self._decode_control: dict = {}
@@ -707,28 +728,24 @@ class EdgeSamWidget(QWidget):
     @property
     def preview_mask(self) -> np.ndarray | None:
         """The current preview (``(H, W)`` bool on the current slice) or None."""
-        mask = self._preview_mask
-        if mask is None:
+        p = self._preview
+        if p is None:
             return None
         hw = self._geometry.spatial_shape
-        if mask.shape == hw:
-            return mask.astype(bool)
+        if p.mask.shape == hw:
+            return p.mask.astype(bool)
         full = np.zeros(hw, dtype=bool)  # tiled images keep only the mask's crop
-        r0, c0 = self._preview_offset
-        full[r0:r0 + mask.shape[0], c0:c0 + mask.shape[1]] = mask.view(bool)
+        r0, c0 = p.offset
+        full[r0:r0 + p.mask.shape[0], c0:c0 + p.mask.shape[1]] = p.mask.view(bool)
         return full
 
     @property
     def preview_crop(self):
         """``(mask crop (bool), (row0, col0), bbox)`` of the current preview, or None. Cheap
         for big images (no whole-slice array)."""
-        mask = self._preview_mask
-        if mask is None or self._preview_bbox is None:
-            return None
-        r0, c0, r1, c1 = self._preview_bbox
-        orow, ocol = self._preview_offset
-        return (mask[r0 - orow:r1 - orow, c0 - ocol:c1 - ocol].view(bool), (r0, c0),
-                self._preview_bbox)
+        p = self._preview
+        crop = None if p is None else p.crop()
+        return None if crop is None else (crop, p.bbox[:2], p.bbox)
 
     @property
     def embedding(self):
@@ -1088,7 +1105,7 @@ class EdgeSamWidget(QWidget):
             self._boxes_layer = None
         if layer is self._preview_layer:
             self._preview_layer = None
-            self._preview_mask = None
+            self._preview = None
         self._refresh_layer_combos()
         if self._image_layer is None:
             self._pick_first_image()
@@ -1677,10 +1694,8 @@ class EdgeSamWidget(QWidget):
 
     def _show_preview(self, mask, gen, bbox=None, offset=(0, 0)):
         self._shown_generation = gen
-        self._preview_mask = mask
-        self._preview_bbox = bbox
-        self._preview_offset = tuple(offset)
-        self._preview_lead = self._lead if mask is not None else None
+        self._preview = None if mask is None else _Preview(mask, tuple(offset), bbox,
+                                                           self._lead)
         self.render_preview()
 
     def render_preview(self):
@@ -1689,7 +1704,8 @@ class EdgeSamWidget(QWidget):
         geom = self._geometry
         if geom is None:
             return
-        mask, offset, value = self._preview_mask, self._preview_offset, 1
+        p = self._preview
+        mask, offset, value = (None, (0, 0), 1) if p is None else (p.mask, p.offset, 1)
         if mask is None and self.propagation is not None and self._lead is not None:
             overlay = self.propagation.overlay(self._image_layer, self._lead)
             if overlay is not None:
@@ -1885,9 +1901,9 @@ class EdgeSamWidget(QWidget):
             self._commit_when_ready = True  # the preview for the newest prompts is coming
             self._set_status("Commit pending: waiting for the preview...")
             return None
-        mask, lead, bbox = self._preview_mask, self._preview_lead, self._preview_bbox
-        offset = self._preview_offset
-        if mask is None or lead is None or bbox is None:
+        p = self._preview
+        crop = None if p is None or p.lead is None else p.crop()
+        if crop is None:
             show_info("EdgeSAM: nothing to commit (no preview); click on an object first.")
             return None
         layer = self._ensure_labels_layer()
@@ -1906,13 +1922,12 @@ class EdgeSamWidget(QWidget):
                 layer, lambda nid, g=gen: self.commit() if nid and self._ok()
                 and self._shown_generation == g else None)
             return None
+        lead = p.lead
         lab_lead = geom.labels_index(lead)
         # only the mask's bounding box is looked at and written (cheap for big images)
-        r0, c0, r1, c1 = bbox
-        orow, ocol = offset
+        r0, c0, r1, c1 = p.bbox
         existing = (np.asarray(layer.data[(*lab_lead, slice(r0, r1), slice(c0, c1))])
                     if self.paint_background_only else None)
-        crop = mask[r0 - orow:r1 - orow, c0 - ocol:c1 - ocol].view(bool)
         indices = commit_indices(crop, lab_lead, existing, self.paint_background_only,
                                  offset=(r0, c0))
         if indices[0].size == 0:
@@ -1982,7 +1997,7 @@ class EdgeSamWidget(QWidget):
         if self._encode_worker is not None:
             self._set_status(f"Encoding {self._slice_text()}...")
             return
-        if self.embedding is not None and self._preview_mask is None:
+        if self.embedding is not None and self._preview is None:
             text = self._slice_text()
             where = "" if text == "image" else f" on {text}"
             self._set_status(
