@@ -44,7 +44,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._geometry import ImageGeometry
+from ._geometry import ImageGeometry, commit_indices
 from ._jobs import choose_mapping, crop_to_bbox
 from ._lazy import stack_view
 
@@ -865,26 +865,20 @@ class PropagationPanel(QWidget):
                     gone = cur == label_id
                     if new is not None:
                         gone &= ~_in_window(new, (r0, c0, h, w))
-                    rr, cc = np.nonzero(gone)
-                    if rr.size:
-                        idx = tuple(np.full(rr.shape, i, np.intp) for i in lab) + (
-                            (rr + r0).astype(np.intp), (cc + c0).astype(np.intp))
+                    idx = commit_indices(gone, lab, only_background=False, offset=(r0, c0))
+                    if idx[0].size:
                         layer.data_setitem(idx, 0, refresh=False)
-                        erased += rr.size
+                        erased += idx[0].size
                 if new is None:
                     continue
                 crop, (r0, c0) = new
                 h, w = crop.shape
                 cur = np.asarray(layer.data[(*lab, slice(r0, r0 + h), slice(c0, c0 + w))])
-                paint = crop & (cur != label_id)
-                if background_only:
-                    paint &= cur == 0
-                rr, cc = np.nonzero(paint)
-                if rr.size:
-                    idx = tuple(np.full(rr.shape, i, np.intp) for i in lab) + (
-                        (rr + r0).astype(np.intp), (cc + c0).astype(np.intp))
+                idx = commit_indices(crop & (cur != label_id), lab, cur, background_only,
+                                     offset=(r0, c0))
+                if idx[0].size:
                     layer.data_setitem(idx, label_id, refresh=False)
-                    painted += rr.size
+                    painted += idx[0].size
         layer.refresh()
         return painted, erased
 
