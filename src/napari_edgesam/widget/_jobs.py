@@ -16,7 +16,6 @@ from ._lazy import SubArray
 __all__ = [
     "Decoded",
     "choose_mapping",
-    "crop_to_bbox",
     "prepare_tiles_job",
     "cancel",
     "tiled_decode_job",
@@ -50,20 +49,6 @@ class Decoded:
     seconds: float
     window: object = None
     area: int = 0
-
-
-def crop_to_bbox(mask):
-    """``(crop, (r0, c0))`` of a bool mask's bounding box, or ``(None, None)`` when empty.
-    ``mask`` is a slice-sized bool array or an engine ``MaskCrop`` (taken as it is)."""
-    from napari_edgesam.engine.transforms import MaskCrop, mask_bbox
-
-    if isinstance(mask, MaskCrop):
-        return (mask.crop, mask.offset) if mask.area else (None, None)
-    bb = mask_bbox(mask)
-    if bb is None:
-        return None, None
-    r0, c0, r1, c1 = bb
-    return np.ascontiguousarray(mask[r0:r1, c0:c1]), (r0, c0)
 
 
 def choose_mapping(data, geom: ImageGeometry, key, spec, stack_mapping):

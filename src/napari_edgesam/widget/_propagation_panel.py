@@ -45,7 +45,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._geometry import ImageGeometry, commit_indices
-from ._jobs import choose_mapping, crop_to_bbox
+from ._jobs import choose_mapping
 from ._lazy import stack_view
 
 __all__ = ["PropagationPanel", "SOURCES", "TABLE_COLUMNS"]
@@ -125,19 +125,16 @@ def _propagation_job(prepare, oid, previous_crops, control):
     for step in run:
         live = {}
         for obj_id, rec, mask in step.updates:
-            if obj_id == oid and mask is not None and rec.accepted:
-                crop, off = crop_to_bbox(mask)
-                if crop is not None:
-                    live[step.z] = (crop, off)
+            if obj_id == oid and mask is not None and rec.accepted and mask.area:
+                live[step.z] = (mask.crop, mask.offset)  # an engine MaskCrop
         yield step.done, step.total, step.z, live
     result = run.result()
     obj = result.objects.get(oid)
     crops = {}
     if obj is not None:
-        for z in obj.slices:
-            crop, off = crop_to_bbox(obj.slice_crop(z))
-            if crop is not None:
-                crops[z] = (crop, off)
+        for z in obj.slices:  # slices with a (non-empty) mask
+            m = obj.slice_crop(z)
+            crops[z] = (m.crop, m.offset)
     changed = []
     if previous_crops is not None:
         for z in sorted(set(crops) | set(previous_crops)):
@@ -845,6 +842,8 @@ class PropagationPanel(QWidget):
     def _write(self, layer, out: _Outcome, label_id: int) -> tuple[int, int]:
         """All slices in one ``block_history``: one undo step. Reads and writes only the
         crops' windows."""
+        from napari_edgesam.engine.transforms import MaskCrop
+
         ctx = out.ctx
         background_only = self._dock.paint_background_only
         if out.replace_label is not None:
@@ -864,7 +863,7 @@ class PropagationPanel(QWidget):
                     cur = np.asarray(layer.data[window])
                     gone = cur == label_id
                     if new is not None:
-                        gone &= ~_in_window(new, (r0, c0, h, w))
+                        gone &= ~MaskCrop(new[0], *new[1]).window(r0, c0, r0 + h, c0 + w)
                     idx = commit_indices(gone, lab, only_background=False, offset=(r0, c0))
                     if idx[0].size:
                         layer.data_setitem(idx, 0, refresh=False)
@@ -987,15 +986,3 @@ class PropagationPanel(QWidget):
         self._dropped = True
         if self._worker is not None:
             self.cancel()
-
-
-def _in_window(new, window) -> np.ndarray:
-    """``new`` (a ``(crop, (r0, c0))``) as a bool array over ``window`` ``(r0, c0, h, w)``."""
-    crop, (nr, nc) = new
-    r0, c0, h, w = window
-    out = np.zeros((h, w), dtype=bool)
-    a0, a1 = max(r0, nr), min(r0 + h, nr + crop.shape[0])
-    b0, b1 = max(c0, nc), min(c0 + w, nc + crop.shape[1])
-    if a0 < a1 and b0 < b1:
-        out[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = crop[a0 - nr:a1 - nr, b0 - nc:b1 - nc]
-    return out
