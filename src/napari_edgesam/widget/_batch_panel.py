@@ -105,7 +105,6 @@ class BatchPanel(QWidget):
     def __init__(self, dock):
         super().__init__(dock)
         self._dock = dock
-        self._inputs: list[str] = []
         self._worker = None
         self._load_worker = None
         self._control: dict = {}
@@ -132,7 +131,6 @@ class BatchPanel(QWidget):
         self.inputs_edit = QLineEdit()
         self.inputs_edit.setPlaceholderText("TIFF files, a folder or a glob pattern")
         self.inputs_edit.setToolTip("Several entries separated by ';'")
-        self.inputs_edit.editingFinished.connect(self._on_inputs_edited)
         files_b = QPushButton("Files...")
         files_b.clicked.connect(self._pick_files)
         folder_b = QPushButton("Folder...")
@@ -221,12 +219,12 @@ class BatchPanel(QWidget):
         """Files, folders and glob patterns to process (what the file dialogs set)."""
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        self._inputs = [str(p) for p in paths]
-        self.inputs_edit.setText("; ".join(self._inputs))
+        self.inputs_edit.setText("; ".join(str(p) for p in paths))
 
     @property
     def inputs(self) -> list[str]:
-        return list(self._inputs)
+        """The entries of the inputs field (separated by ';')."""
+        return [p.strip() for p in self.inputs_edit.text().split(";") if p.strip()]
 
     def set_output(self, path):
         self.output_edit.setText(str(path))
@@ -234,10 +232,6 @@ class BatchPanel(QWidget):
     @property
     def output(self) -> str:
         return self.output_edit.text().strip()
-
-    def _on_inputs_edited(self):
-        text = self.inputs_edit.text()
-        self._inputs = [p.strip() for p in text.split(";") if p.strip()]
 
     def _pick_files(self):
         files, _ = QFileDialog.getOpenFileNames(
@@ -318,9 +312,9 @@ class BatchPanel(QWidget):
         dock = self._dock
         if self._worker is not None:
             return None
-        self._on_inputs_edited()
+        inputs = self.inputs
         problem = None
-        if not self._inputs:
+        if not inputs:
             problem = "choose input files or a folder"
         elif not self.output:
             problem = "choose an output folder"
@@ -343,9 +337,9 @@ class BatchPanel(QWidget):
         self.progress.setValue(0)
         self._control = control = {}
         dock._prefetch.activity()
-        dock._set_status(f"Batch: segmenting {', '.join(self._inputs)} -> {self.output}...")
+        dock._set_status(f"Batch: segmenting {', '.join(inputs)} -> {self.output}...")
         self._worker = dock._start(
-            _batch_job, list(self._inputs), self.output, dock.model, params, self.overwrite,
+            _batch_job, inputs, self.output, dock.model, params, self.overwrite,
             self.scheduler, None, self._relay, control,
             returned=self._on_done,
             errored=lambda exc: dock._notify_error(exc, "batch failed: "),
