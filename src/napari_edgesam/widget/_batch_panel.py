@@ -322,12 +322,12 @@ class BatchPanel(QWidget):
             problem = "no model yet (choose or download one at the top)"
         if problem:
             show_info(f"EdgeSAM batch: {problem}.")
-            dock._set_status(f"Batch: {problem}.")
+            dock.set_status(f"Batch: {problem}.")
             return None
         try:
             params = self.params()
         except Exception as exc:  # noqa: BLE001 - invalid values, shown
-            dock._notify_error(exc, "batch: ")
+            dock.notify_error(exc, "batch: ")
             return None
         self.summary = None
         self.file_results = []
@@ -336,13 +336,13 @@ class BatchPanel(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self._control = control = {}
-        dock._prefetch.activity()
-        dock._set_status(f"Batch: segmenting {', '.join(inputs)} -> {self.output}...")
-        self._worker = dock._start(
+        dock.prefetcher.activity()
+        dock.set_status(f"Batch: segmenting {', '.join(inputs)} -> {self.output}...")
+        self._worker = dock.start_worker(
             _batch_job, inputs, self.output, dock.model, params, self.overwrite,
             self.scheduler, None, self._relay, control,
             returned=self._on_done,
-            errored=lambda exc: dock._notify_error(exc, "batch failed: "),
+            errored=lambda exc: dock.notify_error(exc, "batch failed: "),
             finished=self._on_finished,
             desc="EdgeSAM: batch segmentation",
         )
@@ -355,7 +355,7 @@ class BatchPanel(QWidget):
         if self._worker is None:
             return
         self._control["cancel"] = True
-        self._dock._set_status("Batch: cancelling...")
+        self._dock.set_status("Batch: cancelling...")
 
     def _on_progress(self, res, done, total):
         self.file_results.append(res)
@@ -373,7 +373,7 @@ class BatchPanel(QWidget):
             text = f"{res.status:<8} {name}"
         self.results_list.addItem(text)
         self.results_list.scrollToBottom()
-        self._dock._set_status(f"Batch: {done} of {total} files.")
+        self._dock.set_status(f"Batch: {done} of {total} files.")
 
     def _on_done(self, summary):
         self.summary = summary
@@ -382,7 +382,7 @@ class BatchPanel(QWidget):
             if not any(r is res or r.input == res.input for r in self.file_results):
                 self._on_progress(res, len(self.file_results) + 1, len(summary.results))
         state = "cancelled" if summary.cancelled else ("done" if summary.ok else "finished")
-        self._dock._set_status(f"Batch {state}: {summary.format().splitlines()[-1]}")
+        self._dock.set_status(f"Batch {state}: {summary.format().splitlines()[-1]}")
 
     def _on_finished(self):
         self._worker = None
@@ -402,10 +402,10 @@ class BatchPanel(QWidget):
             show_info("EdgeSAM batch: no finished file to load.")
             return None
         self.loaded_layers = []
-        self._load_worker = self._dock._start(
+        self._load_worker = self._dock.start_worker(
             _load_job, results,
             returned=self._on_loaded,
-            errored=lambda exc: self._dock._notify_error(exc, "cannot load the results: "),
+            errored=lambda exc: self._dock.notify_error(exc, "cannot load the results: "),
             finished=self._on_load_finished,
             desc="EdgeSAM: loading batch results",
         )
@@ -418,7 +418,7 @@ class BatchPanel(QWidget):
             add = viewer.add_image if kind == "image" else viewer.add_labels
             added = add(data, **kwargs)
             self.loaded_layers.extend(added if isinstance(added, list) else [added])
-        self._dock._set_status(f"Batch: loaded {len(self.loaded_layers)} layers.")
+        self._dock.set_status(f"Batch: loaded {len(self.loaded_layers)} layers.")
 
     def _on_load_finished(self):
         self._load_worker = None

@@ -51,11 +51,11 @@ class LabelIds:
     Parameters
     ----------
     start_worker : callable ``(func, *args, returned=..., errored=...)``
-        Starts a background worker (the dock widget's ``_start``).
+        Starts a background worker (the dock widget's ``start_worker``).
     """
 
     def __init__(self, start_worker):
-        self._start = start_worker
+        self.start_worker = start_worker
         self._known: dict = {}      # id(layer) -> int (maximum)
         self._scanning: dict = {}   # id(layer) -> control dict
         self._waiters: dict = {}    # id(layer) -> [callback(next_id or None)]
@@ -152,7 +152,7 @@ class LabelIds:
             for cb in self._waiters.pop(key, []):
                 cb(None)
 
-        self._start(max_label_job, data, control, returned=done, errored=failed)
+        self.start_worker(max_label_job, data, control, returned=done, errored=failed)
 
     def _on_paint(self, event) -> None:
         layer = event.source

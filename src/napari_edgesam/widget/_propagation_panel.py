@@ -501,7 +501,7 @@ class PropagationPanel(QWidget):
         problem = self._check_ready()
         if problem:
             show_info(f"EdgeSAM: {problem}.")
-            self._dock._set_status(f"Propagation: {problem}.")
+            self._dock.set_status(f"Propagation: {problem}.")
             return None
         dock = self._dock
         geom = dock._geometry
@@ -637,14 +637,14 @@ class PropagationPanel(QWidget):
         self._run_kind = kind
         self._live = {}
         self._dropped = False
-        dock._prefetch.activity()  # propagation needs the cores
+        dock.prefetcher.activity()  # propagation needs the cores
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setVisible(True)
         what = "Re-propagating" if previous is not None else "Propagating"
-        dock._set_status(f"{what} from slice {z}...")
+        dock.set_status(f"{what} from slice {z}...")
         self.summary_label.setText("")
-        self._worker = dock._start(
+        self._worker = dock.start_worker(
             _propagation_job, prepare, oid, previous_crops, control,
             yielded=self._on_step,
             returned=self._on_done,
@@ -664,7 +664,7 @@ class PropagationPanel(QWidget):
         self._live.update(live)
         if self._control.get("cancel"):
             return
-        self._dock._set_status(f"Propagating: slice {z} ({done} of at most {total})...")
+        self._dock.set_status(f"Propagating: slice {z} ({done} of at most {total})...")
         if z in live:
             self._dock.render_preview()
 
@@ -696,13 +696,13 @@ class PropagationPanel(QWidget):
         self.summary_label.setText(
             f"{state}{span}. Stopped {ends}. {stats.get('embeddings', 0)} slices embedded "
             f"({stats.get('encoded', 0)} encoded now).")
-        self._dock._set_status(
+        self._dock.set_status(
             f"Propagation {'cancelled' if result.cancelled else 'done'}: {span}. The cyan "
             "overlay shows it slice by slice: Shift+C commits it, Discard drops it.")
         self._dock.render_preview()
 
     def _on_error(self, exc):
-        self._dock._notify_error(exc, "propagation failed: ")
+        self._dock.notify_error(exc, "propagation failed: ")
 
     def _on_finished(self):
         self._worker = None
@@ -714,7 +714,7 @@ class PropagationPanel(QWidget):
         self._done = 0
         self._update_buttons()
         self._dock.render_preview()
-        self._dock._prefetch.activity()
+        self._dock.prefetcher.activity()
 
     def cancel(self):
         """Stop the run at once (a running encoder is terminated); the partial (consistent)
@@ -726,7 +726,7 @@ class PropagationPanel(QWidget):
         run = control.get("run")
         if run is not None:
             run.cancel()
-        self._dock._set_status("Cancelling the propagation...")
+        self._dock.set_status("Cancelling the propagation...")
 
     # -- preview --------------------------------------------------------------------------
     def overlay(self, image_layer, lead):
@@ -752,7 +752,7 @@ class PropagationPanel(QWidget):
         self._pending = None
         self._update_buttons()
         self._dock.render_preview()
-        self._dock._set_status("Propagation result discarded; no layer was changed.")
+        self._dock.set_status("Propagation result discarded; no layer was changed.")
 
     # -- commit ---------------------------------------------------------------------------
     def _target_layer(self, out: _Outcome):
@@ -790,15 +790,15 @@ class PropagationPanel(QWidget):
             return None
         ctx = out.ctx
         if ctx.image_layer not in dock.viewer.layers:
-            dock._notify_error("the propagated image layer is gone; nothing to commit")
+            dock.notify_error("the propagated image layer is gone; nothing to commit")
             self._pending = None
             return None
         layer = self._target_layer(out)
         if layer is None:
-            dock._notify_error("no Labels layer to commit into: choose the image again")
+            dock.notify_error("no Labels layer to commit into: choose the image again")
             return None
         if tuple(layer.data.shape) != ctx.geom.labels_shape:
-            dock._notify_error(f"the Labels layer '{layer.name}' does not match the image")
+            dock.notify_error(f"the Labels layer '{layer.name}' does not match the image")
             return None
         label_id = out.replace_label
         if label_id is None and layer is ctx.labels_layer:
@@ -806,7 +806,7 @@ class PropagationPanel(QWidget):
         if label_id is None:
             label_id = dock._label_ids.next_id(layer)
             if label_id is None:
-                dock._set_status("Commit pending: looking for the next free label id in "
+                dock.set_status("Commit pending: looking for the next free label id in "
                                  f"'{layer.name}' (a large layer)...")
                 dock._label_ids.when_known(
                     layer, lambda nid, o=out: self.commit() if nid and self._pending is o
@@ -814,7 +814,7 @@ class PropagationPanel(QWidget):
                 return None
         dtype = layer.data.dtype
         if np.issubdtype(dtype, np.integer) and label_id > np.iinfo(dtype).max:
-            dock._notify_error(f"no free label id left in the {dtype} Labels layer")
+            dock.notify_error(f"no free label id left in the {dtype} Labels layer")
             return None
         painted, erased = self._write(layer, out, int(label_id))
         if painted == 0 and erased == 0:
@@ -833,7 +833,7 @@ class PropagationPanel(QWidget):
         dock.render_preview()
         slices = sorted(out.crops)
         span = f"slices {slices[0]}..{slices[-1]}" if slices else "no slice"
-        dock._set_status(
+        dock.set_status(
             f"Committed label {label_id} ({painted} px painted"
             + (f", {erased} px cleared" if erased else "")
             + f", {span}) as one step: Ctrl+Z undoes it.")
@@ -941,7 +941,7 @@ class PropagationPanel(QWidget):
             return None
         self.go_to(z)
         rec = next(r for r in self.records if r.z == z)
-        self._dock._set_status(
+        self._dock.set_status(
             f"Weakest slice: {z} (score {rec.score:.3f}). Correct it with clicks and press "
             "'Re-propagate from this slice'.")
         return z

@@ -302,7 +302,7 @@ class EdgeSamWidget(QWidget):
         self._tile_size: int | None = None
         self._tile_halo: int | None = None
         self._scrub_axis: int | None = None
-        self._label_ids = LabelIds(self._start)
+        self._label_ids = LabelIds(self.start_worker)
         self._prefetch = PrefetchController(self)
         self.propagation = None
         self.batch = None
@@ -482,7 +482,7 @@ class EdgeSamWidget(QWidget):
         """Whether the widget still exists (the viewer may have been closed)."""
         return self._alive["alive"]
 
-    def _start(self, func, *args, returned=None, errored=None, finished=None, desc=None,
+    def start_worker(self, func, *args, returned=None, errored=None, finished=None, desc=None,
                yielded=None, total=0):
         """Run ``func(*args)`` in a napari worker thread (a generator function gives a
         generator worker whose ``yielded`` values go to ``yielded``; ``total`` sizes its
@@ -527,15 +527,15 @@ class EdgeSamWidget(QWidget):
         return worker
 
     def _on_worker_error(self, exc):
-        self._notify_error(exc)
+        self.notify_error(exc)
 
-    def _notify_error(self, exc, prefix: str = ""):
+    def notify_error(self, exc, prefix: str = ""):
         from napari.utils.notifications import show_error
 
         msg = f"{prefix}{exc}" if not isinstance(exc, str) else f"{prefix}{exc}"
         _log.debug("EdgeSAM error", exc_info=exc if isinstance(exc, BaseException) else None)
         show_error(f"EdgeSAM: {msg}")
-        self._set_status(f"Error: {msg}")
+        self.set_status(f"Error: {msg}")
 
     def _viewer_open(self) -> bool:
         """False once the viewer's window is closed (napari removes all layers first)."""
@@ -557,7 +557,7 @@ class EdgeSamWidget(QWidget):
 
         QTimer.singleShot(0, show)
 
-    def _set_status(self, text: str):
+    def set_status(self, text: str):
         self.status_label.setText(text)
 
     @property
@@ -784,7 +784,7 @@ class EdgeSamWidget(QWidget):
             try:
                 cards = list_cards()
             except Exception as exc:  # an invalid card file: still offer custom files
-                self._notify_error(exc, "cannot read the model cards: ")
+                self.notify_error(exc, "cannot read the model cards: ")
                 cards = []
             for card in cards:
                 try:
@@ -868,7 +868,7 @@ class EdgeSamWidget(QWidget):
                 if self._model is None or self._model.name != d[1].name:
                     self._load_card(d[1])
             else:
-                self._set_status(
+                self.set_status(
                     f"{d[1].display_name} is not on this machine: press Download "
                     "(or choose custom files...)."
                 )
@@ -878,8 +878,8 @@ class EdgeSamWidget(QWidget):
         self._update_download_button()
 
     def _load_card(self, card):
-        self._set_status(f"Loading {card.display_name}...")
-        self._model_worker = self._start(
+        self.set_status(f"Loading {card.display_name}...")
+        self._model_worker = self.start_worker(
             _resolve_card_job, card,
             returned=self._on_model_loaded,
             errored=lambda exc: self._on_model_failed(exc),
@@ -896,8 +896,8 @@ class EdgeSamWidget(QWidget):
         from napari_edgesam.engine import EdgeSamModel
 
         model = EdgeSamModel(encoder, decoder, name=f"custom: {Path(encoder).name}")
-        self._set_status(f"Loading {Path(encoder).name}...")
-        self._model_worker = self._start(
+        self.set_status(f"Loading {Path(encoder).name}...")
+        self._model_worker = self.start_worker(
             _load_model_job, model,
             returned=self._on_model_loaded,
             errored=lambda exc: self._on_model_failed(exc),
@@ -910,7 +910,7 @@ class EdgeSamWidget(QWidget):
         self.set_model(model)
 
     def _on_model_failed(self, exc):
-        self._notify_error(exc, "model not usable: ")
+        self.notify_error(exc, "model not usable: ")
         self._populate_models()
 
     def _on_model_worker_done(self):
@@ -948,7 +948,7 @@ class EdgeSamWidget(QWidget):
         try:
             optimized = load_optimized(model, report=report)
         except Exception as exc:  # unreadable records: run the original
-            self._notify_error(exc, "optimised variants not usable: ")
+            self.notify_error(exc, "optimised variants not usable: ")
             return model
         if optimized is model:
             why = "; ".join(f"{r.kind}: {r.status}" for r in report) or "none made"
@@ -991,18 +991,18 @@ class EdgeSamWidget(QWidget):
         if self._download_worker is not None:
             return None
         if not licence_notice_shown(card) and not self._ask_licence(card):
-            self._set_status("Download cancelled (licence not accepted).")
+            self.set_status("Download cancelled (licence not accepted).")
             return None
         self._download_state = {"done": 0, "total": card.total_size, "filename": ""}
         self.download_progress.setRange(0, 1000)
         self.download_progress.setValue(0)
         self.download_progress.setVisible(True)
         self.cancel_download_button.setVisible(True)
-        self._set_status(f"Downloading {card.display_name}...")
-        self._download_worker = self._start(
+        self.set_status(f"Downloading {card.display_name}...")
+        self._download_worker = self.start_worker(
             _download_job, card, self._download_state,
             returned=self._on_model_loaded,
-            errored=lambda exc: self._notify_error(exc, "download failed: "),
+            errored=lambda exc: self.notify_error(exc, "download failed: "),
             finished=self._on_download_done,
             desc=f"EdgeSAM: downloading {card.display_name}",
         )
@@ -1128,7 +1128,7 @@ class EdgeSamWidget(QWidget):
         try:
             self._check_labels_layer(layer)
         except ValueError as exc:
-            self._notify_error(exc)
+            self.notify_error(exc)
             self._refresh_layer_combos()
             return
         self._labels_layer = layer
@@ -1173,7 +1173,7 @@ class EdgeSamWidget(QWidget):
         try:
             geom = ImageGeometry(tuple(data.shape), rgb=bool(layer.rgb))
         except ValueError as exc:
-            self._notify_error(exc)
+            self.notify_error(exc)
             return
         from napari_edgesam.engine.tiling import needs_tiling
 
@@ -1469,7 +1469,7 @@ class EdgeSamWidget(QWidget):
             return
         problem = self._view_problem()
         if problem:
-            self._set_status(problem)
+            self.set_status(problem)
             return
         key = self._wanted_key()
         if key == self._embedding_key and self._embedding is not None:
@@ -1493,14 +1493,14 @@ class EdgeSamWidget(QWidget):
         tiled = self._tiled_key()
         if tiled is not None:
             # big image: no whole-slice embedding; tiles are encoded when prompts need them
-            self._set_status(f"Preparing {text} (large image: tiles)...")
+            self.set_status(f"Preparing {text} (large image: tiles)...")
             job, args = _jobs.prepare_tiles_job, (*tiled, control)
             desc = f"EdgeSAM: preparing tiles of {text}"
         else:
-            self._set_status(f"Encoding {text}...")
+            self.set_status(f"Encoding {text}...")
             job, args = _encode_job, (control,)
             desc = f"EdgeSAM: encoding {text}"
-        self._encode_worker = self._start(
+        self._encode_worker = self.start_worker(
             job, self._predictor, data, self._geometry, key[2], key[3], stack_mapping, *args,
             returned=lambda res, k=key, s=smk: self._on_encoded(k, s, res),
             errored=lambda exc, k=key: self._on_encode_failed(k, exc),
@@ -1531,7 +1531,7 @@ class EdgeSamWidget(QWidget):
     def _on_encode_failed(self, key, exc):
         self._failed_key = key
         if key == self._wanted_key():
-            self._notify_error(exc, f"cannot encode {self._slice_text(key[2])}: ")
+            self.notify_error(exc, f"cannot encode {self._slice_text(key[2])}: ")
 
     def _on_encode_done(self):
         self._encode_worker = None
@@ -1611,7 +1611,7 @@ class EdgeSamWidget(QWidget):
             return
         if not prompts.usable:
             self._show_preview(None, gen)
-            self._set_status("Only negative points: add a positive point or a box.")
+            self.set_status("Only negative points: add a positive point or a box.")
             return
         if self._model is None:
             self._update_status()
@@ -1621,7 +1621,7 @@ class EdgeSamWidget(QWidget):
             self._request_encode()
             if self._encode_worker is not None:
                 what = "the image" if self._tiled_key() else self._slice_text()
-                self._set_status(
+                self.set_status(
                     f"{'Preparing' if self._tiled_key() else 'Encoding'} {what}... your "
                     "prompts are answered when it is done."
                 )
@@ -1631,7 +1631,7 @@ class EdgeSamWidget(QWidget):
             try:
                 window = emb.windows_for(list(prompts.points) or None, prompts.box)
             except Exception as exc:  # noqa: BLE001 - a prompt the tiles cannot answer
-                self._notify_error(exc)
+                self.notify_error(exc)
                 return
         if self._decode_worker is not None:
             self._decode_pending = True
@@ -1645,12 +1645,12 @@ class EdgeSamWidget(QWidget):
             self._decode_control = control = {"window": window}
             self._last_window = window
             if window not in emb.windows:
-                self._set_status(
+                self.set_status(
                     f"Encoding the tile at rows {window.row0}..{window.row1 - 1}, columns "
                     f"{window.col0}..{window.col1 - 1} of {self._slice_text()} (large image: "
                     "tiles are encoded when a prompt needs them)..."
                 )
-            self._decode_worker = self._start(
+            self._decode_worker = self.start_worker(
                 _jobs.tiled_decode_job, emb, prompts, control,
                 returned=lambda res, g=gen, k=key: self._on_decoded(g, k, res),
                 errored=self._on_worker_error,
@@ -1658,7 +1658,7 @@ class EdgeSamWidget(QWidget):
             )
             return
         self._decode_control = {}
-        self._decode_worker = self._start(
+        self._decode_worker = self.start_worker(
             _decode_job, self._predictor, emb, prompts,
             returned=lambda res, g=gen, k=key: self._on_decoded(g, k, res),
             errored=self._on_worker_error,
@@ -1676,7 +1676,7 @@ class EdgeSamWidget(QWidget):
         where = self._slice_text()
         if result.window is not None:
             where += f" (tile at rows {result.window.row0}.., columns {result.window.col0}..)"
-        self._set_status(
+        self.set_status(
             f"Preview on {where}: {area} px, stability {result.score:.2f}. "
             "C: commit, Esc: clear."
         )
@@ -1899,7 +1899,7 @@ class EdgeSamWidget(QWidget):
             or self._decode_pending
         ):
             self._commit_when_ready = True  # the preview for the newest prompts is coming
-            self._set_status("Commit pending: waiting for the preview...")
+            self.set_status("Commit pending: waiting for the preview...")
             return None
         p = self._preview
         crop = None if p is None or p.lead is None else p.crop()
@@ -1911,11 +1911,11 @@ class EdgeSamWidget(QWidget):
         try:
             self._check_labels_layer(layer)
         except ValueError as exc:
-            self._notify_error(exc)
+            self.notify_error(exc)
             return None
         label_id = self._label_ids.next_id(layer)
         if label_id is None:  # a big Labels layer is still being scanned (background)
-            self._set_status("Commit pending: looking for the next free label id in "
+            self.set_status("Commit pending: looking for the next free label id in "
                              f"'{layer.name}' (a large layer)...")
             gen = self._shown_generation
             self._label_ids.when_known(
@@ -1936,7 +1936,7 @@ class EdgeSamWidget(QWidget):
             return None
         dtype = layer.data.dtype
         if np.issubdtype(dtype, np.integer) and label_id > np.iinfo(dtype).max:
-            self._notify_error(f"no free label id left in the {dtype} Labels layer")
+            self.notify_error(f"no free label id left in the {dtype} Labels layer")
             return None
         with layer.block_history():
             layer.data_setitem(indices, label_id)
@@ -1944,7 +1944,7 @@ class EdgeSamWidget(QWidget):
         layer.selected_label = label_id
         self._clear_prompt_data()
         self._clear_preview()
-        self._set_status(
+        self.set_status(
             f"Committed label {label_id} ({indices[0].size} px) on {self._slice_text(lead)}. "
             "Ctrl+Z undoes it."
         )
@@ -1985,22 +1985,22 @@ class EdgeSamWidget(QWidget):
         if self._model is None:
             if self.status.startswith("Error"):
                 return  # keep the reason in view (download failed, bad model files...)
-            self._set_status(
+            self.set_status(
                 "No model yet: select EdgeSAM-3x and press Download, or choose "
                 "'custom files...' for your own encoder/decoder pair."
             )
             return
         problem = self._view_problem()
         if problem:
-            self._set_status(problem)
+            self.set_status(problem)
             return
         if self._encode_worker is not None:
-            self._set_status(f"Encoding {self._slice_text()}...")
+            self.set_status(f"Encoding {self._slice_text()}...")
             return
         if self.embedding is not None and self._preview is None:
             text = self._slice_text()
             where = "" if text == "image" else f" on {text}"
-            self._set_status(
+            self.set_status(
                 f"Ready{where}: click on an object (model: {self._model_label(self._model)})."
             )
 
