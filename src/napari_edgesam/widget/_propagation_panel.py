@@ -45,7 +45,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._geometry import ImageGeometry, commit_indices
-from ._jobs import choose_mapping
+from .workers import choose_mapping
 from ._lazy import stack_view
 
 __all__ = ["PropagationPanel", "SOURCES", "TABLE_COLUMNS"]

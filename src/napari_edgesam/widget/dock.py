@@ -66,7 +66,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from . import _jobs, _prompts
+from . import _prompts, workers
 from ._geometry import ImageGeometry, commit_indices, rectangle_to_box
 from ._labels import LabelIds
 from ._prefetch import PrefetchController
@@ -167,7 +167,7 @@ def _encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, 
         return None
     t0 = time.perf_counter()
     image = geom.read_slice(data, key)
-    mapping = _jobs.choose_mapping(data, geom, key, spec, stack_mapping)
+    mapping = workers.choose_mapping(data, geom, key, spec, stack_mapping)
     if control.get("cancel"):
         return None
     run_options.terminate = bool(control.get("cancel"))
@@ -181,7 +181,7 @@ def _encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, 
 
 
 def _decode_job(predictor, embedding, prompts: _Prompts):
-    """Run the decoder; returns a :class:`~._jobs.Decoded` with the whole-slice mask (uint8
+    """Run the decoder; returns a :class:`~.workers.Decoded` with the whole-slice mask (uint8
     0/1, for the preview layer), its bounding box, the score and the time taken."""
     t0 = time.perf_counter()
     pred = predictor.predict(
@@ -194,7 +194,7 @@ def _decode_job(predictor, embedding, prompts: _Prompts):
 
     mask = pred.mask
     bbox = mask_bbox(mask)
-    return _jobs.Decoded(mask.view(np.uint8), (0, 0), bbox, pred.score,
+    return workers.Decoded(mask.view(np.uint8), (0, 0), bbox, pred.score,
                          time.perf_counter() - t0, area=pred.area)
 
 
@@ -256,7 +256,10 @@ class EdgeSamWidget(QWidget):
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self._alive = {"alive": True}
         alive = self._alive
-        self.destroyed.connect(lambda *_: alive.update(alive=False))
+        self._workers = workers.WorkerRunner(lambda: alive["alive"])
+        # viewer.close() destroys the window and this widget without a closeEvent: stop
+        # the running work then (children such as timers are deleted after this signal)
+        self.destroyed.connect(lambda *_: self._shutdown())
 
         # model
         self._model = None
@@ -482,49 +485,13 @@ class EdgeSamWidget(QWidget):
         """Whether the widget still exists (the viewer may have been closed)."""
         return self._alive["alive"]
 
-    def start_worker(self, func, *args, returned=None, errored=None, finished=None, desc=None,
-               yielded=None, total=0):
-        """Run ``func(*args)`` in a napari worker thread (a generator function gives a
-        generator worker whose ``yielded`` values go to ``yielded``; ``total`` sizes its
-        progress bar in napari's activity panel)."""
-        import inspect
-
-        from napari.qt.threading import create_worker
-
-        alive = self._alive
-
-        def guard(cb):
-            def call(*a):
-                if not alive["alive"]:
-                    return
-                try:
-                    cb(*a)
-                except RuntimeError as exc:  # the widget's Qt objects were deleted
-                    if "deleted" in str(exc):
-                        alive["alive"] = False
-                        return
-                    raise
-            return call
-
-        from superqt.utils import FunctionWorker, GeneratorWorker
-
-        # superqt's plain workers: errors go to our handler only (napari's own worker class
-        # would also relay them as a second notification with a traceback)
-        generator = inspect.isgeneratorfunction(func)
-        kwargs = {"_start_thread": False, "_ignore_errors": True,
-                  "_worker_class": GeneratorWorker if generator else FunctionWorker}
-        if desc:
-            kwargs["_progress"] = {"total": int(total), "desc": desc}
-        worker = create_worker(func, *args, **kwargs)
-        if returned is not None:
-            worker.returned.connect(guard(returned))
-        if yielded is not None and generator:
-            worker.yielded.connect(guard(yielded))
-        worker.errored.connect(guard(errored or self._on_worker_error))
-        if finished is not None:
-            worker.finished.connect(guard(finished))
-        worker.start()
-        return worker
+    def start_worker(self, func, *args, returned=None, errored=None, finished=None,
+                     desc=None, yielded=None, total=0):
+        """Run ``func(*args)`` in a worker thread (see :meth:`.workers.WorkerRunner.start`);
+        errors go to ``errored``, else to a notification."""
+        return self._workers.start(func, *args, returned=returned,
+                                   errored=errored or self._on_worker_error,
+                                   finished=finished, desc=desc, yielded=yielded, total=total)
 
     def _on_worker_error(self, exc):
         self.notify_error(exc)
@@ -1494,7 +1461,7 @@ class EdgeSamWidget(QWidget):
         if tiled is not None:
             # big image: no whole-slice embedding; tiles are encoded when prompts need them
             self.set_status(f"Preparing {text} (large image: tiles)...")
-            job, args = _jobs.prepare_tiles_job, (*tiled, control)
+            job, args = workers.prepare_tiles_job, (*tiled, control)
             desc = f"EdgeSAM: preparing tiles of {text}"
         else:
             self.set_status(f"Encoding {text}...")
@@ -1510,7 +1477,7 @@ class EdgeSamWidget(QWidget):
 
     def _cancel_encode(self):
         """Ask the running encoder to stop (it returns None, the result is dropped)."""
-        _jobs.cancel(self._encode_control)
+        workers.cancel(self._encode_control)
 
     def _on_encoded(self, key, smk, result):
         if result is None:
@@ -1637,7 +1604,7 @@ class EdgeSamWidget(QWidget):
             self._decode_pending = True
             ctl = self._decode_control
             if window is not None and ctl.get("window") is not None and ctl["window"] != window:
-                _jobs.cancel(ctl)  # a tile no longer needed by the newest prompts
+                workers.cancel(ctl)  # a tile no longer needed by the newest prompts
             return
         self._decode_pending = False
         key = self._embedding_key
@@ -1651,7 +1618,7 @@ class EdgeSamWidget(QWidget):
                     "tiles are encoded when a prompt needs them)..."
                 )
             self._decode_worker = self.start_worker(
-                _jobs.tiled_decode_job, emb, prompts, control,
+                workers.tiled_decode_job, emb, prompts, control,
                 returned=lambda res, g=gen, k=key: self._on_decoded(g, k, res),
                 errored=self._on_worker_error,
                 finished=self._on_decode_done,
@@ -2022,8 +1989,9 @@ class EdgeSamWidget(QWidget):
                 panel.shutdown()
         if self._download_state:
             self._download_state["cancel"] = True
-        if self._encode_worker is not None:
-            self._cancel_encode()
+        self._cancel_encode()
+        workers.cancel(self._decode_control)
+        self._workers.quit_all()
         for emitter, cb in (
             (self.viewer.layers.events.inserted, self._on_layers_changed),
             (self.viewer.layers.events.removed, self._on_layer_removed),

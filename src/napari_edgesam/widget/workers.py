@@ -1,6 +1,15 @@
-"""Work done in background threads for the dock widget (no Qt, no napari in here).
+"""Background work of the dock widget: the jobs (plain functions, no Qt, no napari) and
+:class:`WorkerRunner`, which runs them in worker threads.
 
-Shared by the click path (whole slices and tiles) and the propagation panel.
+The jobs are shared by the click path (whole slices and tiles) and the propagation panel.
+
+Why not napari's ``create_worker`` / ``thread_worker``: napari registers every worker's
+``quit`` with the window's task registry and never removes it, so each finished worker (and
+its arguments: images, predictors, embeddings) stays alive as long as the window. The
+runner uses superqt's workers directly, keeps a reference to running workers only, and
+drives napari's :class:`~napari.utils.progress` on the GUI thread (created, advanced and
+closed from the workers' Qt signals), so the activity panel shows the work and nothing is
+printed to the terminal.
 """
 
 from __future__ import annotations
@@ -14,12 +23,111 @@ from ._geometry import ImageGeometry
 from ._lazy import SubArray
 
 __all__ = [
+    "WorkerRunner",
     "Decoded",
     "choose_mapping",
     "prepare_tiles_job",
     "cancel",
     "tiled_decode_job",
 ]
+
+
+class WorkerRunner:
+    """Runs jobs in superqt worker threads on behalf of one panel.
+
+    Parameters
+    ----------
+    alive : callable
+        ``alive() -> bool``: False once the panel is gone; callbacks are then dropped.
+
+    Only running workers are referenced (:attr:`running`); a finished worker, its
+    arguments and its result are released as soon as its callbacks have run.
+    """
+
+    def __init__(self, alive):
+        self._alive = alive
+        self._running: set = set()
+
+    @property
+    def running(self) -> int:
+        """The number of workers started and not finished yet."""
+        return len(self._running)
+
+    def start(self, func, *args, returned=None, errored=None, finished=None, desc=None,
+              yielded=None, total=0):
+        """Run ``func(*args)`` in a worker thread; callbacks run on the GUI thread.
+
+        Parameters
+        ----------
+        func : callable
+            A plain function, or a generator function (its yielded values go to
+            ``yielded`` and advance the progress bar by one each).
+        returned, errored, finished, yielded : callable, optional
+            Called with the result, the exception, nothing, a yielded value. Errors go to
+            ``errored`` only (never re-raised, never a second notification).
+        desc : str, optional
+            Shows a progress bar with this text in napari's activity panel while the job
+            runs (``total`` steps for a generator, else an indeterminate bar).
+
+        Returns
+        -------
+        superqt.utils.WorkerBase
+            The started worker (``quit()`` asks a generator worker to stop).
+        """
+        import inspect
+
+        from superqt.utils import create_worker
+
+        generator = inspect.isgeneratorfunction(func)
+        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
+        alive = self._alive
+
+        def guard(cb):
+            def call(*a):
+                if not alive():
+                    return
+                try:
+                    cb(*a)
+                except RuntimeError as exc:  # the panel's Qt objects were deleted
+                    if "deleted" not in str(exc):
+                        raise
+            return call
+
+        pbar = None
+        if desc:
+            from napari.utils import progress
+
+            pbar = progress(total=int(total) if generator else 0, desc=desc)
+            if generator and total:
+                worker.yielded.connect(lambda *_: pbar.increment_with_overflow())
+        if returned is not None:
+            worker.returned.connect(guard(returned))
+        if yielded is not None and generator:
+            worker.yielded.connect(guard(yielded))
+        if errored is not None:
+            worker.errored.connect(guard(errored))
+        running = self._running
+
+        def done():
+            running.discard(worker)
+            if pbar is not None:
+                pbar.close()
+
+        worker.finished.connect(done)
+        if finished is not None:
+            worker.finished.connect(guard(finished))
+        running.add(worker)
+        worker.start()
+        return worker
+
+    def quit_all(self) -> None:
+        """Ask every running worker to stop (generator workers stop at their next step;
+        jobs with a ``control`` dict are stopped through :func:`cancel` by their owner)."""
+        for worker in list(self._running):
+            try:
+                worker.quit()
+            except RuntimeError:  # pragma: no cover - already deleted
+                pass
 
 
 @dataclass(frozen=True)
