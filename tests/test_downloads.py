@@ -2,7 +2,8 @@
 
 The server on 127.0.0.1 (ephemeral port, a thread) serves small fake "model" files:
 ``/good/<f>`` the right bytes, ``/bad/<f>`` same size but other bytes, ``/trunc/<f>`` a
-Content-Length larger than the body then a closed connection, ``/missing/<f>`` a 404. A
+Content-Length larger than the body then a closed connection, ``/short/<f>`` and ``/long/<f>``
+complete transfers of another size than the card's, ``/missing/<f>`` a 404. A
 closed port stands for "no network". After each case the test checks what lies on disk: a
 file under its final name is always complete and verified; no temporary file is left.
 """
@@ -70,6 +71,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = CONTENT[name]
         if mode == "bad":
             body = bytes(b ^ 0x5A for b in body)
+        elif mode == "short":
+            body = body[:-100]
+        elif mode == "long":
+            body = body + b"x" * 10
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
@@ -189,6 +194,31 @@ def test_truncated_response_leaves_nothing_complete(server, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("mode, delta", [("short", -100), ("long", 10)])
+def test_complete_transfer_of_another_size(server, tmp_path, mode, delta):
+    """The server sent all it announced, but not the card's size: not "incomplete"."""
+    card = make_card(server.url + f"/{mode}")
+    with pytest.raises(DownloadError) as info:
+        fetch_file(spec(card), tmp_path)
+    msg = str(info.value)
+    size = len(CONTENT[ENC])
+    assert f"size differs from the model card's: expected {size} bytes, got {size + delta}" in msg
+    assert "incomplete" not in msg
+    assert leftovers(tmp_path) == [] and not (tmp_path / ENC).exists()
+
+
+def test_failure_message_names_hosts_not_file_urls(server, closed_url, tmp_path):
+    card = make_card(closed_url + "/owner/repo/resolve/main", server.url + "/missing")
+    with pytest.raises(DownloadError) as info:
+        fetch_file(spec(card), tmp_path, timeout=5)
+    msg = str(info.value)
+    host = closed_url.removeprefix("http://")
+    assert f"{host}: cannot connect (no network?)" in msg
+    assert f"{server.url.removeprefix('http://')}: HTTP 404" in msg
+    assert "/resolve/" not in msg and "/missing/" not in msg
+    assert [u for u, _ in info.value.attempts] == list(card.encoder.urls)  # kept for logs
+
+
 def test_404_everywhere(server, tmp_path):
     card = make_card(server.url + "/missing", server.url + "/missing")
     with pytest.raises(DownloadError) as info:
@@ -292,7 +322,7 @@ def test_download_model_into_folder(server, tmp_path):
 
 
 def test_download_model_no_network_message(closed_url, tmp_path):
-    card = make_card(closed_url)
+    card = make_card(closed_url + "/owner/repo/resolve/main")  # shaped like Hugging Face
     with pytest.raises(ModelNotAvailableError) as info:
         models.download_model(card, licence_notice=lambda t: None, timeout=5)
     msg = str(info.value)
@@ -300,6 +330,9 @@ def test_download_model_no_network_message(closed_url, tmp_path):
     assert ENC in msg and DEC in msg
     assert "NAPARI_EDGESAM_MODEL_DIR" in msg
     assert str(paths.models_cache_dir()) in msg
+    # the repository's browsable page, not a file URL
+    assert f"{closed_url}/owner/repo/tree/main " in msg
+    assert "/resolve/" not in msg
     assert leftovers(paths.models_cache_dir()) == []
 
 

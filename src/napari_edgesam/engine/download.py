@@ -132,6 +132,49 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
+def size_mismatch_reason(expected: int, got: int) -> str:
+    """The reason given for a complete transfer whose size is not the card's.
+
+    Parameters
+    ----------
+    expected : int
+        The size pinned by the model card, in bytes.
+    got : int
+        The size received, in bytes.
+
+    Returns
+    -------
+    str
+        For example ``"size differs from the model card's: expected 756 bytes, got 700"``.
+    """
+    return f"size differs from the model card's: expected {expected} bytes, got {got}"
+
+
+def summarize_attempts(attempts) -> str:
+    """Say why each URL failed, naming its host only (the file URLs stay in the log and in
+    :attr:`DownloadError.attempts`; a ``/resolve/`` link is no page to send a user to).
+
+    Parameters
+    ----------
+    attempts : iterable of (str, str)
+        ``(url, reason)`` pairs.
+
+    Returns
+    -------
+    str
+        ``"host: reason; other.host: reason"``, identical pairs once.
+    """
+    from urllib.parse import urlsplit
+
+    seen: list[str] = []
+    for url, reason in attempts:
+        host = urlsplit(url).netloc or url
+        item = f"{host}: {reason}"
+        if item not in seen:
+            seen.append(item)
+    return "; ".join(seen)
+
+
 def _unlink(path: Path) -> None:
     try:
         path.unlink()
@@ -220,8 +263,8 @@ def fetch_file(
             continue
         try:
             size = tmp.stat().st_size
-            if size != spec.size:
-                attempts.append((url, f"incomplete: got {size} of {spec.size} bytes"))
+            if size != spec.size:  # the server finished the transfer: not "incomplete"
+                attempts.append((url, size_mismatch_reason(spec.size, size)))
                 continue
             actual = file_sha256(tmp, use_memo=False)
             if actual != spec.sha256:
@@ -254,7 +297,7 @@ def fetch_file(
             f"Refused {spec.filename} downloaded from {url}: SHA-256 {actual}, expected "
             f"{spec.sha256}; the file was discarded.{tail}"
         )
-    reasons = "; ".join(f"{u}: {r}" for u, r in attempts)
     raise DownloadError(
-        f"Could not download {spec.filename} ({reasons}).{tail}", spec.filename, attempts
+        f"Could not download {spec.filename} ({summarize_attempts(attempts)}).{tail}",
+        spec.filename, attempts,
     )
