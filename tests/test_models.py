@@ -328,6 +328,76 @@ def test_licence_notice_recorded_once(tmp_path):
     assert len(shown) == 1 and models.licence_notice_shown(card)
 
 
+@pytest.mark.parametrize("url, page", [
+    ("https://huggingface.co/chongzhou/EdgeSAM/resolve/main/edge_sam_3x_encoder.onnx",
+     "https://huggingface.co/chongzhou/EdgeSAM/tree/main"),
+    ("https://huggingface.co/spaces/chongzhou/EdgeSAM/resolve/main/weights/edge_sam.onnx",
+     "https://huggingface.co/spaces/chongzhou/EdgeSAM/tree/main/weights"),
+    ("https://example.org/files/model.onnx", "https://example.org/files/"),
+])
+def test_browse_page(url, page):
+    assert models.browse_page(url) == page
+
+
+def test_where_to_put_points_at_the_repository_page():
+    msg = models.where_to_put_message(models.get_card("edgesam-3x"))
+    assert "https://huggingface.co/chongzhou/EdgeSAM/tree/main " in msg
+    assert "/resolve/" not in msg
+    assert "edge_sam_3x_encoder.onnx and edge_sam_3x_decoder.onnx" in msg
+    assert "NAPARI_EDGESAM_MODEL_DIR" in msg and str(paths.models_cache_dir()) in msg
+
+
+# -- the model used last (settings.json) --------------------------------------------------
+
+
+def test_last_model_roundtrip_keeps_other_settings(tmp_path):
+    assert models.last_model() is None
+    paths.settings_path().parent.mkdir(parents=True, exist_ok=True)
+    paths.settings_path().write_text(json.dumps({"cache_disk_bytes": 7, "not_ours": {"a": 1}}))
+    assert models.remember_last_model(card=models.get_card("3x"))
+    assert models.last_model() == models.LastModel(card="edgesam-3x")
+    assert not models.last_model().custom
+    enc, dec = tmp_path / "e.onnx", tmp_path / "d.onnx"
+    assert models.remember_last_model(encoder=enc, decoder=dec)
+    last = models.last_model()
+    assert last.custom and (last.encoder, last.decoder) == (enc, dec)
+    data = json.loads(paths.settings_path().read_text())
+    assert data == {"cache_disk_bytes": 7, "not_ours": {"a": 1},
+                    "last_model": {"encoder": str(enc), "decoder": str(dec)}}
+    with pytest.raises(ValueError):
+        models.remember_last_model(encoder=enc)
+
+
+def test_last_model_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    models.remember_last_model(encoder="e.onnx", decoder="sub/d.onnx")
+    last = models.last_model()
+    assert last.encoder == tmp_path / "e.onnx" and last.decoder == tmp_path / "sub" / "d.onnx"
+
+
+@pytest.mark.parametrize("value", [None, "edgesam", 3, {"card": ""}, {"encoder": "/e.onnx"},
+                                   {"encoder": 1, "decoder": 2}])
+def test_malformed_last_model_is_none(value):
+    paths.set_setting(models.LAST_MODEL_KEY, value)
+    assert models.last_model() is None
+
+
+def test_last_model_is_written_atomically(monkeypatch):
+    """Through a temporary file and os.replace: a failed write leaves the old file."""
+    models.remember_last_model(card="edgesam")
+    before = paths.settings_path().read_text()
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", broken_replace)
+        assert models.remember_last_model(card="edgesam-3x") is False  # reported, not raised
+    assert paths.settings_path().read_text() == before  # never half-written
+    assert [p.name for p in paths.settings_path().parent.iterdir()] == ["settings.json"]
+    assert models.last_model().card == "edgesam"
+
+
 # -- command line ------------------------------------------------------------------------
 
 

@@ -177,6 +177,8 @@ ROLES = ("encoder", "decoder")
 PACKAGE_CARDS_DIR = Path(__file__).resolve().parent.parent / "models"
 #: Settings key recording which licence notices were shown (licence URL -> ISO time).
 LICENCE_SHOWN_KEY = "licence_notices_shown"
+#: Settings key of the model the napari panel used last (see :func:`last_model`).
+LAST_MODEL_KEY = "last_model"
 
 
 class UnknownModelError(ModelError, ValueError):
@@ -659,15 +661,142 @@ class ResolvedModel:
         return self.card.name
 
 
+def browse_page(url: str) -> str:
+    """The web page listing a download URL's file, for people (not the file itself).
+
+    A Hugging Face file URL ``https://huggingface.co/<repo>/resolve/<rev>/<dir>/<file>``
+    becomes the repository's browsable page ``https://huggingface.co/<repo>/tree/<rev>/<dir>``
+    (spaces too); any other URL gives its folder.
+
+    Parameters
+    ----------
+    url : str
+        A download URL from a model card.
+
+    Returns
+    -------
+    str
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    segs = parts.path.split("/")
+    if "resolve" in segs:
+        i = segs.index("resolve")
+        if i + 2 < len(segs):  # a revision and a file after "resolve"
+            path = "/".join(segs[:i] + ["tree"] + segs[i + 1:-1])
+            return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    return url.rsplit("/", 1)[0] + "/"
+
+
 def where_to_put_message(card: ModelCard, dest: Path | None = None) -> str:
-    """One sentence telling the user how to make ``card`` available offline."""
+    """One sentence telling the user how to make ``card`` available offline.
+
+    It names the files, the browsable page they can be downloaded from (see
+    :func:`browse_page`), the user cache folder and ``$NAPARI_EDGESAM_MODEL_DIR``.
+
+    Parameters
+    ----------
+    card : ModelCard
+    dest : path, optional
+        The folder to put the files in (default: the user cache, ``<cache>/models``).
+
+    Returns
+    -------
+    str
+    """
     dest = Path(dest) if dest is not None else paths.models_cache_dir()
     names = " and ".join(card.filenames)
-    base = card.encoder.primary_url.rsplit("/", 1)[0] if card.encoder.urls else card.homepage
+    page = browse_page(card.encoder.primary_url) if card.encoder.urls else card.homepage
     return (
-        f"To use {card.display_name} offline, download {names} (from {base}/) and put them "
+        f"To use {card.display_name} offline, download {names} from {page} and put them "
         f"in {dest}, or in any folder and set {paths.ENV_MODEL_DIR} to that folder."
     )
+
+
+@dataclass(frozen=True)
+class LastModel:
+    """The model the napari panel used last, as remembered in ``settings.json``.
+
+    Attributes
+    ----------
+    card : str or None
+        A published model's name, or ``None`` for a custom pair.
+    encoder, decoder : pathlib.Path or None
+        The custom pair's files (absolute), or ``None`` for a published model.
+    """
+
+    card: str | None = None
+    encoder: Path | None = None
+    decoder: Path | None = None
+
+    @property
+    def custom(self) -> bool:
+        """Whether this is a custom encoder/decoder pair (not a published model)."""
+        return self.card is None
+
+
+def last_model() -> LastModel | None:
+    """Return the model remembered by :func:`remember_last_model`, if any.
+
+    The ``last_model`` setting is ``{"card": "edgesam-3x"}`` or ``{"encoder": "/abs/enc.onnx",
+    "decoder": "/abs/dec.onnx"}``; anything else (missing, malformed) gives ``None``.
+    Nothing is checked here: the files may have moved since.
+
+    Returns
+    -------
+    LastModel or None
+    """
+    value = paths.get_setting(LAST_MODEL_KEY)
+    if not isinstance(value, dict):
+        return None
+    card = value.get("card")
+    if isinstance(card, str) and card.strip():
+        return LastModel(card=card.strip())
+    enc, dec = value.get("encoder"), value.get("decoder")
+    if isinstance(enc, str) and enc and isinstance(dec, str) and dec:
+        return LastModel(encoder=Path(enc), decoder=Path(dec))
+    return None
+
+
+def remember_last_model(card: str | ModelCard | None = None, encoder=None,
+                        decoder=None) -> bool:
+    """Record the model in use in ``settings.json`` (key ``last_model``) for the next start.
+
+    Give either a published model (``card``) or a custom pair (``encoder`` and ``decoder``,
+    stored as absolute paths). The file is rewritten atomically and its other keys are kept
+    (see :func:`~napari_edgesam.engine.paths.set_setting`).
+
+    Parameters
+    ----------
+    card : str or ModelCard, optional
+        The published model.
+    encoder, decoder : path, optional
+        The custom pair.
+
+    Returns
+    -------
+    bool
+        ``False`` when the config folder is not writable (logged; not an error).
+
+    Raises
+    ------
+    ValueError
+        When neither a card nor both files are given.
+    """
+    if card is not None:
+        value = {"card": card.name if isinstance(card, ModelCard) else str(card)}
+    elif encoder is not None and decoder is not None:
+        value = {"encoder": str(Path(encoder).expanduser().absolute()),
+                 "decoder": str(Path(decoder).expanduser().absolute())}
+    else:
+        raise ValueError("remember_last_model needs a card or an encoder and a decoder")
+    try:
+        paths.set_setting(LAST_MODEL_KEY, value)
+    except OSError as exc:
+        _log.info("Cannot remember the model in %s: %s", paths.settings_path(), exc)
+        return False
+    return True
 
 
 def licence_notice_shown(card: ModelCard) -> bool:
