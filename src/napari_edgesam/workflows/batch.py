@@ -1,15 +1,17 @@
-"""Batch automatic segmentation of TIFF files, resumable, on dask.
+"""Batch automatic segmentation of TIFF files, resumable, locally or on dask.
 
 One label TIFF (plus a JSON sidecar) per input TIFF, in an output folder. The unit of work
 is one input file: a task reads its file lazily (memory-mapped or page by page), segments
 every slice with :mod:`.automatic` (instances linked in 3D along Z), and writes its outputs
 atomically (temporary name, then rename). A failed file never stops the others.
 
-Execution is dask's, never a home-made scheduler:
+Where the tasks run:
 
-- default: dask's local *process* scheduler (``dask.compute(..., scheduler="processes")``):
-  ``workers`` processes, one file at a time each;
-- ``scheduler="synchronous"``: in this process (debugging, small jobs, the napari widget);
+- default: ``workers`` local worker processes (:class:`.worker_process.WorkerPool`, a
+  process pool whose workers never re-import the calling script), one file at a time
+  each, files started in the order given;
+- ``scheduler="synchronous"``: in this process, on dask's synchronous scheduler
+  (debugging, small jobs, the napari widget);
 - ``scheduler="tcp://host:8786"`` (any dask.distributed scheduler address) or a
   ``distributed.Client``: the same tasks run on that cluster, unchanged.
 
@@ -751,7 +753,8 @@ def _atomic_json(path: Path, data: dict) -> None:
 
 
 def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
-                 overwrite: bool = False, stop_file: str | None = None) -> FileResult:
+                 overwrite: bool = False, stop_file: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> FileResult:
     """Segment one input file and write its label TIFF and sidecar (the unit of work).
 
     Runs in whatever process dask chooses. Never raises for a bad input: failures come back
@@ -770,6 +773,10 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
     stop_file : str, optional
         Cooperative cancellation: when this file exists the task stops between decoder
         calls and returns ``status="cancelled"`` without writing anything.
+    progress : callable(done, total), optional
+        Slices of this file segmented so far and in all (``total`` is all frames times all
+        depths); called once with ``done=0`` when the file is opened, then after every
+        slice, in the process running the task.
 
     Returns
     -------
@@ -828,10 +835,15 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
                 buf = np.zeros((n_t, n_z, h, w), np.uint32)
             n_objects = 0
             calls = 0
+            n_slices = n_t * n_z
+            if progress is not None:
+                progress(0, n_slices)
             for t in range(n_t):
-                res = segment_stack(predictor, _Planes(reader, plan, t), params=auto,
-                                    mapping=mapping, threshold=threshold, rgb=plan.rgb,
-                                    link=True, out=buf[t], cancel=cancel)
+                res = segment_stack(
+                    predictor, _Planes(reader, plan, t), params=auto, mapping=mapping,
+                    threshold=threshold, rgb=plan.rgb, link=True, out=buf[t], cancel=cancel,
+                    progress=(None if progress is None else
+                              lambda done, _n, t=t: progress(t * n_z + done, n_slices)))
                 n_objects = max(n_objects, res.n_objects)
                 calls += res.decoder_calls
             meta = reader.metadata
@@ -981,8 +993,9 @@ class _Canceller:
                 self.stop_file.unlink()
 
 
-def _run_dask_local(todo, out_dir, spec, params, overwrite, stop, workers, scheduler, report,
-                    canceller):
+def _run_dask_synchronous(todo, out_dir, spec, params, overwrite, stop, report, canceller,
+                          slice_progress):
+    """All files in this process, one after the other, on dask's synchronous scheduler."""
     import dask
     from dask.callbacks import Callback
 
@@ -993,39 +1006,146 @@ def _run_dask_local(todo, out_dir, spec, params, overwrite, stop, workers, sched
         # keys backwards so that files are processed in the order given.
         key = f"napari-edgesam-batch-{run}-{len(todo) - 1 - i:07d}"
         keys[key] = i
+        on_slices = None
+        if slice_progress is not None:
+            def on_slices(done, total, _name=str(path)):
+                slice_progress(_name, done, total)
         tasks.append(dask.delayed(process_file, pure=False)(
             str(path), str(out_dir), spec, params, overwrite=overwrite, stop_file=str(stop),
-            dask_key_name=key))
+            progress=on_slices, dask_key_name=key))
 
     def posttask(key, result, dsk, state, worker_id):
         if key in keys and isinstance(result, FileResult):
             report(keys[key], result)
         canceller.check()
 
-    if scheduler == "synchronous":
-        with Callback(posttask=posttask):
-            return list(dask.compute(*tasks, scheduler="synchronous"))
-    # Our own pool (dask's process scheduler runs on it), so that on an interruption the
-    # running tasks are told to stop *before* we wait for them.
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    with Callback(posttask=posttask):
+        return list(dask.compute(*tasks, scheduler="synchronous"))
 
-    context = multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn"))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    interrupted = False
-    try:
-        with Callback(posttask=posttask):
-            results = dask.compute(*tasks, scheduler="processes", pool=pool, chunksize=1)
-    except BaseException:
-        interrupted = True
-        canceller.fire()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if interrupted:  # nothing of ours runs any more
+
+#: Seconds that running files get to stop at their next cancellation check before their
+#: worker processes are terminated.
+CANCEL_GRACE_S = 2.0
+
+
+def _leftovers(out_dir: Path, path: Path) -> None:
+    """Delete the temporary files a terminated task may have left for ``path``'s outputs
+    (the outputs themselves are only ever renamed into place, so they are complete)."""
+    out_tif, out_json = output_paths(path, out_dir)
+    for pattern in (f".{out_tif.name}.*.partial", f".{out_tif.name}.*.scratch.npy",
+                    f".{out_json.name}.*.tmp"):
+        for stale in out_dir.glob(pattern):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _run_local_processes(todo, out_dir, spec, params, overwrite, stop, workers, report,
+                         canceller, slice_progress):
+    """Files on local worker processes (:class:`.worker_process.WorkerPool`), in the order
+    given, at most ``workers`` at a time.
+
+    On cancellation (or an interruption of this thread) no further file starts, running
+    ones get :data:`CANCEL_GRACE_S` seconds to stop at their next check, then their
+    processes are terminated; their files come back ``"cancelled"``.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .worker_process import WorkerPool, slice_reporter
+
+    results: list[FileResult | None] = [None] * len(todo)
+    running: dict = {}  # future -> index into todo
+    terminated = False
+    pool_broken = False
+
+    def finish(j: int, res: FileResult):
+        if results[j] is None:
+            results[j] = res
+            report(j, res)
+
+    def on_message(kind, *payload):
+        if kind == "slices" and slice_progress is not None and len(payload) == 3:
+            j, done, total = payload
+            if 0 <= j < len(todo) and results[j] is None:
+                slice_progress(str(todo[j]), int(done), int(total))
+
+    def outcome(fut, j: int) -> FileResult:
+        if fut.cancelled():
+            return FileResult(str(todo[j]), "cancelled")
+        exc = fut.exception()
+        if exc is None:
+            return fut.result()
+        if terminated or canceller.fired:
+            return FileResult(str(todo[j]), "cancelled")
+        return FileResult(str(todo[j]), "failed",
+                          error=f"worker process ended unexpectedly (out of memory?): "
+                                f"{type(exc).__name__}: {exc}")
+
+    def collect(futures):
+        nonlocal pool_broken
+        for fut in futures:
+            j = running.pop(fut)
+            if not fut.cancelled() and isinstance(fut.exception(), BrokenProcessPool):
+                pool_broken = True
+            finish(j, outcome(fut, j))
+
+    def stop_running(pool):
+        """Give running files the grace period, then terminate their processes."""
+        nonlocal terminated
+        if running:
+            done, _ = wait(list(running), timeout=CANCEL_GRACE_S)
+            collect(done)
+        if running:
+            terminated = True
+            pool.terminate()
+            done, _ = wait(list(running), timeout=10)
+            for fut in list(running):
+                j = running.pop(fut)
+                finish(j, outcome(fut, j) if fut in done else
+                       FileResult(str(todo[j]), "cancelled"))
+                _leftovers(out_dir, todo[j])
+
+    next_j = 0
+    with WorkerPool(workers, on_message=on_message) as pool:
+        try:
+            while next_j < len(todo) or running:
+                while (not canceller.fired and not pool_broken and next_j < len(todo)
+                       and len(running) < workers):
+                    try:
+                        fut = pool.submit(process_file, str(todo[next_j]), str(out_dir), spec,
+                                          params, overwrite=overwrite, stop_file=str(stop),
+                                          progress=slice_reporter(next_j))
+                    except BrokenProcessPool:
+                        pool_broken = True
+                        break
+                    running[fut] = next_j
+                    next_j += 1
+                if canceller.fired or pool_broken:
+                    for j in range(next_j, len(todo)):  # never started
+                        finish(j, FileResult(str(todo[j]), "cancelled") if canceller.fired
+                               else FileResult(str(todo[j]), "failed",
+                                               error="not started: the worker processes "
+                                                     "ended unexpectedly"))
+                    next_j = len(todo)
+                    if canceller.fired:
+                        stop_running(pool)
+                        break
+                if not running:
+                    continue
+                done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+                collect(done)
+                canceller.check()
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): stop everything of ours now
+            canceller.fire()
+            for j in range(next_j, len(todo)):
+                finish(j, FileResult(str(todo[j]), "cancelled"))
+            next_j = len(todo)
+            stop_running(pool)
             with contextlib.suppress(OSError):
                 canceller.stop_file.unlink()
-    return list(results)
+            raise
+    return [r if r is not None else FileResult(str(todo[j]), "cancelled")
+            for j, r in enumerate(results)]
 
 
 def _run_distributed(todo, out_dir, spec, params, overwrite, stop, scheduler, report,
@@ -1073,7 +1193,8 @@ def _run_distributed(todo, out_dir, spec, params, overwrite, stop, scheduler, re
 def run_batch(inputs, out_dir, model, params: BatchParams | None = None, *,
               overwrite: bool = False, scheduler=None, workers: int | None = None,
               progress: Callable[[FileResult, int, int], None] | None = None,
-              cancel: Callable[[], bool] | None = None) -> BatchSummary:
+              cancel: Callable[[], bool] | None = None,
+              slice_progress: Callable[[str, int, int], None] | None = None) -> BatchSummary:
     """Segment many TIFF files automatically; resumable; on dask.
 
     Parameters
@@ -1090,9 +1211,11 @@ def run_batch(inputs, out_dir, model, params: BatchParams | None = None, *,
         Recompute every input, replacing existing outputs (default: skip inputs already
         done with the same parameters; refuse to replace outputs of other parameters).
     scheduler : None, "synchronous", "processes", str address or distributed.Client
-        None/"processes": dask's local process pool; "synchronous": in this process; an
-        address such as ``"tcp://10.0.0.5:8786"``: that dask.distributed cluster (needs the
-        ``distributed`` package); a Client: its cluster (left open).
+        None/"processes": local worker processes (:mod:`.worker_process`: they never
+        re-import the calling script, so a script without an ``if __name__ ==
+        "__main__"`` guard works); "synchronous": in this process, on dask's synchronous
+        scheduler; an address such as ``"tcp://10.0.0.5:8786"``: that dask.distributed
+        cluster (needs the ``distributed`` package); a Client: its cluster (left open).
     workers : int, optional
         Local worker processes (default :func:`default_workers`); ignored on a cluster.
     progress : callable(result, done, total), optional
@@ -1100,7 +1223,15 @@ def run_batch(inputs, out_dir, model, params: BatchParams | None = None, *,
     cancel : callable returning bool, optional
         Polled about 5 times a second; when it returns True, running tasks stop at the next
         decoder call, queued ones do nothing, and their inputs come back ``"cancelled"``.
-        Finished outputs stay valid; a rerun resumes.
+        Local worker processes that have not stopped :data:`CANCEL_GRACE_S` seconds later
+        are terminated. Finished outputs stay valid; a rerun resumes.
+    slice_progress : callable(input, done, total), optional
+        Progress inside a file: ``input`` as in ``FileResult.input``, slices segmented so
+        far and in all; first called with ``done=0`` when the file is opened. Called in
+        the calling thread (``"synchronous"``) or in a listener thread of this process
+        (worker processes); not called for files running on a dask.distributed cluster
+        (per-file ``progress`` only there). Messages may arrive late: ignore them for an
+        input whose ``progress`` has been reported.
 
     Returns
     -------
@@ -1177,17 +1308,18 @@ def run_batch(inputs, out_dir, model, params: BatchParams | None = None, *,
             report(todo_idx[j], res)
 
         with _Canceller(stop, cancel) as canceller:
-            if scheduler is None or scheduler in ("processes", "synchronous"):
-                local_scheduler = scheduler or "processes"
-                n_workers = 1 if local_scheduler == "synchronous" else \
-                    min(len(todo), workers or default_workers(len(todo)))
+            if scheduler == "synchronous":
+                out = _run_dask_synchronous(todo, out_dir, spec, params, overwrite, stop,
+                                            report_todo, canceller, slice_progress)
+            elif scheduler is None or scheduler == "processes":
+                n_workers = min(len(todo), workers or default_workers(len(todo)))
                 local_spec = spec
-                if spec.num_threads is None and local_scheduler == "processes":
+                if spec.num_threads is None:
                     from ..engine.session import default_num_threads
 
                     local_spec = spec.with_threads(max(1, default_num_threads() // n_workers))
-                out = _run_dask_local(todo, out_dir, local_spec, params, overwrite, stop,
-                                      n_workers, local_scheduler, report_todo, canceller)
+                out = _run_local_processes(todo, out_dir, local_spec, params, overwrite, stop,
+                                           n_workers, report_todo, canceller, slice_progress)
             else:
                 out = _run_distributed(todo, out_dir, spec, params, overwrite, stop,
                                        scheduler, report_todo, canceller)
