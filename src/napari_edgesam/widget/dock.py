@@ -306,6 +306,7 @@ class EdgeSamWidget(QWidget):
         self._tile_halo: int | None = None
         self._scrub_axis: int | None = None
         self._label_ids = LabelIds(self.start_worker)
+        self._stashed_prompts: dict = {}  # image unique_id -> its prompts, while away
         self._prefetch = PrefetchController(self)
         self.propagation = None
         self.batch = None
@@ -324,11 +325,12 @@ class EdgeSamWidget(QWidget):
         self._download_timer.setInterval(100)
         self._download_timer.timeout.connect(self._update_download_progress)
 
-        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.events.moved.connect(self._on_layers_changed)
         self.viewer.dims.events.current_step.connect(self._on_dims_step)
         self.viewer.dims.events.ndisplay.connect(self._on_dims_step)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
 
         self._populate_models()
         self._refresh_layer_combos()
@@ -374,7 +376,16 @@ class EdgeSamWidget(QWidget):
         form = QFormLayout(box)
         self.image_combo = QComboBox()
         self.image_combo.currentIndexChanged.connect(self._on_image_combo)
-        form.addRow("image", self.image_combo)
+        self.pin_check = QCheckBox("pin")
+        self.pin_check.setToolTip(
+            "Keep segmenting this image when you open another one (otherwise the image "
+            "opened last becomes the panel's image; each image keeps its own prompts)."
+        )
+        irow = QHBoxLayout()
+        irow.setContentsMargins(0, 0, 0, 0)
+        irow.addWidget(self.image_combo, 1)
+        irow.addWidget(self.pin_check)
+        form.addRow("image", irow)
         crow = QHBoxLayout()
         self.channel_axis_combo = QComboBox()
         self.channel_axis_combo.setToolTip(
@@ -1037,6 +1048,64 @@ class EdgeSamWidget(QWidget):
         if images:
             self.set_image_layer(images[-1])
 
+    def _on_layer_inserted(self, event):
+        """An image opened while the panel is docked (sample menu, File > Open, drag and
+        drop, a script) becomes the panel's image unless one is pinned; clicks then go to
+        the prompt layers again (napari makes the new layer the active one)."""
+        from napari.layers import Image
+
+        if not self._ok():
+            return
+        layer = event.value
+        if isinstance(layer, Image) and not self.pinned and layer is not self._image_layer:
+            self._refresh_layer_combos()
+            self.set_image_layer(layer)
+            QTimer.singleShot(0, self._take_clicks)
+            return
+        self._on_layers_changed()
+
+    def _take_clicks(self):
+        """Make the points layer the active one, with the prompt layers on top."""
+        if not self._ok() or self._points_layer is None:
+            return
+        layers = self.viewer.layers
+        own = [x for x in (self._preview_layer, self._boxes_layer, self._points_layer)
+               if x is not None and x in layers]
+        for x in own:
+            i = layers.index(x)
+            if i != len(layers) - 1:
+                layers.move(i, len(layers))
+        layers.selection.active = self._points_layer
+        self._update_status()
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the panel stays on its image when another image is opened."""
+        return self.pin_check.isChecked()
+
+    @pinned.setter
+    def pinned(self, value: bool):
+        self.pin_check.setChecked(bool(value))
+
+    def _on_active_layer(self, event=None):
+        if self._ok():
+            self._update_status()
+
+    def _clicks_problem(self) -> str | None:
+        """Why a click on the canvas does not add a point (another layer is active)."""
+        active = self.viewer.layers.selection.active
+        if active is None or self._points_layer is None:
+            return None
+        if active is self._points_layer:
+            if self._points_layer.mode != "add":
+                return (f"'{active.name}' is in {self._points_layer.mode} mode: press 2 "
+                        "(add points) to click prompts again.")
+            return None
+        if active is self._boxes_layer:
+            return None
+        return (f"Clicks go to '{active.name}', selected in the layer list. To segment, "
+                f"select '{self._points_layer.name}' in the layer list.")
+
     def _on_layers_changed(self, event=None):
         if not self._ok():
             return
@@ -1048,6 +1117,7 @@ class EdgeSamWidget(QWidget):
         if not self._ok():
             return
         layer = event.value
+        self._stashed_prompts.pop(getattr(layer, "unique_id", None), None)
         if layer is self._image_layer:
             working = self._encode_worker is not None or self._decode_worker is not None
             self._disconnect_image(layer)
@@ -1144,6 +1214,8 @@ class EdgeSamWidget(QWidget):
             return
         from napari_edgesam.engine.tiling import needs_tiling
 
+        if self._image_layer is not None and self._image_layer is not layer:
+            self._stash_prompts()
         self._image_layer = layer
         self._geometry = geom
         self._data_version = 0
@@ -1173,7 +1245,33 @@ class EdgeSamWidget(QWidget):
         self._lead = self._current_lead()
         self._clear_preview()
         self._request_encode()
+        self._restore_prompts(layer)
         self._update_status()
+
+    def _stash_prompts(self):
+        """Keep the current image's prompts for when the user comes back to it."""
+        pts, shapes = self._points_layer, self._boxes_layer
+        saved = {}
+        if pts is not None and len(pts.data):
+            saved["points"] = (np.array(pts.data), pts.features.copy())
+        if shapes is not None and shapes.nshapes:
+            saved["boxes"] = ([np.array(v) for v in shapes.data], list(shapes.shape_type))
+        if saved:
+            self._stashed_prompts[self._image_layer.unique_id] = saved
+        else:
+            self._stashed_prompts.pop(self._image_layer.unique_id, None)
+
+    def _restore_prompts(self, layer):
+        saved = self._stashed_prompts.pop(layer.unique_id, None)
+        if not saved:
+            return
+        pts, shapes = self._points_layer, self._boxes_layer
+        if "boxes" in saved and shapes is not None and shapes.ndim == layer.ndim:
+            shapes.data = list(zip(*saved["boxes"], strict=True))
+        if "points" in saved and pts is not None and pts.ndim == layer.ndim:
+            data, features = saved["points"]
+            pts.data = data
+            pts.features = features
 
     def _update_channel_controls(self):
         geom = self._geometry
@@ -1270,6 +1368,7 @@ class EdgeSamWidget(QWidget):
                 cur = make(layer, self.viewer)
                 install(cur, self)
                 if attr == "_points_layer":
+                    cur.events.mode.connect(self._on_active_layer)
                     cur.events.data.connect(self._on_prompts_changed)
                     cur.events.features.connect(self._on_prompts_changed)
                 else:
@@ -1964,6 +2063,10 @@ class EdgeSamWidget(QWidget):
         if self._encode_worker is not None:
             self.set_status(f"Encoding {self._slice_text()}...")
             return
+        problem = self._clicks_problem()
+        if problem:
+            self.set_status(problem)
+            return
         if self.embedding is not None and self._preview is None:
             text = self._slice_text()
             where = "" if text == "image" else f" on {text}"
@@ -1993,11 +2096,12 @@ class EdgeSamWidget(QWidget):
         workers.cancel(self._decode_control)
         self._workers.quit_all()
         for emitter, cb in (
-            (self.viewer.layers.events.inserted, self._on_layers_changed),
+            (self.viewer.layers.events.inserted, self._on_layer_inserted),
             (self.viewer.layers.events.removed, self._on_layer_removed),
             (self.viewer.layers.events.moved, self._on_layers_changed),
             (self.viewer.dims.events.current_step, self._on_dims_step),
             (self.viewer.dims.events.ndisplay, self._on_dims_step),
+            (self.viewer.layers.selection.events.active, self._on_active_layer),
         ):
             try:
                 emitter.disconnect(cb)
