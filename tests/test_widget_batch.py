@@ -88,7 +88,9 @@ def test_batch_panel_runs_run_batch_and_loads_results(viewer, qtbot, model, tmp_
 
     summary = panel.summary
     assert summary.ok and [r.status for r in summary.results] == ["done", "done"]
-    assert panel.progress.value() == 2 and panel.results_list.count() == 2
+    assert panel.progress.text() == panel.progress_text == "2 done of 2 files"
+    assert panel.progress.value() == panel.progress.maximum() > 0
+    assert panel.results_list.count() == 2
     assert "2 succeeded" in panel.summary_label.text()
     for p in inputs:
         lab = tifffile.imread(out / f"{p.stem}_labels.tif")
@@ -100,12 +102,14 @@ def test_batch_panel_runs_run_batch_and_loads_results(viewer, qtbot, model, tmp_
     panel.run()
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
     assert [r.status for r in panel.summary.results] == ["skipped", "skipped"]
+    assert panel.progress_text == "0 done, 2 skipped of 2 files"
 
     # load the results into the viewer on request
     assert panel.load_results() is not None
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
     names = [lay.name for lay in panel.loaded_layers]
     assert names == ["img0", "img0_labels", "img1", "img1_labels"]
+    assert [lay.visible for lay in panel.loaded_layers] == [False, False, True, True]
     assert all(lay in viewer.layers for lay in panel.loaded_layers)
     np.testing.assert_array_equal(viewer.layers["img1_labels"].data,
                                   tifffile.imread(out / "img1_labels.tif"))
@@ -128,7 +132,10 @@ def test_batch_cancel_and_errors(viewer, qtbot, model, tmp_path, monkeypatch):
     panel.set_output(tmp_path / "out")
     panel.scheduler = "synchronous"
     # cancel as soon as the first file is reported
-    panel._relay.progress.connect(lambda *a: panel.cancel())
+    def cancel_now(*args):
+        panel.cancel()
+
+    panel._relay.progress.connect(cancel_now)
     panel.run()
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
     summary = panel.summary
@@ -140,8 +147,7 @@ def test_batch_cancel_and_errors(viewer, qtbot, model, tmp_path, monkeypatch):
             assert not (tmp_path / "out" / (r.input.rsplit("/", 1)[-1][:-4] + "_labels.json")
                         ).exists()
     # a rerun resumes: the broken file is reported, the others are done
-    panel._relay.progress.disconnect()
-    panel._relay.progress.connect(panel._on_progress)
+    panel._relay.progress.disconnect(cancel_now)
     panel.run()
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
     by_name = {r.input.rsplit("/", 1)[-1]: r for r in panel.summary.results}
@@ -149,3 +155,177 @@ def test_batch_cancel_and_errors(viewer, qtbot, model, tmp_path, monkeypatch):
     assert all(by_name[f"img{i}.tif"].status in ("done", "skipped") for i in range(3))
     assert any(t.text().startswith("FAILED") for t in
                (panel.results_list.item(i) for i in range(panel.results_list.count())))
+
+
+# ---------------------------------------------------------------------------------------
+# Progress, Cancel, loading results
+# ---------------------------------------------------------------------------------------
+
+
+def write_stack(path, n_z, shift=0):
+    import tifffile
+
+    img = discs((96, 96), [(25, 25), (30, 70), (72, 40 + shift)], 9)
+    tifffile.imwrite(path, np.stack([img] * n_z), imagej=True, metadata={"axes": "ZYX"})
+    return path
+
+
+def show_fitted(viewer, qtbot, w):
+    """Show the window and size it so that the Batch page just fits (no scroll bar, 10
+    pixels to spare): any growth of the page would then shift its rows."""
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer.window.show()
+    w.tabs.setCurrentWidget(w.batch.parentWidget().parentWidget())
+    area = w.batch.parentWidget().parentWidget()
+    assert isinstance(area, QScrollArea)
+    bar = area.verticalScrollBar()
+    qtbot.wait(50)
+    for _ in range(10):
+        if bar.maximum() == 0:
+            break
+        w.window().resize(w.window().width(), w.window().height() + bar.maximum() + 10)
+        qtbot.wait(50)
+    assert bar.maximum() == 0
+
+
+def test_progress_counts_are_truthful_and_cancel_stays_put(viewer, qtbot, model, tmp_path):
+    from qtpy.QtCore import QPoint
+
+    raw = tmp_path / "raw"
+    write_inputs(raw, n=2)
+    write_stack(raw / "img2.tif", 15)  # long enough to be cancelled half-way
+    w = make_widget(viewer, model, prefetch=False)
+    panel = w.batch
+    # idle: no claim about files (it said "0 / 1 files")
+    assert panel.progress.text() == "no run yet" and panel.progress.value() == 0
+    panel.set_inputs([raw])
+    panel.set_output(tmp_path / "out")
+    panel.object_size = 18
+    panel.scheduler = "synchronous"
+    show_fitted(viewer, qtbot, w)
+
+    def where():
+        b = panel.cancel_button
+        return b.mapTo(w.window(), QPoint(0, 0)), b.size()
+
+    seen = {"geometry": [where()], "details": [], "activity": []}
+
+    def on_signal(*args):
+        seen["geometry"].append(where())
+
+    def on_slices(name, done, total):
+        if name.endswith("img2.tif") and done >= 1:
+            act = panel._activity
+            seen["details"].append(panel.detail_label.text())
+            seen["activity"].append((act, act.total, act.n, panel.progress_text))
+            panel.cancel()
+
+    panel._relay.progress.connect(on_signal)
+    panel._relay.slices.connect(on_signal)
+    panel._relay.slices.connect(on_slices)
+    assert panel.run() is not None
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
+    qtbot.wait(50)
+    seen["geometry"].append(where())
+
+    assert [r.status for r in panel.summary.results] == ["done", "done", "cancelled"]
+    assert panel.progress.text() == "2 done, 1 cancelled of 3 files"  # it said "3 / 3"
+    assert panel.progress.value() == 2 * panel.progress.maximum() // 3
+    assert panel.results_list.item(2).text().startswith("cancelled")
+    # progress inside the file: its slices, in the tab and in napari's activity panel
+    assert seen["details"] and seen["details"][0].startswith("img2.tif: slice ")
+    assert seen["details"][0].endswith(" / 15")
+    act, total, n, text = seen["activity"][0]
+    assert (total, n, text) == (3, 2, "2 done of 3 files")
+    assert act.disable and panel._activity is None  # closed at the end
+    # Cancel never moved while the run filled the tab
+    assert len(seen["geometry"]) > 4
+    assert all(g == seen["geometry"][0] for g in seen["geometry"]), seen["geometry"]
+
+
+@pytest.mark.slow
+def test_cancel_with_worker_processes_returns_within_seconds(viewer, qtbot, model, tmp_path):
+    import time
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(2):
+        write_stack(raw / f"s{i}.tif", 15, shift=4 * i)
+    w = make_widget(viewer, model, prefetch=False)
+    panel = w.batch
+    panel.set_inputs([raw])
+    panel.set_output(tmp_path / "out")
+    panel.object_size = 18
+    panel.scheduler = None  # "worker processes"
+    cancelled_at = []
+
+    def on_slices(name, done, total):
+        if done >= 1 and not cancelled_at:
+            cancelled_at.append(time.perf_counter())
+            panel.cancel()
+
+    panel._relay.slices.connect(on_slices)
+    panel.run()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
+    assert cancelled_at, "no slice progress came from the worker processes"
+    assert time.perf_counter() - cancelled_at[0] < 5.0
+    assert [r.status for r in panel.summary.results] == ["cancelled", "cancelled"]
+    assert panel.progress_text == "0 done, 2 cancelled of 2 files"
+    assert not list((tmp_path / "out").glob("*_labels.*"))
+
+
+def test_load_results_with_physical_scale_each_labels_over_its_image(viewer, qtbot, model,
+                                                                     tmp_path):
+    import tifffile
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    img = discs((96, 96), [(25, 25), (30, 70), (72, 40)], 9)
+    # plain TIFF, 2500 pixels per centimetre: 4 um pixels
+    tifffile.imwrite(raw / "a.tif", img, resolution=(2500.0, 2500.0),
+                     resolutionunit="CENTIMETER")
+    # ImageJ stack: 0.25 um pixels, 0.5 um apart
+    tifffile.imwrite(raw / "b.tif", np.stack([img] * 3), imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "ZYX", "spacing": 0.5, "unit": "um"})
+    # OME-TIFF with two channels: 0.2 um pixels, 0.8 um apart
+    tifffile.imwrite(raw / "c.ome.tif", np.stack([np.stack([img, img // 2], 0)] * 2),
+                     ome=True, metadata={"axes": "ZCYX", "PhysicalSizeX": 0.2,
+                                         "PhysicalSizeY": 0.2, "PhysicalSizeZ": 0.8})
+    out = tmp_path / "out"
+    w = make_widget(viewer, model, prefetch=False)
+    panel = w.batch
+    panel.set_inputs([raw])
+    panel.set_output(out)
+    panel.object_size = 18
+    panel.channel = 0
+    panel.scheduler = "synchronous"
+    panel.run()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
+    assert panel.summary.ok, panel.summary.format()
+    assert panel.load_results() is not None
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
+
+    layers = {lay.name: lay for lay in panel.loaded_layers}
+    assert list(layers) == ["a", "a_labels", "b", "b_labels", "c.ome ch0", "c.ome ch1",
+                            "c_labels"]
+    expected = {"a": (4.0, 4.0), "b": (0.5, 0.25, 0.25), "c.ome ch0": (0.8, 0.2, 0.2),
+                "c.ome ch1": (0.8, 0.2, 0.2)}
+    pairs = {"a": "a_labels", "b": "b_labels", "c.ome ch0": "c_labels",
+             "c.ome ch1": "c_labels"}
+    order = list(viewer.layers)
+    for name, scale in expected.items():
+        image, labels = layers[name], layers[pairs[name]]
+        np.testing.assert_allclose(image.scale, scale)
+        np.testing.assert_allclose(labels.scale, scale)
+        # the labels cover exactly their image, right above it in the layer list
+        np.testing.assert_allclose(labels.extent.world, image.extent.world)
+        assert order.index(labels) > order.index(image)
+    assert order.index(layers["a_labels"]) == order.index(layers["a"]) + 1
+    assert order.index(layers["b_labels"]) == order.index(layers["b"]) + 1
+    assert order.index(layers["c_labels"]) == order.index(layers["c.ome ch1"]) + 1
+    # only the last pair is visible
+    assert [lay.name for lay in panel.loaded_layers if lay.visible] == [
+        "c.ome ch0", "c.ome ch1", "c_labels"]
+    np.testing.assert_array_equal(layers["b_labels"].data, tifffile.imread(out / "b_labels.tif"))
+    np.testing.assert_array_equal(layers["b"].data, tifffile.imread(raw / "b.tif"))

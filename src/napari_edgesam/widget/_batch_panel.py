@@ -3,17 +3,21 @@
 A thin adapter around :func:`napari_edgesam.workflows.batch.run_batch`, the same engine
 function with the same parameters as ``napari-edgesam batch`` (see ``docs/batch.md``): pick
 input files or a folder and an output folder, set the object size and channel, run. The run
-happens in a napari worker thread (by default on dask's local worker processes, like the
-command line); per-file progress arrives through a Qt signal; *Cancel* asks ``run_batch`` to
-stop (running files stop at their next decoder call, finished outputs stay valid and a rerun
-resumes). *Load results* opens the label images (and their inputs) as layers.
+happens in a napari worker thread (by default on local worker processes, like the command
+line). Progress (files, and slices inside the running files) arrives through Qt signals and
+is shown in the tab and in napari's activity panel; the tab's rows have fixed heights, so
+nothing moves while a run fills the list. *Cancel* asks ``run_batch`` to stop (running
+files stop at their next decoder call or their worker processes are ended, finished outputs
+stay valid and a rerun resumes). *Load results* opens each label image over its input, with
+the files' physical pixel sizes as scale.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -26,66 +30,155 @@ from qtpy.QtWidgets import (
     QListWidget,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-__all__ = ["SCHEDULERS", "BatchPanel"]
+__all__ = ["SCHEDULERS", "BatchPanel", "counts_text"]
 
 #: Where the files are processed: combo text -> ``run_batch(scheduler=...)``.
 SCHEDULERS = {
     "worker processes": None,
     "this process": "synchronous",
 }
+#: Text of the progress bar before any run.
+IDLE_TEXT = "no run yet"
+#: Steps of the progress bar per file (progress inside a file moves it by slices).
+STEPS_PER_FILE = 100
+
+
+def counts_text(statuses, total: int) -> str:
+    """What happened to the files of a run, e.g. ``"2 done, 1 cancelled of 3 files"``.
+
+    Parameters
+    ----------
+    statuses : iterable of str
+        ``FileResult.status`` of the files finished so far.
+    total : int
+        Files in the run.
+    """
+    counts = Counter(statuses)
+    parts = [f"{counts['done']} done"]
+    parts += [f"{counts[k]} {k}" for k in ("skipped", "failed", "cancelled") if counts[k]]
+    return f"{', '.join(parts)} of {total} file{'s' if total != 1 else ''}"
 
 
 class _Relay(QObject):
-    """Carries ``run_batch``'s progress callbacks (worker thread) to the GUI thread."""
+    """Carries ``run_batch``'s callbacks (worker threads) to the GUI thread."""
 
+    #: The input files of the run (list of str), before the first one starts.
+    started = Signal(object)
+    #: A file finished: (FileResult, files finished, files in all).
     progress = Signal(object, int, int)
+    #: Inside a file: (input, slices done, slices in the file).
+    slices = Signal(str, int, int)
 
 
 def _batch_job(inputs, out_dir, model, params, overwrite, scheduler, workers, relay, control):
-    from napari_edgesam.workflows.batch import run_batch
+    from napari_edgesam.workflows.batch import collect_inputs, run_batch
 
+    # the file list first, so that the panel can show "0 done of N" before any file ends
+    files = collect_inputs(inputs, exclude_dir=Path(out_dir).expanduser().resolve())
+    relay.started.emit([str(f) for f in files])
     return run_batch(
         inputs, out_dir, model, params, overwrite=overwrite, scheduler=scheduler,
         workers=workers,
         progress=lambda res, done, total: relay.progress.emit(res, done, total),
         cancel=lambda: bool(control.get("cancel")),
+        slice_progress=lambda name, done, total: relay.slices.emit(name, done, total),
     )
 
 
-def _load_job(results):
-    """Read the label images (and their inputs) of finished files: a list of
-    ``(data, kwargs, layer_type)`` (the input memory-mapped when possible)."""
+def _display_range(data) -> list[float]:
+    """Contrast limits (min, max) of an image from a strided sample of at most about a
+    million pixels (what napari would compute, without reading all of a large file)."""
+    import numpy as np
+
+    shape = data.shape
+    step = max(1, int(np.ceil((int(np.prod(shape, dtype=np.int64)) / 1e6) ** (1 / len(shape)))))
+    sample = np.asarray(data[tuple(slice(None, None, step) for _ in shape)])
+    lo, hi = float(np.nanmin(sample)), float(np.nanmax(sample))
+    return [lo, hi if hi > lo else lo + 1.0]
+
+
+def _scale(axes: str, sizes: dict) -> list[float]:
+    return [float(sizes.get(a, 1.0)) for a in axes]
+
+
+def _squeezed(data, axes: str):
+    """``data`` without its axes of size 1 other than Y and X (a view, never a copy), so
+    that an image and its labels line up axis for axis from the right, as napari shows
+    them."""
+    index = tuple(0 if n == 1 and a not in "YX" else slice(None)
+                  for a, n in zip(axes, data.shape))
+    kept = "".join(a for a, n in zip(axes, data.shape) if n != 1 or a in "YX")
+    return (data[index] if any(i == 0 for i in index) else data), kept
+
+
+def _read_pair(res, visible: bool) -> list:
+    """The layers of one finished file: ``[(data, kwargs, layer_type), ...]``, the input's
+    image layer(s) then its labels, with the physical pixel sizes as scale (the input's
+    calibration for both, so that the labels lie exactly over their image). Runs in a
+    worker thread: the input stays memory-mapped when the file allows, contrast limits are
+    computed here from a sample."""
+    import numpy as np
     import tifffile
 
-    from napari_edgesam.workflows.tiff_io import read_image
+    from napari_edgesam.workflows.batch import pixel_sizes
+    from napari_edgesam.workflows.tiff_io import LazyTiff, read_image, rgb_axis
 
     layers = []
-    for res in results:
-        if res.status not in ("done", "skipped") or not res.output:
-            continue
-        stem = Path(res.output).stem
-        try:
-            img = read_image(res.input)
-        except Exception:  # noqa: BLE001 - the labels are still worth showing
-            img = None
-        if img is not None:
-            kwargs = {"name": Path(res.input).stem}
-            axes = img.axes
-            if "C" in axes:
-                kwargs["channel_axis"] = axes.index("C")
-                kwargs["name"] = [f"{Path(res.input).stem} ch{i}"
-                                  for i in range(img.data.shape[axes.index("C")])]
-            elif axes.endswith("S") and img.data.shape[-1] in (3, 4):
-                kwargs["rgb"] = True
-            layers.append((img.data, kwargs, "image"))
-        labels = tifffile.imread(res.output)
-        layers.append((labels, {"name": stem}, "labels"))
+    sizes = None
+    stem = Path(res.input).stem
+    try:
+        img = read_image(res.input)
+        with LazyTiff(res.input) as lazy:
+            sizes = pixel_sizes(lazy.metadata)
+    except Exception:  # noqa: BLE001 - the labels are still worth showing
+        img = None
+    if img is not None:
+        data, axes = _squeezed(img.data, img.axes)
+        kwargs = {"name": stem, "visible": visible}
+        rgb = rgb_axis(axes, data.shape)
+        channel = next((i for i, a in enumerate(axes) if a in "CS" and i != rgb), None)
+        if rgb is not None:
+            data = np.moveaxis(data, rgb, -1)
+            axes = axes[:rgb] + axes[rgb + 1:]
+            kwargs["rgb"] = True
+            kwargs["scale"] = _scale(axes, sizes)
+        elif channel is not None:
+            lead = (slice(None),) * channel
+            kwargs["channel_axis"] = channel
+            kwargs["name"] = [f"{stem} ch{i}" for i in range(data.shape[channel])]
+            kwargs["contrast_limits"] = [_display_range(data[(*lead, i)])
+                                         for i in range(data.shape[channel])]
+            kwargs["scale"] = _scale(axes[:channel] + axes[channel + 1:], sizes)
+        else:
+            kwargs["contrast_limits"] = _display_range(data)
+            kwargs["scale"] = _scale(axes, sizes)
+        layers.append((data, kwargs, "image"))
+    with tifffile.TiffFile(res.output) as tif:  # compressed: read whole (labels are small)
+        series = tif.series[0]
+        labels, labels_axes = _squeezed(series.asarray(), series.axes)
+    if sizes is None:
+        with LazyTiff(res.output) as lab:
+            sizes = pixel_sizes(lab.metadata)
+    layers.append((labels, {"name": Path(res.output).stem, "visible": visible,
+                            "scale": _scale(labels_axes, sizes)}, "labels"))
     return layers
+
+
+def _load_job(results):
+    """Read the label images (and their inputs) of finished files, one file at a time:
+    yields ``(index, layers or None, error or None)``; only the last file's layers are
+    visible."""
+    for i, res in enumerate(results):
+        try:
+            yield i, _read_pair(res, visible=i == len(results) - 1), None
+        except Exception as exc:  # noqa: BLE001 - one unreadable file, the others load
+            yield i, None, f"{Path(res.output).name}: {exc}"
 
 
 class BatchPanel(QWidget):
@@ -96,10 +189,17 @@ class BatchPanel(QWidget):
         panel = widget.batch
         panel.set_inputs(["a.tif", "folder/"]); panel.set_output("out/")
         panel.object_size = 25; panel.channel = None | 0; panel.scheduler = "synchronous"
-        panel.run()            # worker; per-file progress
+        panel.run()            # worker; progress by file and by slice
         panel.cancel()
+        panel.progress_text    # e.g. "2 done, 1 cancelled of 3 files"
         panel.summary          # BatchSummary after the run
-        panel.load_results()   # worker adding the label images as layers
+        panel.load_results()   # worker reading the label images, added over their inputs
+
+    Parameters
+    ----------
+    dock : EdgeSamWidget
+        The dock widget (only its public names are used: ``start_worker``,
+        ``notify_error``, ``set_status``, ``prefetcher``, ``viewer``, ``model``).
     """
 
     def __init__(self, dock):
@@ -109,12 +209,26 @@ class BatchPanel(QWidget):
         self._load_worker = None
         self._control: dict = {}
         self._relay = _Relay(self)
+        self._relay.started.connect(self._on_started)
         self._relay.progress.connect(self._on_progress)
+        self._relay.slices.connect(self._on_slices)
         self.summary = None
         #: FileResult objects in the order they arrived.
         self.file_results: list = []
         #: Layers added by the last :meth:`load_results`.
         self.loaded_layers: list = []
+        self._total = 0  # files in the run
+        self._finished_inputs: set = set()
+        self._running: dict = {}  # input -> (slices done, slices in the file)
+        self._activity = None  # napari progress of the run (activity panel)
+        self._pending_pairs: list = []  # files read, their layers waiting to be added
+        self._loaded_pairs: list = []  # the layers added, per file
+        self._adding = False
+        self._load_errors: list = []
+        self._add_timer = QTimer(self)
+        self._add_timer.setSingleShot(True)
+        self._add_timer.setInterval(0)
+        self._add_timer.timeout.connect(self._add_next_pair)
         self._build_ui()
 
     # -- UI -------------------------------------------------------------------------------
@@ -192,16 +306,29 @@ class BatchPanel(QWidget):
         for b in (self.run_button, self.cancel_button, self.load_button):
             row.addWidget(b)
         outer.addLayout(row)
+        # Everything below the buttons has a fixed height (the list takes what is left), and
+        # no text widens the panel: a run filling these never moves the buttons.
         self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
+        self.progress.setRange(0, STEPS_PER_FILE)
         self.progress.setValue(0)
-        self.progress.setFormat("%v / %m files")
+        self.progress.setFormat(IDLE_TEXT)
+        self.progress.setFixedHeight(self.progress.sizeHint().height())
+        self.progress.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         outer.addWidget(self.progress)
+        line = self.fontMetrics().lineSpacing()
+        self.detail_label = QLabel("")
+        self.detail_label.setFixedHeight(line + 4)
+        self.detail_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.detail_label.setToolTip("Files being segmented and their slices")
+        outer.addWidget(self.detail_label)
         self.results_list = QListWidget()
         self.results_list.setMinimumHeight(80)
-        outer.addWidget(self.results_list)
+        outer.addWidget(self.results_list, 1)
         self.summary_label = QLabel("")
         self.summary_label.setWordWrap(True)
+        self.summary_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.summary_label.setFixedHeight(3 * line + 4)
+        self.summary_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.summary_label)
         self._update_buttons()
@@ -212,7 +339,7 @@ class BatchPanel(QWidget):
         self.cancel_button.setEnabled(running)
         done = self.summary is not None and any(
             r.status in ("done", "skipped") for r in self.summary.results)
-        self.load_button.setEnabled(done and not running and self._load_worker is None)
+        self.load_button.setEnabled(done and not running and not self.loading)
 
     # -- inputs ---------------------------------------------------------------------------
     def set_inputs(self, paths):
@@ -302,7 +429,8 @@ class BatchPanel(QWidget):
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None or self._load_worker is not None
+        """A run or a loading of results is going on."""
+        return self._worker is not None or self.loading
 
     # -- run ------------------------------------------------------------------------------
     def run(self):
@@ -329,42 +457,102 @@ class BatchPanel(QWidget):
         except Exception as exc:  # noqa: BLE001 - invalid values, shown
             dock.notify_error(exc, "batch: ")
             return None
+        from napari.utils import progress
+
         self.summary = None
         self.file_results = []
+        self._finished_inputs = set()
+        self._running = {}
+        self._total = 0
         self.results_list.clear()
         self.summary_label.setText("")
-        self.progress.setRange(0, 1)
+        self.detail_label.setText("listing the input files...")
+        self.progress.setRange(0, STEPS_PER_FILE)
         self.progress.setValue(0)
+        self.progress.setFormat("starting...")
         self._control = control = {}
         dock.prefetcher.activity()
-        dock.set_status(f"Batch: segmenting {', '.join(inputs)} -> {self.output}...")
+        dock.set_status("Batch: running...")
+        # napari's activity panel: created and updated on the GUI thread only (its Qt
+        # widgets are driven synchronously); total set once the file list is known
+        self._close_activity()
+        self._activity = progress(total=0, desc="EdgeSAM batch")
         self._worker = dock.start_worker(
             _batch_job, inputs, self.output, dock.model, params, self.overwrite,
             self.scheduler, None, self._relay, control,
             returned=self._on_done,
             errored=lambda exc: dock.notify_error(exc, "batch failed: "),
             finished=self._on_finished,
-            desc="EdgeSAM: batch segmentation",
         )
         self._update_buttons()
         return self._worker
 
     def cancel(self):
-        """Ask the run to stop: running files stop at their next decoder call, queued ones
-        are not started; finished outputs stay valid (a rerun resumes)."""
+        """Ask the run to stop: queued files are not started, running ones stop at their
+        next decoder call (worker processes that do not are ended a few seconds later);
+        finished outputs stay valid (a rerun resumes)."""
         if self._worker is None:
             return
         self._control["cancel"] = True
+        self.detail_label.setText("cancelling...")
         self._dock.set_status("Batch: cancelling...")
 
+    # -- progress (GUI thread: relayed by Qt signals) ------------------------------------
+    @property
+    def progress_text(self) -> str:
+        """The progress bar's text: ``"no run yet"``, or what happened to the files of the
+        current or last run (``"2 done, 1 cancelled of 3 files"``)."""
+        return self.progress.format()
+
+    def _finished_statuses(self) -> list[str]:
+        return [r.status for r in self.file_results]
+
+    def _show_progress(self):
+        total = max(self._total, len(self.file_results))
+        statuses = self._finished_statuses()
+        # files with an outcome fill the bar; cancelled ones do not; running ones by slice
+        complete = sum(1 for st in statuses if st in ("done", "skipped", "failed"))
+        inside = sum(done / n for done, n in self._running.values() if n > 0)
+        self.progress.setRange(0, max(1, total) * STEPS_PER_FILE)
+        self.progress.setValue(int((complete + inside) * STEPS_PER_FILE))
+        self.progress.setFormat(counts_text(statuses, total))
+        if self._running:
+            self.detail_label.setText("  ·  ".join(
+                f"{Path(name).name}: slice {done} / {n}"
+                for name, (done, n) in self._running.items()))
+        act = self._activity
+        if act is not None:
+            if act.total != total:
+                act.total = total
+            if complete > act.n:
+                act.update(complete - act.n)
+            running = ", ".join(f"{Path(k).name} {d}/{n}" for k, (d, n) in self._running.items())
+            act.set_description(f"EdgeSAM batch: {counts_text(statuses, total)}"
+                                + (f"; slices {running}" if running else ""))
+
+    def _on_started(self, files):
+        self._total = len(files)
+        self.detail_label.setText("")
+        self._show_progress()
+        self._dock.set_status(f"Batch: {len(files)} files.")
+
+    def _on_slices(self, name, done, total):
+        if self._worker is None or name in self._finished_inputs:
+            return  # a late message for a file already finished
+        self._running[name] = (done, total)
+        self._show_progress()
+
     def _on_progress(self, res, done, total):
+        if res.input in self._finished_inputs:
+            return
+        self._finished_inputs.add(res.input)
         self.file_results.append(res)
-        self.progress.setRange(0, max(1, total))
-        self.progress.setValue(done)
+        self._running.pop(res.input, None)
+        self._total = max(self._total, total)
         name = Path(res.input).name
         if res.status == "done":
             text = (f"done     {name} -> {Path(res.output).name}: {res.n_objects} objects, "
-                    f"{res.seconds:.1f} s")
+                    f"{res.slices} slices, {res.seconds:.1f} s")
         elif res.status == "skipped":
             text = f"skipped  {name} (already done with these parameters)"
         elif res.status == "failed":
@@ -373,57 +561,133 @@ class BatchPanel(QWidget):
             text = f"{res.status:<8} {name}"
         self.results_list.addItem(text)
         self.results_list.scrollToBottom()
-        self._dock.set_status(f"Batch: {done} of {total} files.")
+        if not self._running:
+            self.detail_label.setText("")
+        self._show_progress()
 
     def _on_done(self, summary):
         self.summary = summary
-        self.summary_label.setText(summary.format())
         for res in summary.results:  # results the progress signal has not shown yet
-            if not any(r is res or r.input == res.input for r in self.file_results):
-                self._on_progress(res, len(self.file_results) + 1, len(summary.results))
+            self._on_progress(res, len(self.file_results) + 1, len(summary.results))
+        self._running = {}
+        self._total = len(summary.results)
+        self._show_progress()
         state = "cancelled" if summary.cancelled else ("done" if summary.ok else "finished")
-        self._dock.set_status(f"Batch {state}: {summary.format().splitlines()[-1]}")
+        self.detail_label.setText(f"{state} in {summary.seconds:.1f} s")
+        self.summary_label.setText(summary.format().splitlines()[-1])
+        self.summary_label.setToolTip(summary.format())
+        self._dock.set_status(f"Batch {state}: {self.progress_text}.")
+
+    def _close_activity(self):
+        act, self._activity = self._activity, None
+        if act is not None:
+            try:
+                act.close()
+            except Exception:  # noqa: BLE001 - the activity panel may be gone with napari
+                pass
 
     def _on_finished(self):
         self._worker = None
         self._control = {}
+        self._running = {}
+        self._close_activity()
+        if self.summary is None:  # failed before a summary: say what is known
+            self.detail_label.setText("stopped by an error")
         self._update_buttons()
 
     # -- results --------------------------------------------------------------------------
     def load_results(self):
-        """Open the finished label images and their inputs as layers (read in a worker)."""
+        """Open the finished label images, each over its input image, as layers.
+
+        Files are read in a worker thread (inputs memory-mapped where the file allows);
+        their layers are added on the GUI thread one file per event-loop turn, with the
+        files' physical pixel sizes as scale; only the last file's layers are visible (the
+        others are added hidden). Returns the worker, or None when there is nothing to load.
+        """
         from napari.utils.notifications import show_info
 
         if self.summary is None or self._load_worker is not None:
             show_info("EdgeSAM batch: nothing to load yet.")
             return None
-        results = [r for r in self.summary.results if r.status in ("done", "skipped")]
+        results = [r for r in self.summary.results
+                   if r.status in ("done", "skipped") and r.output]
         if not results:
             show_info("EdgeSAM batch: no finished file to load.")
             return None
         self.loaded_layers = []
+        self._loaded_pairs = []
+        self._pending_pairs = []
+        self._load_errors = []
         self._load_worker = self._dock.start_worker(
             _load_job, results,
-            returned=self._on_loaded,
+            yielded=self._on_pair_read,
             errored=lambda exc: self._dock.notify_error(exc, "cannot load the results: "),
             finished=self._on_load_finished,
             desc="EdgeSAM: loading batch results",
+            total=len(results),
         )
         self._update_buttons()
         return self._load_worker
 
-    def _on_loaded(self, layers):
+    def _on_pair_read(self, item):
+        _, layers, error = item
+        if error is not None:
+            self._load_errors.append(error)
+        elif layers:
+            self._pending_pairs.append(layers)
+            if not self._add_timer.isActive():
+                self._add_timer.start()
+
+    def _add_next_pair(self):
+        """Add one file's layers (then yield to the event loop for the next one)."""
+        # Adding a layer may process events (napari, the dock's own handlers): a pair read
+        # meanwhile waits for this one, so pairs keep their order.
+        if self._adding or not self._pending_pairs:
+            return
+        layers = self._pending_pairs.pop(0)
         viewer = self._dock.viewer
-        for data, kwargs, kind in layers:
-            add = viewer.add_image if kind == "image" else viewer.add_labels
-            added = add(data, **kwargs)
-            self.loaded_layers.extend(added if isinstance(added, list) else [added])
-        self._dock.set_status(f"Batch: loaded {len(self.loaded_layers)} layers.")
+        pair = []
+        self._adding = True
+        try:
+            for data, kwargs, kind in layers:
+                add = viewer.add_image if kind == "image" else viewer.add_labels
+                added = add(data, **kwargs)
+                pair.extend(added if isinstance(added, list) else [added])
+        finally:
+            self._adding = False
+            self._loaded_pairs.append(pair)
+            self.loaded_layers.extend(pair)
+        if self._pending_pairs:
+            self._add_timer.start()
+        elif self._load_worker is None:
+            self._loading_done()
+
+    def _loading_done(self):
+        if self._loaded_pairs and not any(lay.visible for lay in self.loaded_layers):
+            for lay in self._loaded_pairs[-1]:  # the last file could not be read: show the
+                lay.visible = True               # last one that could
+        text = f"Batch: loaded {len(self.loaded_layers)} layers."
+        if self._load_errors:
+            text += f" Not loaded: {'; '.join(self._load_errors)}"
+        self._dock.set_status(text)
+        self._update_buttons()
 
     def _on_load_finished(self):
         self._load_worker = None
+        if not self._pending_pairs:
+            self._loading_done()
         self._update_buttons()
 
+    @property
+    def loading(self) -> bool:
+        """Whether results are still being read or added."""
+        return self._load_worker is not None or bool(self._pending_pairs)
+
     def shutdown(self):
+        """Stop everything (the dock widget is going away): cancel a run, stop adding
+        layers, close the activity entry."""
         if self._worker is not None:
             self._control["cancel"] = True
+        self._add_timer.stop()
+        self._pending_pairs = []
+        self._close_activity()

@@ -60,6 +60,7 @@ __all__ = [
     "SIDECAR_FORMAT",
     "collect_inputs",
     "output_paths",
+    "pixel_sizes",
     "plan_axes",
     "predictor_for",
     "process_file",
@@ -696,6 +697,57 @@ def _physical_sizes(meta: TiffMetadata) -> dict:
     if "finterval" in ij:
         phys.update({"TimeIncrement": float(ij["finterval"]), "TimeIncrementUnit": "s"})
     return phys
+
+
+#: Micrometres per unit, for the length units TIFF metadata uses.
+_MICROMETRES = {
+    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+    "micrometre": 1.0, "\\u00b5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "å": 1e-4, "angstrom": 1e-4, "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "in": 25400.0, "inch": 25400.0,
+}
+
+
+def pixel_sizes(meta: TiffMetadata) -> dict[str, float]:
+    """Physical pixel size per axis, in micrometres, as far as a file's metadata says.
+
+    Sources, first found wins per axis: OME ``PhysicalSizeX/Y/Z`` (with their units), ImageJ
+    calibration (resolution tags in the ImageJ ``unit``, ``spacing`` for Z), then the TIFF
+    resolution tags when their ``ResolutionUnit`` is inch or centimetre. Sizes in units
+    that are not lengths (ImageJ's ``pixel``...) are left out.
+
+    Parameters
+    ----------
+    meta : TiffMetadata
+        As read by :class:`~napari_edgesam.workflows.tiff_io.LazyTiff`.
+
+    Returns
+    -------
+    dict
+        Some of ``"X"``, ``"Y"``, ``"Z"`` -> size in micrometres (> 0).
+    """
+    out: dict[str, float] = {}
+    phys = _physical_sizes(meta)
+    for axis in "XYZ":
+        value = phys.get(f"PhysicalSize{axis}")
+        factor = _MICROMETRES.get(str(phys.get(f"PhysicalSize{axis}Unit", "µm")).strip().lower())
+        try:
+            size = float(value) * factor if value is not None and factor else 0.0
+        except (TypeError, ValueError):
+            size = 0.0
+        if math.isfinite(size) and size > 0:
+            out[axis] = size
+    if meta.resolution and meta.resolution_unit in (2, 3) and not ("X" in out and "Y" in out):
+        per_unit = 25400.0 if meta.resolution_unit == 2 else 1e4
+        try:
+            (xn, xd), (yn, yd) = meta.resolution
+            if xn > 0 and xd > 0 and yn > 0 and yd > 0:
+                out.setdefault("X", per_unit * xd / xn)
+                out.setdefault("Y", per_unit * yd / yn)
+        except (TypeError, ValueError):
+            pass
+    return out
 
 
 def _padded(block: np.ndarray, size: int, dtype: np.dtype) -> np.ndarray:
