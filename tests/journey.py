@@ -24,7 +24,7 @@ def dock_panel(make_napari_viewer, npe2pm, size=(1280, 800)):
     viewer.window._qt_window.resize(*size)
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-edgesam", "EdgeSAM")
     widget = getattr(widget, "__wrapped__", widget)
-    widget.prefetch_enabled = False  # deterministic encoder counts
+    widget.prefetch_check.setChecked(False)  # deterministic encoder counts
     return viewer, widget
 
 
@@ -73,5 +73,5 @@ def choose_test_model(qtbot, widget):
     """Load the committed test-double pair as custom files (not EdgeSAM)."""
     from conftest import TEST_DECODER, TEST_ENCODER
 
-    widget.load_custom_model(str(TEST_ENCODER), str(TEST_DECODER))
+    widget.model_picker.load_custom_model(str(TEST_ENCODER), str(TEST_DECODER))
     qtbot.waitUntil(lambda: widget.model is not None and not widget.busy, timeout=TIMEOUT)

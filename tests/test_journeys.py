@@ -19,7 +19,7 @@ def _expected(model, image, points, labels):
 
 
 def _wait_preview(qtbot, w):
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize("route", ["sample menu", "viewer.open", "add_image"])
@@ -40,7 +40,7 @@ def test_first_click_after_opening_an_image_adds_a_point_and_a_preview(
     else:
         viewer.add_image(coins, name="coins")
     layer = viewer.layers[[type(x).__name__ for x in viewer.layers].index("Image")]
-    qtbot.waitUntil(lambda: w.image_layer is layer and w.embedding is not None
+    qtbot.waitUntil(lambda: w.session.image_layer is layer and w.session.embedding is not None
                     and not w.busy, timeout=TIMEOUT)
     viewer.reset_view()
     qtbot.wait(50)
@@ -48,11 +48,11 @@ def test_first_click_after_opening_an_image_adds_a_point_and_a_preview(
 
     click(qtbot, viewer, layer, 141, 163)  # a coin of the second row
     _wait_preview(qtbot, w)
-    assert list(w.points_layer.features["prompt"]) == ["positive"]
-    r, c = np.asarray(layer.world_to_data(w.points_layer.data_to_world(w.points_layer.data[0])))
+    assert list(w.session.points_layer.features["prompt"]) == ["positive"]
+    r, c = np.asarray(layer.world_to_data(w.session.points_layer.data_to_world(w.session.points_layer.data[0])))
     assert abs(r - 141) < 1.5 and abs(c - 163) < 1.5
     want = _expected(w.model, coins, [(c, r)], [1])
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     assert want[141, 163] and want.sum() < coins.size / 2  # around the click, not all
 
 
@@ -65,38 +65,38 @@ def test_a_second_image_gets_its_own_prompts_and_the_first_keeps_them(
     img_a, truth_a = disc_image((120, 160), (50, 60), 18)
     img_b, truth_b = disc_image((120, 160), (80, 110), 14)
     a = viewer.add_image(img_a, name="a")
-    qtbot.waitUntil(lambda: w.image_layer is a and w.embedding is not None and not w.busy,
+    qtbot.waitUntil(lambda: w.session.image_layer is a and w.session.embedding is not None and not w.busy,
                     timeout=TIMEOUT)
     viewer.reset_view()
     qtbot.wait(50)
     click(qtbot, viewer, a, 50, 60)
     _wait_preview(qtbot, w)
-    np.testing.assert_array_equal(w.preview_mask, _expected(w.model, img_a, [(60, 50)], [1]))
+    np.testing.assert_array_equal(w.session.preview_mask, _expected(w.model, img_a, [(60, 50)], [1]))
 
     b = viewer.add_image(img_b, name="b")
-    qtbot.waitUntil(lambda: w.image_layer is b and w.embedding is not None and not w.busy,
+    qtbot.waitUntil(lambda: w.session.image_layer is b and w.session.embedding is not None and not w.busy,
                     timeout=TIMEOUT)
-    assert len(w.points_layer.data) == 0 and w.preview_mask is None  # its own, empty
+    assert len(w.session.points_layer.data) == 0 and w.session.preview_mask is None  # its own, empty
     click(qtbot, viewer, b, 80, 110)
     _wait_preview(qtbot, w)
     want_b = _expected(w.model, img_b, [(110, 80)], [1])
-    np.testing.assert_array_equal(w.preview_mask, want_b)  # computed on b, not on a
+    np.testing.assert_array_equal(w.session.preview_mask, want_b)  # computed on b, not on a
     assert w.commit() == 1
-    np.testing.assert_array_equal(w.labels_layer.data > 0, want_b)
-    assert w.labels_layer.data.shape == img_b.shape
+    np.testing.assert_array_equal(w.session.labels_layer.data > 0, want_b)
+    assert w.session.labels_layer.data.shape == img_b.shape
 
     # back to a: its prompt and preview are there again
     w.image_combo.setCurrentIndex(w.image_combo.findText("a"))
-    qtbot.waitUntil(lambda: w.image_layer is a and not w.busy and w.preview_mask is not None,
+    qtbot.waitUntil(lambda: w.session.image_layer is a and not w.busy and w.session.preview_mask is not None,
                     timeout=TIMEOUT)
-    assert len(w.points_layer.data) == 1
-    np.testing.assert_array_equal(w.preview_mask, _expected(w.model, img_a, [(60, 50)], [1]))
+    assert len(w.session.points_layer.data) == 1
+    np.testing.assert_array_equal(w.session.preview_mask, _expected(w.model, img_a, [(60, 50)], [1]))
 
     # pinned: a new image does not take the panel
-    w.pinned = True
+    w.pin_check.setChecked(True)
     viewer.add_image(img_b, name="c")
     qtbot.wait(100)
-    assert w.image_layer is a
+    assert w.session.image_layer is a
 
 
 def test_the_panel_says_why_clicks_do_nothing_when_another_layer_is_selected(
@@ -106,11 +106,11 @@ def test_the_panel_says_why_clicks_do_nothing_when_another_layer_is_selected(
     viewer, w = dock_panel(make_napari_viewer, npe2pm)
     choose_test_model(qtbot, w)
     img = viewer.add_image(disc_image((80, 80), (40, 40), 12)[0], name="img")
-    qtbot.waitUntil(lambda: w.embedding is not None and not w.busy, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.session.embedding is not None and not w.busy, timeout=TIMEOUT)
     shapes = viewer.add_shapes(name="my drawing")  # the user picks another tool on purpose
     assert viewer.layers.selection.active is shapes
     assert "Clicks go to 'my drawing'" in w.status
     assert "EdgeSAM points" in w.status
-    viewer.layers.selection.active = w.points_layer
+    viewer.layers.selection.active = w.session.points_layer
     assert "Ready" in w.status
-    assert img is w.image_layer
+    assert img is w.session.image_layer

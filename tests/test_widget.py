@@ -30,7 +30,7 @@ TIMEOUT = 20_000
 
 def wait_ready(qtbot, w):
     """Wait until no worker runs and the current slice's embedding is there."""
-    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None, timeout=TIMEOUT)
 
 
 def wait_idle(qtbot, w):
@@ -61,27 +61,27 @@ def test_2d_click_commit_undo_redo(viewer, qtbot, test_model):
     img, truth = disc_image((120, 160), (50, 70), 18)
     viewer.add_image(img, name="discs")
     w = make_widget(viewer, test_model)
-    assert w.image_layer is viewer.layers["discs"]
+    assert w.session.image_layer is viewer.layers["discs"]
     wait_ready(qtbot, w)
     assert "Ready" in w.status
 
     # a click through the points layer's data (world = data here), at (row 50, col 70)
-    w.points_layer.add([50, 70])
-    qtbot.waitUntil(lambda: w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.points_layer.add([50, 70])
+    qtbot.waitUntil(lambda: w.session.preview_mask is not None, timeout=TIMEOUT)
     wait_idle(qtbot, w)
     want = expected_mask(test_model, img, points=[(70, 50)], labels=[1])
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     assert iou(want, truth) > 0.9
-    np.testing.assert_array_equal(w.preview_layer.data.astype(bool), want)
+    np.testing.assert_array_equal(w.session.preview_view.layer.data.astype(bool), want)
 
     label = w.commit()
     assert label == 1
-    labels = w.labels_layer
+    labels = w.session.labels_layer
     assert labels is not None and labels.data.shape == img.shape
     np.testing.assert_array_equal(labels.data, want.astype(labels.data.dtype))
     # prompts and preview are cleared after a commit
-    assert len(w.points_layer.data) == 0
-    assert w.preview_mask is None
+    assert len(w.session.points_layer.data) == 0
+    assert w.session.preview_mask is None
 
     # a second object gets the next id, on the background only
     img2 = img.copy()
@@ -89,8 +89,8 @@ def test_2d_click_commit_undo_redo(viewer, qtbot, test_model):
     img2[disc2] = 200
     viewer.layers["discs"].data = img2
     wait_ready(qtbot, w)
-    w.add_point((60, 125))
-    qtbot.waitUntil(lambda: w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point((60, 125))
+    qtbot.waitUntil(lambda: w.session.preview_mask is not None, timeout=TIMEOUT)
     wait_idle(qtbot, w)
     want2 = expected_mask(test_model, img2, points=[(125, 60)], labels=[1])
     assert w.commit() == 2
@@ -120,13 +120,13 @@ def test_3d_scaled_translated_commit_touches_only_its_slice(viewer, qtbot, test_
     viewer.dims.set_point(0, translate[0] + 3 * scale[0])
     wait_ready(qtbot, w)
     assert "slice 3" in w.status
-    assert w.points_layer.scale.tolist() == list(scale)
+    assert w.session.points_layer.scale.tolist() == list(scale)
 
     # a click in world coordinates at data (3, 30, 44)
     world = np.array(translate) + np.array(scale) * np.array([3, 30, 44])
     np.testing.assert_allclose(layer.world_to_data(world), [3, 30, 44])
-    w.add_point(world)
-    qtbot.waitUntil(lambda: w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point(world)
+    qtbot.waitUntil(lambda: w.session.preview_mask is not None, timeout=TIMEOUT)
     wait_idle(qtbot, w)
 
     from napari_edgesam.engine import default_mapping
@@ -134,10 +134,10 @@ def test_3d_scaled_translated_commit_touches_only_its_slice(viewer, qtbot, test_
     mapping = default_mapping(stack)  # stack-wide percentiles ("auto" for uint16)
     want = expected_mask(test_model, stack[3], points=[(44, 30)], labels=[1], mapping=mapping)
     assert iou(want, disc) > 0.85
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     label = w.commit()
     assert label == 1
-    labels = w.labels_layer
+    labels = w.session.labels_layer
     assert labels.data.shape == stack.shape
     np.testing.assert_allclose(labels.scale, scale)
     np.testing.assert_allclose(labels.translate, translate)
@@ -157,28 +157,28 @@ def test_prompts_on_other_slices_are_ignored(viewer, qtbot, test_model):
     viewer.dims.set_point(0, 1)
     wait_ready(qtbot, w)
     # a point on slice 1 and one on slice 2 (invisible here)
-    w.points_layer.data = np.array([[1, 24, 24], [2, 5, 5]])
-    qtbot.waitUntil(lambda: w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.points_layer.data = np.array([[1, 24, 24], [2, 5, 5]])
+    qtbot.waitUntil(lambda: w.session.preview_mask is not None, timeout=TIMEOUT)
     wait_idle(qtbot, w)
     want = expected_mask(test_model, stack[1], points=[(24, 24)], labels=[1],
                          mapping=IntensityMapping.identity_uint8())
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     # moving to slice 2 encodes it and answers its own prompt
     viewer.dims.set_point(0, 2)
     wait_ready(qtbot, w)
-    qtbot.waitUntil(lambda: w.preview_mask is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.session.preview_mask is not None, timeout=TIMEOUT)
     wait_idle(qtbot, w)
     want2 = expected_mask(test_model, stack[2], points=[(5, 5)], labels=[1],
                           mapping=IntensityMapping.identity_uint8())
-    np.testing.assert_array_equal(w.preview_mask, want2)
+    np.testing.assert_array_equal(w.session.preview_mask, want2)
     # one box per slice: boxes of other slices are kept
-    w.set_box((10, 10), (40, 40))
+    w.session.set_box((10, 10), (40, 40))
     viewer.dims.set_point(0, 1)
     wait_ready(qtbot, w)
-    w.set_box((12, 12), (36, 36))
-    w.set_box((14, 14), (34, 34))  # replaces the slice's box
-    assert w.boxes_layer.nshapes == 2
-    assert sorted(int(round(v[0, 0])) for v in w.boxes_layer.data) == [1, 2]
+    w.session.set_box((12, 12), (36, 36))
+    w.session.set_box((14, 14), (34, 34))  # replaces the slice's box
+    assert w.session.boxes_layer.nshapes == 2
+    assert sorted(int(round(v[0, 0])) for v in w.session.boxes_layer.data) == [1, 2]
 
 
 def test_box_any_direction_is_normalised_and_clipped(viewer, qtbot, test_model):
@@ -187,19 +187,19 @@ def test_box_any_direction_is_normalised_and_clipped(viewer, qtbot, test_model):
     w = make_widget(viewer, test_model)
     wait_ready(qtbot, w)
     # drawn from bottom-right to top-left, and past the image's right edge
-    w.set_box((80, 140), (22, 30))
-    qtbot.waitUntil(lambda: w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.set_box((80, 140), (22, 30))
+    qtbot.waitUntil(lambda: w.session.preview_mask is not None, timeout=TIMEOUT)
     wait_idle(qtbot, w)
     want = expected_mask(test_model, img, box=(30, 22, 119.5, 80))
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     assert iou(want, truth) > 0.85
     # only one box per slice: a new one replaces it
-    w.set_box((25, 35), (75, 85))
-    assert w.boxes_layer.nshapes == 1
+    w.session.set_box((25, 35), (75, 85))
+    assert w.session.boxes_layer.nshapes == 1
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
     want = expected_mask(test_model, img, box=(35, 25, 85, 75))
-    qtbot.waitUntil(lambda: w.preview_mask is not None
-                    and np.array_equal(w.preview_mask, want), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.session.preview_mask is not None
+                    and np.array_equal(w.session.preview_mask, want), timeout=TIMEOUT)
 
 
 def test_negative_point_and_paint_only_on_background(viewer, qtbot, test_model):
@@ -209,25 +209,25 @@ def test_negative_point_and_paint_only_on_background(viewer, qtbot, test_model):
     existing[40:60, 40:60] = 7
     labels = viewer.add_labels(existing.copy(), name="mine")
     w = make_widget(viewer, test_model)
-    w.set_labels_layer(labels)
+    w.session.set_labels_layer(labels)
     wait_ready(qtbot, w)
-    w.add_point((50, 35), positive=True)
-    w.add_point((50, 62), positive=False)
-    assert list(w.points_layer.features["prompt"]) == ["positive", "negative"]
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point((50, 35), positive=True)
+    w.session.add_point((50, 62), positive=False)
+    assert list(w.session.points_layer.features["prompt"]) == ["positive", "negative"]
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want = expected_mask(test_model, img, points=[(35, 50), (62, 50)], labels=[1, 0])
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     assert not want[50, 62]  # the negative click carved the mask
-    assert w.paint_background_only
+    assert w.session.paint_background_only
     assert w.commit() == 8  # next free id after 7
     np.testing.assert_array_equal(labels.data[existing == 7], 7)  # kept
     np.testing.assert_array_equal(labels.data == 8, want & (existing == 0))
     after8 = labels.data.copy()
 
     # unticked: the next commit overwrites
-    w.paint_background_only = False
-    w.add_point((50, 35))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.background_only_check.setChecked(False)
+    w.session.add_point((50, 35))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want = expected_mask(test_model, img, points=[(35, 50)], labels=[1])
     assert w.commit() == 9
     np.testing.assert_array_equal(labels.data == 9, want)
@@ -242,11 +242,11 @@ def test_custom_model_named_by_file(viewer, qtbot):
     w = make_widget(viewer, None)
     assert w.model is None
     assert "No model" in w.status
-    w.load_custom_model(TEST_ENCODER, TEST_DECODER)
+    w.model_picker.load_custom_model(TEST_ENCODER, TEST_DECODER)
     wait_ready(qtbot, w)
     assert w.model.name == "custom: test_encoder.onnx"
-    assert w.model_combo.currentText() == "custom: test_encoder.onnx"
-    assert "EdgeSAM" not in w.model_combo.currentText()
+    assert w.model_picker.model_combo.currentText() == "custom: test_encoder.onnx"
+    assert "EdgeSAM" not in w.model_picker.model_combo.currentText()
 
 
 def test_bad_custom_model_shows_error(viewer, qtbot, monkeypatch):
@@ -258,7 +258,7 @@ def test_bad_custom_model_shows_error(viewer, qtbot, monkeypatch):
     viewer.add_image(img)
     w = make_widget(viewer, None)
     # encoder and decoder swapped
-    w.load_custom_model(TEST_DECODER, TEST_ENCODER)
+    w.model_picker.load_custom_model(TEST_DECODER, TEST_ENCODER)
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
     assert w.model is None
     assert errors and "swap" in errors[0]
@@ -274,16 +274,16 @@ def test_layer_deleted_while_encoding(viewer, qtbot, test_model, monkeypatch):
     img, _ = disc_image((64, 64), (32, 32), 10)
     viewer.add_image(img, name="img")
     w = make_widget(viewer, slow)
-    qtbot.waitUntil(lambda: w._encode_worker is not None, timeout=TIMEOUT)
-    w.add_point((32, 32))
+    qtbot.waitUntil(lambda: w.session.encoder.worker is not None, timeout=TIMEOUT)
+    w.session.add_point((32, 32))
     viewer.layers.remove("img")
     wait_idle(qtbot, w)
-    assert w.image_layer is None
+    assert w.session.image_layer is None
     assert any("removed" in m for m in warnings_shown)
-    assert w.preview_mask is None
-    assert w.labels_layer is None
+    assert w.session.preview_mask is None
+    assert w.session.labels_layer is None
     # prompt layers left intact
-    assert len(w.points_layer.data) == 1
+    assert len(w.session.points_layer.data) == 1
 
 
 def test_event_loop_keeps_ticking_while_encoding(viewer, qtbot):
@@ -312,16 +312,16 @@ def test_event_loop_keeps_ticking_while_encoding(viewer, qtbot):
         encoded = []
         qtbot.wait(50)
         if attempt == 0:
-            w.set_model(slow)  # starts encoding the current slice
+            w.session.set_model(slow)  # starts encoding the current slice
         else:  # new pixels: a cache miss, encoded again
             layer.data = np.roll(img, 7 * attempt, axis=1)
-        assert w._encode_worker is not None
-        w._encode_worker.returned.connect(lambda *_: encoded.append(time.perf_counter()))
-        w.add_point((200, 200 + 7 * attempt))  # a click while encoding: answered afterwards
+        assert w.session.encoder.worker is not None
+        w.session.encoder.worker.returned.connect(lambda *_: encoded.append(time.perf_counter()))
+        w.session.add_point((200, 200 + 7 * attempt))  # a click while encoding: answered afterwards
         # from here on the GUI thread only waits for the worker (napari's own handling of
         # the data change and of the click above is synchronous GUI work, not encoding)
         t_start = time.perf_counter()
-        qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+        qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
         t_end = encoded[0]
         assert t_end - t_start > 0.8  # the encoder really was slow
         during = np.array([t for t in ticks if t_start <= t <= t_end])
@@ -351,11 +351,11 @@ def test_stale_results_dropped_newest_wins(viewer, qtbot, test_model):
     wait_ready(qtbot, w)
     # many prompt changes in a row, without waiting
     for k in range(8):
-        w.points_layer.data = np.array([[25 + k % 2, 25]])
-    w.points_layer.data = np.array([[70, 70]])
+        w.session.points_layer.data = np.array([[25 + k % 2, 25]])
+    w.session.points_layer.data = np.array([[70, 70]])
     wait_idle(qtbot, w)
     want = expected_mask(test_model, img, points=[(70, 70)], labels=[1])
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     assert iou(want, b) > 0.85
 
 
@@ -364,12 +364,12 @@ def test_commit_right_after_click_waits_for_preview(viewer, qtbot, test_model):
     viewer.add_image(img)
     w = make_widget(viewer, test_model)
     wait_ready(qtbot, w)
-    w.add_point((40, 40))
+    w.session.add_point((40, 40))
     assert w.commit() is None  # the preview is still being computed: committed on arrival
-    qtbot.waitUntil(lambda: w.labels_layer is not None and w.labels_layer.data.any(),
+    qtbot.waitUntil(lambda: w.session.labels_layer is not None and w.session.labels_layer.data.any(),
                     timeout=TIMEOUT)
     want = expected_mask(test_model, img, points=[(40, 40)], labels=[1])
-    np.testing.assert_array_equal(w.labels_layer.data == 1, want)
+    np.testing.assert_array_equal(w.session.labels_layer.data == 1, want)
 
 
 def test_contrast_mapping_modes(viewer, qtbot, test_model, embedding_cache):
@@ -379,24 +379,24 @@ def test_contrast_mapping_modes(viewer, qtbot, test_model, embedding_cache):
     layer = viewer.add_image(img, contrast_limits=(0, 4000))
     w = make_widget(viewer, test_model)
     wait_ready(qtbot, w)
-    w.mapping_mode = "contrast"
+    w.mapping_combo.setCurrentIndex(w.mapping_combo.findData("contrast"))
     wait_ready(qtbot, w)
-    assert w.embedding.key is not None and "linear[0|4000]" in w.embedding.key
+    assert w.session.embedding.key is not None and "linear[0|4000]" in w.session.embedding.key
     misses = embedding_cache.stats["misses"]
     layer.contrast_limits = (500, 3500)
-    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None
-                    and "linear[500|3500]" in w.embedding.key, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None
+                    and "linear[500|3500]" in w.session.embedding.key, timeout=TIMEOUT)
     assert embedding_cache.stats["misses"] == misses + 1
     # back to the old limits: a cache hit, no new encoder run
     layer.contrast_limits = (0, 4000)
-    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None
-                    and "linear[0|4000]" in w.embedding.key, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None
+                    and "linear[0|4000]" in w.session.embedding.key, timeout=TIMEOUT)
     assert embedding_cache.stats["misses"] == misses + 1
-    w.add_point((32, 32))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point((32, 32))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want = expected_mask(test_model, img, points=[(32, 32)], labels=[1],
                          mapping=IntensityMapping((0.0,), (4000.0,)))
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
 
 
 def test_rgb_image(viewer, qtbot, test_model):
@@ -405,13 +405,13 @@ def test_rgb_image(viewer, qtbot, test_model):
     viewer.add_image(rgb, name="rgb")
     w = make_widget(viewer, test_model)
     wait_ready(qtbot, w)
-    assert w.points_layer.ndim == 2
-    w.add_point((45, 60))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    assert w.session.points_layer.ndim == 2
+    w.session.add_point((45, 60))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want = expected_mask(test_model, rgb, points=[(60, 45)], labels=[1])
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     assert w.commit() == 1
-    assert w.labels_layer.data.shape == grey.shape
+    assert w.session.labels_layer.data.shape == grey.shape
 
 
 def test_multichannel_channel_choice(viewer, qtbot, test_model):
@@ -422,18 +422,18 @@ def test_multichannel_channel_choice(viewer, qtbot, test_model):
     data[1, 1][d1] = 200
     viewer.add_image(data, name="mc")
     w = make_widget(viewer, test_model)
-    w.set_channel_axis(0, channel=1)
+    w.session.set_channel_axis(0, channel=1)
     viewer.dims.set_point(1, 1)
     wait_ready(qtbot, w)
-    w.add_point((0, 1, 44, 44))  # the slider's channel does not matter
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point((0, 1, 44, 44))  # the slider's channel does not matter
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want = expected_mask(test_model, data[1, 1], points=[(44, 44)], labels=[1],
                          mapping=IntensityMapping.identity_uint8())
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     assert w.commit() == 1
-    assert w.labels_layer.data.shape == (3, 64, 64)
-    np.testing.assert_array_equal(w.labels_layer.data[1] == 1, want)
-    assert not w.labels_layer.data[[0, 2]].any()
+    assert w.session.labels_layer.data.shape == (3, 64, 64)
+    np.testing.assert_array_equal(w.session.labels_layer.data[1] == 1, want)
+    assert not w.session.labels_layer.data[[0, 2]].any()
 
 
 def test_channel_axis_in_the_middle_warns_about_the_display(viewer, qtbot, test_model,
@@ -446,10 +446,10 @@ def test_channel_axis_in_the_middle_warns_about_the_display(viewer, qtbot, test_
     monkeypatch.setattr(notifications, "show_warning", shown.append)
     viewer.add_image(np.zeros((3, 2, 64, 64), np.uint8), name="zcyx")
     w = make_widget(viewer, test_model, prefetch=False)
-    w.set_channel_axis(0)
+    w.session.set_channel_axis(0)
     qtbot.wait(50)
     assert not [m for m in shown if "line up" in m]
-    w.set_channel_axis(1)
+    w.session.set_channel_axis(1)
     qtbot.waitUntil(lambda: any("line up" in m for m in shown), timeout=TIMEOUT)
     msg = next(m for m in shown if "line up" in m)
     assert "channel_axis=1" in msg and "zcyx" in msg
@@ -470,7 +470,7 @@ def test_mouse_clicks_through_napari_callbacks(viewer, qtbot, test_model):
     viewer.add_image(img, scale=(2, 2))
     w = make_widget(viewer, test_model)
     wait_ready(qtbot, w)
-    pts = w.points_layer
+    pts = w.session.points_layer
     assert pts.mode == "add"
 
     def click(world, button=1, modifiers=()):
@@ -485,18 +485,18 @@ def test_mouse_clicks_through_napari_callbacks(viewer, qtbot, test_model):
     click((60, 100), modifiers=["Control"])  # Ctrl+click: negative at data (30, 50)
     assert list(pts.features["prompt"]) == ["positive", "negative", "negative"]
     np.testing.assert_allclose(pts.data, [[50, 40], [50, 65], [30, 50]])
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want = expected_mask(test_model, img, points=[(40, 50), (65, 50), (50, 30)],
                          labels=[1, 0, 0])
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     qtbot.wait(10)
     assert pts.feature_defaults["prompt"][0] == "positive"
 
     # Shift + drag: a box, bottom-right to top-left
     w.clear_prompts()
     requests = []
-    request = w._request_predict
-    w._request_predict = lambda *a: (requests.append(1), request(*a))[1]
+    request = w.session.request_predict
+    w.session.request_predict = lambda *a: (requests.append(1), request(*a))[1]
     start = dict(button=1, modifiers=["Shift"], dims_displayed=[0, 1])
     mouse_press_callbacks(pts, read_only_mouse_event(
         type="mouse_press", position=(170, 170), pos=np.array([0.0, 0.0]), **start))
@@ -507,11 +507,11 @@ def test_mouse_clicks_through_napari_callbacks(viewer, qtbot, test_model):
     mouse_release_callbacks(pts, read_only_mouse_event(
         type="mouse_release", position=(40, 40), pos=np.array([60.0, 0.0]), **start))
     assert len(pts.data) == 0  # no point added by the drag
-    assert w.boxes_layer.nshapes == 1
+    assert w.session.boxes_layer.nshapes == 1
     assert len(requests) == 1  # the decoder runs on release, not on every mouse move
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want = expected_mask(test_model, img, box=(20, 20, 85, 85))
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
 
 
 def test_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
@@ -523,24 +523,24 @@ def test_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
     viewer.add_image(img)
     w = make_widget(viewer, test_model)
     wait_ready(qtbot, w)
-    assert viewer.layers.selection.active is w.points_layer
+    assert viewer.layers.selection.active is w.session.points_layer
     canvas = viewer.window._qt_viewer.canvas.native
     canvas.setFocus()
 
-    w.add_point((40, 40))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point((40, 40))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     qtbot.keyClick(canvas, Qt.Key.Key_Escape)
-    assert len(w.points_layer.data) == 0 and w.preview_mask is None
+    assert len(w.session.points_layer.data) == 0 and w.session.preview_mask is None
 
-    w.add_point((40, 40))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point((40, 40))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     qtbot.keyClick(canvas, Qt.Key.Key_C)
-    assert w.labels_layer is not None and w.labels_layer.data.max() == 1
+    assert w.session.labels_layer is not None and w.session.labels_layer.data.max() == 1
     qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    assert not w.labels_layer.data.any()
+    assert not w.session.labels_layer.data.any()
     qtbot.keyClick(canvas, Qt.Key.Key_Z,
                    Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
-    assert w.labels_layer.data.max() == 1
+    assert w.session.labels_layer.data.max() == 1
 
 
 def test_real_mouse_events_on_the_canvas(make_napari_viewer, qtbot, test_model):
@@ -567,15 +567,15 @@ def test_real_mouse_events_on_the_canvas(make_napari_viewer, qtbot, test_model):
 
     qtbot.mouseClick(native, Qt.MouseButton.LeftButton, pos=to_screen(50, 40))
     qtbot.mouseClick(native, Qt.MouseButton.RightButton, pos=to_screen(50, 64))
-    pts = w.points_layer
+    pts = w.session.points_layer
     assert list(pts.features["prompt"]) == ["positive", "negative"]
     # within a screen pixel of where we clicked
     data = np.array([viewer.layers[0].world_to_data(pts.data_to_world(p)) for p in pts.data])
     np.testing.assert_allclose(data, [[50, 40], [50, 64]], atol=0.6)
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     pts_xy = [(c, r) for r, c in data]
     want = expected_mask(test_model, img, points=pts_xy, labels=[1, 0])
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
 
     # Shift + drag from bottom-right to top-left: a box, no point, no panning
     w.clear_prompts()
@@ -586,10 +586,10 @@ def test_real_mouse_events_on_the_canvas(make_napari_viewer, qtbot, test_model):
         qtbot.mouseMove(native, to_screen(*rc))
     qtbot.mouseRelease(native, Qt.MouseButton.LeftButton, shift, to_screen(22, 22))
     assert len(pts.data) == 0
-    assert w.boxes_layer.nshapes == 1
+    assert w.session.boxes_layer.nshapes == 1
     assert tuple(viewer.camera.center) == camera_center
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
-    assert iou(w.preview_mask, truth) > 0.85
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
+    assert iou(w.session.preview_mask, truth) > 0.85
 
 
 def test_rotated_image_layers_follow(viewer, qtbot, test_model):
@@ -599,20 +599,20 @@ def test_rotated_image_layers_follow(viewer, qtbot, test_model):
     layer = viewer.add_image(img, scale=(1.5, 1.5), rotate=30, translate=(4, 9))
     w = make_widget(viewer, test_model)
     wait_ready(qtbot, w)
-    for lay in (w.points_layer, w.boxes_layer, w.preview_layer):
+    for lay in (w.session.points_layer, w.session.boxes_layer, w.session.preview_view.layer):
         np.testing.assert_allclose(lay.rotate, layer.rotate)
         np.testing.assert_allclose(lay.scale, layer.scale)
-    w.add_point(layer.data_to_world((40, 30)))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point(layer.data_to_world((40, 30)))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want = expected_mask(test_model, img, points=[(30, 40)], labels=[1])
-    np.testing.assert_array_equal(w.preview_mask, want)
+    np.testing.assert_array_equal(w.session.preview_mask, want)
     assert w.commit() == 1
-    np.testing.assert_allclose(w.labels_layer.rotate, layer.rotate)
-    np.testing.assert_array_equal(w.labels_layer.data == 1, want)
+    np.testing.assert_allclose(w.session.labels_layer.rotate, layer.rotate)
+    np.testing.assert_array_equal(w.session.labels_layer.data == 1, want)
     # the image moves: the helper layers follow
     layer.translate = (0, 0)
-    np.testing.assert_allclose(w.points_layer.translate, (0, 0))
-    np.testing.assert_allclose(w.preview_layer.translate, (0, 0))
+    np.testing.assert_allclose(w.session.points_layer.translate, (0, 0))
+    np.testing.assert_allclose(w.session.preview_view.layer.translate, (0, 0))
 
 
 def test_stale_encoding_is_cancelled_when_the_slice_changes(viewer, qtbot):
@@ -624,7 +624,7 @@ def test_stale_encoding_is_cancelled_when_the_slice_changes(viewer, qtbot):
     stack[3][disc_image((64, 64), (30, 30), 10)[1]] = 200
     viewer.add_image(stack)
     w = make_widget(viewer, slow)
-    assert w._encode_worker is not None  # slice 0
+    assert w.session.encoder.worker is not None  # slice 0
     t0 = time.perf_counter()
     for z in (1, 2, 3):
         viewer.dims.set_point(0, z)
@@ -635,9 +635,9 @@ def test_stale_encoding_is_cancelled_when_the_slice_changes(viewer, qtbot):
     assert slow.calls == slow.terminated + 1  # only slice 3 ran to the end
     assert took < 2 * 1.5 + 1.0, f"{took:.1f} s"
     assert "slice 3" in w.status
-    w.add_point((3, 30, 30))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
-    assert iou(w.preview_mask, disc_image((64, 64), (30, 30), 10)[1]) > 0.8
+    w.session.add_point((3, 30, 30))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
+    assert iou(w.session.preview_mask, disc_image((64, 64), (30, 30), 10)[1]) > 0.8
 
 
 def test_failed_encoding_is_not_retried_in_a_loop(viewer, qtbot, test_model, monkeypatch):
@@ -677,22 +677,22 @@ def test_optimised_checkbox_runs_the_variants_that_passed(viewer, qtbot, model_d
     viewer.add_image(img)
     w = make_widget(viewer, model, prefetch=False)
     wait_ready(qtbot, w)
-    w.use_optimized = True  # nothing made yet: the original, and a hint
+    w.optimized_check.setChecked(True)  # nothing made yet: the original, and a hint
     wait_ready(qtbot, w)
-    assert w.predictor.model is model and "napari-edgesam optimize" in infos[-1]
-    w.add_point((100, 140))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
-    original = w.preview_mask.copy()
+    assert w.session.predictor.model is model and "napari-edgesam optimize" in infos[-1]
+    w.session.add_point((100, 140))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
+    original = w.session.preview_mask.copy()
 
     report = optimize_model(model, [img], variants=["decoder-fast"])
     assert "decoder-fast" in report.summary()
-    w.use_optimized = False
-    w.use_optimized = True
+    w.optimized_check.setChecked(False)
+    w.optimized_check.setChecked(True)
     wait_ready(qtbot, w)
-    assert isinstance(w.predictor.model, OptimizedEdgeSamModel)
-    assert "decoder-fast" in w.predictor.model.name and "decoder-fast" in infos[-1]
+    assert isinstance(w.session.predictor.model, OptimizedEdgeSamModel)
+    assert "decoder-fast" in w.session.predictor.model.name and "decoder-fast" in infos[-1]
     assert w.model is model  # the model shown and used by batch stays the original
     w.clear_prompts()
-    w.add_point((100, 140))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
-    assert iou(w.preview_mask, original) >= 0.99 and iou(w.preview_mask, truth) >= 0.9
+    w.session.add_point((100, 140))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
+    assert iou(w.session.preview_mask, original) >= 0.99 and iou(w.session.preview_mask, truth) >= 0.9

@@ -46,14 +46,14 @@ def test_one_click_on_each_of_many_slices_keeps_memory_bounded(viewer, qtbot, te
     stack[:, disc] = 200
     w = make_widget(viewer, test_model, prefetch=False)
     layer = viewer.add_image(stack, name="stack")
-    qtbot.waitUntil(lambda: w.image_layer is layer and not w.busy and w.embedding is not None,
+    qtbot.waitUntil(lambda: w.session.image_layer is layer and not w.busy and w.session.embedding is not None,
                     timeout=TIMEOUT)
     workers_before = _live_workers()
     for z in range(n):
         viewer.dims.set_point(0, z)
-        qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
-        w.add_point((z, 24, 24))
-        qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+        qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None, timeout=TIMEOUT)
+        w.session.add_point((z, 24, 24))
+        qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     qtbot.wait(50)
     # every finished worker (with its arguments and result) is gone
     assert _live_workers() <= workers_before + 1

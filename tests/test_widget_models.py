@@ -89,12 +89,12 @@ def test_card_dir(tmp_path, monkeypatch):
 def test_published_models_listed_not_downloaded(make_napari_viewer):
     viewer = make_napari_viewer()
     w = make_widget(viewer)
-    items = [w.model_combo.itemText(i) for i in range(w.model_combo.count())]
+    items = [w.model_picker.model_combo.itemText(i) for i in range(w.model_picker.model_combo.count())]
     assert items[0] == "EdgeSAM-3x  (not downloaded)"
     assert "EdgeSAM  (not downloaded)" in items
     assert items[-1] == "custom files..."
     assert w.model is None
-    assert w.download_button.isEnabled()
+    assert w.model_picker.download_button.isEnabled()
     assert "No model" in w.status
 
 
@@ -107,29 +107,29 @@ def test_download_shows_licence_then_uses_the_model(make_napari_viewer, qtbot, m
     img, truth = disc_image((64, 64), (32, 32), 10)
     viewer.add_image(img)
     w = make_widget(viewer)
-    assert w.model_combo.currentText() == "Test double (not EdgeSAM)  (not downloaded)"
+    assert w.model_picker.model_combo.currentText() == "Test double (not EdgeSAM)  (not downloaded)"
     asked = []
 
     def ask(card):
         asked.append(card.licence_url)
         return False  # first: declined
 
-    monkeypatch.setattr(w, "_ask_licence", ask)
-    qtbot.mouseClick(w.download_button, Qt.MouseButton.LeftButton)
+    monkeypatch.setattr(w.model_picker, "_ask_licence", ask)
+    qtbot.mouseClick(w.model_picker.download_button, Qt.MouseButton.LeftButton)
     assert asked == ["https://example.invalid/licence"]
-    assert w._download_worker is None and w.model is None
+    assert not w.model_picker.downloading and w.model is None
     assert "not accepted" in w.status
 
-    monkeypatch.setattr(w, "_ask_licence", lambda card: asked.append("again") or True)
+    monkeypatch.setattr(w.model_picker, "_ask_licence", lambda card: asked.append("again") or True)
     seen = []
-    w.download_progress.valueChanged.connect(seen.append)
-    qtbot.mouseClick(w.download_button, Qt.MouseButton.LeftButton)
-    assert not w.download_progress.isHidden()
-    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
+    w.model_picker.download_progress.valueChanged.connect(seen.append)
+    qtbot.mouseClick(w.model_picker.download_button, Qt.MouseButton.LeftButton)
+    assert not w.model_picker.download_progress.isHidden()
+    qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None, timeout=TIMEOUT)
     assert w.model is not None and w.model.name == "test-double"
-    assert w.download_progress.isHidden()
-    assert w.model_combo.currentText() == "Test double (not EdgeSAM)"
-    assert not w.download_button.isEnabled()
+    assert w.model_picker.download_progress.isHidden()
+    assert w.model_picker.model_combo.currentText() == "Test double (not EdgeSAM)"
+    assert not w.model_picker.download_button.isEnabled()
 
     from napari_edgesam.engine import paths
     from napari_edgesam.engine.models import get_card, licence_notice_shown
@@ -138,8 +138,8 @@ def test_download_shows_licence_then_uses_the_model(make_napari_viewer, qtbot, m
     assert (paths.models_cache_dir() / TEST_ENCODER.name).read_bytes() == TEST_ENCODER.read_bytes()
 
     # it segments
-    w.add_point((32, 32))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point((32, 32))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     assert w.commit() == 1
 
     # a new widget finds the downloaded default model by itself, without asking again
@@ -159,15 +159,15 @@ def test_download_failure_is_a_notification(make_napari_viewer, qtbot, test_card
     viewer = make_napari_viewer()
     viewer.add_image(disc_image((64, 64), (32, 32), 10)[0], name="img")
     w = make_widget(viewer)
-    monkeypatch.setattr(w, "_ask_licence", lambda card: True)
-    w.download(w.model_combo.currentData()[1])
+    monkeypatch.setattr(w.model_picker, "_ask_licence", lambda card: True)
+    w.model_picker.download(w.model_picker.model_combo.currentData()[1])
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT)
     assert w.model is None
     assert errors and "download failed" in errors[0]
     assert "Error" in w.status
     assert [lay.name for lay in viewer.layers] == ["img", "EdgeSAM preview", "EdgeSAM box",
                                                    "EdgeSAM points"]
-    assert w.download_button.isEnabled()
+    assert w.model_picker.download_button.isEnabled()
 
 
 def test_npe2_contribution_opens_the_widget(make_napari_viewer, npe2pm, qtbot, test_model):
@@ -188,16 +188,16 @@ def test_npe2_contribution_opens_the_widget(make_napari_viewer, npe2pm, qtbot, t
     _, widget = viewer.window.add_plugin_dock_widget("napari-edgesam", "EdgeSAM")
     assert isinstance(widget, EdgeSamWidget)
     assert widget.viewer is viewer
-    assert widget.image_layer is viewer.layers["img"]
-    widget.set_model(test_model)
-    qtbot.waitUntil(lambda: not widget.busy and widget.embedding is not None, timeout=TIMEOUT)
-    widget.add_point((32, 32))
-    qtbot.waitUntil(lambda: not widget.busy and widget.preview_mask is not None,
+    assert widget.session.image_layer is viewer.layers["img"]
+    widget.session.set_model(test_model)
+    qtbot.waitUntil(lambda: not widget.busy and widget.session.embedding is not None, timeout=TIMEOUT)
+    widget.session.add_point((32, 32))
+    qtbot.waitUntil(lambda: not widget.busy and widget.session.preview_mask is not None,
                     timeout=TIMEOUT)
     assert widget.commit() == 1
-    assert widget.labels_layer.data.sum() == widget.labels_layer.data.astype(bool).sum() > 50
+    assert widget.session.labels_layer.data.sum() == widget.session.labels_layer.data.astype(bool).sum() > 50
     viewer.layers.remove("img")  # no error from the widget's layer bookkeeping
-    assert widget.image_layer is None
+    assert widget.session.image_layer is None
 
 
 def test_3d_view_is_refused_politely(make_napari_viewer, qtbot, test_model):
@@ -205,7 +205,7 @@ def test_3d_view_is_refused_politely(make_napari_viewer, qtbot, test_model):
     stack = np.zeros((4, 32, 32), np.uint8)
     viewer.add_image(stack)
     w = make_widget(viewer, test_model)
-    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None, timeout=TIMEOUT)
     viewer.dims.ndisplay = 3
     qtbot.waitUntil(lambda: "2D view" in w.status, timeout=TIMEOUT)
     viewer.dims.ndisplay = 2
@@ -220,17 +220,17 @@ def test_viewer_closed_while_encoding(make_napari_viewer, qtbot):
     viewer.add_image(disc_image((64, 64), (32, 32), 10)[0])
     slow = SlowModel(0.5)
     w = make_widget(viewer, slow)
-    assert w._encode_worker is not None
-    worker = w._encode_worker
+    assert w.session.encoder.worker is not None
+    worker = w.session.encoder.worker
     done = []
     worker.finished.connect(lambda: done.append(True))
-    w.add_point((32, 32))
+    w.session.add_point((32, 32))
     viewer.close()
     t0 = time.time()
     qtbot.waitUntil(lambda: bool(done), timeout=TIMEOUT)
     qtbot.wait(100)
     assert time.time() - t0 < 10
-    assert not w._alive["alive"]
+    assert not w.session.alive
 
 
 @pytest.mark.parametrize("accept", [True, False])
@@ -256,7 +256,7 @@ def test_licence_dialog_shows_summary_and_link(make_napari_viewer, qtbot, accept
         button.click()
 
     QTimer.singleShot(200, answer)
-    assert w._ask_licence(card) is accept
+    assert w.model_picker._ask_licence(card) is accept
     assert "S-Lab License 1.0" in seen["text"]
     assert card.licence_url in seen["text"]
     assert card.licence_summary in seen["text"]

@@ -38,7 +38,7 @@ def make_stack():
 
 
 def wait_ready(qtbot, w):
-    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None, timeout=TIMEOUT)
 
 
 def test_neighbours_prefetched_when_idle(viewer, qtbot, test_model):
@@ -52,9 +52,9 @@ def test_neighbours_prefetched_when_idle(viewer, qtbot, test_model):
     assert ctl.requested[-4:] == [("slice", (3,)), ("slice", (1,)), ("slice", (4,)),
                                   ("slice", (0,))]
     viewer.dims.set_point(0, 3)
-    qtbot.waitUntil(lambda: w._lead == (3,), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.session.lead == (3,), timeout=TIMEOUT)
     wait_ready(qtbot, w)
-    assert w.embedding.cached  # found in the cache: no encoder run on the way
+    assert w.session.embedding.cached  # found in the cache: no encoder run on the way
 
 
 def test_click_stops_an_inflight_prefetch_and_checkbox_off(viewer, qtbot):
@@ -68,10 +68,10 @@ def test_click_stops_an_inflight_prefetch_and_checkbox_off(viewer, qtbot):
     qtbot.waitUntil(lambda: ctl.prefetcher is not None and ctl.prefetcher.busy,
                     timeout=TIMEOUT)
     t0 = time.perf_counter()
-    w.add_point((2, 30, 32))
+    w.session.add_point((2, 30, 32))
     # the click asked the run in flight to terminate at once (onnxruntime's RunOptions)
     assert ctl.prefetcher._run_options is None or ctl.prefetcher._run_options.terminate
-    qtbot.waitUntil(lambda: w.preview_mask is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.session.preview_mask is not None, timeout=TIMEOUT)
     latency = time.perf_counter() - t0
     qtbot.waitUntil(lambda: ctl.prefetcher.stats["cancelled"] >= 1, timeout=TIMEOUT)
     assert slow.terminated >= 1
@@ -79,11 +79,11 @@ def test_click_stops_an_inflight_prefetch_and_checkbox_off(viewer, qtbot):
     assert latency < 1.2, f"click answered after {latency:.2f} s"
 
     # off: nothing is prefetched any more, even when idle
-    w.prefetch_enabled = False
+    w.prefetch_check.setChecked(False)
     assert not ctl.busy
     n = len(ctl.requested)
     viewer.dims.set_point(0, 4)
-    qtbot.waitUntil(lambda: w._lead == (4,), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.session.lead == (4,), timeout=TIMEOUT)
     wait_ready(qtbot, w)
     qtbot.wait(400)
     assert len(ctl.requested) == n and not ctl.busy

@@ -41,7 +41,7 @@ def make_stack(shape=SHAPE, centre=CENTRE, axes=AXES, seed=0):
 
 
 def wait_ready(qtbot, w):
-    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None, timeout=TIMEOUT)
 
 
 def wait_idle(qtbot, w):
@@ -58,9 +58,9 @@ def expected(test_model, stack, seed_z, seed_mask, *, z_range=None, settings=Non
 
 
 def click_and_wait(qtbot, w, position):
-    w.add_point(position)
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
-    return w.preview_mask.copy()
+    w.session.add_point(position)
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
+    return w.session.preview_mask.copy()
 
 
 # --------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def test_propagate_preview_then_commit_as_one_undo_step(viewer, qtbot, test_mode
     assert panel.propagate() is not None
     assert w.busy
     wait_idle(qtbot, w)
-    assert panel.pending and w.labels_layer is None  # nothing written before the commit
+    assert panel.pending and w.session.labels_layer is None  # nothing written before the commit
 
     want = expected(test_model, stack, 7, seed)
     mask3d = want.mask(1)
@@ -102,8 +102,8 @@ def test_propagate_preview_then_commit_as_one_undo_step(viewer, qtbot, test_mode
 
     # the preview layer shows the pending result (value 2) on the slice you look at
     viewer.dims.set_point(0, 5)
-    qtbot.waitUntil(lambda: w._lead == (5,), timeout=TIMEOUT)
-    np.testing.assert_array_equal(w.preview_layer.data == 2, mask3d[5])
+    qtbot.waitUntil(lambda: w.session.lead == (5,), timeout=TIMEOUT)
+    np.testing.assert_array_equal(w.session.preview_view.layer.data == 2, mask3d[5])
     # clicking a table row jumps to that slice
     row = [r.z for r in panel.records].index(int(zs[-1]))
     panel.table.cellClicked.emit(row, 0)
@@ -111,11 +111,11 @@ def test_propagate_preview_then_commit_as_one_undo_step(viewer, qtbot, test_mode
 
     label = panel.commit()
     assert label == 1
-    labels = w.labels_layer
+    labels = w.session.labels_layer
     np.testing.assert_array_equal(labels.data == 1, mask3d)
     assert set(np.unique(labels.data)) == {0, 1}
     assert not panel.pending
-    assert w.preview_layer.data.max() <= 1  # the overlay is gone after the commit
+    assert w.session.preview_view.layer.data.max() <= 1  # the overlay is gone after the commit
     # ONE undo step for the whole run
     labels.undo()
     assert not labels.data.any()
@@ -133,7 +133,7 @@ def test_label_source_z_limits_weakest_slice_and_thresholds(viewer, qtbot, test_
     existing[2, :4, :4] = 9            # another object that must stay untouched
     labels = viewer.add_labels(existing.copy(), name="mine")
     w = make_widget(viewer, test_model, prefetch=False)
-    w.set_labels_layer(labels)
+    w.session.set_labels_layer(labels)
     panel = w.propagation
     viewer.dims.set_point(0, 7)
     wait_ready(qtbot, w)
@@ -181,7 +181,7 @@ def test_cancel_mid_run_leaves_a_consistent_undoable_state(viewer, qtbot, test_m
     res = panel.result
     assert res.cancelled and panel.pending
     assert any(e.reason == "cancelled" for e in res.objects[1].ends)
-    assert w.labels_layer is None  # cancelling writes nothing
+    assert w.session.labels_layer is None  # cancelling writes nothing
     # the partial result is complete slices only, each equal to the full run's slice
     full = expected(test_model, stack, 7, seed).mask(1)
     part = res.mask(1)
@@ -190,7 +190,7 @@ def test_cancel_mid_run_leaves_a_consistent_undoable_state(viewer, qtbot, test_m
     for z in done:
         np.testing.assert_array_equal(part[z], full[z])
     assert panel.commit() == 1
-    labels = w.labels_layer
+    labels = w.session.labels_layer
     np.testing.assert_array_equal(labels.data == 1, part)
     labels.undo()
     assert not labels.data.any()
@@ -207,7 +207,7 @@ def test_repropagation_after_correcting_a_committed_slice(viewer, qtbot, test_mo
     panel.propagate()
     wait_idle(qtbot, w)
     assert panel.commit() == 1
-    labels = w.labels_layer
+    labels = w.session.labels_layer
     before = labels.data.copy()
     first = panel.result
     zs = np.flatnonzero(before.any(axis=(1, 2)))
@@ -217,7 +217,7 @@ def test_repropagation_after_correcting_a_committed_slice(viewer, qtbot, test_mo
     with labels.block_history():
         labels.data_setitem((np.full(idx[0].shape, cut), *idx), 0)
     viewer.dims.set_point(0, cut)
-    qtbot.waitUntil(lambda: w._lead == (cut,), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.session.lead == (cut,), timeout=TIMEOUT)
     wait_ready(qtbot, w)
     assert panel.repropagate() is not None
     wait_idle(qtbot, w)
@@ -251,7 +251,7 @@ def test_movie_along_time_in_a_4d_image(viewer, qtbot, test_model):
     assert panel.z_range == (0, 9)
     viewer.dims.set_point(0, 1)
     viewer.dims.set_point(1, 5)
-    qtbot.waitUntil(lambda: w._lead == (1, 5), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.session.lead == (1, 5), timeout=TIMEOUT)
     wait_ready(qtbot, w)
     seed = click_and_wait(qtbot, w, (1, 5, 24, 24))
     panel.propagate()
@@ -259,13 +259,13 @@ def test_movie_along_time_in_a_4d_image(viewer, qtbot, test_model):
     want = expected(test_model, stack, 5, seed).mask(1)
     # the overlay is shown only for t=1
     viewer.dims.set_point(1, 4)
-    qtbot.waitUntil(lambda: w._lead == (1, 4), timeout=TIMEOUT)
-    np.testing.assert_array_equal(w.preview_layer.data == 2, want[4])
+    qtbot.waitUntil(lambda: w.session.lead == (1, 4), timeout=TIMEOUT)
+    np.testing.assert_array_equal(w.session.preview_view.layer.data == 2, want[4])
     viewer.dims.set_point(0, 0)
-    qtbot.waitUntil(lambda: w._lead == (0, 4), timeout=TIMEOUT)
-    assert not (w.preview_layer.data == 2).any()
+    qtbot.waitUntil(lambda: w.session.lead == (0, 4), timeout=TIMEOUT)
+    assert not (w.session.preview_view.layer.data == 2).any()
     assert panel.commit() == 1
-    got = w.labels_layer.data
+    got = w.session.labels_layer.data
     assert got.shape == data.shape
     assert not got[0].any()
     np.testing.assert_array_equal(got[1] == 1, want)
@@ -292,7 +292,7 @@ def test_image_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatch
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
     qtbot.waitUntil(lambda: bool(shown), timeout=TIMEOUT)
     assert any("removed during propagation" in m for m in shown)
-    assert not panel.pending and w.labels_layer is None
+    assert not panel.pending and w.session.labels_layer is None
     assert panel.commit() is None
 
 
@@ -309,7 +309,7 @@ def test_labels_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatc
     existing[7][truth[7]] = 3
     labels = viewer.add_labels(existing, name="mine")
     w = make_widget(viewer, test_model, prefetch=False)
-    w.set_labels_layer(labels)
+    w.session.set_labels_layer(labels)
     viewer.dims.set_point(0, 7)
     wait_ready(qtbot, w)
     panel = w.propagation
@@ -323,8 +323,8 @@ def test_labels_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatc
     assert panel.pending
     want = expected(test_model, stack, 7, truth[7]).mask(1)
     assert panel.commit() == 1
-    assert w.labels_layer is not labels and w.labels_layer.name == "stack EdgeSAM labels"
-    np.testing.assert_array_equal(w.labels_layer.data == 1, want)
+    assert w.session.labels_layer is not labels and w.session.labels_layer.name == "stack EdgeSAM labels"
+    np.testing.assert_array_equal(w.session.labels_layer.data == 1, want)
 
 
 def test_propagation_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
@@ -348,5 +348,5 @@ def test_propagation_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
     z = w.propagation.weakest_slice()
     assert z is not None and layer.world_to_data(viewer.dims.point)[0] == pytest.approx(z)
     qtbot.keyClick(canvas, Qt.Key.Key_C, shift)
-    assert w.labels_layer is not None and w.labels_layer.data.max() == 1
-    assert w.labels_layer.data.any(axis=(1, 2)).sum() > 3
+    assert w.session.labels_layer is not None and w.session.labels_layer.data.max() == 1
+    assert w.session.labels_layer.data.any(axis=(1, 2)).sum() > 3

@@ -65,7 +65,7 @@ def scene(size=SIZE):
 
 
 def wait_ready(qtbot, w):
-    qtbot.waitUntil(lambda: not w.busy and w.embedding is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None, timeout=TIMEOUT)
 
 
 def expected(test_model, image, **prompt):
@@ -86,20 +86,20 @@ def test_big_image_clicks_through_tiles_reading_windows_only(viewer, qtbot, test
     existing[:3, :3] = 7
     labels = viewer.add_labels(existing.copy(), name="big labels")
     w = make_widget(viewer, test_model, prefetch=False)
-    assert w.image_layer is layer and w.use_tiles  # on by default above 2048 pixels
-    w.set_tile_geometry(TILE, HALO)
-    w.set_labels_layer(labels)  # 6 M pixels: its largest id is found in a worker
+    assert w.session.image_layer is layer and w.session.use_tiles  # on by default above 2048 pixels
+    w.session.set_tile_geometry(TILE, HALO)
+    w.session.set_labels_layer(labels)  # 6 M pixels: its largest id is found in a worker
     wait_ready(qtbot, w)
-    tp = w.tiled_predictor
+    tp = w.session.tiled_predictor
     assert tp is not None and tp.encoded == []  # nothing encoded before a prompt
     data.reads.clear()
 
     # a click: only the tile under it is read and encoded
     cy, cx, r = discs[0]
-    w.add_point((cy, cx))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point((cy, cx))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want = expected(test_model, img, points=[(cx, cy)])
-    np.testing.assert_array_equal(w.preview_mask, want.full_mask())
+    np.testing.assert_array_equal(w.session.preview_mask, want.full_mask())
     assert len(tp.encoded) == 1 and tp.encoded[0] == tp.grid.tile_for_point(cx, cy)
     yy, xx = np.ogrid[:SIZE, :SIZE]
     truth = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
@@ -107,8 +107,8 @@ def test_big_image_clicks_through_tiles_reading_windows_only(viewer, qtbot, test
     assert inter / np.count_nonzero(want.full_mask() | truth) >= 0.8
     # the preview layer holds the mask's crop only, placed at its offset
     r0, c0, r1, c1 = want.bbox()
-    assert w.preview_layer.data.shape == (r1 - r0, c1 - c0)
-    np.testing.assert_allclose(w.preview_layer.translate, (r0, c0))
+    assert w.session.preview_view.layer.data.shape == (r1 - r0, c1 - c0)
+    np.testing.assert_allclose(w.session.preview_view.layer.translate, (r0, c0))
     assert "tile" in w.status
 
     # commit: the next free id after 7 (scanned in the background), only the window written
@@ -116,7 +116,7 @@ def test_big_image_clicks_through_tiles_reading_windows_only(viewer, qtbot, test
     orig = labels.data_setitem
     monkeypatch.setattr(labels, "data_setitem",
                         lambda idx, value, **kw: (written.append(idx), orig(idx, value, **kw)))
-    qtbot.waitUntil(lambda: not w._label_ids.scanning(labels), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not w.session.target.label_ids.scanning(labels), timeout=TIMEOUT)
     assert w.commit() == 8
     np.testing.assert_array_equal(labels.data == 8, want.full_mask())
     (rows, cols), = written
@@ -126,8 +126,8 @@ def test_big_image_clicks_through_tiles_reading_windows_only(viewer, qtbot, test
     with labels.block_history():
         orig((np.array([5, 5]), np.array([5, 6])), 40)
     cy, cx, r = discs[1]
-    w.add_point((cy, cx))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.add_point((cy, cx))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want2 = expected(test_model, img, points=[(cx, cy)])
     assert w.commit() == 41
     np.testing.assert_array_equal(labels.data == 41, want2.full_mask() & (existing == 0))
@@ -148,24 +148,24 @@ def test_tiles_on_request_box_across_tiles_and_back(viewer, qtbot, test_model):
     viewer.add_image(img, name="small")
     w = make_widget(viewer, test_model, prefetch=False)
     wait_ready(qtbot, w)
-    assert not w.use_tiles and w.tiled_predictor is None  # whole slices below 2048
-    w.set_tile_geometry(TILE, HALO)
-    w.use_tiles = True
+    assert not w.session.use_tiles and w.session.tiled_predictor is None  # whole slices below 2048
+    w.session.set_tile_geometry(TILE, HALO)
+    w.tiles_check.setChecked(True)
     wait_ready(qtbot, w)
-    tp = w.tiled_predictor
+    tp = w.session.tiled_predictor
     assert tp is not None
     box = (355, 360, 435, 440)  # x0, y0, x1, y1: crosses the tiles' border
-    w.set_box((box[1], box[0]), (box[3], box[2]))
-    qtbot.waitUntil(lambda: not w.busy and w.preview_mask is not None, timeout=TIMEOUT)
+    w.session.set_box((box[1], box[0]), (box[3], box[2]))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
     want = expected(test_model, img, box=box)
-    np.testing.assert_array_equal(w.preview_mask, want.full_mask())
+    np.testing.assert_array_equal(w.session.preview_mask, want.full_mask())
     assert w.commit() == 1
-    np.testing.assert_array_equal(w.labels_layer.data == 1, want.full_mask())
+    np.testing.assert_array_equal(w.session.labels_layer.data == 1, want.full_mask())
 
-    w.use_tiles = False  # back to the whole-slice embedding
+    w.tiles_check.setChecked(False)  # back to the whole-slice embedding
     wait_ready(qtbot, w)
-    assert w.tiled_predictor is None and w.embedding.features.shape == (1, 256, 64, 64)
-    assert w.preview_layer.data.shape == (900, 900)
+    assert w.session.tiled_predictor is None and w.session.embedding.features.shape == (1, 256, 64, 64)
+    assert w.session.preview_view.layer.data.shape == (900, 900)
 
 
 def test_image_over_the_disk_cache_bound_is_a_clear_notification(viewer, qtbot, test_model,
@@ -181,13 +181,13 @@ def test_image_over_the_disk_cache_bound_is_a_clear_notification(viewer, qtbot, 
     set_default_cache(EmbeddingCache(disk_dir=tmp_path / "emb", disk_bytes=4 * 2**20))
     img, _ = scene()
     w = make_widget(viewer, test_model, prefetch=False)
-    w.set_tile_geometry(TILE, HALO)  # 64 tiles of 2 MiB: over the 4 MiB bound
-    w.set_image_layer(viewer.add_image(img, name="big"))
+    w.session.set_tile_geometry(TILE, HALO)  # 64 tiles of 2 MiB: over the 4 MiB bound
+    w.session.set_image_layer(viewer.add_image(img, name="big"))
     qtbot.waitUntil(lambda: bool(errors) and not w.busy, timeout=TIMEOUT)
     assert len(errors) == 1, errors
     assert "64 tiles" in errors[0] and "cache_disk_bytes" in errors[0], errors[0]
-    assert "cache_disk_bytes" in w.status and w.tiled_predictor is None
+    assert "cache_disk_bytes" in w.status and w.session.tiled_predictor is None
     # a small image still works with the same cache
-    w.set_image_layer(viewer.add_image(img[:600, :600].copy(), name="small"))
+    w.session.set_image_layer(viewer.add_image(img[:600, :600].copy(), name="small"))
     wait_ready(qtbot, w)
     assert len(errors) == 1

@@ -13,5 +13,5 @@ def make_widget(viewer, model=None, *, prefetch: bool = True):
     w = EdgeSamWidget(viewer, model=model)
     viewer.window.add_dock_widget(w, name="EdgeSAM")
     if not prefetch:
-        w.prefetch_enabled = False
+        w.prefetch_check.setChecked(False)
     return w

@@ -8,8 +8,8 @@ flight at once (onnxruntime's ``RunOptions.terminate``). This controller decides
 - every user action that needs the model (a click, a box, a slice change, a propagation or a
   batch run) calls :meth:`PrefetchController.activity`: the run in flight is terminated and
   the queue dropped right away, so the click's own encoder/decoder run has the cores;
-- after :data:`IDLE_MS` without activity, with no worker of the widget running, the widget's
-  ``_prefetch_jobs()`` says what to encode: the neighbouring slices of the current one
+- after :data:`IDLE_MS` without activity, with no worker of the panel running,
+  :func:`plan_prefetch` says what to encode: the neighbouring slices of the current one
   (stacks and movies), or the tiles around the last prompt (tiled images: nearest first,
   a few only; the rest of the image is never touched until used).
 
@@ -24,21 +24,83 @@ from qtpy.QtCore import QTimer
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["IDLE_MS", "PrefetchController"]
+__all__ = ["IDLE_MS", "PREFETCH_SLICES", "PREFETCH_TILES", "PrefetchController",
+           "plan_prefetch"]
 
 #: Milliseconds without user activity before prefetching starts.
 IDLE_MS = 700
+#: Neighbouring slices prefetched while the user is idle (offsets along the slider's axis).
+PREFETCH_SLICES = (1, -1, 2, -2)
+#: Tiles prefetched around the last prompt's window (nearest first).
+PREFETCH_TILES = 4
+
+
+def plan_prefetch(layer, geom, lead, channel, embedding, mapping, axis, last_window) -> list:
+    """Encoder jobs for the engine's Prefetcher: lazy reads (callables) with ``mapping``.
+
+    Parameters
+    ----------
+    layer : napari Image layer
+    geom : ImageGeometry
+    lead : tuple of int
+        The current slice's leading indices (image data).
+    channel : int
+    embedding : Embedding or TiledPredictor
+        The current slice's; for a TiledPredictor, tiles nearest ``last_window`` (the last
+        prompt's window) are planned, else the slices next to ``lead`` along ``axis``
+        (the axis the user last moved on; None: the first leading axis).
+    mapping : IntensityMapping
+    """
+    from .workers import is_tiled
+
+    if is_tiled(embedding):
+        w = last_window
+        if w is None:
+            return []
+        cx, cy = w.col0 + w.width / 2, w.row0 + w.height / 2
+        tiles = [t for t in embedding.grid.tiles_by_distance(cx, cy)
+                 if t not in embedding.encoded and t != w][:PREFETCH_TILES]
+        return [{"image": (lambda t=t: embedding.read(t)), "mapping": embedding.mapping,
+                 "rgb": embedding.rgb, "tile": t.key(), "what": ("tile", t)} for t in tiles]
+    axes = [i for i in range(len(geom.leading_shape)) if i != geom.channel_axis]
+    if not axes:
+        return []
+    axis = axis if axis in axes else axes[0]
+    data = layer.data[0] if layer.multiscale else layer.data
+    n = geom.leading_shape[axis]
+    jobs = []
+    for dz in PREFETCH_SLICES:
+        z = lead[axis] + dz
+        if not 0 <= z < n:
+            continue
+        near = list(lead)
+        near[axis] = z
+        key = geom.slice_key(tuple(near), channel)
+        jobs.append({"image": (lambda k=key: geom.read_slice(data, k)), "mapping": mapping,
+                     "rgb": geom.rgb, "what": ("slice", geom.labels_index(tuple(near)))})
+    return jobs
 
 
 class PrefetchController:
-    """Owns the engine's :class:`Prefetcher` for the widget's current predictor."""
+    """Owns the engine's :class:`Prefetcher` for the panel's current predictor.
 
-    def __init__(self, dock):
-        self._dock = dock
+    Parameters
+    ----------
+    parent : QObject
+        Owner of the idle timer.
+    jobs : callable
+        ``jobs() -> list`` of what to encode now (see :func:`plan_prefetch`).
+    idle : callable
+        ``idle() -> bool``: whether the panel runs nothing (else prefetching waits).
+    """
+
+    def __init__(self, parent, jobs, idle):
+        self._jobs = jobs
+        self._idle = idle
         self._prefetcher = None
         self._predictor = None
         self._enabled = True
-        self._timer = QTimer(dock)
+        self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.setInterval(IDLE_MS)
         self._timer.timeout.connect(self._on_idle)
@@ -95,14 +157,13 @@ class PrefetchController:
 
     # -- internals ------------------------------------------------------------------------
     def _on_idle(self) -> None:
-        dock = self._dock
-        if not self._enabled or self._predictor is None or not dock._ok():
+        if not self._enabled or self._predictor is None:
             return
-        if dock.busy or dock.batch_busy:
+        if not self._idle():
             self._timer.start()  # not idle yet: look again later
             return
         try:
-            jobs = dock._prefetch_jobs()
+            jobs = self._jobs()
         except Exception:  # noqa: BLE001 - prefetching is optional; never disturb the user
             _log.debug("no prefetch", exc_info=True)
             return

@@ -44,7 +44,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._geometry import ImageGeometry, commit_indices
+from ._geometry import ImageGeometry
 from .workers import choose_mapping
 from ._lazy import stack_view
 
@@ -409,8 +409,8 @@ class PropagationPanel(QWidget):
     def refresh_image(self):
         """Update the axis choice and z-limits for the dock's image (and channel axis)."""
         dock = self._dock
-        geom = dock._geometry
-        layer = dock.image_layer
+        geom = dock.session.geometry
+        layer = dock.session.image_layer
         axes = [] if geom is None else [
             i for i in range(len(geom.leading_shape)) if i != geom.channel_axis]
         key = None if layer is None else (layer.unique_id, geom.shape, geom.channel_axis)
@@ -436,7 +436,7 @@ class PropagationPanel(QWidget):
         self._update_buttons()
 
     def _on_axis(self, *_, reset: bool = True):
-        geom = self._dock._geometry
+        geom = self._dock.session.geometry
         axis = self.axis_combo.currentData()
         n = 1 if geom is None or axis is None else geom.shape[axis]
         for sp in (self.z_from, self.z_to):
@@ -447,7 +447,7 @@ class PropagationPanel(QWidget):
     def _on_source(self, *_):
         is_label = self.source == "label"
         self.label_spin.setVisible(is_label)
-        layer = self._dock.labels_layer
+        layer = self._dock.session.labels_layer
         if is_label and layer is not None and layer.selected_label > 0:
             self.label_spin.setValue(int(layer.selected_label))
 
@@ -469,13 +469,13 @@ class PropagationPanel(QWidget):
         dock = self._dock
         if self._worker is not None:
             return "a propagation is running: wait for it or cancel it"
-        if dock.image_layer is None or dock._geometry is None:
+        if dock.session.image_layer is None or dock.session.geometry is None:
             return "choose an image layer first"
         if self.stack_axis is None:
             return "propagation needs a stack (an image with a z or t axis)"
-        if dock.model is None:
+        if dock.session.model is None:
             return "no model yet"
-        problem = dock._view_problem()
+        problem = dock.session.view_problem()
         if problem:
             return problem
         return None
@@ -484,11 +484,11 @@ class PropagationPanel(QWidget):
         """``("mask", crop, offset)`` from the dock's up-to-date preview on this slice,
         ``("prompts", points, labels, box)`` from its prompts, or None."""
         dock = self._dock
-        crop = dock.preview_crop
-        if (crop is not None and dock._preview.lead == dock._lead
-                and dock._shown_generation == dock._generation):
+        crop = dock.session.preview_crop
+        if (crop is not None and dock.session.preview.lead == dock.session.lead
+                and dock.session.preview_is_current):
             return ("mask", crop[0].copy(), crop[1])
-        prompts = dock._gather_prompts()
+        prompts = dock.session.gather_prompts()
         if prompts.usable:
             return ("prompts", prompts.points, prompts.labels, prompts.box)
         return None
@@ -504,9 +504,9 @@ class PropagationPanel(QWidget):
             self._dock.set_status(f"Propagation: {problem}.")
             return None
         dock = self._dock
-        geom = dock._geometry
+        geom = dock.session.geometry
         axis = self.stack_axis
-        lead = dock._lead
+        lead = dock.session.lead
         z = lead[axis]
         lo, hi = self.z_range
         if not lo <= z <= hi:
@@ -515,7 +515,7 @@ class PropagationPanel(QWidget):
             return None
         source_label, labels_layer = None, None
         if self.source == "label":
-            labels_layer = dock.labels_layer
+            labels_layer = dock.session.labels_layer
             if labels_layer is None:
                 show_info("EdgeSAM: choose the Labels layer that holds the label (target).")
                 return None
@@ -528,12 +528,12 @@ class PropagationPanel(QWidget):
                           "propagated), or choose a committed label.")
                 return None
         oid = source_label if source_label is not None else 1
-        ctx = _Context(dock.image_layer, geom, axis, tuple(lead), dock._slice_key(),
+        ctx = _Context(dock.session.image_layer, geom, axis, tuple(lead), dock.session.slice_key(),
                        oid, source_label, labels_layer)
         self._pending = None
         if ann[0] != "label":  # the object now lives in the propagation (cyan overlay)
-            dock._clear_prompt_data()
-            dock._clear_preview()
+            dock.session.clear_prompt_data()
+            dock.session.clear_preview()
         return self._launch(ctx, ann, previous=None, kind=("new", None))
 
     def repropagate(self):
@@ -553,8 +553,8 @@ class PropagationPanel(QWidget):
             return None
         dock = self._dock
         ctx = base.ctx
-        lead = dock._lead
-        if not ctx.same_stack(dock.image_layer, lead):
+        lead = dock.session.lead
+        if not ctx.same_stack(dock.session.image_layer, lead):
             show_info("EdgeSAM: go to a slice of the propagated stack first.")
             return None
         z = lead[ctx.axis]
@@ -571,15 +571,15 @@ class PropagationPanel(QWidget):
                 show_info("EdgeSAM: correct the object on this slice first (click on it).")
                 return None
         # the corrected slice is the one you look at (other axes as in the first run)
-        ctx = _Context(ctx.image_layer, ctx.geom, ctx.axis, tuple(lead), dock._slice_key(),
+        ctx = _Context(ctx.image_layer, ctx.geom, ctx.axis, tuple(lead), dock.session.slice_key(),
                        ctx.object_id, ctx.source_label, ctx.labels_layer, ctx.mapping)
         if base is self._committed:
             kind = ("replace", base)
         else:
             kind = ("new", None)
             ctx.labels_layer = base.ctx.labels_layer
-        dock._clear_prompt_data()  # the correction is used up
-        dock._clear_preview()
+        dock.session.clear_prompt_data()  # the correction is used up
+        dock.session.clear_preview()
         return self._launch(ctx, ann, previous=base, kind=kind)
 
     def _launch(self, ctx: _Context, ann, previous: _Outcome | None, kind):
@@ -589,14 +589,14 @@ class PropagationPanel(QWidget):
         geom = ctx.geom
         layer = ctx.image_layer
         data = layer.data[0] if layer.multiscale else layer.data
-        predictor = dock._predictor
-        spec = dock._mapping_spec()
-        smk = dock._stack_mapping_key()
+        predictor = dock.session.predictor
+        spec = dock.session.mapping_spec()
+        smk = dock.session.stack_mapping_key()
         known = ctx.mapping
         if known is None:
-            known = dock._stack_mappings.get(smk) if smk is not None else None
-        if known is None and dock.embedding is not None and spec[0] != "contrast":
-            known = dock._current_mapping
+            known = dock.session.stack_mappings.get(smk) if smk is not None else None
+        if known is None and dock.session.embedding is not None and spec[0] != "contrast":
+            known = dock.session.current_mapping
         settings = self.settings()
         z_range = self.z_range if previous is None else None
         key, axis, hw = ctx.key, ctx.axis, geom.spatial_shape
@@ -666,7 +666,7 @@ class PropagationPanel(QWidget):
             return
         self._dock.set_status(f"Propagating: slice {z} ({done} of at most {total})...")
         if z in live:
-            self._dock.render_preview()
+            self._dock.session.render_preview()
 
     def _on_done(self, out):
         result, crops, changed = out
@@ -699,7 +699,7 @@ class PropagationPanel(QWidget):
         self._dock.set_status(
             f"Propagation {'cancelled' if result.cancelled else 'done'}: {span}. The cyan "
             "overlay shows it slice by slice: Shift+C commits it, Discard drops it.")
-        self._dock.render_preview()
+        self._dock.session.render_preview()
 
     def _on_error(self, exc):
         self._dock.notify_error(exc, "propagation failed: ")
@@ -713,7 +713,7 @@ class PropagationPanel(QWidget):
         self.progress.setValue(done)
         self._done = 0
         self._update_buttons()
-        self._dock.render_preview()
+        self._dock.session.render_preview()
         self._dock.prefetcher.activity()
 
     def cancel(self):
@@ -751,7 +751,7 @@ class PropagationPanel(QWidget):
             self._fill_table(self._shown)
         self._pending = None
         self._update_buttons()
-        self._dock.render_preview()
+        self._dock.session.render_preview()
         self._dock.set_status("Propagation result discarded; no layer was changed.")
 
     # -- commit ---------------------------------------------------------------------------
@@ -763,11 +763,11 @@ class PropagationPanel(QWidget):
             if cand is not None and cand in layers:
                 return cand
         if ctx.source_label is None and out.replace_label is None:
-            t = dock.labels_layer
+            t = dock.session.labels_layer
             if t is not None and t in layers and tuple(t.data.shape) == ctx.geom.labels_shape:
                 return t
-        if dock.image_layer is ctx.image_layer:
-            return dock._ensure_labels_layer()
+        if dock.session.image_layer is ctx.image_layer:
+            return dock.session.ensure_labels_layer()
         return None
 
     def commit(self):
@@ -804,25 +804,23 @@ class PropagationPanel(QWidget):
         if label_id is None and layer is ctx.labels_layer:
             label_id = ctx.source_label
         if label_id is None:
-            label_id = dock._label_ids.next_id(layer)
+            label_id = dock.session.target.label_ids.next_id(layer)
             if label_id is None:
                 dock.set_status("Commit pending: looking for the next free label id in "
                                  f"'{layer.name}' (a large layer)...")
-                dock._label_ids.when_known(
+                dock.session.target.label_ids.when_known(
                     layer, lambda nid, o=out: self.commit() if nid and self._pending is o
                     else None)
                 return None
-        dtype = layer.data.dtype
-        if np.issubdtype(dtype, np.integer) and label_id > np.iinfo(dtype).max:
-            dock.notify_error(f"no free label id left in the {dtype} Labels layer")
+        try:
+            painted, erased = self._write(layer, out, int(label_id))
+        except ValueError as exc:  # no free label id left in the layer's dtype
+            dock.notify_error(exc)
             return None
-        painted, erased = self._write(layer, out, int(label_id))
         if painted == 0 and erased == 0:
             show_info("EdgeSAM: nothing to paint: the result lies on other labels (untick "
                       "'paint only on background' to overwrite them).")
             return None
-        dock._label_ids.note(layer, label_id)
-        layer.selected_label = int(label_id)
         out.label_id = int(label_id)
         out.layer = layer
         self._committed = out
@@ -830,7 +828,7 @@ class PropagationPanel(QWidget):
         self._pending = None
         self.last_label = int(label_id)
         self._update_buttons()
-        dock.render_preview()
+        dock.session.render_preview()
         slices = sorted(out.crops)
         span = f"slices {slices[0]}..{slices[-1]}" if slices else "no slice"
         dock.set_status(
@@ -840,46 +838,17 @@ class PropagationPanel(QWidget):
         return int(label_id)
 
     def _write(self, layer, out: _Outcome, label_id: int) -> tuple[int, int]:
-        """All slices in one ``block_history``: one undo step. Reads and writes only the
-        crops' windows."""
-        from napari_edgesam.engine.transforms import MaskCrop
+        """All slices through the session's one commit path: one undo step. Reads and
+        writes only the crops' windows."""
+        from .commit import SliceEdit
 
         ctx = out.ctx
-        background_only = self._dock.paint_background_only
-        if out.replace_label is not None:
-            slices = list(out.changed)
-        else:
-            slices = sorted(out.crops)
-        painted = erased = 0
-        with layer.block_history():
-            for z in slices:
-                lab = ctx.labels_lead(z)
-                new = out.crops.get(z)
-                old = out.previous_crops.get(z) if out.replace_label is not None else None
-                if old is not None:  # clear the replaced object's pixels no longer in it
-                    crop, (r0, c0) = old
-                    h, w = crop.shape
-                    window = (*lab, slice(r0, r0 + h), slice(c0, c0 + w))
-                    cur = np.asarray(layer.data[window])
-                    gone = cur == label_id
-                    if new is not None:
-                        gone &= ~MaskCrop(new[0], *new[1]).window(r0, c0, r0 + h, c0 + w)
-                    idx = commit_indices(gone, lab, only_background=False, offset=(r0, c0))
-                    if idx[0].size:
-                        layer.data_setitem(idx, 0, refresh=False)
-                        erased += idx[0].size
-                if new is None:
-                    continue
-                crop, (r0, c0) = new
-                h, w = crop.shape
-                cur = np.asarray(layer.data[(*lab, slice(r0, r0 + h), slice(c0, c0 + w))])
-                idx = commit_indices(crop & (cur != label_id), lab, cur, background_only,
-                                     offset=(r0, c0))
-                if idx[0].size:
-                    layer.data_setitem(idx, label_id, refresh=False)
-                    painted += idx[0].size
-        layer.refresh()
-        return painted, erased
+        replacing = out.replace_label is not None
+        slices = list(out.changed) if replacing else sorted(out.crops)
+        edits = [SliceEdit(ctx.labels_lead(z), paint=out.crops.get(z),
+                           erase=out.previous_crops.get(z) if replacing else None)
+                 for z in slices]
+        return self._dock.session.commit_edits(layer, label_id, edits)
 
     # -- read-out -------------------------------------------------------------------------
     def _fill_table(self, out: _Outcome | None):
@@ -920,8 +889,8 @@ class PropagationPanel(QWidget):
             return
         if z in self._row_z:
             self.table.selectRow(self._row_z.index(z))
-        if self._dock.image_layer is out.ctx.image_layer:
-            self._dock.go_to_slice(out.ctx.axis, z)
+        if self._dock.session.image_layer is out.ctx.image_layer:
+            self._dock.session.go_to_slice(out.ctx.axis, z)
 
     def weakest_slice(self) -> int | None:
         """The kept propagated slice with the lowest score (None without one)."""
@@ -962,14 +931,14 @@ class PropagationPanel(QWidget):
                 self._shown = self._committed if self._committed and \
                     self._committed.ctx.image_layer is not layer else None
                 self._fill_table(self._shown)
-                dock._warn_later(
+                dock.session.warn_later(
                     f"EdgeSAM: the image layer '{layer.name}' was removed during "
                     "propagation; the result is dropped and no layer was changed.")
                 break
             if layer is out.labels_layer:
                 out.labels_layer = None
                 out.source_label = None
-                dock._warn_later(
+                dock.session.warn_later(
                     f"EdgeSAM: the Labels layer '{layer.name}' was removed during "
                     "propagation; the result will be committed as a new object into "
                     "the target Labels layer.")

@@ -25,6 +25,9 @@ from ._lazy import SubArray
 __all__ = [
     "WorkerRunner",
     "Decoded",
+    "encode_job",
+    "decode_job",
+    "is_tiled",
     "choose_mapping",
     "prepare_tiles_job",
     "cancel",
@@ -243,3 +246,58 @@ def tiled_decode_job(tp, prompts, control):
         offset = (r0, c0)
     return Decoded(mask, offset, bbox, float(pred.score), time.perf_counter() - t0,
                    pred.window, pred.area)
+
+
+def is_tiled(embedding) -> bool:
+    """Whether ``embedding`` is a tiled slice's
+    :class:`~napari_edgesam.engine.tiling.TiledPredictor` (not a whole-slice embedding)."""
+    from napari_edgesam.engine.tiling import TiledPredictor
+
+    return isinstance(embedding, TiledPredictor)
+
+
+def encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, control):
+    """Read one slice, choose the intensity mapping and embed it (cache first).
+
+    ``key`` is the slice's index into ``data`` (see :meth:`ImageGeometry.slice_key`),
+    ``spec`` and ``stack_mapping`` as in :func:`choose_mapping`. Setting
+    ``control["cancel"]`` (with :func:`cancel`) stops a stale encoder run early. Returns
+    ``(embedding, mapping, seconds)``, or None when cancelled.
+    """
+    from napari_edgesam.engine.session import make_run_options
+
+    run_options = make_run_options()
+    control["run_options"] = run_options
+    if control.get("cancel"):
+        return None
+    t0 = time.perf_counter()
+    image = geom.read_slice(data, key)
+    mapping = choose_mapping(data, geom, key, spec, stack_mapping)
+    if control.get("cancel"):
+        return None
+    run_options.terminate = bool(control.get("cancel"))
+    try:
+        embedding = predictor.embed(image, mapping, rgb=geom.rgb, run_options=run_options)
+    except Exception:
+        if control.get("cancel"):  # onnxruntime stopped the run on our request
+            return None
+        raise
+    return embedding, mapping, time.perf_counter() - t0
+
+
+def decode_job(predictor, embedding, prompts) -> Decoded:
+    """Run the decoder on ``prompts`` (:class:`~.prompt_layers.Prompts`, original pixels);
+    returns a :class:`Decoded` with the whole-slice mask (uint8 0/1, for the preview
+    layer), its bounding box, the score and the time taken."""
+    from napari_edgesam.engine.transforms import mask_bbox
+
+    t0 = time.perf_counter()
+    pred = predictor.predict(
+        points=list(prompts.points) or None,
+        labels=list(prompts.labels) or None,
+        box=prompts.box,
+        embedding=embedding,
+    )
+    mask = pred.mask
+    return Decoded(mask.view(np.uint8), (0, 0), mask_bbox(mask), pred.score,
+                   time.perf_counter() - t0, area=pred.area)

@@ -9,13 +9,19 @@ Mouse (on the "EdgeSAM points" layer, in its default *add* mode):
 - plain drag: pans the view, the wheel zooms (as everywhere in napari).
 
 On the "EdgeSAM box" Shapes layer any rectangle drawn with napari's own tools is a box too.
+
+:func:`gather` reads the prompts of one slice from the two layers, in the image's data
+coordinates.
 """
 
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
+
+from ._geometry import rectangle_to_box
 
 POINTS_NAME = "EdgeSAM points"
 BOXES_NAME = "EdgeSAM box"
@@ -35,7 +41,78 @@ NEGATIVE_MODIFIERS = ("Control", "Alt", "Meta")
 #: Screen pixels a press must move to count as a drag, as napari's own tools.
 DRAG_THRESHOLD = 5
 
-#: Keys bound on the prompt layers: key -> widget method name.
+@dataclass(frozen=True)
+class Prompts:
+    """The prompts of one slice, in the image's data pixels (original frame).
+
+    Attributes
+    ----------
+    points : tuple of (float, float)
+        ``(x, y)`` = (column, row) of each click.
+    labels : tuple of int
+        1 positive, 0 negative, one per point.
+    box : (x0, y0, x1, y1) or None
+        The newest box of the slice, clipped to the image.
+    """
+
+    points: tuple
+    labels: tuple
+    box: tuple | None
+
+    @property
+    def empty(self) -> bool:
+        return not self.points and self.box is None
+
+    @property
+    def usable(self) -> bool:
+        """The engine needs a box or at least one positive point."""
+        return self.box is not None or any(v == 1 for v in self.labels)
+
+
+def to_image_data(layer, coords, image_layer) -> np.ndarray:
+    """Data coordinates of ``layer`` -> data coordinates of ``image_layer`` (through world
+    coordinates)."""
+    return np.asarray(image_layer.world_to_data(layer.data_to_world(coords)), dtype=float)
+
+
+def gather(points_layer, boxes_layer, image_layer, geometry, lead) -> Prompts:
+    """The prompts on slice ``lead`` (leading indices of ``image_layer``'s data): clicks
+    inside the image, and the newest box of the slice."""
+    points, labels = [], []
+    pts = points_layer
+    if pts is not None and len(pts.data):
+        feats = pts.features
+        kinds = list(feats["prompt"]) if "prompt" in feats else [POSITIVE] * len(pts.data)
+        for coord, kind in zip(pts.data, kinds, strict=False):
+            d = to_image_data(pts, coord, image_layer)
+            if not geometry.same_slice(geometry.leading_index(d), lead):
+                continue
+            r, c = d[-2], d[-1]
+            if not geometry.inside(r, c):
+                continue
+            points.append((float(c), float(r)))
+            labels.append(0 if kind == NEGATIVE else 1)
+    box = None
+    shapes = boxes_layer
+    if shapes is not None and shapes.nshapes:
+        for verts in reversed(shapes.data):
+            d = np.array([to_image_data(shapes, v, image_layer) for v in verts])
+            if not geometry.same_slice(geometry.leading_index(d[0]), lead):
+                continue
+            box = rectangle_to_box(d[:, -2:], geometry.spatial_shape)
+            if box is not None:
+                break
+    return Prompts(tuple(points), tuple(labels), box)
+
+
+def on_slice(shapes, image_layer, geometry, lead) -> list[int]:
+    """Indices of the shapes whose first vertex lies on slice ``lead``."""
+    return [i for i, v in enumerate(shapes.data)
+            if geometry.same_slice(
+                geometry.leading_index(to_image_data(shapes, v[0], image_layer)), lead)]
+
+
+#: Keys bound on the prompt layers: key -> action name (see :func:`install_points_bindings`).
 KEYS = {
     "c": "commit",
     "Enter": "commit",
@@ -156,9 +233,11 @@ def make_preview_layer(image_layer, viewer, shape_hw):
     return layer
 
 
-def install_points_bindings(layer, widget) -> None:
-    """Mouse and key bindings of the points layer, calling back into ``widget`` (weakly)."""
-    ref = weakref.ref(widget)
+def install_points_bindings(layer, session, actions) -> None:
+    """Mouse and key bindings of the points layer: Shift+drag draws a box through
+    ``session.draw_box`` and the :data:`KEYS` call ``actions`` (an object with those
+    method names); both are held weakly."""
+    ref = weakref.ref(session)
 
     def on_press(layer, event):
         w = ref()
@@ -188,18 +267,17 @@ def install_points_bindings(layer, widget) -> None:
                 event.handled = True  # no panning while drawing the box
                 w = ref()
                 if w is not None:
-                    w._set_box_world(start_world, np.asarray(event.position, dtype=float),
-                                     final=False)
+                    w.draw_box(start_world, np.asarray(event.position, dtype=float),
+                               final=False)
             yield
         if dragging:
             w = ref()
             if w is not None:
-                w._set_box_world(start_world, np.asarray(event.position, dtype=float),
-                                 final=True)
+                w.draw_box(start_world, np.asarray(event.position, dtype=float), final=True)
         layer.feature_defaults = {"prompt": POSITIVE}
 
     layer.mouse_drag_callbacks.insert(0, on_press)
-    _bind_keys(layer, ref, KEYS)
+    _bind_keys(layer, weakref.ref(actions), KEYS)
 
 
 def _reset_default(layer) -> None:
@@ -209,9 +287,10 @@ def _reset_default(layer) -> None:
         pass
 
 
-def install_boxes_bindings(layer, widget) -> None:
-    """After a rectangle drawn with napari's own tools, keep only the newest box of the slice."""
-    ref = weakref.ref(widget)
+def install_boxes_bindings(layer, session, actions) -> None:
+    """After a rectangle drawn with napari's own tools, keep only the newest box of the slice
+    (``session.keep_newest_box``); :data:`BOX_KEYS` call ``actions``."""
+    ref = weakref.ref(session)
 
     def on_press(layer, event):
         yield
@@ -221,10 +300,10 @@ def install_boxes_bindings(layer, widget) -> None:
         if w is not None and layer.mode == "add_rectangle":
             from qtpy.QtCore import QTimer
 
-            QTimer.singleShot(0, w._keep_newest_box)
+            QTimer.singleShot(0, w.keep_newest_box)
 
     layer.mouse_drag_callbacks.insert(0, on_press)
-    _bind_keys(layer, ref, BOX_KEYS)
+    _bind_keys(layer, weakref.ref(actions), BOX_KEYS)
 
 
 def _bind_keys(layer, ref, keys: dict) -> None:

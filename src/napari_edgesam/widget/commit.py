@@ -1,0 +1,208 @@
+"""How a mask reaches a napari Labels layer: the one commit path, with undo.
+
+Clicks (one slice) and propagation (many slices) both commit through
+:meth:`LabelsTarget.write`: every pixel of one commit is written inside one
+``block_history()`` with ``data_setitem``, so napari's own undo (Ctrl+Z, or the panel's
+Undo) reverts exactly one commit. Only the masks' bounding boxes are read and written, so
+commits stay cheap on big images.
+
+napari 0.9 has no public history API or event: :func:`can_undo` / :func:`can_redo` read
+the Labels layer's private undo and redo queues (``_undo_history``, ``_redo_history``);
+``tests/test_commit.py`` pins them so that a napari change is noticed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import prompt_layers
+from ._geometry import commit_indices
+from ._labels import LabelIds
+
+__all__ = ["SliceEdit", "LabelsTarget", "can_undo", "can_redo"]
+
+
+@dataclass(frozen=True)
+class SliceEdit:
+    """What one commit does on one slice of the Labels layer.
+
+    Attributes
+    ----------
+    lead : tuple of int
+        The slice's leading indices in the Labels layer.
+    paint : (ndarray of bool, (int, int)) or None
+        A mask crop and its ``(row, col)`` offset in the slice: pixels to give the label.
+    erase : (ndarray of bool, (int, int)) or None
+        A window (crop shape and offset): pixels there that hold the label and are not in
+        ``paint`` are cleared (re-propagating a committed object).
+    """
+
+    lead: tuple
+    paint: tuple | None = None
+    erase: tuple | None = None
+
+
+def can_undo(layer) -> bool:
+    """Whether napari's undo of the Labels ``layer`` has a step to revert."""
+    return layer is not None and bool(getattr(layer, "_undo_history", ()))
+
+
+def can_redo(layer) -> bool:
+    """Whether napari's redo of the Labels ``layer`` has a step to bring back."""
+    return layer is not None and bool(getattr(layer, "_redo_history", ()))
+
+
+class LabelsTarget:
+    """The Labels layer the panel commits into, and its label ids.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    start_worker : callable
+        Starts background work (big layers' label scans, see :class:`._labels.LabelIds`).
+    on_change : callable, optional
+        Called when the target layer, or its data, changed (undo/redo state).
+    """
+
+    def __init__(self, viewer, start_worker, on_change=None):
+        self.viewer = viewer
+        self._layer = None
+        self._on_change = on_change or (lambda: None)
+        self.label_ids = LabelIds(start_worker)
+
+    @property
+    def layer(self):
+        return self._layer
+
+    @layer.setter
+    def layer(self, layer):
+        old, self._layer = self._layer, layer
+        if old is layer:
+            return
+        for lay, how in ((old, "disconnect"), (layer, "connect")):
+            if lay is None:
+                continue
+            for ev in (lay.events.set_data, lay.events.paint):
+                try:
+                    getattr(ev, how)(self._changed)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+        self._on_change()
+
+    def _changed(self, event=None):
+        self._on_change()
+
+    def close(self) -> None:
+        self.layer = None
+        self.label_ids.close()
+
+    def forget(self, layer) -> None:
+        """``layer`` was removed from the viewer."""
+        if layer is self._layer:
+            self.layer = None
+        self.label_ids.forget(layer)
+
+    @staticmethod
+    def check(layer, geometry) -> None:
+        """Raise ValueError unless ``layer`` has the Labels shape ``geometry`` needs."""
+        want = geometry.labels_shape
+        if tuple(layer.data.shape) != want:
+            raise ValueError(
+                f"the Labels layer '{layer.name}' has shape {tuple(layer.data.shape)}, but "
+                f"the image needs {want}; choose another layer or a new one"
+            )
+
+    def set_layer(self, layer, geometry=None) -> None:
+        """Commit into ``layer`` (checked against ``geometry``), or into a new layer made at
+        the first commit when ``layer`` is None."""
+        if layer is not None:
+            if geometry is not None:
+                self.check(layer, geometry)
+            self.label_ids.watch(layer)  # big layers: the largest id, in the background
+        self.layer = layer
+
+    def ensure(self, image_layer, geometry, above=()) -> object:
+        """The target layer; a new ``"<image> EdgeSAM labels"`` layer over ``image_layer``
+        when there is none (placed below the layers in ``above``; the active layer kept)."""
+        layer = self.layer
+        if layer is not None and layer in self.viewer.layers:
+            return layer
+        layers = self.viewer.layers
+        active = layers.selection.active
+        layer = self.viewer.add_labels(
+            np.zeros(geometry.labels_shape, dtype=np.uint32),
+            name=f"{image_layer.name} EdgeSAM labels",
+            **prompt_layers.transform_kwargs(image_layer, geometry.labels_axes),
+        )
+        own = [x for x in above if x is not None and x in layers]
+        if own:
+            layers.move(layers.index(layer), min(layers.index(x) for x in own))
+        if active is not None and active in layers:
+            layers.selection.active = active
+        self.layer = layer
+        self.label_ids.set_new(layer, 0)
+        return layer
+
+    def write(self, layer, label_id: int, edits, background_only: bool) -> tuple[int, int]:
+        """Apply ``edits`` (:class:`SliceEdit`) with ``label_id`` as ONE undo step.
+
+        With ``background_only`` painted pixels keep other labels. Returns
+        ``(painted, erased)`` pixel counts; nothing is recorded when both are 0.
+
+        Raises
+        ------
+        ValueError
+            ``label_id`` does not fit the layer's dtype.
+        """
+        from napari_edgesam.engine.transforms import MaskCrop
+
+        dtype = layer.data.dtype
+        if np.issubdtype(dtype, np.integer) and label_id > np.iinfo(dtype).max:
+            raise ValueError(f"no free label id left in the {dtype} Labels layer")
+        painted = erased = 0
+        with layer.block_history():
+            for e in edits:
+                if e.erase is not None:
+                    crop, (r0, c0) = e.erase
+                    h, w = crop.shape
+                    cur = np.asarray(layer.data[(*e.lead, slice(r0, r0 + h),
+                                                 slice(c0, c0 + w))])
+                    gone = cur == label_id
+                    if e.paint is not None:
+                        gone &= ~MaskCrop(e.paint[0], *e.paint[1]).window(r0, c0, r0 + h,
+                                                                          c0 + w)
+                    idx = commit_indices(gone, e.lead, only_background=False, offset=(r0, c0))
+                    if idx[0].size:
+                        layer.data_setitem(idx, 0, refresh=False)
+                        erased += idx[0].size
+                if e.paint is None:
+                    continue
+                crop, (r0, c0) = e.paint
+                h, w = crop.shape
+                cur = np.asarray(layer.data[(*e.lead, slice(r0, r0 + h), slice(c0, c0 + w))])
+                idx = commit_indices(crop & (cur != label_id), e.lead, cur, background_only,
+                                     offset=(r0, c0))
+                if idx[0].size:
+                    layer.data_setitem(idx, label_id, refresh=False)
+                    painted += idx[0].size
+        layer.refresh()
+        if painted:
+            self.label_ids.note(layer, label_id)
+            layer.selected_label = int(label_id)
+        return painted, erased
+
+    def undo(self) -> bool:
+        """Undo the target layer's last change; True when there was one."""
+        if not can_undo(self.layer):
+            return False
+        self.layer.undo()
+        return True
+
+    def redo(self) -> bool:
+        """Redo the target layer's last undone change; True when there was one."""
+        if not can_redo(self.layer):
+            return False
+        self.layer.redo()
+        return True

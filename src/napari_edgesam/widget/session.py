@@ -1,0 +1,734 @@
+"""The annotation session: what happens when the user clicks.
+
+:class:`AnnotationSession` owns the interactive state (no Qt widgets; it talks to napari
+layers and to workers): the image layer and its slice, the channel, the contrast mapping,
+the model and its predictor, the embedding (:class:`~.encoding.SliceEncoder`), the prompts
+(:mod:`.prompt_layers`), the preview (:mod:`.preview`), and the commit into Labels with
+undo (:mod:`.commit`). Views (the dock's sections, the propagation and batch tabs) use its
+public API and its psygnal events only.
+
+A click: napari adds a point to the "EdgeSAM points" layer -> :meth:`request_predict`
+gathers the slice's prompts (image data pixels) -> the decoder runs in a worker on the
+slice's embedding (:mod:`.clicks`) -> the newest answer becomes the :class:`~.preview.Preview` (older ones
+are dropped by a generation counter) -> :meth:`commit` writes it as one undo step.
+Coordinates: napari gives world coordinates; prompts are converted through each layer's
+transform into the image layer's data pixels, ``(x, y)`` = (column, row).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from psygnal import Signal
+from qtpy.QtCore import QTimer
+
+from . import prompt_layers, workers
+from ._geometry import ImageGeometry
+from ._prefetch import PrefetchController, plan_prefetch
+from .clicks import ClickPath
+from .commit import LabelsTarget, SliceEdit, can_redo, can_undo
+from .encoding import SliceEncoder
+from .preview import Preview, PreviewLayer
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["MAPPING_MODES", "AnnotationSession"]
+
+#: Contrast mapping choices: key -> label.
+MAPPING_MODES = {
+    "auto": "auto (8-bit as is, else stack percentiles)",
+    "contrast": "layer contrast limits",
+    "percentiles": "stack percentiles (0.5 - 99.8 %)",
+}
+#: Image layer events after which the prompt and preview layers are realigned.
+_TRANSFORM_EVENTS = ("scale", "translate", "rotate", "shear", "affine")
+
+
+class AnnotationSession(ClickPath):
+    """Interactive segmentation of one napari viewer's image layers.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    start_worker : callable
+        ``start_worker(func, *args, returned=, errored=, finished=, desc=)`` (see
+        :meth:`.workers.WorkerRunner.start`).
+    timer_parent : QObject
+        Owner of the session's debounce timers.
+    actions : object
+        What the prompt layers' keys call (``commit``, ``clear_prompts``, ``undo``, ...).
+    """
+
+    #: The status line's text changed.
+    status_changed = Signal(str)
+    #: The image layer, its geometry or the channel settings changed.
+    image_changed = Signal()
+    #: Layers were added, removed or reordered (choices of image and Labels layers).
+    layers_changed = Signal()
+    #: The model in use changed.
+    model_changed = Signal(object)
+    #: The target Labels layer's undo/redo state may have changed.
+    history_changed = Signal()
+    #: A layer was removed from the viewer (after the session let go of it).
+    layer_removed = Signal(object)
+
+    def __init__(self, viewer, start_worker, timer_parent, actions):
+        self.viewer = viewer
+        self.start_worker = start_worker
+        self.actions = actions
+        self.alive = True
+        self.status = ""
+        self.model = None
+        self.predictor = None
+        self.use_optimized = False
+        self.image_layer = None
+        self.geometry: ImageGeometry | None = None
+        self.lead: tuple | None = None  # leading index of the current slice
+        self.channel = 0
+        self.mapping_mode = "auto"
+        self.use_tiles = False
+        self.tile_size: int | None = None
+        self.tile_halo: int | None = None
+        self.paint_background_only = True
+        self.pinned = False
+        self.points_layer = None
+        self.boxes_layer = None
+        self.preview_view = PreviewLayer(viewer)
+        self.target = LabelsTarget(viewer, start_worker, self.history_changed.emit)
+        self.encoder = SliceEncoder(self)
+        #: Callables saying that other work of the panel runs (propagation, batch, model
+        #: loading): prefetching waits for them too.
+        self.busy_sources: list = []
+        self.prefetcher = PrefetchController(
+            timer_parent, self.prefetch_jobs,
+            lambda: self.alive and not self.busy and not any(f() for f in self.busy_sources))
+        #: ``overlay(image_layer, lead) -> (crop, offset) | None``: shown when there is no
+        #: prompt preview (the propagation tab's pending result).
+        self.overlay = None
+        self._data_version = 0
+        self._scrub_axis: int | None = None
+        self._last_window = None
+        self._stashed: dict = {}  # image unique_id -> its prompts, while away
+        # decoder state
+        self.preview: Preview | None = None
+        self.generation = 0
+        self.shown_generation = 0
+        self.last_decode_seconds: float | None = None
+        self._decode_worker = None
+        self._decode_pending = False
+        self._decode_control: dict = {}
+        self._last_request = None
+        self._commit_when_ready = False
+        self._drawing_box = False
+        self._slice_timer = QTimer(timer_parent)
+        self._slice_timer.setSingleShot(True)
+        self._slice_timer.setInterval(15)
+        self._slice_timer.timeout.connect(self.on_slice_changed)
+        self._contrast_timer = QTimer(timer_parent)
+        self._contrast_timer.setSingleShot(True)
+        self._contrast_timer.setInterval(300)
+        self._contrast_timer.timeout.connect(lambda: self.on_slice_changed(force=True))
+        self._connections = (
+            (viewer.layers.events.inserted, self._on_layer_inserted),
+            (viewer.layers.events.removed, self._on_layer_removed),
+            (viewer.layers.events.moved, self._on_layers_moved),
+            (viewer.dims.events.current_step, self._on_dims_step),
+            (viewer.dims.events.ndisplay, self._on_dims_step),
+            (viewer.layers.selection.events.active, self._on_active_layer),
+        )
+        for emitter, cb in self._connections:
+            emitter.connect(cb)
+
+    # ------------------------------------------------------------------ state -------
+    @property
+    def busy(self) -> bool:
+        """Whether the encoder or decoder runs, or a slice change is about to start one."""
+        return (self.encoder.busy or self._decode_worker is not None
+                or self._slice_timer.isActive() or self._contrast_timer.isActive())
+
+    @property
+    def embedding(self):
+        """The current slice's embedding (None while computed); a TiledPredictor for tiled
+        images."""
+        return self.encoder.current()
+
+    @property
+    def tiled_predictor(self):
+        """The current slice's TiledPredictor (tiled images), else None."""
+        emb = self.embedding
+        return emb if emb is not None and workers.is_tiled(emb) else None
+
+    @property
+    def current_mapping(self):
+        """The intensity mapping of the current embedding."""
+        return self.encoder.mapping
+
+    @property
+    def preview_is_current(self) -> bool:
+        """Whether the preview answers the newest prompts."""
+        return self.shown_generation == self.generation
+
+    @property
+    def preview_mask(self) -> np.ndarray | None:
+        """The preview as a bool ``(H, W)`` slice, or None."""
+        p = self.preview
+        return None if p is None else p.full(self.geometry.spatial_shape)
+
+    @property
+    def preview_crop(self):
+        """``(mask crop (bool), (row0, col0), bbox)`` of the preview, or None."""
+        p = self.preview
+        crop = None if p is None else p.crop()
+        return None if crop is None else (crop, p.bbox[:2], p.bbox)
+
+    @property
+    def labels_layer(self):
+        """The target Labels layer (None until the first commit when "new" is chosen)."""
+        return self.target.layer
+
+    @property
+    def can_undo(self) -> bool:
+        return can_undo(self.target.layer)
+
+    @property
+    def can_redo(self) -> bool:
+        return can_redo(self.target.layer)
+
+    def own_layers(self) -> list:
+        """The session's prompt and preview layers present in the viewer."""
+        return [x for x in (self.preview_view.layer, self.boxes_layer, self.points_layer)
+                if x is not None and x in self.viewer.layers]
+
+    def image_layers(self) -> list:
+        from napari.layers import Image
+
+        return [lay for lay in self.viewer.layers if isinstance(lay, Image)]
+
+    def labels_layers(self) -> list:
+        """Labels layers the user may commit into (not the preview)."""
+        from napari.layers import Labels
+
+        own = self.own_layers()
+        return [lay for lay in self.viewer.layers
+                if isinstance(lay, Labels) and not any(lay is o for o in own)
+                and lay.name != prompt_layers.PREVIEW_NAME]
+
+    def set_status(self, text: str) -> None:
+        self.status = text
+        self.status_changed.emit(text)
+
+    def notify_error(self, exc, prefix: str = "") -> None:
+        """An error notification and the status line."""
+        from napari.utils.notifications import show_error
+
+        _log.debug("EdgeSAM error", exc_info=exc if isinstance(exc, BaseException) else None)
+        msg = f"{prefix}{exc}"
+        show_error(f"EdgeSAM: {msg}")
+        self.set_status(f"Error: {msg}")
+
+    def warn_later(self, message: str) -> None:
+        """A warning after the current event, unless the session is closed meanwhile."""
+        def show():
+            if self.alive:
+                from napari.utils.notifications import show_warning
+
+                show_warning(message)
+            else:
+                _log.info("%s", message)
+
+        QTimer.singleShot(0, show)
+
+    # ------------------------------------------------------------------ model -------
+    def set_model(self, model) -> None:
+        """Use ``model`` (an EdgeSamModel; a variant is replaced by its ``source``);
+        sessions open lazily in the encoder worker."""
+        from napari_edgesam.engine import Predictor
+
+        model = getattr(model, "source", None) or model
+        self.model = model
+        self.predictor = Predictor(self._runnable(model))
+        self.prefetcher.set_predictor(self.predictor)
+        self.encoder.reset()
+        self.model_changed.emit(model)
+        self.clear_preview()
+        self.encoder.request()
+
+    def set_optimized(self, value: bool) -> None:
+        self.use_optimized = bool(value)
+        if self.model is not None:
+            self.set_model(self.model)
+
+    def _runnable(self, model):
+        if not self.use_optimized:
+            return model
+        from napari.utils.notifications import show_info
+
+        from napari_edgesam.engine.optimize import load_optimized
+
+        report: list = []
+        try:
+            optimized = load_optimized(model, report=report)
+        except Exception as exc:  # unreadable records: run the original
+            self.notify_error(exc, "optimised variants not usable: ")
+            return model
+        if optimized is model:
+            why = "; ".join(f"{r.kind}: {r.status}" for r in report) or "none made"
+            show_info(f"EdgeSAM: no optimised variant of {model.name} passed its check here "
+                      f"({why}); running the original. Make them with 'napari-edgesam "
+                      "optimize IMAGES' on a few of your images.")
+            return model
+        show_info(f"EdgeSAM: running {optimized.name} (optimised variants that agreed with "
+                  "the original on your images).")
+        return optimized
+
+    # ------------------------------------------------------------------ layers ------
+    def _on_layer_inserted(self, event):
+        """An image opened while the panel is docked becomes its image unless pinned;
+        clicks then go to the prompt layers again (napari makes the new layer active)."""
+        from napari.layers import Image
+
+        layer = event.value
+        if isinstance(layer, Image) and not self.pinned and layer is not self.image_layer:
+            self.set_image_layer(layer)
+            QTimer.singleShot(0, self._take_clicks)
+        self.layers_changed.emit()
+
+    def _take_clicks(self):
+        """The points layer becomes the active one, with the prompt layers on top."""
+        if not self.alive or self.points_layer not in self.viewer.layers:
+            return
+        layers = self.viewer.layers
+        for x in self.own_layers():
+            i = layers.index(x)
+            if i != len(layers) - 1:
+                layers.move(i, len(layers))
+        layers.selection.active = self.points_layer
+        self.update_status()
+
+    def _on_layers_moved(self, event=None):
+        self.layers_changed.emit()
+
+    def _on_active_layer(self, event=None):
+        self.update_status()
+
+    def _on_layer_removed(self, event):
+        layer = event.value
+        self._stashed.pop(getattr(layer, "unique_id", None), None)
+        if layer is self.image_layer:
+            working = self.encoder.busy or self._decode_worker is not None
+            self._disconnect_image(layer)
+            self.image_layer = None
+            self.geometry = None
+            self.encoder.reset()
+            self.preview = None
+            if working:
+                self.warn_later(
+                    f"EdgeSAM: the image layer '{layer.name}' was removed while it was being "
+                    "processed; its result is dropped and no layer was changed.")
+        self.target.forget(layer)
+        self.preview_view.forget(layer)
+        if layer is self.points_layer:
+            self.points_layer = None
+        if layer is self.boxes_layer:
+            self.boxes_layer = None
+        if self.image_layer is None:
+            images = self.image_layers()
+            if images:
+                self.set_image_layer(images[-1])
+            else:
+                self.image_changed.emit()
+        self.layer_removed.emit(layer)
+        self.layers_changed.emit()
+        self.update_status()
+
+    def set_labels_layer(self, layer) -> None:
+        """Commit into ``layer`` (a Labels layer of the image's shape), or into a new
+        layer made at the first commit when ``layer`` is None."""
+        self.target.set_layer(layer, self.geometry)
+        self.layers_changed.emit()
+        self.history_changed.emit()
+
+    def set_image_layer(self, layer) -> None:
+        """Segment ``layer`` (a napari Image layer): 2D grey or RGB, stacks, time series.
+        Each image keeps its own prompts while the user is on another one."""
+        from napari.layers import Image
+
+        from napari_edgesam.engine.tiling import needs_tiling
+
+        if not isinstance(layer, Image):
+            raise TypeError(f"EdgeSAM segments Image layers, not {type(layer).__name__}")
+        data = layer.data[0] if layer.multiscale else layer.data
+        try:
+            geom = ImageGeometry(tuple(data.shape), rgb=bool(layer.rgb))
+        except ValueError as exc:
+            self.notify_error(exc)
+            return
+        if self.image_layer is not None and self.image_layer is not layer:
+            self._stash_prompts()
+            self._disconnect_image(self.image_layer)
+        self.image_layer = layer
+        self.geometry = geom
+        self.channel = 0
+        self._data_version = 0
+        self.encoder.stack_mappings = {}
+        self.encoder.reset()
+        self._last_window = None
+        self._scrub_axis = None
+        self.use_tiles = needs_tiling(geom.spatial_shape)  # the user may switch either way
+        layer.events.data.connect(self._on_image_data)
+        layer.events.contrast_limits.connect(self._on_contrast)
+        for name in _TRANSFORM_EVENTS:
+            getattr(layer.events, name).connect(self._on_image_transform)
+        if self.target.layer is not None:
+            try:
+                self.target.check(self.target.layer, geom)
+            except ValueError:
+                self.target.layer = None
+        self.ensure_prompt_layers(reset=True)
+        self.lead = self._current_lead()
+        self.image_changed.emit()
+        self.layers_changed.emit()
+        self.history_changed.emit()
+        self.clear_preview()
+        self.encoder.request()
+        self._restore_prompts(layer)
+        self.update_status()
+
+    def _disconnect_image(self, layer):
+        for name, cb in (("data", self._on_image_data), ("contrast_limits", self._on_contrast),
+                         *((t, self._on_image_transform) for t in _TRANSFORM_EVENTS)):
+            try:
+                getattr(layer.events, name).disconnect(cb)
+            except (AttributeError, TypeError, ValueError, RuntimeError):
+                pass
+
+    def _stash_prompts(self):
+        pts, shapes = self.points_layer, self.boxes_layer
+        saved = {}
+        if pts is not None and len(pts.data):
+            saved["points"] = (np.array(pts.data), pts.features.copy())
+        if shapes is not None and shapes.nshapes:
+            saved["boxes"] = ([np.array(v) for v in shapes.data], list(shapes.shape_type))
+        self._stashed.pop(self.image_layer.unique_id, None)
+        if saved:
+            self._stashed[self.image_layer.unique_id] = saved
+
+    def _restore_prompts(self, layer):
+        saved = self._stashed.pop(layer.unique_id, None) or {}
+        pts, shapes = self.points_layer, self.boxes_layer
+        if "boxes" in saved and shapes is not None and shapes.ndim == layer.ndim:
+            shapes.data = list(zip(*saved["boxes"], strict=True))
+        if "points" in saved and pts is not None and pts.ndim == layer.ndim:
+            data, features = saved["points"]
+            pts.data = data
+            pts.features = features
+
+    def set_channel_axis(self, axis: int | None, channel: int = 0) -> None:
+        """Treat leading ``axis`` of the image as channels and feed ``channel`` to the
+        model (the target Labels layer then has no channel axis)."""
+        if self.geometry is None:
+            raise ValueError("no image layer")
+        geom = ImageGeometry(self.geometry.shape, self.geometry.rgb, axis)
+        if self.target.layer is not None and geom.labels_shape != self.geometry.labels_shape:
+            self.target.layer = None
+        self.geometry = geom
+        self.channel = int(channel)
+        self.encoder.stack_mappings = {}
+        self.image_changed.emit()
+        self.layers_changed.emit()
+        self.on_slice_changed(force=True)
+        if geom.channel_axis is not None and geom.channel_axis > 0:
+            # napari lines layers up by their last axes: a Labels layer without this axis
+            # shows its slices along the wrong sliders. Say so before anything is drawn.
+            self.warn_later(
+                f"EdgeSAM: channels on axis {geom.channel_axis} of '{self.image_layer.name}' "
+                f"{geom.shape}: napari lines layers up by their last axes, so the Labels "
+                "layer (which has no channel axis) will not line up with this image. "
+                "Segmentation and the label data are correct, but for a correct display "
+                "open the image with its channels split (for example viewer.add_image(data, "
+                f"channel_axis={geom.channel_axis}) in napari's console) and pick one "
+                "channel's layer.")
+
+    def set_channel(self, channel: int) -> None:
+        self.channel = int(channel)
+        self.on_slice_changed(force=True)
+
+    def set_mapping_mode(self, mode: str) -> None:
+        """``"auto"``, ``"contrast"`` (the layer's contrast limits) or ``"percentiles"``."""
+        if mode not in MAPPING_MODES:
+            raise ValueError(f"unknown contrast mapping {mode!r}; one of {list(MAPPING_MODES)}")
+        if mode != self.mapping_mode:
+            self.mapping_mode = mode
+            self.on_slice_changed(force=True)
+
+    def set_tiles(self, value: bool) -> None:
+        """Answer prompts from full-resolution tiles (see :mod:`napari_edgesam.engine.tiling`)."""
+        if bool(value) == self.use_tiles:
+            return
+        self.use_tiles = bool(value)
+        if self.geometry is not None:
+            self.preview_view.align(self.image_layer, self.geometry, self.crop_preview)
+            self.on_slice_changed(force=True)
+
+    def set_tile_geometry(self, tile_size: int | None = None, halo: int | None = None):
+        """Tile side and halo in image pixels (None: the engine's defaults, 1024 and 128)."""
+        self.tile_size = None if tile_size is None else int(tile_size)
+        self.tile_halo = None if halo is None else int(halo)
+        if self.use_tiles:
+            self.on_slice_changed(force=True)
+
+    def ensure_prompt_layers(self, reset: bool = False) -> None:
+        """Create (or realign) the points, box and preview layers for the image."""
+        layer = self.image_layer
+        if layer is None:
+            return
+        layers = self.viewer.layers
+        keep = list(layers.selection)
+        active = layers.selection.active
+        created = self.preview_view.ensure(layer, self.geometry, self.crop_preview)
+        for attr, make, install in (
+            ("boxes_layer", prompt_layers.make_boxes_layer, prompt_layers.install_boxes_bindings),
+            ("points_layer", prompt_layers.make_points_layer,
+             prompt_layers.install_points_bindings),
+        ):
+            cur = getattr(self, attr)
+            if cur is not None and (cur not in layers or cur.ndim != layer.ndim):
+                if cur in layers:
+                    layers.remove(cur)
+                cur = None
+            if cur is None:
+                cur = make(layer, self.viewer)
+                install(cur, self, self.actions)
+                if attr == "points_layer":
+                    cur.events.mode.connect(self._on_active_layer)
+                    cur.events.features.connect(self._on_prompts_changed)
+                cur.events.data.connect(self._on_prompts_changed)
+                setattr(self, attr, cur)
+                created = True
+            elif reset:
+                prompt_layers.copy_transform(layer, cur)
+        if reset:
+            self.preview_view.align(layer, self.geometry, self.crop_preview)
+            self.clear_prompt_data()
+        if created:
+            layers.selection.active = self.points_layer  # clicks go to the points layer
+        elif active is not None and active in layers:
+            layers.selection.active = active
+            layers.selection.update([x for x in keep if x in layers])
+
+    def _on_image_transform(self, event=None):
+        layer = self.image_layer
+        if layer is None:
+            return
+        for pl in (self.points_layer, self.boxes_layer):
+            if pl is not None:
+                prompt_layers.copy_transform(layer, pl)
+        self.preview_view.align(layer, self.geometry, self.crop_preview)
+        self.on_slice_changed(force=True)
+
+    def _on_image_data(self, event=None):
+        layer = self.image_layer
+        if layer is None:
+            return
+        data = layer.data[0] if layer.multiscale else layer.data
+        if tuple(data.shape) != self.geometry.shape:
+            self.set_image_layer(layer)
+            return
+        self._data_version += 1
+        self.encoder.stack_mappings = {}
+        self.on_slice_changed(force=True)
+
+    # ------------------------------------------------------------------ slices ------
+    def _current_lead(self):
+        if self.image_layer is None:
+            return None
+        pos = self.image_layer.world_to_data(self.viewer.dims.point)
+        return self.geometry.leading_index(pos)
+
+    def slice_key(self, lead=None):
+        """Index of slice ``lead`` (default: the current one) into the image's data."""
+        return self.geometry.slice_key(self.lead if lead is None else lead, self.channel)
+
+    def view_problem(self) -> str | None:
+        """Why the current view cannot be segmented (None when it can)."""
+        if self.image_layer is None:
+            return "Add or choose an image layer."
+        if self.viewer.dims.ndisplay != 2:
+            return "EdgeSAM works in the 2D view: switch napari to 2D (Ctrl+Y)."
+        nd = self.viewer.dims.ndim
+        if list(self.viewer.dims.displayed) != [nd - 2, nd - 1]:
+            return ("EdgeSAM segments the last two axes of the image: reset the axis order "
+                    "(napari's 'transpose'/'roll' buttons changed it).")
+        return None
+
+    def clicks_problem(self) -> str | None:
+        """Why a click on the canvas does not add a point (another layer is active)."""
+        active = self.viewer.layers.selection.active
+        pts = self.points_layer
+        if active is None or pts is None or active is self.boxes_layer:
+            return None
+        if active is pts:
+            if pts.mode != "add":
+                return (f"'{pts.name}' is in {pts.mode} mode: press 2 (add points) to click "
+                        "prompts again.")
+            return None
+        return (f"Clicks go to '{active.name}', selected in the layer list. To segment, "
+                f"select '{pts.name}' in the layer list.")
+
+    def _on_dims_step(self, event=None):
+        self._slice_timer.start()
+
+    def on_slice_changed(self, force: bool = False) -> None:
+        """The slider, channel, mapping or transform changed: encode the slice now shown."""
+        if not self.alive or self.image_layer is None:
+            self.update_status()
+            return
+        lead = self._current_lead()
+        if lead == self.lead and not force:
+            self.update_status()
+            return
+        if lead is not None and self.lead is not None and len(lead) == len(self.lead):
+            moved = [i for i, (a, b) in enumerate(zip(lead, self.lead, strict=True)) if a != b]
+            if moved:
+                self._scrub_axis = moved[0]  # prefetch along the axis the user moves on
+        self.lead = lead
+        self._last_window = None
+        self.clear_preview()
+        self.encoder.request()
+        self.request_predict()
+
+    def slice_text(self, lead=None) -> str:
+        """``"slice 12"``, ``"slice 3, 7 channel 1"`` or ``"image"``, for messages."""
+        geom = self.geometry
+        if geom is None:
+            return ""
+        lead = self.lead if lead is None else lead
+        idx = geom.labels_index(lead) if lead is not None else ()
+        parts = []
+        if len(idx) == 1:
+            parts.append(f"slice {idx[0]}")
+        elif idx:
+            parts.append("slice " + ", ".join(str(i) for i in idx))
+        if geom.channel_axis is not None:
+            parts.append(f"channel {self.channel}")
+        return " ".join(parts) if parts else "image"
+
+    def go_to_slice(self, axis: int, index: int) -> None:
+        """Move napari's slider of the image's leading ``axis`` to ``index`` (data)."""
+        layer = self.image_layer
+        if layer is None:
+            return
+        pos = np.asarray(layer.world_to_data(self.viewer.dims.point), dtype=float)
+        pos = pos[-layer.ndim:].copy()
+        pos[axis] = float(index)
+        world = np.asarray(layer.data_to_world(pos), dtype=float)
+        self.viewer.dims.set_point(self.viewer.dims.ndim - layer.ndim + axis, float(world[axis]))
+
+    def _on_contrast(self, event=None):
+        if self.mapping_mode == "contrast":
+            self._contrast_timer.start()
+
+    def mapping_spec(self):
+        """``("contrast", (lo, hi))``, ``("auto",)`` or ``("percentiles",)``."""
+        if self.mapping_mode == "contrast":
+            lo, hi = (float(v) for v in self.image_layer.contrast_limits)
+            return ("contrast", (lo, hi))
+        return (self.mapping_mode,)
+
+    def wanted_key(self):
+        """The identity of the embedding the current view needs (None: none needed)."""
+        if self.image_layer is None or self.model is None or self.lead is None:
+            return None
+        return (self.image_layer.unique_id, self._data_version, self.slice_key(),
+                self.mapping_spec(), id(self.model), self.tiled_key())
+
+    def tiled_key(self):
+        """``(tile_size, halo)`` when prompts are answered through tiles, else None."""
+        if self.geometry is None or not self.use_tiles:
+            return None
+        return (self.tile_size, self.tile_halo)
+
+    @property
+    def crop_preview(self) -> bool:
+        """Whether the preview layer holds crops (tiled images) instead of whole slices."""
+        return bool(self.tiled_key())
+
+    def stack_mapping_key(self):
+        """Key of the stack-wide intensity mapping (None for layer contrast limits)."""
+        spec = self.mapping_spec()
+        if spec[0] == "contrast":
+            return None
+        ch = self.channel if self.geometry.channel_axis is not None else None
+        return (self.image_layer.unique_id, self._data_version, self.geometry.channel_axis,
+                ch, spec[0])
+
+    @property
+    def stack_mappings(self) -> dict:
+        """Stack-wide mappings chosen so far, by :meth:`stack_mapping_key`."""
+        return self.encoder.stack_mappings
+
+    def prefetch_jobs(self) -> list:
+        """What to encode while the user is idle: neighbouring slices along the axis the
+        user last moved on, or the tiles nearest the last prompt's window."""
+        if self.image_layer is None or self.model is None or self.view_problem() \
+                or self.lead is None:
+            return []
+        emb = self.embedding
+        if emb is None or self.current_mapping is None:
+            return []
+        return plan_prefetch(self.image_layer, self.geometry, self.lead, self.channel, emb,
+                    self.current_mapping, self._scrub_axis, self._last_window)
+
+    # ------------------------------------------------------------------ status ------
+    def update_status(self) -> None:
+        """The status line for the current state (kept while something runs)."""
+        if not self.alive or self.model is None:
+            return
+        problem = self.view_problem()
+        if problem:
+            self.set_status(problem)
+            return
+        if self.encoder.busy:
+            self.set_status(f"Encoding {self.slice_text()}...")
+            return
+        problem = self.clicks_problem()
+        if problem:
+            self.set_status(problem)
+            return
+        if self.embedding is not None and self.preview is None:
+            text = self.slice_text()
+            where = "" if text == "image" else f" on {text}"
+            from .model_picker import ModelPicker
+
+            self.set_status(f"Ready{where}: click on an object (model: "
+                            f"{ModelPicker.model_label(self.model)}).")
+
+    def close(self) -> None:
+        """Stop all work and listening (the panel or the viewer is going away)."""
+        if not self.alive:
+            return
+        self.alive = False
+        for t in (self._slice_timer, self._contrast_timer):
+            try:
+                t.stop()
+            except RuntimeError:  # pragma: no cover - already deleted with its parent
+                pass
+        self.prefetcher.close()
+        self.target.close()
+        self.encoder.cancel()
+        workers.cancel(self._decode_control)
+        for emitter, cb in self._connections:
+            try:
+                emitter.disconnect(cb)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        if self.image_layer is not None:
+            self._disconnect_image(self.image_layer)
+
+    def commit_edits(self, layer, label_id: int, edits: list[SliceEdit]) -> tuple[int, int]:
+        """Write ``edits`` into ``layer`` as one undo step (the one commit path, see
+        :meth:`.commit.LabelsTarget.write`), honouring "paint only on background"."""
+        out = self.target.write(layer, int(label_id), edits, self.paint_background_only)
+        self.history_changed.emit()
+        return out
