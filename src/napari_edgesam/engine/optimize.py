@@ -72,6 +72,7 @@ from .errors import CancelledError, EdgeSamError, ModelError
 from .session import EdgeSamModel
 
 __all__ = [
+    "optimized_or_original",
     "DEFAULT_VARIANTS",
     "VARIANTS",
     "Agreement",
@@ -1657,6 +1658,26 @@ def _model_with(source: EdgeSamModel, results: Sequence[VariantResult],
         source, enc or source.encoder_path, dec or source.decoder_path, decoder_parts=parts,
         variants=used, sha256=sha,
     )
+
+
+def optimized_or_original(model: EdgeSamModel) -> tuple[EdgeSamModel, str]:
+    """:func:`load_optimized` with a sentence for the user saying what runs and why.
+
+    Returns
+    -------
+    (EdgeSamModel, str)
+        The variants that passed (or ``model``), and e.g. ``"running <name> (optimised
+        variants that agreed ...)"`` or why the original runs and how to make variants.
+    """
+    report: list = []
+    optimized = load_optimized(model, report=report)
+    if optimized is model:
+        why = "; ".join(f"{r.kind}: {r.status}" for r in report) or "none made"
+        return model, (f"no optimised variant of {model.name} passed its check here ({why}); "
+                       "running the original. Make them with 'napari-edgesam optimize "
+                       "IMAGES' on a few of your images.")
+    return optimized, (f"running {optimized.name} (optimised variants that agreed with the "
+                       "original on your images).")
 
 
 def load_optimized(model: EdgeSamModel, kinds: Sequence[str] | None = None, *,

@@ -99,11 +99,7 @@ class ClickPath:
 
     def clear_prompt_data(self) -> None:
         """Empty the prompt layers (the preview is cleared by the prompt events)."""
-        pts, shapes = self.points_layer, self.boxes_layer
-        if pts is not None and len(pts.data):
-            pts.data = np.zeros((0, pts.ndim))
-        if shapes is not None and shapes.nshapes:
-            shapes.data = []
+        self.prompts.clear()
 
     def _on_prompts_changed(self, event=None):
         if not self.alive or self._drawing_box:
@@ -247,6 +243,14 @@ class ClickPath:
         layer = self.target.ensure(self.image_layer, self.geometry, above=self.own_layers())
         self.layers_changed.emit()
         return layer
+
+    def commit_edits(self, layer, label_id: int, edits) -> tuple[int, int]:
+        """Write ``edits`` (:class:`~.commit.SliceEdit`) into ``layer`` as one undo step
+        (the one commit path, :meth:`.commit.LabelsTarget.write`), honouring "paint only on
+        background"; returns ``(painted, erased)`` pixel counts."""
+        out = self.target.write(layer, int(label_id), edits, self.paint_background_only)
+        self.history_changed.emit()
+        return out
 
     def commit(self):
         """Paint the preview into the target Labels layer as a new object, as ONE undoable

@@ -314,3 +314,101 @@ def _bind_keys(layer, ref, keys: dict) -> None:
                 getattr(w, _method)()
 
         layer.bind_key(key, call, overwrite=True)
+
+
+class PromptLayers:
+    """The points and box layers of an annotation session, over its image layer.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    session : AnnotationSession
+        Gets ``draw_box`` / ``keep_newest_box`` calls from the mouse bindings (weakly).
+    actions : object
+        What the layers' keys call (see :data:`KEYS`).
+    on_change : callable
+        Called with napari's event when the prompts change (points or boxes).
+    on_mode : callable
+        Called when the points layer's mode changes.
+    """
+
+    def __init__(self, viewer, session, actions, on_change, on_mode):
+        self.viewer = viewer
+        self.points = None
+        self.boxes = None
+        self._session = session
+        self._actions = actions
+        self._on_change = on_change
+        self._on_mode = on_mode
+        self._stashed: dict = {}  # image unique_id -> its prompts, while the user is away
+
+    def forget(self, layer) -> None:
+        """``layer`` was removed from the viewer."""
+        self._stashed.pop(getattr(layer, "unique_id", None), None)
+        if layer is self.points:
+            self.points = None
+        if layer is self.boxes:
+            self.boxes = None
+
+    def ensure(self, image_layer, realign: bool = False) -> bool:
+        """Create the layers over ``image_layer`` where missing (or of another
+        dimensionality); ``realign`` copies the image's transform to existing ones. True
+        when a layer was created."""
+        layers = self.viewer.layers
+        created = False
+        for attr, make, install in (("boxes", make_boxes_layer, install_boxes_bindings),
+                                    ("points", make_points_layer, install_points_bindings)):
+            cur = getattr(self, attr)
+            if cur is not None and (cur not in layers or cur.ndim != image_layer.ndim):
+                if cur in layers:
+                    layers.remove(cur)
+                cur = None
+            if cur is None:
+                cur = make(image_layer, self.viewer)
+                install(cur, self._session, self._actions)
+                if attr == "points":
+                    cur.events.mode.connect(self._on_mode)
+                    cur.events.features.connect(self._on_change)
+                cur.events.data.connect(self._on_change)
+                setattr(self, attr, cur)
+                created = True
+            elif realign:
+                copy_transform(image_layer, cur)
+        return created
+
+    def realign(self, image_layer) -> None:
+        """Follow ``image_layer``'s transform."""
+        for layer in (self.points, self.boxes):
+            if layer is not None:
+                copy_transform(image_layer, layer)
+
+    def clear(self) -> None:
+        """Remove every point and box."""
+        pts, shapes = self.points, self.boxes
+        if pts is not None and len(pts.data):
+            pts.data = np.zeros((0, pts.ndim))
+        if shapes is not None and shapes.nshapes:
+            shapes.data = []
+
+    def stash(self, image_layer) -> None:
+        """Keep the prompts of ``image_layer`` for when the user comes back to it."""
+        pts, shapes = self.points, self.boxes
+        saved = {}
+        if pts is not None and len(pts.data):
+            saved["points"] = (np.array(pts.data), pts.features.copy())
+        if shapes is not None and shapes.nshapes:
+            saved["boxes"] = ([np.array(v) for v in shapes.data], list(shapes.shape_type))
+        self._stashed.pop(image_layer.unique_id, None)
+        if saved:
+            self._stashed[image_layer.unique_id] = saved
+
+    def restore(self, image_layer) -> None:
+        """Put back the prompts stashed for ``image_layer`` (if any)."""
+        saved = self._stashed.pop(image_layer.unique_id, None) or {}
+        pts, shapes = self.points, self.boxes
+        if "boxes" in saved and shapes is not None and shapes.ndim == image_layer.ndim:
+            shapes.data = list(zip(*saved["boxes"], strict=True))
+        if "points" in saved and pts is not None and pts.ndim == image_layer.ndim:
+            data, features = saved["points"]
+            pts.data = data
+            pts.features = features

@@ -9,8 +9,9 @@ public API and its psygnal events only.
 
 A click: napari adds a point to the "EdgeSAM points" layer -> :meth:`request_predict`
 gathers the slice's prompts (image data pixels) -> the decoder runs in a worker on the
-slice's embedding (:mod:`.clicks`) -> the newest answer becomes the :class:`~.preview.Preview` (older ones
-are dropped by a generation counter) -> :meth:`commit` writes it as one undo step.
+slice's embedding (:mod:`.clicks`) -> the newest answer becomes the
+:class:`~.preview.Preview` (older ones are dropped by a generation counter) ->
+:meth:`commit` writes it as one undo step (:mod:`.commit`).
 Coordinates: napari gives world coordinates; prompts are converted through each layer's
 transform into the image layer's data pixels, ``(x, y)`` = (column, row).
 """
@@ -23,11 +24,11 @@ import numpy as np
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 
-from . import prompt_layers, workers
+from . import messages, prompt_layers, workers
 from ._geometry import ImageGeometry
 from ._prefetch import PrefetchController, plan_prefetch
 from .clicks import ClickPath
-from .commit import LabelsTarget, SliceEdit, can_redo, can_undo
+from .commit import LabelsTarget, can_redo, can_undo
 from .encoding import SliceEncoder
 from .preview import Preview, PreviewLayer
 
@@ -92,8 +93,9 @@ class AnnotationSession(ClickPath):
         self.tile_halo: int | None = None
         self.paint_background_only = True
         self.pinned = False
-        self.points_layer = None
-        self.boxes_layer = None
+        self.prompts = prompt_layers.PromptLayers(viewer, self, actions,
+                                                  self._on_prompts_changed,
+                                                  self._on_active_layer)
         self.preview_view = PreviewLayer(viewer)
         self.target = LabelsTarget(viewer, start_worker, self.history_changed.emit)
         self.encoder = SliceEncoder(self)
@@ -109,7 +111,6 @@ class AnnotationSession(ClickPath):
         self._data_version = 0
         self._scrub_axis: int | None = None
         self._last_window = None
-        self._stashed: dict = {}  # image unique_id -> its prompts, while away
         # decoder state
         self.preview: Preview | None = None
         self.generation = 0
@@ -152,6 +153,16 @@ class AnnotationSession(ClickPath):
         """The current slice's embedding (None while computed); a TiledPredictor for tiled
         images."""
         return self.encoder.current()
+
+    @property
+    def points_layer(self):
+        """The "EdgeSAM points" layer (clicks), or None."""
+        return self.prompts.points
+
+    @property
+    def boxes_layer(self):
+        """The "EdgeSAM box" layer, or None."""
+        return self.prompts.boxes
 
     @property
     def tiled_predictor(self):
@@ -260,27 +271,21 @@ class AnnotationSession(ClickPath):
             self.set_model(self.model)
 
     def _runnable(self, model):
+        """``model``, or its variants that passed their agreement check when "optimised"
+        is ticked (records are read only); says which in a notification."""
         if not self.use_optimized:
             return model
         from napari.utils.notifications import show_info
 
-        from napari_edgesam.engine.optimize import load_optimized
+        from napari_edgesam.engine.optimize import optimized_or_original
 
-        report: list = []
         try:
-            optimized = load_optimized(model, report=report)
+            runnable, message = optimized_or_original(model)
         except Exception as exc:  # unreadable records: run the original
             self.notify_error(exc, "optimised variants not usable: ")
             return model
-        if optimized is model:
-            why = "; ".join(f"{r.kind}: {r.status}" for r in report) or "none made"
-            show_info(f"EdgeSAM: no optimised variant of {model.name} passed its check here "
-                      f"({why}); running the original. Make them with 'napari-edgesam "
-                      "optimize IMAGES' on a few of your images.")
-            return model
-        show_info(f"EdgeSAM: running {optimized.name} (optimised variants that agreed with "
-                  "the original on your images).")
-        return optimized
+        show_info(f"EdgeSAM: {message}")
+        return runnable
 
     # ------------------------------------------------------------------ layers ------
     def _on_layer_inserted(self, event):
@@ -314,7 +319,7 @@ class AnnotationSession(ClickPath):
 
     def _on_layer_removed(self, event):
         layer = event.value
-        self._stashed.pop(getattr(layer, "unique_id", None), None)
+        self.prompts.forget(layer)
         if layer is self.image_layer:
             working = self.encoder.busy or self._decode_worker is not None
             self._disconnect_image(layer)
@@ -328,10 +333,6 @@ class AnnotationSession(ClickPath):
                     "processed; its result is dropped and no layer was changed.")
         self.target.forget(layer)
         self.preview_view.forget(layer)
-        if layer is self.points_layer:
-            self.points_layer = None
-        if layer is self.boxes_layer:
-            self.boxes_layer = None
         if self.image_layer is None:
             images = self.image_layers()
             if images:
@@ -365,7 +366,7 @@ class AnnotationSession(ClickPath):
             self.notify_error(exc)
             return
         if self.image_layer is not None and self.image_layer is not layer:
-            self._stash_prompts()
+            self.prompts.stash(self.image_layer)
             self._disconnect_image(self.image_layer)
         self.image_layer = layer
         self.geometry = geom
@@ -392,7 +393,7 @@ class AnnotationSession(ClickPath):
         self.history_changed.emit()
         self.clear_preview()
         self.encoder.request()
-        self._restore_prompts(layer)
+        self.prompts.restore(layer)
         self.update_status()
 
     def _disconnect_image(self, layer):
@@ -402,27 +403,6 @@ class AnnotationSession(ClickPath):
                 getattr(layer.events, name).disconnect(cb)
             except (AttributeError, TypeError, ValueError, RuntimeError):
                 pass
-
-    def _stash_prompts(self):
-        pts, shapes = self.points_layer, self.boxes_layer
-        saved = {}
-        if pts is not None and len(pts.data):
-            saved["points"] = (np.array(pts.data), pts.features.copy())
-        if shapes is not None and shapes.nshapes:
-            saved["boxes"] = ([np.array(v) for v in shapes.data], list(shapes.shape_type))
-        self._stashed.pop(self.image_layer.unique_id, None)
-        if saved:
-            self._stashed[self.image_layer.unique_id] = saved
-
-    def _restore_prompts(self, layer):
-        saved = self._stashed.pop(layer.unique_id, None) or {}
-        pts, shapes = self.points_layer, self.boxes_layer
-        if "boxes" in saved and shapes is not None and shapes.ndim == layer.ndim:
-            shapes.data = list(zip(*saved["boxes"], strict=True))
-        if "points" in saved and pts is not None and pts.ndim == layer.ndim:
-            data, features = saved["points"]
-            pts.data = data
-            pts.features = features
 
     def set_channel_axis(self, axis: int | None, channel: int = 0) -> None:
         """Treat leading ``axis`` of the image as channels and feed ``channel`` to the
@@ -439,16 +419,7 @@ class AnnotationSession(ClickPath):
         self.layers_changed.emit()
         self.on_slice_changed(force=True)
         if geom.channel_axis is not None and geom.channel_axis > 0:
-            # napari lines layers up by their last axes: a Labels layer without this axis
-            # shows its slices along the wrong sliders. Say so before anything is drawn.
-            self.warn_later(
-                f"EdgeSAM: channels on axis {geom.channel_axis} of '{self.image_layer.name}' "
-                f"{geom.shape}: napari lines layers up by their last axes, so the Labels "
-                "layer (which has no channel axis) will not line up with this image. "
-                "Segmentation and the label data are correct, but for a correct display "
-                "open the image with its channels split (for example viewer.add_image(data, "
-                f"channel_axis={geom.channel_axis}) in napari's console) and pick one "
-                "channel's layer.")
+            self.warn_later(messages.channel_display_warning(geom, self.image_layer.name))
 
     def set_channel(self, channel: int) -> None:
         self.channel = int(channel)
@@ -487,27 +458,7 @@ class AnnotationSession(ClickPath):
         keep = list(layers.selection)
         active = layers.selection.active
         created = self.preview_view.ensure(layer, self.geometry, self.crop_preview)
-        for attr, make, install in (
-            ("boxes_layer", prompt_layers.make_boxes_layer, prompt_layers.install_boxes_bindings),
-            ("points_layer", prompt_layers.make_points_layer,
-             prompt_layers.install_points_bindings),
-        ):
-            cur = getattr(self, attr)
-            if cur is not None and (cur not in layers or cur.ndim != layer.ndim):
-                if cur in layers:
-                    layers.remove(cur)
-                cur = None
-            if cur is None:
-                cur = make(layer, self.viewer)
-                install(cur, self, self.actions)
-                if attr == "points_layer":
-                    cur.events.mode.connect(self._on_active_layer)
-                    cur.events.features.connect(self._on_prompts_changed)
-                cur.events.data.connect(self._on_prompts_changed)
-                setattr(self, attr, cur)
-                created = True
-            elif reset:
-                prompt_layers.copy_transform(layer, cur)
+        created = self.prompts.ensure(layer, realign=reset) or created
         if reset:
             self.preview_view.align(layer, self.geometry, self.crop_preview)
             self.clear_prompt_data()
@@ -521,9 +472,7 @@ class AnnotationSession(ClickPath):
         layer = self.image_layer
         if layer is None:
             return
-        for pl in (self.points_layer, self.boxes_layer):
-            if pl is not None:
-                prompt_layers.copy_transform(layer, pl)
+        self.prompts.realign(layer)
         self.preview_view.align(layer, self.geometry, self.crop_preview)
         self.on_slice_changed(force=True)
 
@@ -552,29 +501,11 @@ class AnnotationSession(ClickPath):
 
     def view_problem(self) -> str | None:
         """Why the current view cannot be segmented (None when it can)."""
-        if self.image_layer is None:
-            return "Add or choose an image layer."
-        if self.viewer.dims.ndisplay != 2:
-            return "EdgeSAM works in the 2D view: switch napari to 2D (Ctrl+Y)."
-        nd = self.viewer.dims.ndim
-        if list(self.viewer.dims.displayed) != [nd - 2, nd - 1]:
-            return ("EdgeSAM segments the last two axes of the image: reset the axis order "
-                    "(napari's 'transpose'/'roll' buttons changed it).")
-        return None
+        return messages.view_problem(self.viewer, self.image_layer)
 
     def clicks_problem(self) -> str | None:
         """Why a click on the canvas does not add a point (another layer is active)."""
-        active = self.viewer.layers.selection.active
-        pts = self.points_layer
-        if active is None or pts is None or active is self.boxes_layer:
-            return None
-        if active is pts:
-            if pts.mode != "add":
-                return (f"'{pts.name}' is in {pts.mode} mode: press 2 (add points) to click "
-                        "prompts again.")
-            return None
-        return (f"Clicks go to '{active.name}', selected in the layer list. To segment, "
-                f"select '{pts.name}' in the layer list.")
+        return messages.clicks_problem(self.viewer, self.points_layer, self.boxes_layer)
 
     def _on_dims_step(self, event=None):
         self._slice_timer.start()
@@ -600,19 +531,8 @@ class AnnotationSession(ClickPath):
 
     def slice_text(self, lead=None) -> str:
         """``"slice 12"``, ``"slice 3, 7 channel 1"`` or ``"image"``, for messages."""
-        geom = self.geometry
-        if geom is None:
-            return ""
-        lead = self.lead if lead is None else lead
-        idx = geom.labels_index(lead) if lead is not None else ()
-        parts = []
-        if len(idx) == 1:
-            parts.append(f"slice {idx[0]}")
-        elif idx:
-            parts.append("slice " + ", ".join(str(i) for i in idx))
-        if geom.channel_axis is not None:
-            parts.append(f"channel {self.channel}")
-        return " ".join(parts) if parts else "image"
+        return messages.slice_text(self.geometry, self.lead if lead is None else lead,
+                                   self.channel)
 
     def go_to_slice(self, axis: int, index: int) -> None:
         """Move napari's slider of the image's leading ``axis`` to ``index`` (data)."""
@@ -678,7 +598,7 @@ class AnnotationSession(ClickPath):
         if emb is None or self.current_mapping is None:
             return []
         return plan_prefetch(self.image_layer, self.geometry, self.lead, self.channel, emb,
-                    self.current_mapping, self._scrub_axis, self._last_window)
+                             self.current_mapping, self._scrub_axis, self._last_window)
 
     # ------------------------------------------------------------------ status ------
     def update_status(self) -> None:
@@ -699,10 +619,8 @@ class AnnotationSession(ClickPath):
         if self.embedding is not None and self.preview is None:
             text = self.slice_text()
             where = "" if text == "image" else f" on {text}"
-            from .model_picker import ModelPicker
-
             self.set_status(f"Ready{where}: click on an object (model: "
-                            f"{ModelPicker.model_label(self.model)}).")
+                            f"{messages.model_label(self.model)}).")
 
     def close(self) -> None:
         """Stop all work and listening (the panel or the viewer is going away)."""
@@ -725,10 +643,3 @@ class AnnotationSession(ClickPath):
                 pass
         if self.image_layer is not None:
             self._disconnect_image(self.image_layer)
-
-    def commit_edits(self, layer, label_id: int, edits: list[SliceEdit]) -> tuple[int, int]:
-        """Write ``edits`` into ``layer`` as one undo step (the one commit path, see
-        :meth:`.commit.LabelsTarget.write`), honouring "paint only on background"."""
-        out = self.target.write(layer, int(label_id), edits, self.paint_background_only)
-        self.history_changed.emit()
-        return out
