@@ -388,7 +388,7 @@ def test_licence_link_is_readable_in_the_dark_theme(make_napari_viewer, qtbot, h
     from qtpy.QtWidgets import QApplication, QLabel, QMessageBox
 
     from napari_edgesam.engine.models import get_card
-    from napari_edgesam.widget.model_picker import contrast_ratio
+    from napari_edgesam.widget.licence_dialog import ask_licence, contrast_ratio
 
     viewer = make_napari_viewer()
     assert viewer.theme == "dark"
@@ -406,7 +406,7 @@ def test_licence_link_is_readable_in_the_dark_theme(make_napari_viewer, qtbot, h
         next(b for b in box.buttons() if b.text() == "Accept and download").click()
 
     QTimer.singleShot(200, answer)
-    assert picker._ask_licence(card) is True
+    assert ask_licence(card, picker) is True
     assert "S-Lab License 1.0" in seen["text"] and card.licence_summary in seen["text"]
     assert seen["background"].lightness() < 80  # napari's dark theme reached the dialog
     anchor = re.search(r"<a [^>]*href=\"([^\"]+)\"[^>]*style=\"color: (#[0-9a-f]{6})",
@@ -420,7 +420,7 @@ def test_licence_link_is_readable_in_the_dark_theme(make_napari_viewer, qtbot, h
 def test_link_colour_follows_the_palette():
     from qtpy.QtGui import QColor, QPalette
 
-    from napari_edgesam.widget.model_picker import contrast_ratio, link_colour
+    from napari_edgesam.widget.licence_dialog import contrast_ratio, link_colour
 
     dark = QPalette()
     dark.setColor(QPalette.ColorRole.Window, QColor("#23242b"))

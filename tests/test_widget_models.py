@@ -239,6 +239,7 @@ def test_licence_dialog_shows_summary_and_link(make_napari_viewer, qtbot, accept
     from qtpy.QtWidgets import QApplication, QMessageBox
 
     from napari_edgesam.engine.models import get_card
+    from napari_edgesam.widget.licence_dialog import ask_licence
 
     viewer = make_napari_viewer()
     w = make_widget(viewer)
@@ -256,7 +257,7 @@ def test_licence_dialog_shows_summary_and_link(make_napari_viewer, qtbot, accept
         button.click()
 
     QTimer.singleShot(200, answer)
-    assert w.model_picker._ask_licence(card) is accept
+    assert ask_licence(card, w.model_picker) is accept
     assert "S-Lab License 1.0" in seen["text"]
     assert card.licence_url in seen["text"]
     assert card.licence_summary in seen["text"]

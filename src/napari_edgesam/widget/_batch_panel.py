@@ -9,7 +9,8 @@ is shown in the tab and in napari's activity panel; the tab's rows have fixed he
 nothing moves while a run fills the list. *Cancel* asks ``run_batch`` to stop (running
 files stop at their next decoder call or their worker processes are ended, finished outputs
 stay valid and a rerun resumes). *Load results* opens each label image over its input, with
-the files' physical pixel sizes as scale.
+the files' physical pixel sizes as scale (:mod:`.batch_results`). The jobs run in workers
+are :func:`~.workers.batch_job` and :func:`~.workers.load_batch_results_job`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -35,6 +36,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from .batch_results import ResultsLoader
 
 __all__ = ["SCHEDULERS", "BatchPanel", "counts_text"]
 
@@ -76,111 +79,6 @@ class _Relay(QObject):
     slices = Signal(str, int, int)
 
 
-def _batch_job(inputs, out_dir, model, params, overwrite, scheduler, workers, relay, control):
-    from napari_edgesam.workflows.batch import collect_inputs, run_batch
-
-    # the file list first, so that the panel can show "0 done of N" before any file ends
-    files = collect_inputs(inputs, exclude_dir=Path(out_dir).expanduser().resolve())
-    relay.started.emit([str(f) for f in files])
-    return run_batch(
-        inputs, out_dir, model, params, overwrite=overwrite, scheduler=scheduler,
-        workers=workers,
-        progress=lambda res, done, total: relay.progress.emit(res, done, total),
-        cancel=lambda: bool(control.get("cancel")),
-        slice_progress=lambda name, done, total: relay.slices.emit(name, done, total),
-    )
-
-
-def _display_range(data) -> list[float]:
-    """Contrast limits (min, max) of an image from a strided sample of at most about a
-    million pixels (what napari would compute, without reading all of a large file)."""
-    import numpy as np
-
-    shape = data.shape
-    step = max(1, int(np.ceil((int(np.prod(shape, dtype=np.int64)) / 1e6) ** (1 / len(shape)))))
-    sample = np.asarray(data[tuple(slice(None, None, step) for _ in shape)])
-    lo, hi = float(np.nanmin(sample)), float(np.nanmax(sample))
-    return [lo, hi if hi > lo else lo + 1.0]
-
-
-def _scale(axes: str, sizes: dict) -> list[float]:
-    return [float(sizes.get(a, 1.0)) for a in axes]
-
-
-def _squeezed(data, axes: str):
-    """``data`` without its axes of size 1 other than Y and X (a view, never a copy), so
-    that an image and its labels line up axis for axis from the right, as napari shows
-    them."""
-    index = tuple(0 if n == 1 and a not in "YX" else slice(None)
-                  for a, n in zip(axes, data.shape))
-    kept = "".join(a for a, n in zip(axes, data.shape) if n != 1 or a in "YX")
-    return (data[index] if any(i == 0 for i in index) else data), kept
-
-
-def _read_pair(res, visible: bool) -> list:
-    """The layers of one finished file: ``[(data, kwargs, layer_type), ...]``, the input's
-    image layer(s) then its labels, with the physical pixel sizes as scale (the input's
-    calibration for both, so that the labels lie exactly over their image). Runs in a
-    worker thread: the input stays memory-mapped when the file allows, contrast limits are
-    computed here from a sample."""
-    import numpy as np
-    import tifffile
-
-    from napari_edgesam.workflows.batch import pixel_sizes
-    from napari_edgesam.workflows.tiff_io import LazyTiff, read_image, rgb_axis
-
-    layers = []
-    sizes = None
-    stem = Path(res.input).stem
-    try:
-        img = read_image(res.input)
-        with LazyTiff(res.input) as lazy:
-            sizes = pixel_sizes(lazy.metadata)
-    except Exception:  # noqa: BLE001 - the labels are still worth showing
-        img = None
-    if img is not None:
-        data, axes = _squeezed(img.data, img.axes)
-        kwargs = {"name": stem, "visible": visible}
-        rgb = rgb_axis(axes, data.shape)
-        channel = next((i for i, a in enumerate(axes) if a in "CS" and i != rgb), None)
-        if rgb is not None:
-            data = np.moveaxis(data, rgb, -1)
-            axes = axes[:rgb] + axes[rgb + 1:]
-            kwargs["rgb"] = True
-            kwargs["scale"] = _scale(axes, sizes)
-        elif channel is not None:
-            lead = (slice(None),) * channel
-            kwargs["channel_axis"] = channel
-            kwargs["name"] = [f"{stem} ch{i}" for i in range(data.shape[channel])]
-            kwargs["contrast_limits"] = [_display_range(data[(*lead, i)])
-                                         for i in range(data.shape[channel])]
-            kwargs["scale"] = _scale(axes[:channel] + axes[channel + 1:], sizes)
-        else:
-            kwargs["contrast_limits"] = _display_range(data)
-            kwargs["scale"] = _scale(axes, sizes)
-        layers.append((data, kwargs, "image"))
-    with tifffile.TiffFile(res.output) as tif:  # compressed: read whole (labels are small)
-        series = tif.series[0]
-        labels, labels_axes = _squeezed(series.asarray(), series.axes)
-    if sizes is None:
-        with LazyTiff(res.output) as lab:
-            sizes = pixel_sizes(lab.metadata)
-    layers.append((labels, {"name": Path(res.output).stem, "visible": visible,
-                            "scale": _scale(labels_axes, sizes)}, "labels"))
-    return layers
-
-
-def _load_job(results):
-    """Read the label images (and their inputs) of finished files, one file at a time:
-    yields ``(index, layers or None, error or None)``; only the last file's layers are
-    visible."""
-    for i, res in enumerate(results):
-        try:
-            yield i, _read_pair(res, visible=i == len(results) - 1), None
-        except Exception as exc:  # noqa: BLE001 - one unreadable file, the others load
-            yield i, None, f"{Path(res.output).name}: {exc}"
-
-
 class BatchPanel(QWidget):
     """Batch segmentation of TIFF files from the dock widget.
 
@@ -206,7 +104,6 @@ class BatchPanel(QWidget):
         super().__init__(dock)
         self._dock = dock
         self._worker = None
-        self._load_worker = None
         self._control: dict = {}
         self._relay = _Relay(self)
         self._relay.started.connect(self._on_started)
@@ -215,20 +112,11 @@ class BatchPanel(QWidget):
         self.summary = None
         #: FileResult objects in the order they arrived.
         self.file_results: list = []
-        #: Layers added by the last :meth:`load_results`.
-        self.loaded_layers: list = []
+        self._results = ResultsLoader(dock, self._update_buttons, self)
         self._total = 0  # files in the run
         self._finished_inputs: set = set()
         self._running: dict = {}  # input -> (slices done, slices in the file)
         self._activity = None  # napari progress of the run (activity panel)
-        self._pending_pairs: list = []  # files read, their layers waiting to be added
-        self._loaded_pairs: list = []  # the layers added, per file
-        self._adding = False
-        self._load_errors: list = []
-        self._add_timer = QTimer(self)
-        self._add_timer.setSingleShot(True)
-        self._add_timer.setInterval(0)
-        self._add_timer.timeout.connect(self._add_next_pair)
         self._build_ui()
 
     # -- UI -------------------------------------------------------------------------------
@@ -354,10 +242,12 @@ class BatchPanel(QWidget):
         return [p.strip() for p in self.inputs_edit.text().split(";") if p.strip()]
 
     def set_output(self, path):
+        """The output folder (created by the run if missing)."""
         self.output_edit.setText(str(path))
 
     @property
     def output(self) -> str:
+        """The output folder, as typed."""
         return self.output_edit.text().strip()
 
     def _pick_files(self):
@@ -383,6 +273,7 @@ class BatchPanel(QWidget):
     # -- parameters -----------------------------------------------------------------------
     @property
     def object_size(self) -> float:
+        """Typical object diameter in pixels."""
         return float(self.object_size_spin.value())
 
     @object_size.setter
@@ -391,6 +282,7 @@ class BatchPanel(QWidget):
 
     @property
     def channel(self) -> int | None:
+        """Channel segmented in multichannel files; None for none (RGB files whole)."""
         v = int(self.channel_spin.value())
         return None if v < 0 else v
 
@@ -400,6 +292,7 @@ class BatchPanel(QWidget):
 
     @property
     def scheduler(self):
+        """``run_batch``'s scheduler: None (worker processes) or ``"synchronous"``."""
         return self.scheduler_combo.currentData()
 
     @scheduler.setter
@@ -412,6 +305,7 @@ class BatchPanel(QWidget):
 
     @property
     def overwrite(self) -> bool:
+        """Whether files already done with the same parameters are recomputed."""
         return self.overwrite_check.isChecked()
 
     @overwrite.setter
@@ -459,6 +353,8 @@ class BatchPanel(QWidget):
             return None
         from napari.utils import progress
 
+        from .workers import batch_job
+
         self.summary = None
         self.file_results = []
         self._finished_inputs = set()
@@ -478,7 +374,7 @@ class BatchPanel(QWidget):
         self._close_activity()
         self._activity = progress(total=0, desc="EdgeSAM batch")
         self._worker = dock.start_worker(
-            _batch_job, inputs, self.output, dock.model, params, self.overwrite,
+            batch_job, inputs, self.output, dock.model, params, self.overwrite,
             self.scheduler, None, self._relay, control,
             returned=self._on_done,
             errored=lambda exc: dock.notify_error(exc, "batch failed: "),
@@ -606,7 +502,7 @@ class BatchPanel(QWidget):
         """
         from napari.utils.notifications import show_info
 
-        if self.summary is None or self._load_worker is not None:
+        if self.summary is None or self._results.reading:
             show_info("EdgeSAM batch: nothing to load yet.")
             return None
         results = [r for r in self.summary.results
@@ -614,80 +510,24 @@ class BatchPanel(QWidget):
         if not results:
             show_info("EdgeSAM batch: no finished file to load.")
             return None
-        self.loaded_layers = []
-        self._loaded_pairs = []
-        self._pending_pairs = []
-        self._load_errors = []
-        self._load_worker = self._dock.start_worker(
-            _load_job, results,
-            yielded=self._on_pair_read,
-            errored=lambda exc: self._dock.notify_error(exc, "cannot load the results: "),
-            finished=self._on_load_finished,
-            desc="EdgeSAM: loading batch results",
-            total=len(results),
-        )
+        worker = self._results.load(results)
         self._update_buttons()
-        return self._load_worker
+        return worker
 
-    def _on_pair_read(self, item):
-        _, layers, error = item
-        if error is not None:
-            self._load_errors.append(error)
-        elif layers:
-            self._pending_pairs.append(layers)
-            if not self._add_timer.isActive():
-                self._add_timer.start()
-
-    def _add_next_pair(self):
-        """Add one file's layers (then yield to the event loop for the next one)."""
-        # Adding a layer may process events (napari, the dock's own handlers): a pair read
-        # meanwhile waits for this one, so pairs keep their order.
-        if self._adding or not self._pending_pairs:
-            return
-        layers = self._pending_pairs.pop(0)
-        viewer = self._dock.viewer
-        pair = []
-        self._adding = True
-        try:
-            for data, kwargs, kind in layers:
-                add = viewer.add_image if kind == "image" else viewer.add_labels
-                added = add(data, **kwargs)
-                pair.extend(added if isinstance(added, list) else [added])
-        finally:
-            self._adding = False
-            self._loaded_pairs.append(pair)
-            self.loaded_layers.extend(pair)
-        if self._pending_pairs:
-            self._add_timer.start()
-        elif self._load_worker is None:
-            self._loading_done()
-
-    def _loading_done(self):
-        if self._loaded_pairs and not any(lay.visible for lay in self.loaded_layers):
-            for lay in self._loaded_pairs[-1]:  # the last file could not be read: show the
-                lay.visible = True               # last one that could
-        text = f"Batch: loaded {len(self.loaded_layers)} layers."
-        if self._load_errors:
-            text += f" Not loaded: {'; '.join(self._load_errors)}"
-        self._dock.set_status(text)
-        self._update_buttons()
-
-    def _on_load_finished(self):
-        self._load_worker = None
-        if not self._pending_pairs:
-            self._loading_done()
-        self._update_buttons()
+    @property
+    def loaded_layers(self) -> list:
+        """Layers added by the last :meth:`load_results`."""
+        return self._results.loaded_layers
 
     @property
     def loading(self) -> bool:
         """Whether results are still being read or added."""
-        return self._load_worker is not None or bool(self._pending_pairs)
+        return self._results.loading
 
     def shutdown(self):
         """Stop everything (the dock widget is going away): cancel a run, stop adding
         layers, close the activity entry."""
         if self._worker is not None:
             self._control["cancel"] = True
-        self._add_timer.stop()
-        self._pending_pairs = []
+        self._results.shutdown()
         self._close_activity()

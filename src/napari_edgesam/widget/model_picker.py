@@ -16,7 +16,9 @@ check, gives a status saying where the files were and one warning notification; 
 
 The GUI thread never hashes files: it only checks sizes and the hash memo
 (``model_status(card, verify=False)``) and whether files exist; hashing and the ONNX
-contract check run in the workers.
+contract check run in the workers (:func:`~.workers.load_model_job`,
+:func:`~.workers.resolve_card_job`, :func:`~.workers.download_job`). The licence is shown
+before the first download (:mod:`.licence_dialog`).
 
 Public API::
 
@@ -33,26 +35,26 @@ Public API::
 
 from __future__ import annotations
 
-import html
 import logging
 from pathlib import Path
 
-from qtpy.QtCore import Qt, QTimer, Signal
-from qtpy.QtGui import QColor, QPalette
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QWidget,
 )
 
+from .licence_dialog import ask_licence
+from .workers import download_job, load_model_job, resolve_card_job
+
 _log = logging.getLogger(__name__)
 
-__all__ = ["CUSTOM_PICK", "NOT_DOWNLOADED", "ModelPicker", "link_colour"]
+__all__ = ["CUSTOM_PICK", "NOT_DOWNLOADED", "ModelPicker"]
 
 #: The combo box entry that opens the two file dialogs.
 CUSTOM_PICK = "custom files..."
@@ -64,114 +66,6 @@ CUSTOM_HINT = (
     "already have."
 )
 _PRESENT = ("verified", "present")
-
-
-# ---------------------------------------------------------------------------------------
-# Jobs (run in workers)
-# ---------------------------------------------------------------------------------------
-
-
-def _load_model_job(model):
-    """Open both sessions (the contract check) and hash the encoder (the model's identity)."""
-    model.load()
-    _ = model.identity
-    return model
-
-
-def _resolve_card_job(card):
-    from napari_edgesam.engine import EdgeSamModel
-    from napari_edgesam.engine.models import resolve_model
-
-    resolved = resolve_model(card)
-    model = EdgeSamModel(resolved.encoder, resolved.decoder, name=resolved.name,
-                         sha256=resolved.sha256)
-    return _load_model_job(model)
-
-
-def _download_job(card, state):
-    """Download ``card`` into the user cache and load it; ``state`` carries the progress of
-    the whole model (``done`` bytes of ``total``) and the ``cancel`` request."""
-    from napari_edgesam.engine import CancelledError, EdgeSamModel, paths
-    from napari_edgesam.engine.models import cached_sha256, download_model
-
-    dest = paths.models_cache_dir()
-    done: dict[str, int] = {}
-    for f in card.files.values():  # files already here (memo only) count as done
-        if cached_sha256(dest / f.filename) == f.sha256:
-            done[f.filename] = f.size
-    state["done"] = sum(done.values())
-
-    def progress(filename, got, total):
-        if state.get("cancel"):
-            raise CancelledError("download cancelled")
-        done[filename] = got
-        state.update(filename=filename, done=sum(done.values()))
-
-    # The licence was shown and accepted in a dialog before the worker started.
-    resolved = download_model(card, progress=progress, licence_notice=lambda text: None)
-    if state.get("cancel"):
-        raise CancelledError("download cancelled")
-    model = EdgeSamModel(resolved.encoder, resolved.decoder, name=resolved.name,
-                         sha256=resolved.sha256)
-    return _load_model_job(model)
-
-
-# ---------------------------------------------------------------------------------------
-# Colours
-# ---------------------------------------------------------------------------------------
-
-
-def _luminance(colour: QColor) -> float:
-    def channel(v: float) -> float:
-        return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
-
-    return (0.2126 * channel(colour.redF()) + 0.7152 * channel(colour.greenF())
-            + 0.0722 * channel(colour.blueF()))
-
-
-def contrast_ratio(a: QColor, b: QColor) -> float:
-    """WCAG contrast ratio of two colours (1 to 21; 4.5 is readable body text).
-
-    Parameters
-    ----------
-    a, b : QColor
-
-    Returns
-    -------
-    float
-    """
-    la, lb = sorted((_luminance(QColor(a)), _luminance(QColor(b))), reverse=True)
-    return (la + 0.05) / (lb + 0.05)
-
-
-def link_colour(palette: QPalette) -> str:
-    """A link colour readable on ``palette``'s window background, as ``#rrggbb``.
-
-    The palette's own link colour when it is readable (Qt's default dark blue is not on
-    napari's dark theme), else a light blue on dark backgrounds and a dark blue on light ones.
-
-    Parameters
-    ----------
-    palette : QPalette
-        The (polished) palette of the widget showing the link.
-
-    Returns
-    -------
-    str
-    """
-    background = palette.color(QPalette.ColorRole.Window)
-    own = palette.color(QPalette.ColorRole.Link)
-    if contrast_ratio(own, background) >= 4.5:
-        return own.name()
-    for candidate in ("#8ab4f8", "#0b57d0"):
-        if contrast_ratio(QColor(candidate), background) >= 4.5:
-            return candidate
-    return palette.color(QPalette.ColorRole.WindowText).name()
-
-
-# ---------------------------------------------------------------------------------------
-# The widget
-# ---------------------------------------------------------------------------------------
 
 
 class ModelPicker(QWidget):
@@ -422,7 +316,7 @@ class ModelPicker(QWidget):
         self.cancel_download_button.setEnabled(True)
         self._set_status(f"Downloading {card.display_name}...")
         self._download_worker = self._start_worker(
-            _download_job, card, self._download_state,
+            download_job, card, self._download_state,
             returned=lambda model: self._on_loaded(model, ("card", card.name)),
             errored=self._on_download_failed,
             finished=self._on_download_done,
@@ -556,7 +450,7 @@ class ModelPicker(QWidget):
 
     def _load_card(self, card, *, restoring: bool = False):
         return self._start_load(
-            _resolve_card_job, card, remember=("card", card.name), restoring=restoring,
+            resolve_card_job, card, remember=("card", card.name), restoring=restoring,
             status=f"Loading {card.display_name}...",
             desc=f"EdgeSAM: checking {card.display_name}",
         )
@@ -567,7 +461,7 @@ class ModelPicker(QWidget):
         model = EdgeSamModel(encoder, decoder, name=f"custom: {Path(encoder).name}")
         when = " (used last time)" if restoring else ""
         return self._start_load(
-            _load_model_job, model, remember=("custom", str(encoder), str(decoder)),
+            load_model_job, model, remember=("custom", str(encoder), str(decoder)),
             restoring=restoring, status=f"Loading {Path(encoder).name}{when}...",
             desc="EdgeSAM: loading model",
         )
@@ -642,27 +536,8 @@ class ModelPicker(QWidget):
 
     # ------------------------------------------------------------------ download ----
     def _ask_licence(self, card) -> bool:
-        """Show the licence summary with its link; True when the user accepts."""
-        box = QMessageBox(self)
-        box.setWindowTitle(f"{card.display_name}: licence")
-        box.setTextFormat(Qt.TextFormat.RichText)
-        box.ensurePolished()  # the palette now holds the theme's colours
-        colour = link_colour(box.palette())
-        palette = box.palette()
-        palette.setColor(QPalette.ColorRole.Link, QColor(colour))
-        palette.setColor(QPalette.ColorRole.LinkVisited, QColor(colour))
-        box.setPalette(palette)
-        url = html.escape(card.licence_url, quote=True)
-        box.setText(
-            f"The {html.escape(card.display_name)} weights are licensed under the "
-            f"<b>{html.escape(card.licence_name)}</b>: "
-            f"<a href=\"{url}\" style=\"color: {colour};\">{url}</a>"
-        )
-        box.setInformativeText(card.licence_summary)
-        accept = box.addButton("Accept and download", QMessageBox.ButtonRole.AcceptRole)
-        box.addButton(QMessageBox.StandardButton.Cancel)
-        box.exec()
-        return box.clickedButton() is accept
+        """The licence dialog (:func:`~.licence_dialog.ask_licence`); True when accepted."""
+        return ask_licence(card, self)
 
     def _on_download_clicked(self):
         d = self.model_combo.currentData()

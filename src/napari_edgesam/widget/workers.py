@@ -1,7 +1,10 @@
 """Background work of the dock widget: the jobs (plain functions, no Qt, no napari) and
 :class:`WorkerRunner`, which runs them in worker threads.
 
-The jobs are shared by the click path (whole slices and tiles) and the propagation panel.
+The jobs are shared by the click path (whole slices and tiles) and the propagation panel;
+the model row (:mod:`.model_picker`) loads and downloads models with :func:`load_model_job`,
+:func:`resolve_card_job` and :func:`download_job`, and the batch tab (:mod:`._batch_panel`)
+runs :func:`batch_job` and reads results with :func:`load_batch_results_job`.
 
 Why not napari's ``create_worker`` / ``thread_worker``: napari registers every worker's
 ``quit`` with the window's task registry and never removes it, so each finished worker (and
@@ -32,6 +35,11 @@ __all__ = [
     "prepare_tiles_job",
     "cancel",
     "tiled_decode_job",
+    "load_model_job",
+    "resolve_card_job",
+    "download_job",
+    "batch_job",
+    "load_batch_results_job",
 ]
 
 
@@ -301,3 +309,165 @@ def decode_job(predictor, embedding, prompts) -> Decoded:
     mask = pred.mask
     return Decoded(mask.view(np.uint8), (0, 0), mask_bbox(mask), pred.score,
                    time.perf_counter() - t0, area=pred.area)
+
+
+# ---------------------------------------------------------------------------------------
+# The model row: loading and downloading models
+# ---------------------------------------------------------------------------------------
+
+
+def load_model_job(model):
+    """Open both sessions of ``model`` (the contract check) and hash its encoder (the
+    model's identity).
+
+    Parameters
+    ----------
+    model : EdgeSamModel
+
+    Returns
+    -------
+    EdgeSamModel
+        ``model``, loaded.
+    """
+    model.load()
+    _ = model.identity
+    return model
+
+
+def resolve_card_job(card):
+    """Find a published model's files on this machine (verified) and load them.
+
+    Parameters
+    ----------
+    card : ModelCard
+
+    Returns
+    -------
+    EdgeSamModel
+        The loaded model, named after the card.
+    """
+    from napari_edgesam.engine import EdgeSamModel
+    from napari_edgesam.engine.models import resolve_model
+
+    resolved = resolve_model(card)
+    model = EdgeSamModel(resolved.encoder, resolved.decoder, name=resolved.name,
+                         sha256=resolved.sha256)
+    return load_model_job(model)
+
+
+def download_job(card, state):
+    """Download ``card`` into the user cache and load it.
+
+    The licence was shown and accepted in a dialog before the worker started.
+
+    Parameters
+    ----------
+    card : ModelCard
+    state : dict
+        Shared with the GUI thread: the job writes the progress of the whole model
+        (``done`` bytes, ``filename``); setting ``state["cancel"]`` stops it at its next
+        block of bytes.
+
+    Returns
+    -------
+    EdgeSamModel
+        The loaded model.
+
+    Raises
+    ------
+    CancelledError
+        When cancelled.
+    """
+    from napari_edgesam.engine import CancelledError, EdgeSamModel, paths
+    from napari_edgesam.engine.models import cached_sha256, download_model
+
+    dest = paths.models_cache_dir()
+    done: dict[str, int] = {}
+    for f in card.files.values():  # files already here (memo only) count as done
+        if cached_sha256(dest / f.filename) == f.sha256:
+            done[f.filename] = f.size
+    state["done"] = sum(done.values())
+
+    def progress(filename, got, total):
+        if state.get("cancel"):
+            raise CancelledError("download cancelled")
+        done[filename] = got
+        state.update(filename=filename, done=sum(done.values()))
+
+    resolved = download_model(card, progress=progress, licence_notice=lambda text: None)
+    if state.get("cancel"):
+        raise CancelledError("download cancelled")
+    model = EdgeSamModel(resolved.encoder, resolved.decoder, name=resolved.name,
+                         sha256=resolved.sha256)
+    return load_model_job(model)
+
+
+# ---------------------------------------------------------------------------------------
+# The batch tab: running a batch, reading its results
+# ---------------------------------------------------------------------------------------
+
+
+def batch_job(inputs, out_dir, model, params, overwrite, scheduler, workers, relay, control):
+    """Run :func:`~napari_edgesam.workflows.batch.run_batch` (the command line's engine).
+
+    Parameters
+    ----------
+    inputs : list of str
+        Files, folders and glob patterns.
+    out_dir : str
+    model : EdgeSamModel
+    params : BatchParams
+    overwrite : bool
+    scheduler : str or None
+    workers : int or None
+        As ``run_batch``'s arguments of these names.
+    relay : object
+        Carries the callbacks to the GUI thread through its signals ``started(files)``
+        (the input files, before the first one starts), ``progress(result, done, total)``
+        and ``slices(input, done, total)``.
+    control : dict
+        ``control["cancel"] = True`` asks the run to stop.
+
+    Returns
+    -------
+    BatchSummary
+    """
+    from pathlib import Path
+
+    from napari_edgesam.workflows.batch import collect_inputs, run_batch
+
+    # the file list first, so that the panel can show "0 done of N" before any file ends
+    files = collect_inputs(inputs, exclude_dir=Path(out_dir).expanduser().resolve())
+    relay.started.emit([str(f) for f in files])
+    return run_batch(
+        inputs, out_dir, model, params, overwrite=overwrite, scheduler=scheduler,
+        workers=workers,
+        progress=lambda res, done, total: relay.progress.emit(res, done, total),
+        cancel=lambda: bool(control.get("cancel")),
+        slice_progress=lambda name, done, total: relay.slices.emit(name, done, total),
+    )
+
+
+def load_batch_results_job(results):
+    """Read the label images (and their inputs) of finished batch files, one file at a time
+    (see :func:`~.batch_results.read_pair`); only the last file's layers are visible.
+
+    Parameters
+    ----------
+    results : list of FileResult
+
+    Yields
+    ------
+    (int, list or None, str or None)
+        The file's index, its layers ``[(data, kwargs, layer_type), ...]`` (None when it
+        could not be read) and the error text (None when read).
+    """
+    from pathlib import Path
+
+    from .batch_results import read_pair
+
+    for i, res in enumerate(results):
+        try:
+            yield i, read_pair(res, visible=i == len(results) - 1), None
+        except Exception as exc:  # noqa: BLE001 - one unreadable file, the others load
+            yield i, None, f"{Path(res.output).name}: {exc}"

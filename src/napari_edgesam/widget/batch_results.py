@@ -1,0 +1,269 @@
+"""Loading a batch run's results into the viewer: each label image over its input.
+
+Two halves of one job:
+
+- :func:`read_pair` (worker thread, no Qt) reads one finished file: its input image
+  (memory-mapped when the file allows, contrast limits from a sample) and its label image,
+  both with the files' physical pixel sizes as scale, as layer data
+  ``[(data, kwargs, layer_type), ...]``; :func:`~.workers.load_batch_results_job` runs it
+  for every file.
+- :class:`ResultsLoader` (GUI thread) starts that job and adds each file's layers to the
+  viewer, one file per event-loop turn, in order; only the last file's layers are visible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import QObject, QTimer
+
+__all__ = ["ResultsLoader", "display_range", "read_pair", "squeezed"]
+
+
+# ---------------------------------------------------------------------------------------
+# Reading (worker thread)
+# ---------------------------------------------------------------------------------------
+
+
+def display_range(data) -> list[float]:
+    """Contrast limits of an image from a strided sample of at most about a million pixels
+    (what napari would compute, without reading all of a large file).
+
+    Parameters
+    ----------
+    data : array-like
+
+    Returns
+    -------
+    list of float
+        ``[min, max]``, with ``max > min``.
+    """
+    import numpy as np
+
+    shape = data.shape
+    step = max(1, int(np.ceil((int(np.prod(shape, dtype=np.int64)) / 1e6) ** (1 / len(shape)))))
+    sample = np.asarray(data[tuple(slice(None, None, step) for _ in shape)])
+    lo, hi = float(np.nanmin(sample)), float(np.nanmax(sample))
+    return [lo, hi if hi > lo else lo + 1.0]
+
+
+def _scale(axes: str, sizes: dict) -> list[float]:
+    return [float(sizes.get(a, 1.0)) for a in axes]
+
+
+def squeezed(data, axes: str):
+    """``data`` without its axes of size 1 other than Y and X (a view, never a copy), so
+    that an image and its labels line up axis for axis from the right, as napari shows
+    them.
+
+    Parameters
+    ----------
+    data : array-like
+    axes : str
+        One letter per axis of ``data``.
+
+    Returns
+    -------
+    (array-like, str)
+        The data and its remaining axes.
+    """
+    index = tuple(0 if n == 1 and a not in "YX" else slice(None)
+                  for a, n in zip(axes, data.shape))
+    kept = "".join(a for a, n in zip(axes, data.shape) if n != 1 or a in "YX")
+    return (data[index] if any(i == 0 for i in index) else data), kept
+
+
+def read_pair(res, visible: bool) -> list:
+    """The layers of one finished file: the input's image layer(s) then its labels.
+
+    Both get the physical pixel sizes as scale (the input's calibration for both, so that
+    the labels lie exactly over their image). Runs in a worker thread: the input stays
+    memory-mapped when the file allows, contrast limits are computed here from a sample.
+
+    Parameters
+    ----------
+    res : FileResult
+        A file with status ``"done"`` or ``"skipped"``.
+    visible : bool
+        Whether the layers are shown.
+
+    Returns
+    -------
+    list of (data, dict, str)
+        ``(data, kwargs, layer_type)`` per layer; the input is left out when it cannot be
+        read.
+    """
+    import numpy as np
+    import tifffile
+
+    from napari_edgesam.workflows.batch import pixel_sizes
+    from napari_edgesam.workflows.tiff_io import LazyTiff, read_image, rgb_axis
+
+    layers = []
+    sizes = None
+    stem = Path(res.input).stem
+    try:
+        img = read_image(res.input)
+        with LazyTiff(res.input) as lazy:
+            sizes = pixel_sizes(lazy.metadata)
+    except Exception:  # noqa: BLE001 - the labels are still worth showing
+        img = None
+    if img is not None:
+        data, axes = squeezed(img.data, img.axes)
+        kwargs = {"name": stem, "visible": visible}
+        rgb = rgb_axis(axes, data.shape)
+        channel = next((i for i, a in enumerate(axes) if a in "CS" and i != rgb), None)
+        if rgb is not None:
+            data = np.moveaxis(data, rgb, -1)
+            axes = axes[:rgb] + axes[rgb + 1:]
+            kwargs["rgb"] = True
+            kwargs["scale"] = _scale(axes, sizes)
+        elif channel is not None:
+            lead = (slice(None),) * channel
+            kwargs["channel_axis"] = channel
+            kwargs["name"] = [f"{stem} ch{i}" for i in range(data.shape[channel])]
+            kwargs["contrast_limits"] = [display_range(data[(*lead, i)])
+                                         for i in range(data.shape[channel])]
+            kwargs["scale"] = _scale(axes[:channel] + axes[channel + 1:], sizes)
+        else:
+            kwargs["contrast_limits"] = display_range(data)
+            kwargs["scale"] = _scale(axes, sizes)
+        layers.append((data, kwargs, "image"))
+    with tifffile.TiffFile(res.output) as tif:  # compressed: read whole (labels are small)
+        series = tif.series[0]
+        labels, labels_axes = squeezed(series.asarray(), series.axes)
+    if sizes is None:
+        with LazyTiff(res.output) as lab:
+            sizes = pixel_sizes(lab.metadata)
+    layers.append((labels, {"name": Path(res.output).stem, "visible": visible,
+                            "scale": _scale(labels_axes, sizes)}, "labels"))
+    return layers
+
+
+# ---------------------------------------------------------------------------------------
+# Adding the layers (GUI thread)
+# ---------------------------------------------------------------------------------------
+
+
+class ResultsLoader(QObject):
+    """Reads finished batch files in a worker and adds their layers to the viewer.
+
+    Parameters
+    ----------
+    dock : EdgeSamWidget
+        The dock widget (only its public names are used: ``start_worker``,
+        ``notify_error``, ``set_status``, ``viewer``).
+    changed : callable
+        ``changed()``: called when :attr:`loading` may have changed (the panel updates its
+        buttons).
+    parent : QObject, optional
+    """
+
+    def __init__(self, dock, changed, parent=None):
+        super().__init__(parent)
+        self._dock = dock
+        self._changed = changed
+        self._worker = None
+        #: Layers added by the last :meth:`load`.
+        self.loaded_layers: list = []
+        self._pending_pairs: list = []  # files read, their layers waiting to be added
+        self._loaded_pairs: list = []  # the layers added, per file
+        self._adding = False
+        self._errors: list = []
+        self._add_timer = QTimer(self)
+        self._add_timer.setSingleShot(True)
+        self._add_timer.setInterval(0)
+        self._add_timer.timeout.connect(self._add_next_pair)
+
+    @property
+    def reading(self) -> bool:
+        """Whether the worker reading the files runs."""
+        return self._worker is not None
+
+    @property
+    def loading(self) -> bool:
+        """Whether results are still being read or added."""
+        return self._worker is not None or bool(self._pending_pairs)
+
+    def load(self, results):
+        """Read ``results`` in a worker and add their layers, one file per event-loop turn.
+
+        Parameters
+        ----------
+        results : list of FileResult
+            Finished files (with an output).
+
+        Returns
+        -------
+        worker
+        """
+        from .workers import load_batch_results_job
+
+        dock = self._dock
+        self.loaded_layers = []
+        self._loaded_pairs = []
+        self._pending_pairs = []
+        self._errors = []
+        self._worker = dock.start_worker(
+            load_batch_results_job, results,
+            yielded=self._on_pair_read,
+            errored=lambda exc: dock.notify_error(exc, "cannot load the results: "),
+            finished=self._on_finished,
+            desc="EdgeSAM: loading batch results",
+            total=len(results),
+        )
+        return self._worker
+
+    def shutdown(self) -> None:
+        """Stop adding layers (the panel is going away)."""
+        self._add_timer.stop()
+        self._pending_pairs = []
+
+    def _on_pair_read(self, item):
+        _, layers, error = item
+        if error is not None:
+            self._errors.append(error)
+        elif layers:
+            self._pending_pairs.append(layers)
+            if not self._add_timer.isActive():
+                self._add_timer.start()
+
+    def _add_next_pair(self):
+        """Add one file's layers (then yield to the event loop for the next one)."""
+        # Adding a layer may process events (napari, the dock's own handlers): a pair read
+        # meanwhile waits for this one, so pairs keep their order.
+        if self._adding or not self._pending_pairs:
+            return
+        layers = self._pending_pairs.pop(0)
+        viewer = self._dock.viewer
+        pair = []
+        self._adding = True
+        try:
+            for data, kwargs, kind in layers:
+                add = viewer.add_image if kind == "image" else viewer.add_labels
+                added = add(data, **kwargs)
+                pair.extend(added if isinstance(added, list) else [added])
+        finally:
+            self._adding = False
+            self._loaded_pairs.append(pair)
+            self.loaded_layers.extend(pair)
+        if self._pending_pairs:
+            self._add_timer.start()
+        elif self._worker is None:
+            self._done()
+
+    def _done(self):
+        if self._loaded_pairs and not any(lay.visible for lay in self.loaded_layers):
+            for lay in self._loaded_pairs[-1]:  # the last file could not be read: show the
+                lay.visible = True               # last one that could
+        text = f"Batch: loaded {len(self.loaded_layers)} layers."
+        if self._errors:
+            text += f" Not loaded: {'; '.join(self._errors)}"
+        self._dock.set_status(text)
+        self._changed()
+
+    def _on_finished(self):
+        self._worker = None
+        if not self._pending_pairs:
+            self._done()
+        self._changed()
