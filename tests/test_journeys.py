@@ -114,3 +114,99 @@ def test_the_panel_says_why_clicks_do_nothing_when_another_layer_is_selected(
     viewer.layers.selection.active = w.session.points_layer
     assert "Ready" in w.status
     assert img is w.session.image_layer
+
+
+def _stack():
+    """A (14, 56, 64) uint16 stack with an ellipsoid on slices ~3..11 (centre slice 7)."""
+    zz, yy, xx = np.ogrid[:14, :56, :64]
+    truth = ((zz - 7) / 4.6) ** 2 + ((yy - 28) / 13) ** 2 + ((xx - 30) / 15) ** 2 <= 1
+    img = np.full(truth.shape, 100, np.uint16)
+    img[truth] = 420
+    return img, truth
+
+
+def test_keys_work_with_the_mouse_over_the_canvas_after_focus_went_to_the_table(
+        make_napari_viewer, npe2pm, qtbot):
+    """Shift+P and Shift+W reach the panel when focus is in the propagation table (as the
+    guide says to click a row), sent to whatever widget has focus, not to the canvas."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    viewer, w = dock_panel(make_napari_viewer, npe2pm)
+    choose_test_model(qtbot, w)
+    stack, truth = _stack()
+    layer = viewer.add_image(stack, name="stack")
+    viewer.dims.set_point(0, 7)
+    qtbot.waitUntil(lambda: w.session.embedding is not None and not w.busy, timeout=TIMEOUT)
+    viewer.reset_view()
+    viewer.window._qt_window.activateWindow()
+    qtbot.wait(50)
+    click(qtbot, viewer, layer, 28, 30)
+    _wait_preview(qtbot, w)
+
+    panel = w.propagation
+    w.tabs.setCurrentIndex(0)
+    table = panel.table
+    table.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is table, timeout=TIMEOUT)
+    qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_P, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.waitUntil(lambda: panel.pending and not w.busy, timeout=TIMEOUT)
+    assert table.rowCount() > 3
+    table.selectRow(1)
+    table.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is table, timeout=TIMEOUT)
+    weakest = panel.weakest_slice()
+    qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_W, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.waitUntil(lambda: w.session.lead == (weakest,), timeout=TIMEOUT)
+    qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_C, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.waitUntil(lambda: w.session.labels_layer is not None
+                    and w.session.labels_layer.data.any(), timeout=TIMEOUT)
+    np.testing.assert_array_equal(w.session.labels_layer.data > 0,
+                                  panel.result.mask(next(iter(panel.result.objects))))
+
+
+def test_undo_and_redo_follow_the_labels_history(make_napari_viewer, npe2pm, qtbot):
+    from conftest import disc_image
+    from qtpy.QtCore import Qt
+
+    viewer, w = dock_panel(make_napari_viewer, npe2pm)
+    choose_test_model(qtbot, w)
+    img = viewer.add_image(disc_image((80, 90), (40, 45), 14)[0], name="img")
+    qtbot.waitUntil(lambda: w.session.embedding is not None and not w.busy, timeout=TIMEOUT)
+    viewer.reset_view()
+    qtbot.wait(50)
+    assert not w.undo_button.isEnabled() and not w.redo_button.isEnabled()
+    click(qtbot, viewer, img, 40, 45)
+    _wait_preview(qtbot, w)
+    qtbot.mouseClick(w.commit_button, Qt.MouseButton.LeftButton)
+    labels = w.session.labels_layer
+    assert labels.data.max() == 1 and "Committed label 1" in w.status
+    assert w.undo_button.isEnabled() and not w.redo_button.isEnabled()
+
+    qtbot.mouseClick(w.undo_button, Qt.MouseButton.LeftButton)
+    assert not labels.data.any()
+    assert "Committed" not in w.status and "Undid" in w.status
+    assert not w.undo_button.isEnabled() and w.redo_button.isEnabled()
+    qtbot.mouseClick(w.redo_button, Qt.MouseButton.LeftButton)
+    assert labels.data.max() == 1 and "Redid" in w.status
+    assert w.undo_button.isEnabled() and not w.redo_button.isEnabled()
+    labels.undo()  # napari's own undo (Ctrl+Z on the Labels layer): the buttons follow
+    qtbot.wait(20)
+    assert not w.undo_button.isEnabled() and w.redo_button.isEnabled()
+
+
+def test_work_shows_in_the_activity_panel_not_in_the_terminal(
+        make_napari_viewer, npe2pm, qtbot, capfd):
+    from conftest import SlowModel, disc_image
+    from napari.utils import progress
+
+    viewer, w = dock_panel(make_napari_viewer, npe2pm)
+    w.session.set_model(SlowModel(1.0))
+    viewer.add_image(disc_image((64, 64), (30, 30), 10)[0], name="disc")
+    qtbot.waitUntil(lambda: any("EdgeSAM: encoding" in p.desc
+                                for p in progress._all_instances), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: w.session.embedding is not None and not w.busy, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not any("EdgeSAM" in p.desc for p in progress._all_instances),
+                    timeout=TIMEOUT)
+    err = capfd.readouterr().err
+    assert "it/s]" not in err and "EdgeSAM: encoding" not in err, err[-500:]
