@@ -116,6 +116,9 @@ class ModelPicker(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
         self.model_combo = QComboBox()
+        self.model_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setMinimumContentsLength(8)  # never widens the panel
         self.model_combo.setToolTip("Published EdgeSAM models, or your own encoder/decoder pair")
         self.model_combo.activated.connect(self._on_chosen)
         self.download_button = QPushButton("Download")
