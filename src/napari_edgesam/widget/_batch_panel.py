@@ -130,6 +130,7 @@ class BatchPanel(QWidget):
         note.setWordWrap(True)
         outer.addWidget(note)
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.inputs_edit = QLineEdit()
         self.inputs_edit.setPlaceholderText("TIFF files, a folder or a glob pattern")
         self.inputs_edit.setToolTip("Several entries separated by ';'")
@@ -184,7 +185,9 @@ class BatchPanel(QWidget):
         form.addRow("run in", row)
         outer.addLayout(form)
         row = QHBoxLayout()
-        self.run_button = QPushButton("Run batch")
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Segment every input file (resumes: files already done "
+                                   "with the same parameters are skipped)")
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)

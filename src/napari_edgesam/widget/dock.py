@@ -23,7 +23,7 @@ Public API (also used by the tests)::
 
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -70,6 +70,17 @@ def _section(title: str, content: QWidget, expanded: bool = True):
     else:
         box.collapse(animate=False)
     return box
+
+
+def _compact(panel: QWidget) -> None:
+    """Let buttons shrink to their text and combo boxes below their longest entry, so the
+    panel stays narrow (full texts stay in the entries and tooltips)."""
+    for button in panel.findChildren(QPushButton):
+        button.setSizePolicy(QSizePolicy.Policy.Preferred, button.sizePolicy().verticalPolicy())
+    for combo in panel.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(min(combo.minimumContentsLength() or 6, 8))
 
 
 def _combo() -> QComboBox:
@@ -144,6 +155,13 @@ class EdgeSamWidget(QWidget):
             self._show_status("No model yet: select EdgeSAM-3x and press Download, or "
                               "choose 'custom files...' for your own encoder/decoder pair.")
 
+    #: The panel's width in a new window: napari's canvas keeps half of a 1280-px window
+    #: beside napari's own docks (layer controls and list) and this panel.
+    WIDTH = 270
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        return QSize(self.WIDTH, super().sizeHint().height())
+
     # ------------------------------------------------------------------ layout ------
     def _build_ui(self):
         self.setObjectName("EdgeSamWidget")
@@ -154,8 +172,7 @@ class EdgeSamWidget(QWidget):
         outer.addWidget(self.model_section)
 
         page = QWidget()
-        form = QFormLayout(page)
-        form.setContentsMargins(0, 0, 0, 0)
+        form = self._form(page)
         self.image_combo = _combo()
         self.image_combo.currentIndexChanged.connect(self._on_image_combo)
         self.pin_check = QCheckBox("pin")
@@ -209,8 +226,7 @@ class EdgeSamWidget(QWidget):
         outer.addWidget(self.image_section)
 
         page = QWidget()
-        form = QFormLayout(page)
-        form.setContentsMargins(0, 0, 0, 0)
+        form = self._form(page)
         self.labels_combo = _combo()
         self.labels_combo.currentIndexChanged.connect(self._on_labels_combo)
         form.addRow("target", self.labels_combo)
@@ -259,6 +275,14 @@ class EdgeSamWidget(QWidget):
         self.help_button.setToolTip(HELP_TEXT)
         self.help_button.clicked.connect(self._show_help)
         outer.addWidget(self._row(self.status_label, self.help_button, first_stretch=True))
+        _compact(self)
+
+    @staticmethod
+    def _form(page) -> QFormLayout:
+        form = QFormLayout(page)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        return form
 
     @staticmethod
     def _row(*widgets, stretch=False, first_stretch=False) -> QWidget:

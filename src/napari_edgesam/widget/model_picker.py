@@ -126,7 +126,7 @@ class ModelPicker(QWidget):
         self.download_button.clicked.connect(self._on_download_clicked)
         row.addWidget(self.model_combo, 1)
         row.addWidget(self.download_button)
-        form.addRow("model", row)
+        form.addRow(row)  # the section's title says "Model"
         self.download_progress = QProgressBar()
         self.download_progress.setVisible(False)
         self.cancel_download_button = QPushButton("Cancel")
