@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from conftest import SlowModel# noqa: E402
+from conftest import SlowModel  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -166,7 +166,7 @@ def test_label_source_z_limits_weakest_slice_and_thresholds(viewer, qtbot, test_
 
 def test_cancel_mid_run_leaves_a_consistent_undoable_state(viewer, qtbot, test_model):
     slow = SlowModel(0.25)
-    slow._inner.load()
+    slow.load()
     stack, truth = make_stack()
     viewer.add_image(stack, name="stack")
     w = make_widget(viewer, slow, prefetch=False)
@@ -278,7 +278,7 @@ def test_image_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatch
     shown = []
     monkeypatch.setattr(notifications, "show_warning", lambda msg: shown.append(msg))
     slow = SlowModel(0.25)
-    slow._inner.load()
+    slow.load()
     stack, _ = make_stack()
     viewer.add_image(stack, name="stack")
     w = make_widget(viewer, slow, prefetch=False)
@@ -350,3 +350,154 @@ def test_propagation_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
     qtbot.keyClick(canvas, Qt.Key.Key_C, shift)
     assert w.session.labels_layer is not None and w.session.labels_layer.data.max() == 1
     assert w.session.labels_layer.data.any(axis=(1, 2)).sum() > 3
+
+
+# -- the progress bar, the activity panel and the tab's messages -----------------------------
+
+
+def test_after_a_cancel_the_bar_and_the_status_count_the_same_slices(viewer, qtbot, test_model):
+    """The bar once said "5 / 5" while the status said six slices: both now count the
+    slices the run decided (the annotated slice included), the number of table rows."""
+    slow = SlowModel(0.25)
+    slow.load()
+    stack, _ = make_stack()
+    viewer.add_image(stack, name="stack")
+    w = make_widget(viewer, slow, prefetch=False)
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    click_and_wait(qtbot, w, (7, 28, 30))
+    panel = w.propagation
+    panel.propagate()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 3, timeout=TIMEOUT)
+    panel.cancel()
+    wait_idle(qtbot, w)
+    res = panel.result
+    assert res.cancelled and panel.pending
+    n = len(panel.records)
+    assert n == panel.table.rowCount() and 3 <= n < SHAPE[0]
+    bar = panel.progress
+    assert bar.value() == bar.maximum() == n
+    assert bar.text() == f"cancelled after {n} slices"
+    assert f"cancelled after {n} slices" in w.status
+    kept = len(res.objects[1].slices)
+    assert f"({kept} with the object)" in w.status
+
+
+def test_discard_and_a_model_change_reset_the_bar(viewer, qtbot, test_model):
+    stack, _ = make_stack()
+    viewer.add_image(stack, name="stack")
+    w = make_widget(viewer, test_model, prefetch=False)
+    panel = w.propagation
+    bar = panel.progress
+    assert bar.isHidden()  # no run yet
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    click_and_wait(qtbot, w, (7, 28, 30))
+    panel.propagate()
+    wait_idle(qtbot, w)
+    assert not bar.isHidden() and bar.value() > 0
+    panel.discard()
+    assert bar.isHidden() and bar.value() == 0 and bar.text() == ""
+
+    click_and_wait(qtbot, w, (7, 28, 30))
+    panel.propagate()
+    wait_idle(qtbot, w)
+    n = len(panel.records)
+    assert not bar.isHidden() and bar.value() == bar.maximum() == n
+    assert bar.text() == f"{n} slices done" and f"done, {n} slices" in w.status
+    w.session.set_model(test_model)  # the session's model_changed
+    assert bar.isHidden() and bar.value() == 0
+    assert panel.pending  # the result itself is kept until committed or discarded
+    wait_idle(qtbot, w)
+
+
+def test_shift_p_with_nothing_to_propagate_says_so_in_the_tab(
+        make_napari_viewer, qtbot, test_model, monkeypatch):
+    """Not only a notification: the tab and the dock's status line say why nothing runs."""
+    from qtpy.QtCore import Qt
+
+    import napari.utils.notifications as notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_info", lambda msg: shown.append(msg))
+    viewer = make_napari_viewer(show=True)
+    stack, _ = make_stack()
+    viewer.add_image(stack)
+    w = make_widget(viewer, test_model, prefetch=False)
+    panel = w.propagation
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_P, Qt.KeyboardModifier.ShiftModifier)
+    assert not panel.busy and not panel.pending
+    why = "click on an object first"
+    assert any(why in m for m in shown)  # the notification, as before
+    assert why in w.status
+    assert panel.message.startswith("Nothing to propagate: click on an object first")
+    assert panel.message_label.text() == panel.message
+    assert panel.message_label.isVisibleTo(panel)
+    # a run that starts clears the message
+    click_and_wait(qtbot, w, (7, 28, 30))
+    qtbot.keyClick(canvas, Qt.Key.Key_P, Qt.KeyboardModifier.ShiftModifier)
+    assert panel.message_label.text() == ""
+    wait_idle(qtbot, w)
+    assert panel.pending
+
+
+def test_the_run_advances_napari_activity_panel_by_its_real_total_and_prints_nothing(
+        viewer, qtbot, test_model, monkeypatch, capfd):
+    """The run's napari progress is created with the run's slice count and advanced once per
+    decided slice, on the GUI thread; nothing (no tqdm bar) reaches the terminal."""
+    import threading
+
+    import napari.utils
+    from napari.utils import progress as napari_progress
+
+    from napari_edgesam.engine import Predictor
+    from napari_edgesam.workflows.propagation import Propagator, SliceAnnotation
+
+    bars = []
+
+    class Recording(napari_progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.initial_total = self.total
+            self.steps_on_gui_thread: list = []
+            self.closed = False
+            bars.append(self)
+
+        def increment_with_overflow(self):
+            self.steps_on_gui_thread.append(threading.current_thread() is threading.main_thread())
+            super().increment_with_overflow()
+
+        def close(self):
+            self.closed = True
+            super().close()
+
+    monkeypatch.setattr(napari.utils, "progress", Recording)
+    stack, _ = make_stack()
+    viewer.add_image(stack, name="stack")
+    w = make_widget(viewer, test_model, prefetch=False)
+    panel = w.propagation
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    seed = click_and_wait(qtbot, w, (7, 28, 30))
+    capfd.readouterr()  # only the run's own output from here
+    panel.propagate()
+    wait_idle(qtbot, w)
+    runs = [b for b in bars if "through the stack" in b.desc]
+    assert len(runs) == 1
+    bar = runs[0]
+    # the workflow's bound for this seed, plus the seed's slice (decided without the model):
+    # here every slice of the stack
+    bound = Propagator(Predictor(test_model, cache=None), stack).start(
+        {1: SliceAnnotation(7, mask=seed)}).total
+    assert bar.initial_total == bound + 1 == SHAPE[0]
+    n = len(panel.records)
+    assert len(bar.steps_on_gui_thread) == n == panel.progress.value() and n < SHAPE[0]
+    assert all(bar.steps_on_gui_thread)
+    assert bar.n == n and bar.closed
+    err = capfd.readouterr().err
+    assert "it/s]" not in err and "s/it]" not in err and "through the stack" not in err, \
+        err[-500:]
