@@ -194,9 +194,10 @@ class BatchPanel(QWidget):
         self.load_button = QPushButton("Load results")
         self.load_button.setToolTip("Open the label images (and their inputs) as layers")
         self.load_button.clicked.connect(self.load_results)
-        for b in (self.run_button, self.cancel_button, self.load_button):
+        for b in (self.run_button, self.cancel_button):
             row.addWidget(b)
         outer.addLayout(row)
+        outer.addWidget(self.load_button)  # its own row: the tab stays narrow
         # Everything below the buttons has a fixed height (the list takes what is left), and
         # no text widens the panel: a run filling these never moves the buttons.
         self.progress = QProgressBar()

@@ -152,15 +152,18 @@ class PropagationPanel(QWidget):
         self.note_label.setWordWrap(True)
         top.addWidget(self.note_label)
         self._body = QWidget()  # disabled for images without a stack axis
-        top.addWidget(self._body)
+        top.addWidget(self._body, 1)
         outer = QVBoxLayout(self._body)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addLayout(self._build_form())
-        self.propagate_button = QPushButton("Propagate (Shift+P)")
+        self.propagate_button = QPushButton("Propagate")
+        self.propagate_button.setToolTip("Follow the object up and down the stack (Shift+P)")
         self.propagate_button.clicked.connect(self.propagate)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
-        self.commit_button = QPushButton("Commit (Shift+C)")
+        self.commit_button = QPushButton("Commit")
+        self.commit_button.setToolTip("Write the result into the Labels layer as one undo "
+                                      "step (Shift+C)")
         self.commit_button.clicked.connect(self.commit)
         self.discard_button = QPushButton("Discard")
         self.discard_button.clicked.connect(self.discard)
@@ -177,14 +180,16 @@ class PropagationPanel(QWidget):
         self.progress = QProgressBar()
         self._show_progress(RunProgress())  # hidden until the first run
         outer.addWidget(self.progress)
-        outer.addWidget(self._build_table())
+        outer.addWidget(self._build_table(), 1)  # the table gets the room
         rrow = QHBoxLayout()
-        self.weakest_button = QPushButton("Weakest slice (Shift+W)")
+        self.weakest_button = QPushButton("Weakest slice")
+        self.weakest_button.setToolTip("Show the slice with the lowest score (Shift+W)")
         self.weakest_button.clicked.connect(self.jump_to_weakest)
-        self.repropagate_button = QPushButton("Re-propagate from this slice")
+        self.repropagate_button = QPushButton("Re-propagate")
         self.repropagate_button.setToolTip(
-            "After correcting the object on the slice you look at (new clicks, or napari's "
-            "brush on the committed label): recompute only the slices this affects"
+            "Re-propagate from this slice: after correcting the object on the slice you look "
+            "at (new clicks, or napari's brush on the committed label), recompute only the "
+            "slices this affects"
         )
         self.repropagate_button.clicked.connect(self.repropagate)
         rrow.addWidget(self.weakest_button)
@@ -194,12 +199,12 @@ class PropagationPanel(QWidget):
         self.summary_label.setWordWrap(True)
         self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.summary_label)
-        top.addStretch(1)
         self._on_source()
         self._update_buttons()
 
     def _build_form(self) -> QFormLayout:
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.source_combo = QComboBox()
         for key, text in SOURCES.items():
             self.source_combo.addItem(text, key)

@@ -59,17 +59,35 @@ HELP_TEXT = (
 )
 
 
-def _section(title: str, content: QWidget, expanded: bool = True):
-    from superqt import QCollapsible
+class Section(QWidget):
+    """A titled section whose content folds away with a click on its title (the content's
+    layout keeps its height for the width it gets, so wrapped rows never overlap)."""
 
-    box = QCollapsible(title)
-    box.setDuration(0)
-    box.addWidget(content)
-    if expanded:
-        box.expand(animate=False)
-    else:
-        box.collapse(animate=False)
-    return box
+    def __init__(self, title: str, content: QWidget, expanded: bool = True):
+        super().__init__()
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        self.toggle = QToolButton()
+        self.toggle.setText(title)
+        self.toggle.setCheckable(True)
+        self.toggle.setChecked(expanded)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.toggle.setAutoRaise(True)
+        self.toggle.toggled.connect(self._on_toggled)
+        self.content = content
+        content.setContentsMargins(4, 0, 0, 2)
+        lay.addWidget(self.toggle)
+        lay.addWidget(content)
+        self._on_toggled(expanded)
+
+    def _on_toggled(self, expanded: bool):
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        self.content.setVisible(expanded)
+
+    def is_expanded(self) -> bool:
+        return self.toggle.isChecked()
 
 
 def _compact(panel: QWidget) -> None:
@@ -157,7 +175,7 @@ class EdgeSamWidget(QWidget):
 
     #: The panel's width in a new window: napari's canvas keeps half of a 1280-px window
     #: beside napari's own docks (layer controls and list) and this panel.
-    WIDTH = 270
+    WIDTH = 260
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
         return QSize(self.WIDTH, super().sizeHint().height())
@@ -166,9 +184,9 @@ class EdgeSamWidget(QWidget):
     def _build_ui(self):
         self.setObjectName("EdgeSamWidget")
         outer = QVBoxLayout(self)
-        outer.setContentsMargins(4, 4, 4, 4)
+        outer.setContentsMargins(2, 2, 2, 2)
         outer.setSpacing(2)
-        self.model_section = _section("Model", self.model_picker)
+        self.model_section = Section("Model", self.model_picker)
         outer.addWidget(self.model_section)
 
         page = QWidget()
@@ -222,7 +240,7 @@ class EdgeSamWidget(QWidget):
         self.optimized_check.toggled.connect(self.session.set_optimized)
         form.addRow("speed", self._row(self.tiles_check, self.prefetch_check,
                                        self.optimized_check, stretch=True))
-        self.image_section = _section("Image", page)
+        self.image_section = Section("Image", page)
         outer.addWidget(self.image_section)
 
         page = QWidget()
@@ -250,7 +268,7 @@ class EdgeSamWidget(QWidget):
         self.redo_button.clicked.connect(self.redo)
         form.addRow(self._row(self.commit_button, self.clear_button, self.undo_button,
                               self.redo_button))
-        self.labels_section = _section("Labels", page)
+        self.labels_section = Section("Labels", page)
         outer.addWidget(self.labels_section)
 
         self.tabs = QTabWidget()
