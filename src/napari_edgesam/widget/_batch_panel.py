@@ -104,7 +104,7 @@ class BatchPanel(QWidget):
         super().__init__(dock)
         self._dock = dock
         self._worker = None
-        self._control: dict = {}
+        self._token = None  # the running batch's CancelToken
         self._relay = _Relay(self)
         self._relay.started.connect(self._on_started)
         self._relay.progress.connect(self._on_progress)
@@ -370,7 +370,9 @@ class BatchPanel(QWidget):
         self.progress.setRange(0, STEPS_PER_FILE)
         self.progress.setValue(0)
         self.progress.setFormat("starting...")
-        self._control = control = {}
+        from napari_edgesam.engine.cancel import CancelToken
+
+        self._token = token = CancelToken()
         dock.prefetcher.activity()
         dock.set_status("Batch: running...")
         # napari's activity panel: created and updated on the GUI thread only (its Qt
@@ -379,7 +381,7 @@ class BatchPanel(QWidget):
         self._activity = progress(total=0, desc="EdgeSAM batch")
         self._worker = dock.start_worker(
             batch_job, inputs, self.output, dock.model, params, self.overwrite,
-            self.scheduler, None, self._relay, control,
+            self.scheduler, None, self._relay, token,
             returned=self._on_done,
             errored=lambda exc: dock.notify_error(exc, "batch failed: "),
             finished=self._on_finished,
@@ -393,7 +395,7 @@ class BatchPanel(QWidget):
         finished outputs stay valid (a rerun resumes)."""
         if self._worker is None:
             return
-        self._control["cancel"] = True
+        self._token.cancel()
         self.detail_label.setText("cancelling...")
         self._dock.set_status("Batch: cancelling...")
 
@@ -488,7 +490,7 @@ class BatchPanel(QWidget):
 
     def _on_finished(self):
         self._worker = None
-        self._control = {}
+        self._token = None
         self._running = {}
         self._close_activity()
         if self.summary is None:  # failed before a summary: say what is known
@@ -532,6 +534,6 @@ class BatchPanel(QWidget):
         """Stop everything (the dock widget is going away): cancel a run, stop adding
         layers, close the activity entry."""
         if self._worker is not None:
-            self._control["cancel"] = True
+            self._token.cancel()
         self._results.shutdown()
         self._close_activity()

@@ -25,9 +25,10 @@ def _is_small_numpy(data) -> bool:
     return type(data) is np.ndarray and data.size <= SCAN_LIMIT
 
 
-def max_label_job(data, control: dict | None = None) -> int:
+def max_label_job(data, token=None) -> int:
     """The largest value in ``data``, read slice by slice and in row blocks (never the
-    whole array at once; numpy, memmap, dask and zarr). Runs in a worker thread."""
+    whole array at once; numpy, memmap, dask and zarr). Runs in a worker thread; stops
+    early (returning the maximum so far) when ``token``, a CancelToken, is cancelled."""
     shape = tuple(int(s) for s in data.shape)
     if len(shape) < 2:
         return int(np.max(np.asarray(data))) if data.size else 0
@@ -37,7 +38,7 @@ def max_label_job(data, control: dict | None = None) -> int:
     best = 0
     for idx in np.ndindex(*lead) if lead else [()]:
         for r in range(0, h, rows):
-            if control is not None and control.get("cancel"):
+            if token is not None and token.cancelled:
                 return best
             block = np.asarray(data[(*idx, slice(r, min(h, r + rows)))])
             if block.size:
@@ -57,7 +58,7 @@ class LabelIds:
     def __init__(self, start_worker):
         self.start_worker = start_worker
         self._known: dict = {}      # id(layer) -> int (maximum)
-        self._scanning: dict = {}   # id(layer) -> control dict
+        self._scanning: dict = {}   # id(layer) -> CancelToken of its scan
         self._waiters: dict = {}    # id(layer) -> [callback(next_id or None)]
         self._layers: dict = {}     # id(layer) -> weakref(layer)
 
@@ -110,7 +111,7 @@ class LabelIds:
         key = id(layer)
         ctl = self._scanning.pop(key, None)
         if ctl is not None:
-            ctl["cancel"] = True
+            ctl.cancel()
         self._known.pop(key, None)
         self._waiters.pop(key, None)
         if self._layers.pop(key, None) is not None:
@@ -126,7 +127,7 @@ class LabelIds:
             if layer is not None:
                 self.forget(layer)
         for ctl in self._scanning.values():
-            ctl["cancel"] = True
+            ctl.cancel()
         self._scanning.clear()
 
     # -- internals ------------------------------------------------------------------------
@@ -134,7 +135,9 @@ class LabelIds:
         key = id(layer)
         if key in self._scanning:
             return
-        control = {}
+        from napari_edgesam.engine.cancel import CancelToken
+
+        control = CancelToken()
         self._scanning[key] = control
         data = layer.data
 
@@ -179,6 +182,6 @@ class LabelIds:
         self._known.pop(key, None)
         ctl = self._scanning.pop(key, None)
         if ctl is not None:
-            ctl["cancel"] = True
+            ctl.cancel()
         if not _is_small_numpy(layer.data):
             self._scan(layer)

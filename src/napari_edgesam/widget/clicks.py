@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_edgesam.engine.cancel import CancelToken
+
 from . import prompt_layers, workers
 from .commit import SliceEdit
 from .preview import Preview
@@ -122,6 +124,7 @@ class ClickPath:
         if self.image_layer is None or self.geometry is None or self.lead is None:
             return
         self.generation += 1
+        self.error_shown = False
         gen = self.generation
         if prompts is None:
             prompts = self.gather_prompts()
@@ -155,16 +158,17 @@ class ClickPath:
                 return
         if self._decode_worker is not None:
             self._decode_pending = True
-            ctl = self._decode_control
-            if window is not None and ctl.get("window") is not None and ctl["window"] != window:
-                workers.cancel(ctl)  # a tile no longer needed by the newest prompts
+            running = self._decode_window
+            if window is not None and running is not None and running != window:
+                self._decode_token.cancel()  # a tile no longer needed by the newest prompts
             return
         self._decode_pending = False
         key = self.encoder.key
         done = dict(returned=lambda res, g=gen, k=key: self._on_decoded(g, k, res),
                     errored=self.notify_error, finished=self._on_decode_done)
+        self._decode_token = token = CancelToken()
+        self._decode_window = window
         if window is not None:
-            self._decode_control = control = {"window": window}
             self._last_window = window
             if window not in emb.windows:
                 self.set_status(
@@ -172,9 +176,8 @@ class ClickPath:
                     f"{window.col0}..{window.col1 - 1} of {self.slice_text()} (large image: "
                     "tiles are encoded when a prompt needs them)...")
             self._decode_worker = self.start_worker(workers.tiled_decode_job, emb, prompts,
-                                                    control, **done)
+                                                    token, **done)
             return
-        self._decode_control = {}
         self._decode_worker = self.start_worker(workers.decode_job, self.predictor, emb,
                                                 prompts, **done)
 
@@ -196,7 +199,7 @@ class ClickPath:
 
     def _on_decode_done(self):
         self._decode_worker = None
-        self._decode_control = {}
+        self._decode_window = None
         if not self.alive:
             return
         if self._decode_pending:

@@ -11,6 +11,8 @@ prepared instead, and tiles are encoded when prompts need them.
 
 from __future__ import annotations
 
+from napari_edgesam.engine.cancel import CancelToken
+
 from . import workers
 
 __all__ = ["SliceEncoder"]
@@ -35,7 +37,7 @@ class SliceEncoder:
         self._running_key = None
         self._pending = False
         self._failed_key = None
-        self._control: dict = {}
+        self._token = CancelToken()
 
     @property
     def busy(self) -> bool:
@@ -58,7 +60,7 @@ class SliceEncoder:
 
     def cancel(self) -> None:
         """Ask the running encoder to stop (its result is dropped)."""
-        workers.cancel(self._control)
+        self._token.cancel()
 
     def request(self) -> None:
         """Encode the current slice unless its embedding is here or on its way."""
@@ -86,17 +88,17 @@ class SliceEncoder:
         stack_mapping = self.stack_mappings.get(smk) if smk is not None else None
         self._running_key = key
         self._pending = False
-        self._control = control = {}
+        self._token = token = CancelToken()
         s.prefetcher.activity()  # the slice the user looks at comes first
         text = s.slice_text()
         tiled = s.tiled_key()
         if tiled is not None:
             s.set_status(f"Preparing {text} (large image: tiles)...")
-            job, args = workers.prepare_tiles_job, (*tiled, control)
+            job, args = workers.prepare_tiles_job, (*tiled, token)
             desc = f"EdgeSAM: preparing tiles of {text}"
         else:
             s.set_status(f"Encoding {text}...")
-            job, args = workers.encode_job, (control,)
+            job, args = workers.encode_job, (token,)
             desc = f"EdgeSAM: encoding {text}"
         self._worker = s.start_worker(
             job, s.predictor, data, s.geometry, key[2], key[3], stack_mapping, *args,

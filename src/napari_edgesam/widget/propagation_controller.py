@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from psygnal import Signal
 
+from napari_edgesam.engine.cancel import CancelToken
+
 from .propagation_run import (
     Outcome,
     RunContext,
@@ -55,7 +57,8 @@ class PropagationController:
         self.progress = RunProgress()
         self.message = ""
         self.last_label: int | None = None
-        self._control: dict = {}
+        self._control: dict = {}  # the run in progress: verb, start slice, run, failed
+        self._token = CancelToken()
         self._kind: tuple | None = None
         self._live: dict = {}
         self._dropped = False
@@ -237,6 +240,7 @@ class PropagationController:
             known = s.current_mapping
         self._control = {"verb": "Re-propagating" if previous is not None else "Propagating",
                          "z": ctx.lead[ctx.axis]}
+        self._token = CancelToken()
         self.run_ctx = ctx
         self._kind = kind
         self._live = {}
@@ -261,7 +265,7 @@ class PropagationController:
             return
         ctx.mapping = mapping
         control["run"] = run
-        if control.get("cancel"):
+        if self._token.cancelled:
             run.cancel()  # still iterated: the (empty) consistent result is kept
         previous_crops = self._kind[1].crops if self._kind[0] == "replace" else None
         total = run.total + (0 if seed is None else 1)
@@ -279,7 +283,7 @@ class PropagationController:
     def _on_step(self, step: RunStep):
         self._set_progress("running", step.done, step.total)
         self._live.update(step.live)
-        if self._control.get("cancel"):
+        if self._token.cancelled:
             return
         self.dock.set_status(f"Propagating: slice {step.z} ({step.done} of at most "
                              f"{step.total})...")
@@ -330,7 +334,7 @@ class PropagationController:
         control = self._control
         if self.worker is None or not control:
             return
-        control["cancel"] = True
+        self._token.cancel()
         run = control.get("run")
         if run is not None:
             run.cancel()

@@ -24,6 +24,8 @@ import numpy as np
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 
+from napari_edgesam.engine.cancel import CancelToken
+
 from . import messages, prompt_layers, workers
 from ._geometry import ImageGeometry
 from ._prefetch import PrefetchController, plan_prefetch
@@ -80,6 +82,7 @@ class AnnotationSession(ClickPath):
         self.actions = actions
         self.alive = True
         self.status = ""
+        self.error_shown = False  # an error stays on the status line until the user acts
         self.model = None
         self.predictor = None
         self.use_optimized = False
@@ -118,7 +121,8 @@ class AnnotationSession(ClickPath):
         self.last_decode_seconds: float | None = None
         self._decode_worker = None
         self._decode_pending = False
-        self._decode_control: dict = {}
+        self._decode_token = CancelToken()
+        self._decode_window = None  # the tile the running decoder answers (tiled images)
         self._last_request = None
         self._commit_when_ready = False
         self._drawing_box = False
@@ -237,6 +241,7 @@ class AnnotationSession(ClickPath):
         msg = f"{prefix}{exc}"
         show_error(f"EdgeSAM: {msg}")
         self.set_status(f"Error: {msg}")
+        self.error_shown = True
 
     def warn_later(self, message: str) -> None:
         """A warning after the current event, unless the session is closed meanwhile."""
@@ -257,6 +262,7 @@ class AnnotationSession(ClickPath):
         from napari_edgesam.engine import Predictor
 
         model = getattr(model, "source", None) or model
+        self.error_shown = False
         self.model = model
         self.predictor = Predictor(self._runnable(model))
         self.prefetcher.set_predictor(self.predictor)
@@ -365,6 +371,7 @@ class AnnotationSession(ClickPath):
         except ValueError as exc:
             self.notify_error(exc)
             return
+        self.error_shown = False
         if self.image_layer is not None and self.image_layer is not layer:
             self.prompts.stash(self.image_layer)
             self._disconnect_image(self.image_layer)
@@ -524,6 +531,7 @@ class AnnotationSession(ClickPath):
             if moved:
                 self._scrub_axis = moved[0]  # prefetch along the axis the user moves on
         self.lead = lead
+        self.error_shown = False
         self._last_window = None
         self.clear_preview()
         self.encoder.request()
@@ -602,8 +610,9 @@ class AnnotationSession(ClickPath):
 
     # ------------------------------------------------------------------ status ------
     def update_status(self) -> None:
-        """The status line for the current state (kept while something runs)."""
-        if not self.alive or self.model is None:
+        """The status line for the current state (kept while something runs, and an error
+        until the user acts)."""
+        if not self.alive or self.model is None or self.error_shown:
             return
         problem = self.view_problem()
         if problem:
@@ -635,7 +644,7 @@ class AnnotationSession(ClickPath):
         self.prefetcher.close()
         self.target.close()
         self.encoder.cancel()
-        workers.cancel(self._decode_control)
+        self._decode_token.cancel()
         for emitter, cb in self._connections:
             try:
                 emitter.disconnect(cb)

@@ -33,7 +33,6 @@ __all__ = [
     "is_tiled",
     "choose_mapping",
     "prepare_tiles_job",
-    "cancel",
     "tiled_decode_job",
     "load_model_job",
     "resolve_card_job",
@@ -133,7 +132,7 @@ class WorkerRunner:
 
     def quit_all(self) -> None:
         """Ask every running worker to stop (generator workers stop at their next step;
-        jobs with a ``control`` dict are stopped through :func:`cancel` by their owner)."""
+        jobs given a CancelToken are stopped by their owner cancelling it)."""
         for worker in list(self._running):
             try:
                 worker.quit()
@@ -194,17 +193,17 @@ def choose_mapping(data, geom: ImageGeometry, key, spec, stack_mapping):
 
 
 def prepare_tiles_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping,
-                      tile_size, halo, control):
+                      tile_size, halo, token):
     """A :class:`~napari_edgesam.engine.tiling.TiledPredictor` for one slice of a big image.
 
     Nothing is encoded here: tiles are encoded when a prompt needs them. Only the intensity
     mapping is chosen (sampled). Returns ``(tiled_predictor, mapping, seconds)`` or None
-    when cancelled.
+    when ``token`` (a :class:`~napari_edgesam.engine.cancel.CancelToken`) is cancelled.
     """
     from napari_edgesam.engine.tiling import TiledPredictor
 
     t0 = time.perf_counter()
-    if control.get("cancel"):
+    if token.cancelled:
         return None
     mapping = choose_mapping(data, geom, key, spec, stack_mapping)
     view = SubArray(data, dict(enumerate(key))) if key else data
@@ -213,24 +212,13 @@ def prepare_tiles_job(predictor, data, geom: ImageGeometry, key, spec, stack_map
     return tp, mapping, time.perf_counter() - t0
 
 
-def cancel(control: dict) -> None:
-    """Ask the job owning ``control`` to stop: it returns None at its next check, and an
-    encoder run in flight is terminated through its RunOptions."""
-    control["cancel"] = True
-    ro = control.get("run_options")
-    if ro is not None:
-        ro.terminate = True
-
-
-def tiled_decode_job(tp, prompts, control):
+def tiled_decode_job(tp, prompts, token):
     """Answer prompts on a tiled slice: the windows they need are encoded (terminable,
-    re-centred ones included) and the mask predicted, see :meth:`TiledPredictor.predict`. Returns a :class:`Decoded` with the mask cropped to
-    its bounding box, or None when cancelled."""
-    from napari_edgesam.engine.session import make_run_options
-
-    run_options = make_run_options()
-    control["run_options"] = run_options
-    if control.get("cancel"):
+    re-centred ones included) and the mask predicted, see :meth:`TiledPredictor.predict`.
+    Returns a :class:`Decoded` with the mask cropped to its bounding box, or None when
+    ``token`` is cancelled."""
+    run_options = token.run_options()
+    if token.cancelled:
         return None
     t0 = time.perf_counter()
     try:
@@ -238,10 +226,10 @@ def tiled_decode_job(tp, prompts, control):
                           labels=list(prompts.labels) or None, box=prompts.box,
                           run_options=run_options)
     except Exception:
-        if control.get("cancel") or run_options.terminate:
+        if token.cancelled:  # onnxruntime stopped the run on our request
             return None
         raise
-    if control.get("cancel"):
+    if token.cancelled:
         return None
     bbox = pred.bbox()
     if bbox is None:
@@ -264,30 +252,26 @@ def is_tiled(embedding) -> bool:
     return isinstance(embedding, TiledPredictor)
 
 
-def encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, control):
+def encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, token):
     """Read one slice, choose the intensity mapping and embed it (cache first).
 
     ``key`` is the slice's index into ``data`` (see :meth:`ImageGeometry.slice_key`),
-    ``spec`` and ``stack_mapping`` as in :func:`choose_mapping`. Setting
-    ``control["cancel"]`` (with :func:`cancel`) stops a stale encoder run early. Returns
-    ``(embedding, mapping, seconds)``, or None when cancelled.
+    ``spec`` and ``stack_mapping`` as in :func:`choose_mapping`. Cancelling ``token`` (a
+    :class:`~napari_edgesam.engine.cancel.CancelToken`) stops a stale encoder run at once.
+    Returns ``(embedding, mapping, seconds)``, or None when cancelled.
     """
-    from napari_edgesam.engine.session import make_run_options
-
-    run_options = make_run_options()
-    control["run_options"] = run_options
-    if control.get("cancel"):
+    run_options = token.run_options()
+    if token.cancelled:
         return None
     t0 = time.perf_counter()
     image = geom.read_slice(data, key)
     mapping = choose_mapping(data, geom, key, spec, stack_mapping)
-    if control.get("cancel"):
+    if token.cancelled:
         return None
-    run_options.terminate = bool(control.get("cancel"))
     try:
         embedding = predictor.embed(image, mapping, rgb=geom.rgb, run_options=run_options)
     except Exception:
-        if control.get("cancel"):  # onnxruntime stopped the run on our request
+        if token.cancelled:  # onnxruntime stopped the run on our request
             return None
         raise
     return embedding, mapping, time.perf_counter() - t0
@@ -407,7 +391,7 @@ def download_job(card, state):
 # ---------------------------------------------------------------------------------------
 
 
-def batch_job(inputs, out_dir, model, params, overwrite, scheduler, workers, relay, control):
+def batch_job(inputs, out_dir, model, params, overwrite, scheduler, workers, relay, token):
     """Run :func:`~napari_edgesam.workflows.batch.run_batch` (the command line's engine).
 
     Parameters
@@ -425,8 +409,8 @@ def batch_job(inputs, out_dir, model, params, overwrite, scheduler, workers, rel
         Carries the callbacks to the GUI thread through its signals ``started(files)``
         (the input files, before the first one starts), ``progress(result, done, total)``
         and ``slices(input, done, total)``.
-    control : dict
-        ``control["cancel"] = True`` asks the run to stop.
+    token : CancelToken
+        Cancelling it asks the run to stop.
 
     Returns
     -------
@@ -443,7 +427,7 @@ def batch_job(inputs, out_dir, model, params, overwrite, scheduler, workers, rel
         inputs, out_dir, model, params, overwrite=overwrite, scheduler=scheduler,
         workers=workers,
         progress=lambda res, done, total: relay.progress.emit(res, done, total),
-        cancel=lambda: bool(control.get("cancel")),
+        cancel=lambda: token.cancelled,
         slice_progress=lambda name, done, total: relay.slices.emit(name, done, total),
     )
 

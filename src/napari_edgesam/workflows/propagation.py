@@ -840,9 +840,11 @@ class PropagationRun:
         self._emb = _Embeddings(propagator.predictor, propagator.source, propagator.mapping,
                                 propagator.settings.memo_slices, propagator.tiled,
                                 propagator.tile_size)
-        from ..engine.session import make_run_options
+        from ..engine.cancel import CancelToken
 
-        self._emb.run_options = make_run_options()  # cancel() terminates a running encoder
+        #: Cancelled by :meth:`cancel`; it terminates a running encoder.
+        self.token = CancelToken()
+        self._emb.run_options = self.token.run_options()
         self._decoder_calls = 0
         self._annot_masks: dict = {}   # (object_id, z) -> (record, mask)
         self._cancelled = False
@@ -875,8 +877,7 @@ class PropagationRun:
         """Stop the run: an encoder run in progress is terminated, and the run ends before
         the next slice (also: stop iterating, or ``close()``). Thread-safe."""
         self._cancelled = True
-        if self._emb.run_options is not None:
-            self._emb.run_options.terminate = True
+        self.token.cancel()
 
     @property
     def cancelled(self) -> bool:
