@@ -115,3 +115,24 @@ def test_chunked_slices_are_sampled_in_windows_not_read_whole():
     assert sum(read) < img.size / 3, sum(read) / img.size  # a few chunks, not the slice
     assert abs(m.low[0] - strided.low[0]) < 0.05 * strided.low[0] + 5
     assert abs(m.high[0] - strided.high[0]) < 0.05 * strided.high[0]
+
+
+def test_stack_mapping_is_the_one_policy():
+    """One function decides the mapping for the widget, the CLI, propagation and batch."""
+    import pytest
+
+    from napari_edgesam.engine.intensity import IntensityMapping, stack_mapping
+
+    u8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert stack_mapping(u8, "auto") == IntensityMapping.identity_uint8(1)
+    u16 = (np.arange(100 * 100, dtype=np.uint16) * 3).reshape(100, 100)
+    auto = stack_mapping(u16, "auto")
+    assert auto == stack_mapping(u16, "percentiles")
+    assert 0 < auto.low[0] < 3 * 100 and 29000 < auto.high[0] < 30000  # 0.5 / 99.8 %
+    assert stack_mapping(u8, "percentiles") != IntensityMapping.identity_uint8(1)
+    rgb = stack_mapping(None, "contrast", rgb=True, limits=(10, 90))
+    assert rgb.low == (10.0,) * 3 and rgb.high == (90.0,) * 3
+    with pytest.raises(ValueError, match="needs limits"):
+        stack_mapping(u8, "contrast")
+    with pytest.raises(ValueError, match="unknown mapping"):
+        stack_mapping(u8, "brightest")

@@ -154,13 +154,13 @@ def _add_segment(sub) -> None:
 
 def _mapping_for(args, stack, plane):
     from ..engine.errors import InvalidInputError
-    from ..engine.intensity import IntensityMapping, default_mapping
+    from ..engine.intensity import stack_mapping
 
     rgb = plane.ndim == 3
     if args.contrast:
-        return IntensityMapping.from_limits(*args.contrast, channels=3 if rgb else 1)
+        return stack_mapping(plane, "contrast", rgb=rgb, limits=args.contrast)
     if rgb:
-        return default_mapping(plane[..., :3], rgb=True)
+        return stack_mapping(plane[..., :3], "auto", rgb=True)
     # Stack-wide limits for a grey slice, so that every slice of a stack is mapped alike:
     # percentiles sampled (a few slices, strided) from a lazy view, never the whole stack.
     from ..workflows.tiff_io import stack_view
@@ -169,7 +169,7 @@ def _mapping_for(args, stack, plane):
         whole, _ = stack_view(stack, args.channel)
     except InvalidInputError:  # a 2D image: the slice is the whole image
         whole = plane
-    return default_mapping(whole, rgb=False)
+    return stack_mapping(whole, "auto", rgb=False)
 
 
 def check_prompts_and_output(args) -> tuple[list | None, list | None]:

@@ -24,6 +24,8 @@ __all__ = [
     "as_model_image",
     "default_mapping",
     "mapping_from_percentiles",
+    "stack_mapping",
+    "MAPPING_MODES",
     "validate_image",
 ]
 
@@ -347,6 +349,42 @@ def default_mapping(data, *, rgb: bool = False) -> IntensityMapping:
     if np.dtype(data.dtype) == np.uint8:
         return IntensityMapping.identity_uint8(3 if rgb else 1)
     return mapping_from_percentiles(data, rgb=rgb)
+
+
+#: The ways a stack's intensities become the model's 0..255 input (see :func:`stack_mapping`).
+MAPPING_MODES = ("auto", "percentiles", "contrast")
+
+
+def stack_mapping(stack, mode: str = "auto", *, rgb: bool = False,
+                  limits: tuple[float, float] | None = None) -> IntensityMapping:
+    """The one intensity-mapping policy: one mapping for every slice of a stack.
+
+    Used by the widget, the command line, propagation and batch, so that the same stack
+    gives the same model input everywhere.
+
+    Parameters
+    ----------
+    stack : array-like, shape (..., H, W) or (..., H, W, 3)
+        The whole stack (numpy, dask, zarr or memory-mapped; it is sampled, never read
+        whole), or one slice.
+    mode : {"auto", "percentiles", "contrast"}
+        ``"auto"``: uint8 as is (as in training), other dtypes robust percentiles
+        (:data:`DEFAULT_PERCENTILES`) of the whole stack; ``"percentiles"``: percentiles
+        for every dtype; ``"contrast"``: ``limits`` (e.g. napari's contrast limits).
+    rgb : bool
+        Whether the last axis is RGB (3 channels).
+    limits : (low, high), optional
+        Needed for ``"contrast"``: raw values mapped to 0 and 255, for every channel.
+    """
+    if mode == "contrast":
+        if limits is None:
+            raise ValueError("the 'contrast' mapping needs limits (low, high)")
+        return IntensityMapping.from_limits(*limits, channels=3 if rgb else 1)
+    if mode == "auto":
+        return default_mapping(stack, rgb=rgb)
+    if mode == "percentiles":
+        return mapping_from_percentiles(stack, rgb=rgb)
+    raise ValueError(f"unknown mapping mode {mode!r}; one of {MAPPING_MODES}")
 
 
 def mapping_for(image, is_rgb: bool, mapping: IntensityMapping | None = None) -> IntensityMapping:

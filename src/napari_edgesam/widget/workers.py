@@ -169,27 +169,23 @@ class Decoded:
     area: int = 0
 
 
-def choose_mapping(data, geom: ImageGeometry, key, spec, stack_mapping):
-    """The intensity mapping for slices of ``data`` (the same for every slice of a stack).
+def choose_mapping(data, geom: ImageGeometry, key, spec, known=None):
+    """The intensity mapping for slices of ``data`` (the same for every slice of a stack):
+    the engine's one policy, :func:`~napari_edgesam.engine.intensity.stack_mapping`.
 
     ``spec`` is ``("contrast", (lo, hi))``, ``("auto",)`` or ``("percentiles",)``;
-    ``stack_mapping`` a mapping computed before for this stack (returned as is). The stack is
-    sampled (:func:`~napari_edgesam.engine.intensity.default_mapping`), never read whole.
+    ``known`` a mapping chosen before for this stack (returned as is). Only the channel
+    being segmented is sampled (RGBA: without the alpha channel), never the whole stack.
     """
-    from napari_edgesam.engine import IntensityMapping, default_mapping, mapping_from_percentiles
+    from napari_edgesam.engine.intensity import stack_mapping
 
-    channels = 3 if geom.rgb else 1
-    if spec[0] == "contrast":
-        return IntensityMapping.from_limits(*spec[1], channels=channels)
-    if stack_mapping is not None:
-        return stack_mapping
+    if spec[0] != "contrast" and known is not None:
+        return known
     stack = data
     if geom.channel_axis is not None:
         stack = SubArray(data, {geom.channel_axis: key[geom.channel_axis]})
-    # (RGBA: the engine samples without the alpha channel)
-    if spec[0] == "auto":
-        return default_mapping(stack, rgb=geom.rgb)
-    return mapping_from_percentiles(stack, rgb=geom.rgb)
+    limits = spec[1] if spec[0] == "contrast" else None
+    return stack_mapping(stack, spec[0], rgb=geom.rgb, limits=limits)
 
 
 def prepare_tiles_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping,

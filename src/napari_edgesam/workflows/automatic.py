@@ -43,8 +43,8 @@ import numpy as np
 from ..engine.errors import CancelledError, InvalidInputError
 from ..engine.intensity import (
     IntensityMapping,
-    default_mapping,
     sample_plane,
+    stack_mapping,
     validate_image,
 )
 from ..engine.tiling import needs_tiling
@@ -344,7 +344,8 @@ def stack_statistics(planes, *, params: AutoParams, mapping: IntensityMapping | 
         ``params.threshold`` (when given) and ``params.polarity`` are honoured.
     mapping : IntensityMapping, optional
         Given mapping (e.g. from explicit contrast limits); default: identity for uint8,
-        else robust percentiles over the sample (see :func:`.intensity.default_mapping`).
+        else robust percentiles over the sample (the ``"auto"`` policy of
+        :func:`~napari_edgesam.engine.intensity.stack_mapping`).
     rgb : bool
         Whether slices are RGB ``(H, W, 3)``.
 
@@ -367,14 +368,11 @@ def stack_statistics(planes, *, params: AutoParams, mapping: IntensityMapping | 
         # one row of pixels, (1, N) or (1, N, 3): a 2D image for the mapping and signal
         samples.append(np.ascontiguousarray(sample[..., :3].reshape(1, -1, 3) if rgb
                                             else sample.reshape(1, -1)))
-    if mapping is None:
-        if samples[0].dtype == np.uint8:
-            mapping = IntensityMapping.identity_uint8(3 if rgb else 1)
-        else:
-            flat = [s.reshape(-1, 3) if rgb else s.reshape(-1) for s in samples]
-            stacked = np.concatenate(flat)
-            data = stacked.reshape(1, -1, 3) if rgb else stacked.reshape(1, -1)
-            mapping = default_mapping(data, rgb=rgb)
+    if mapping is None:  # the engine's one policy ("auto"), on the samples
+        flat = [s.reshape(-1, 3) if rgb else s.reshape(-1) for s in samples]
+        stacked = np.concatenate(flat)
+        data = stacked.reshape(1, -1, 3) if rgb else stacked.reshape(1, -1)
+        mapping = stack_mapping(data, "auto", rgb=rgb)
     if params.threshold is not None:
         return mapping, float(params.threshold)
     sig = [_signal(mapping.apply(s, expand=False), params.polarity).reshape(-1)
@@ -824,7 +822,7 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
                                     t0=t0)
     image, is_rgb = validate_image(image, rgb=rgb)
     if mapping is None:
-        mapping = default_mapping(image, rgb=is_rgb)
+        mapping = stack_mapping(image, "auto", rgb=is_rgb)
     signal = _signal(mapping.apply(image, expand=False), params.polarity)
     if threshold is None:
         threshold = params.threshold if params.threshold is not None else \

@@ -870,10 +870,10 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
             auto = params.automatic
             mapping = None
             if params.contrast is not None:
-                from ..engine.intensity import IntensityMapping
+                from ..engine.intensity import stack_mapping
 
-                mapping = IntensityMapping.from_limits(*params.contrast,
-                                                       channels=3 if plan.rgb else 1)
+                mapping = stack_mapping(None, "contrast", rgb=plan.rgb,
+                                        limits=params.contrast)
             mapping, threshold = stack_statistics(_Planes(reader, plan, None), params=auto,
                                                   mapping=mapping, rgb=plan.rgb)
             n_t, n_z = plan.n_t, plan.n_z

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..engine.errors import InvalidInputError
-from ..engine.intensity import IntensityMapping, default_mapping
+from ..engine.intensity import IntensityMapping, stack_mapping
 from ..engine.transforms import MaskCrop
 
 __all__ = [
@@ -529,8 +529,9 @@ class SliceSource:
         return data
 
     def default_mapping(self) -> IntensityMapping:
-        """One mapping for the whole stack (:func:`default_mapping` of the whole stack)."""
-        return default_mapping(self.sampling_view(), rgb=self.rgb)
+        """One mapping for the whole stack (the ``"auto"`` policy of
+        :func:`~napari_edgesam.engine.intensity.stack_mapping` on the whole stack)."""
+        return stack_mapping(self.sampling_view(), "auto", rgb=self.rgb)
 
 
 class _LazyPlane:
@@ -1186,8 +1187,8 @@ class Propagator:
     channel : int, optional
         Channel of a ``(Z, Y, X, C)`` stack (a C of 3 or 4 is RGB(A) otherwise).
     mapping : IntensityMapping, optional
-        One mapping for every slice; default :func:`default_mapping` of the whole stack
-        (uint8 as is, else 0.5-99.8 percentiles sampled over the stack).
+        One mapping for every slice; default the ``"auto"`` :func:`stack_mapping` of the
+        whole stack (uint8 as is, else 0.5-99.8 percentiles sampled over the stack).
     settings : PropagationSettings, optional
     tiles : {"auto", "on", "off"}
         Predict on full-resolution windows around the object (:mod:`napari_edgesam.engine.
