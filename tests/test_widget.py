@@ -381,16 +381,16 @@ def test_contrast_mapping_modes(viewer, qtbot, test_model, embedding_cache):
     wait_ready(qtbot, w)
     w.mapping_combo.setCurrentIndex(w.mapping_combo.findData("contrast"))
     wait_ready(qtbot, w)
-    assert w.session.embedding.key is not None and "linear[0|4000]" in w.session.embedding.key
+    assert w.session.embedding.embedding.key is not None and "linear[0|4000]" in w.session.embedding.embedding.key
     misses = embedding_cache.stats["misses"]
     layer.contrast_limits = (500, 3500)
     qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None
-                    and "linear[500|3500]" in w.session.embedding.key, timeout=TIMEOUT)
+                    and "linear[500|3500]" in w.session.embedding.embedding.key, timeout=TIMEOUT)
     assert embedding_cache.stats["misses"] == misses + 1
     # back to the old limits: a cache hit, no new encoder run
     layer.contrast_limits = (0, 4000)
     qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None
-                    and "linear[0|4000]" in w.session.embedding.key, timeout=TIMEOUT)
+                    and "linear[0|4000]" in w.session.embedding.embedding.key, timeout=TIMEOUT)
     assert embedding_cache.stats["misses"] == misses + 1
     w.session.add_point((32, 32))
     qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)

@@ -54,7 +54,7 @@ def test_neighbours_prefetched_when_idle(viewer, qtbot, test_model):
     viewer.dims.set_point(0, 3)
     qtbot.waitUntil(lambda: w.session.lead == (3,), timeout=TIMEOUT)
     wait_ready(qtbot, w)
-    assert w.session.embedding.cached  # found in the cache: no encoder run on the way
+    assert w.session.embedding.embedding.cached  # found in the cache: no encoder run on the way
 
 
 def test_click_stops_an_inflight_prefetch_and_checkbox_off(viewer, qtbot):

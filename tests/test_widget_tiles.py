@@ -164,7 +164,8 @@ def test_tiles_on_request_box_across_tiles_and_back(viewer, qtbot, test_model):
 
     w.tiles_check.setChecked(False)  # back to the whole-slice embedding
     wait_ready(qtbot, w)
-    assert w.session.tiled_predictor is None and w.session.embedding.features.shape == (1, 256, 64, 64)
+    assert w.session.tiled_predictor is None and w.session.embedding.embedding.features.shape \
+        == (1, 256, 64, 64)
     assert w.session.preview_view.layer.data.shape == (900, 900)
 
 

@@ -411,6 +411,21 @@ class TiledPredictor:
         c1 = max(r[3] for r in rects)
         return self.grid.window_around(r0, c0, r1, c1)
 
+    #: A :class:`~.slice_predictor.SlicePredictor` answering from tiles.
+    tiled = True
+
+    def predict_slice(self, points=None, labels=None, box=None, *, run_options=None):
+        """:meth:`predict` as a :class:`~.slice_predictor.SlicePrediction` (the
+        :class:`~.slice_predictor.SlicePredictor` interface): the mask as a crop of the
+        whole image, and the window that answered."""
+        from .slice_predictor import SlicePrediction
+        from .transforms import MaskCrop
+
+        r = self.predict(points=points, labels=labels, box=box, run_options=run_options)
+        w = r.window
+        return SlicePrediction(MaskCrop(r.mask, w.row0, w.col0, r.image_shape),
+                               float(r.score), w)
+
     def predict(self, points=None, labels=None, box=None, *,
                 run_options=None) -> TiledPrediction:
         """Predict one mask; prompts in whole-image original pixels, ``(x, y) = (col, row)``.

@@ -51,9 +51,7 @@ def plan_prefetch(layer, geom, lead, channel, embedding, mapping, axis, last_win
         (the axis the user last moved on; None: the first leading axis).
     mapping : IntensityMapping
     """
-    from .workers import is_tiled
-
-    if is_tiled(embedding):
+    if embedding.tiled:
         w = last_window
         if w is None:
             return []

@@ -150,7 +150,7 @@ class ClickPath:
                                 "prompts are answered when it is done.")
             return
         window = None
-        if workers.is_tiled(emb):
+        if emb.tiled:
             try:
                 window = emb.windows_for(list(prompts.points) or None, prompts.box)
             except Exception as exc:  # noqa: BLE001 - a prompt the tiles cannot answer
@@ -175,11 +175,8 @@ class ClickPath:
                     f"Encoding the tile at rows {window.row0}..{window.row1 - 1}, columns "
                     f"{window.col0}..{window.col1 - 1} of {self.slice_text()} (large image: "
                     "tiles are encoded when a prompt needs them)...")
-            self._decode_worker = self.start_worker(workers.tiled_decode_job, emb, prompts,
-                                                    token, **done)
-            return
-        self._decode_worker = self.start_worker(workers.decode_job, self.predictor, emb,
-                                                prompts, **done)
+        self._decode_worker = self.start_worker(workers.decode_job, emb, prompts, token,
+                                                **done)
 
     def _on_decoded(self, gen, key, result):
         if result is None:

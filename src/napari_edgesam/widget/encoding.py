@@ -120,7 +120,7 @@ class SliceEncoder:
         self.embedding = embedding
         self.key = key
         self.mapping = mapping
-        if not workers.is_tiled(embedding):
+        if not embedding.tiled:
             self.last_seconds = seconds
         s.update_status()
         s.request_predict()  # answers clicks made while encoding

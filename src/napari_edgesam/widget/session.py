@@ -154,8 +154,8 @@ class AnnotationSession(ClickPath):
 
     @property
     def embedding(self):
-        """The current slice's embedding (None while computed); a TiledPredictor for tiled
-        images."""
+        """The current slice's :class:`~napari_edgesam.engine.slice_predictor.SlicePredictor`
+        (an EmbeddedSlice, or a TiledPredictor for tiled images), None while computed."""
         return self.encoder.current()
 
     @property
@@ -172,7 +172,7 @@ class AnnotationSession(ClickPath):
     def tiled_predictor(self):
         """The current slice's TiledPredictor (tiled images), else None."""
         emb = self.embedding
-        return emb if emb is not None and workers.is_tiled(emb) else None
+        return emb if emb is not None and emb.tiled else None
 
     @property
     def current_mapping(self):

@@ -30,10 +30,8 @@ __all__ = [
     "Decoded",
     "encode_job",
     "decode_job",
-    "is_tiled",
     "choose_mapping",
     "prepare_tiles_job",
-    "tiled_decode_job",
     "load_model_job",
     "resolve_card_job",
     "download_job",
@@ -208,54 +206,17 @@ def prepare_tiles_job(predictor, data, geom: ImageGeometry, key, spec, stack_map
     return tp, mapping, time.perf_counter() - t0
 
 
-def tiled_decode_job(tp, prompts, token):
-    """Answer prompts on a tiled slice: the windows they need are encoded (terminable,
-    re-centred ones included) and the mask predicted, see :meth:`TiledPredictor.predict`.
-    Returns a :class:`Decoded` with the mask cropped to its bounding box, or None when
-    ``token`` is cancelled."""
-    run_options = token.run_options()
-    if token.cancelled:
-        return None
-    t0 = time.perf_counter()
-    try:
-        pred = tp.predict(points=list(prompts.points) or None,
-                          labels=list(prompts.labels) or None, box=prompts.box,
-                          run_options=run_options)
-    except Exception:
-        if token.cancelled:  # onnxruntime stopped the run on our request
-            return None
-        raise
-    if token.cancelled:
-        return None
-    bbox = pred.bbox()
-    if bbox is None:
-        mask, offset = np.zeros((1, 1), np.uint8), (0, 0)
-    else:
-        w = pred.window
-        r0, c0, r1, c1 = bbox
-        mask = np.ascontiguousarray(
-            pred.mask[r0 - w.row0:r1 - w.row0, c0 - w.col0:c1 - w.col0]).view(np.uint8)
-        offset = (r0, c0)
-    return Decoded(mask, offset, bbox, float(pred.score), time.perf_counter() - t0,
-                   pred.window, pred.area)
-
-
-def is_tiled(embedding) -> bool:
-    """Whether ``embedding`` is a tiled slice's
-    :class:`~napari_edgesam.engine.tiling.TiledPredictor` (not a whole-slice embedding)."""
-    from napari_edgesam.engine.tiling import TiledPredictor
-
-    return isinstance(embedding, TiledPredictor)
-
-
 def encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, token):
     """Read one slice, choose the intensity mapping and embed it (cache first).
 
     ``key`` is the slice's index into ``data`` (see :meth:`ImageGeometry.slice_key`),
     ``spec`` and ``stack_mapping`` as in :func:`choose_mapping`. Cancelling ``token`` (a
     :class:`~napari_edgesam.engine.cancel.CancelToken`) stops a stale encoder run at once.
-    Returns ``(embedding, mapping, seconds)``, or None when cancelled.
+    Returns ``(slice_predictor, mapping, seconds)`` (an
+    :class:`~napari_edgesam.engine.slice_predictor.EmbeddedSlice`), or None when cancelled.
     """
+    from napari_edgesam.engine.slice_predictor import EmbeddedSlice
+
     run_options = token.run_options()
     if token.cancelled:
         return None
@@ -270,25 +231,40 @@ def encode_job(predictor, data, geom: ImageGeometry, key, spec, stack_mapping, t
         if token.cancelled:  # onnxruntime stopped the run on our request
             return None
         raise
-    return embedding, mapping, time.perf_counter() - t0
+    return EmbeddedSlice(predictor, embedding), mapping, time.perf_counter() - t0
 
 
-def decode_job(predictor, embedding, prompts) -> Decoded:
-    """Run the decoder on ``prompts`` (:class:`~.prompt_layers.Prompts`, original pixels);
-    returns a :class:`Decoded` with the whole-slice mask (uint8 0/1, for the preview
-    layer), its bounding box, the score and the time taken."""
-    from napari_edgesam.engine.transforms import mask_bbox
+def decode_job(slice_predictor, prompts, token):
+    """Answer ``prompts`` (:class:`~.prompt_layers.Prompts`, original pixels) on a slice.
 
+    ``slice_predictor`` is the slice's
+    :class:`~napari_edgesam.engine.slice_predictor.SlicePredictor`: a whole-slice embedding
+    (decoder only) or tiles (the window the prompts need is encoded first, terminable
+    through ``token``). Returns a :class:`Decoded` with the mask cropped to its bounding
+    box (uint8 0/1), or None when ``token`` is cancelled.
+    """
+    run_options = token.run_options()
+    if token.cancelled:
+        return None
     t0 = time.perf_counter()
-    pred = predictor.predict(
-        points=list(prompts.points) or None,
-        labels=list(prompts.labels) or None,
-        box=prompts.box,
-        embedding=embedding,
-    )
-    mask = pred.mask
-    return Decoded(mask.view(np.uint8), (0, 0), mask_bbox(mask), pred.score,
-                   time.perf_counter() - t0, area=pred.area)
+    try:
+        pred = slice_predictor.predict_slice(
+            points=list(prompts.points) or None, labels=list(prompts.labels) or None,
+            box=prompts.box, run_options=run_options)
+    except Exception:
+        if token.cancelled:  # onnxruntime stopped the run on our request
+            return None
+        raise
+    if token.cancelled:
+        return None
+    m = pred.mask
+    if m.area == 0:
+        mask, offset, bbox = np.zeros((1, 1), np.uint8), (0, 0), None
+    else:
+        mask, offset = m.crop.view(np.uint8), (m.row0, m.col0)
+        bbox = (m.row0, m.col0, m.row0 + m.crop.shape[0], m.col0 + m.crop.shape[1])
+    return Decoded(mask, offset, bbox, pred.score, time.perf_counter() - t0, pred.window,
+                   pred.area)
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..engine.errors import InvalidInputError
 from ..engine.intensity import IntensityMapping, stack_mapping
+from ..engine.slice_predictor import EmbeddedSlice
 from ..engine.transforms import MaskCrop
 
 __all__ = [
@@ -754,8 +755,9 @@ class _ObjectPlan:
 
 
 class _Embeddings:
-    """Lazy per-slice embeddings: the run's small LRU memo, then the predictor (and its
-    cache). Counts what the encoder really computed."""
+    """Lazy per-slice :class:`~..engine.slice_predictor.SlicePredictor` s (a whole-slice
+    embedding, or tiles for large slices): the run's small LRU memo, then the predictor
+    (and its cache). Counts what the encoder really computed."""
 
     def __init__(self, predictor, source: SliceSource, mapping: IntensityMapping,
                  memo_slices: int, tiles: bool = False, tile_size: int | None = None):
@@ -810,7 +812,7 @@ class _Embeddings:
             self.encoded += 1
         elif before is not None:
             self.encoded += int(cache.stats["misses"] > before)
-        return emb
+        return EmbeddedSlice(self.predictor, emb)
 
 
 @dataclass(frozen=True)
@@ -945,15 +947,13 @@ class PropagationRun:
         self._finished = True
         self._result = self._build_result()
 
-    def _predict(self, emb, **prompts) -> _Predicted:
+    def _predict(self, sp, **prompts) -> _Predicted:
+        """One mask from the slice's :class:`~..engine.slice_predictor.SlicePredictor`
+        (whole-slice embedding or tiles: the same call)."""
         self._decoder_calls += 1
-        if hasattr(emb, "grid"):  # a TiledPredictor (large slices): the window's crop
-            r = emb.predict(points=prompts.get("points"), labels=prompts.get("labels"),
-                            box=prompts.get("box"), run_options=self._emb.run_options)
-            return _Predicted(MaskCrop(r.mask, r.window.row0, r.window.col0, r.image_shape),
-                              r.score)
-        r = self._p.predictor.predict(embedding=emb, **prompts)
-        return _Predicted(MaskCrop(r.mask), r.score)
+        r = sp.predict_slice(points=prompts.get("points"), labels=prompts.get("labels"),
+                             box=prompts.get("box"), run_options=self._emb.run_options)
+        return _Predicted(r.mask, r.score)
 
     def _steps(self) -> Iterator[PropagationStep]:
         settings = self._p.settings
