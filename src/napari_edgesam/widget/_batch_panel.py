@@ -216,7 +216,10 @@ class BatchPanel(QWidget):
         self.results_list = QListWidget()
         self.results_list.setMinimumHeight(80)
         outer.addWidget(self.results_list, 1)
-        self.summary_label = QLabel("")
+        from superqt import QElidingLabel
+
+        # at most three lines at any width, elided ("..."): the whole text in its tooltip
+        self.summary_label = QElidingLabel("")
         self.summary_label.setWordWrap(True)
         self.summary_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.summary_label.setFixedHeight(3 * line + 4)
