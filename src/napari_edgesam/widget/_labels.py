@@ -15,7 +15,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["SCAN_LIMIT", "LabelIds", "max_label_job"]
+__all__ = ["SCAN_LIMIT", "LabelIds"]
 
 #: numpy layers with at most this many pixels are scanned directly (exact).
 SCAN_LIMIT = 1 << 22
@@ -23,27 +23,6 @@ SCAN_LIMIT = 1 << 22
 
 def _is_small_numpy(data) -> bool:
     return type(data) is np.ndarray and data.size <= SCAN_LIMIT
-
-
-def max_label_job(data, token=None) -> int:
-    """The largest value in ``data``, read slice by slice and in row blocks (never the
-    whole array at once; numpy, memmap, dask and zarr). Runs in a worker thread; stops
-    early (returning the maximum so far) when ``token``, a CancelToken, is cancelled."""
-    shape = tuple(int(s) for s in data.shape)
-    if len(shape) < 2:
-        return int(np.max(np.asarray(data))) if data.size else 0
-    lead = shape[:-2]
-    h, w = shape[-2:]
-    rows = max(1, (1 << 22) // max(1, w))
-    best = 0
-    for idx in np.ndindex(*lead) if lead else [()]:
-        for r in range(0, h, rows):
-            if token is not None and token.cancelled:
-                return best
-            block = np.asarray(data[(*idx, slice(r, min(h, r + rows)))])
-            if block.size:
-                best = max(best, int(block.max()))
-    return best
 
 
 class LabelIds:
@@ -154,6 +133,8 @@ class LabelIds:
                 self._scanning.pop(key, None)
             for cb in self._waiters.pop(key, []):
                 cb(None)
+
+        from .workers import max_label_job
 
         self.start_worker(max_label_job, data, control, returned=done, errored=failed)
 

@@ -2,8 +2,8 @@
 discards propagation runs (no Qt widgets; :mod:`._propagation_panel` is its view, the run's
 pieces and worker jobs are in :mod:`.propagation_run`).
 
-A run has two workers: :func:`~.propagation_run.prepare_job` (intensity mapping and plan),
-then :func:`~.propagation_run.steps_job`, started with the run's slice count as ``total`` so
+A run has two workers: :func:`~.workers.propagation_prepare_job` (intensity mapping and plan),
+then :func:`~.workers.propagation_steps_job`, started with the run's slice count as ``total`` so
 that napari's activity panel advances by one per decided slice. The result is pending (shown
 in cyan on the preview layer, nothing written) until :meth:`PropagationController.commit`
 writes it through the session's one commit path as ONE undo step.
@@ -21,9 +21,8 @@ from .propagation_run import (
     RunProgress,
     RunRequest,
     RunStep,
-    prepare_job,
-    steps_job,
 )
+from .workers import propagation_prepare_job, propagation_steps_job
 
 __all__ = ["PropagationController"]
 
@@ -250,7 +249,7 @@ class PropagationController:
         self._set_progress("preparing")
         self.dock.set_status(f"{self._control['verb']} from slice {ctx.lead[ctx.axis]}...")
         self.worker = self.dock.start_worker(
-            prepare_job, data, ctx.geom, ctx, spec, known, s.predictor, settings, ann,
+            propagation_prepare_job, data, ctx.geom, ctx, spec, known, s.predictor, settings, ann,
             z_range, None if previous is None else previous.result,
             returned=self._on_prepared, errored=self._on_error,
             finished=self._on_prepare_finished, desc="EdgeSAM: preparing the propagation")
@@ -271,7 +270,7 @@ class PropagationController:
         total = run.total + (0 if seed is None else 1)
         self._set_progress("running", 0, total)
         self.worker = self.dock.start_worker(
-            steps_job, run, ctx.lead[ctx.axis], seed, ctx.object_id, previous_crops,
+            propagation_steps_job, run, ctx.lead[ctx.axis], seed, ctx.object_id, previous_crops,
             yielded=self._on_step, returned=self._on_done, errored=self._on_error,
             finished=self._on_finished,
             desc=f"EdgeSAM: {control['verb'].lower()} through the stack", total=total)

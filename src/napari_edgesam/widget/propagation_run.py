@@ -1,11 +1,12 @@
 """A propagation run of the dock widget, without Qt: what it is about
 (:class:`RunContext`, :class:`RunRequest`), its steps (:class:`RunStep`,
-:class:`RunProgress`), its result (:class:`Outcome`), and its two worker jobs.
+:class:`RunProgress`) and its result (:class:`Outcome`); its two worker jobs are in
+:mod:`.workers`.
 
 An adapter around :mod:`napari_edgesam.workflows.propagation` (no model logic here):
-:func:`prepare_job` chooses the intensity mapping (it may sample the whole stack) and plans
+:func:`~.workers.propagation_prepare_job` chooses the intensity mapping (it may sample the whole stack) and plans
 the :class:`~napari_edgesam.workflows.propagation.PropagationRun`, whose slice count is then
-known; :func:`steps_job` iterates it and yields one :class:`RunStep` per decided slice.
+known; :func:`~.workers.propagation_steps_job` iterates it and yields one :class:`RunStep` per decided slice.
 :mod:`.propagation_controller` runs them; :mod:`._propagation_panel` is the tab.
 
 Coordinates: ``z`` is the index along the stack axis of the image's data; a *lead* is the
@@ -21,14 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ._geometry import ImageGeometry
-from ._lazy import stack_view
-from .workers import choose_mapping
 
-__all__ = ["RunContext", "RunRequest", "RunStep", "RunProgress", "Outcome", "prepare_job",
-           "steps_job"]
+__all__ = ["RunContext", "RunRequest", "RunStep", "RunProgress", "Outcome"]
 
 
 @dataclass
@@ -107,7 +103,7 @@ class RunRequest:
 
 @dataclass(frozen=True)
 class RunStep:
-    """What :func:`steps_job` yields after each slice.
+    """What :func:`~.workers.propagation_steps_job` yields after each slice.
 
     Attributes
     ----------
@@ -195,114 +191,3 @@ class Outcome:
         if not ext:
             return "no slice"
         return f"slices {ext[0]}..{ext[1]} ({len(obj.slices)} with the object)"
-
-
-# ---------------------------------------------------------------------------------------
-# Worker jobs (no Qt, no napari)
-# ---------------------------------------------------------------------------------------
-def prepare_job(data, geom: ImageGeometry, ctx: RunContext, spec, known, predictor,
-                settings, ann, z_range, previous):
-    """Choose the mapping and plan the run (worker thread; the stack may be sampled).
-
-    Parameters
-    ----------
-    data : array-like
-        The image layer's data (level 0 of a multiscale image).
-    geom : ImageGeometry
-    ctx : RunContext
-    spec : tuple
-        The session's mapping spec (``("contrast", (lo, hi))``, ``("auto",)``, ...).
-    known : IntensityMapping or None
-        A mapping already chosen for this stack.
-    predictor : Predictor
-    settings : PropagationSettings
-    ann : tuple
-        The object on slice ``ctx.lead[ctx.axis]``: ``("mask", bool crop, (row0, col0))``,
-        ``("prompts", points, labels, box)`` (points ``(x, y)`` = (column, row) in slice
-        pixels) or ``("label", labels_layer, value)``.
-    z_range : (int, int) or None
-        Slice limits of a new run (None for a re-propagation).
-    previous : PropagationResult or None
-        The result a re-propagation corrects.
-
-    Returns
-    -------
-    run : PropagationRun
-    seed : (bool crop, (row0, col0)) or None
-        The given mask of a mask seed (its slice is decided without the model and yields no
-        engine step); None for prompts.
-    mapping : IntensityMapping
-    """
-    from napari_edgesam.engine import InvalidInputError
-    from napari_edgesam.engine.transforms import MaskCrop
-    from napari_edgesam.workflows.propagation import Propagator, SliceAnnotation
-
-    hw = geom.spatial_shape
-    z = ctx.lead[ctx.axis]
-    mapping = choose_mapping(data, geom, ctx.key, spec, known)
-    stack = stack_view(data, ctx.key, ctx.axis)
-    prop = Propagator(predictor, stack, axis=0, mapping=mapping, settings=settings)
-    seed = None
-    if ann[0] == "prompts":
-        _, points, labels, box = ann
-        annotation = SliceAnnotation(z, points=list(points) or None,
-                                     labels=list(labels) or None, box=box)
-    else:
-        if ann[0] == "mask":
-            mask = MaskCrop(ann[1], *ann[2], hw)
-        else:
-            _, lab_layer, value = ann
-            plane = np.asarray(lab_layer.data[ctx.labels_lead(z)]) == value
-            if previous is None and not plane.any():
-                raise InvalidInputError(
-                    f"label {value} is not on slice {z} of '{lab_layer.name}'")
-            mask = MaskCrop(plane)
-        annotation = SliceAnnotation(z, mask=mask)
-        seed = (mask.crop, mask.offset)
-    if previous is None:
-        run = prop.start({ctx.object_id: annotation}, z_range=z_range)
-    else:
-        run = prop.start_repropagation(previous, ctx.object_id, annotation)
-    return run, seed, mapping
-
-
-def steps_job(run, z: int, seed, oid, previous_crops):
-    """Iterate ``run`` (generator run in a worker thread).
-
-    Yields a :class:`RunStep` per decided slice, the seed mask's slice ``z`` first (when
-    ``seed`` is given), so that the number of yielded values is the number of slices decided
-    and never exceeds the first step's ``total``.
-
-    Returns
-    -------
-    result : PropagationResult
-    crops : dict
-        ``{z: (bool crop, (row0, col0))}`` of the object's kept masks.
-    changed : list of int
-        Slices that differ from ``previous_crops`` (empty when it is None).
-    """
-    extra = 0 if seed is None else 1
-    if seed is not None:
-        live = {z: seed} if seed[0].any() else {}
-        yield RunStep(1, run.total + 1, z, live)
-    for step in run:
-        live = {}
-        for obj_id, rec, mask in step.updates:
-            if obj_id == oid and mask is not None and rec.accepted and mask.area:
-                live[step.z] = (mask.crop, mask.offset)  # an engine MaskCrop
-        yield RunStep(step.done + extra, step.total + extra, step.z, live)
-    result = run.result()
-    obj = result.objects.get(oid)
-    crops = {}
-    if obj is not None:
-        for zz in obj.slices:  # slices with a (non-empty) mask
-            m = obj.slice_crop(zz)
-            crops[zz] = (m.crop, m.offset)
-    changed = []
-    if previous_crops is not None:
-        for zz in sorted(set(crops) | set(previous_crops)):
-            a, b = crops.get(zz), previous_crops.get(zz)
-            if a is None or b is None or a[1] != b[1] or a[0].shape != b[0].shape \
-                    or not np.array_equal(a[0], b[0]):
-                changed.append(zz)
-    return result, crops, changed
