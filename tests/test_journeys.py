@@ -49,7 +49,8 @@ def test_first_click_after_opening_an_image_adds_a_point_and_a_preview(
     click(qtbot, viewer, layer, 141, 163)  # a coin of the second row
     _wait_preview(qtbot, w)
     assert list(w.session.points_layer.features["prompt"]) == ["positive"]
-    r, c = np.asarray(layer.world_to_data(w.session.points_layer.data_to_world(w.session.points_layer.data[0])))
+    pts = w.session.points_layer
+    r, c = np.asarray(layer.world_to_data(pts.data_to_world(pts.data[0])))
     assert abs(r - 141) < 1.5 and abs(c - 163) < 1.5
     want = _expected(w.model, coins, [(c, r)], [1])
     np.testing.assert_array_equal(w.session.preview_mask, want)
@@ -65,18 +66,19 @@ def test_a_second_image_gets_its_own_prompts_and_the_first_keeps_them(
     img_a, truth_a = disc_image((120, 160), (50, 60), 18)
     img_b, truth_b = disc_image((120, 160), (80, 110), 14)
     a = viewer.add_image(img_a, name="a")
-    qtbot.waitUntil(lambda: w.session.image_layer is a and w.session.embedding is not None and not w.busy,
+    s = w.session
+    qtbot.waitUntil(lambda: s.image_layer is a and s.embedding is not None and not w.busy,
                     timeout=TIMEOUT)
     viewer.reset_view()
     qtbot.wait(50)
     click(qtbot, viewer, a, 50, 60)
     _wait_preview(qtbot, w)
-    np.testing.assert_array_equal(w.session.preview_mask, _expected(w.model, img_a, [(60, 50)], [1]))
+    np.testing.assert_array_equal(s.preview_mask, _expected(w.model, img_a, [(60, 50)], [1]))
 
     b = viewer.add_image(img_b, name="b")
-    qtbot.waitUntil(lambda: w.session.image_layer is b and w.session.embedding is not None and not w.busy,
+    qtbot.waitUntil(lambda: s.image_layer is b and s.embedding is not None and not w.busy,
                     timeout=TIMEOUT)
-    assert len(w.session.points_layer.data) == 0 and w.session.preview_mask is None  # its own, empty
+    assert len(s.points_layer.data) == 0 and s.preview_mask is None  # its own, empty
     click(qtbot, viewer, b, 80, 110)
     _wait_preview(qtbot, w)
     want_b = _expected(w.model, img_b, [(110, 80)], [1])
@@ -87,10 +89,10 @@ def test_a_second_image_gets_its_own_prompts_and_the_first_keeps_them(
 
     # back to a: its prompt and preview are there again
     w.image_combo.setCurrentIndex(w.image_combo.findText("a"))
-    qtbot.waitUntil(lambda: w.session.image_layer is a and not w.busy and w.session.preview_mask is not None,
+    qtbot.waitUntil(lambda: s.image_layer is a and not w.busy and s.preview_mask is not None,
                     timeout=TIMEOUT)
     assert len(w.session.points_layer.data) == 1
-    np.testing.assert_array_equal(w.session.preview_mask, _expected(w.model, img_a, [(60, 50)], [1]))
+    np.testing.assert_array_equal(s.preview_mask, _expected(w.model, img_a, [(60, 50)], [1]))
 
     # pinned: a new image does not take the panel
     w.pin_check.setChecked(True)

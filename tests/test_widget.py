@@ -366,7 +366,8 @@ def test_commit_right_after_click_waits_for_preview(viewer, qtbot, test_model):
     wait_ready(qtbot, w)
     w.session.add_point((40, 40))
     assert w.commit() is None  # the preview is still being computed: committed on arrival
-    qtbot.waitUntil(lambda: w.session.labels_layer is not None and w.session.labels_layer.data.any(),
+    qtbot.waitUntil(lambda: w.session.labels_layer is not None
+                    and w.session.labels_layer.data.any(),
                     timeout=TIMEOUT)
     want = expected_mask(test_model, img, points=[(40, 40)], labels=[1])
     np.testing.assert_array_equal(w.session.labels_layer.data == 1, want)
@@ -381,7 +382,8 @@ def test_contrast_mapping_modes(viewer, qtbot, test_model, embedding_cache):
     wait_ready(qtbot, w)
     w.mapping_combo.setCurrentIndex(w.mapping_combo.findData("contrast"))
     wait_ready(qtbot, w)
-    assert w.session.embedding.embedding.key is not None and "linear[0|4000]" in w.session.embedding.embedding.key
+    key = w.session.embedding.embedding.key
+    assert key is not None and "linear[0|4000]" in key
     misses = embedding_cache.stats["misses"]
     layer.contrast_limits = (500, 3500)
     qtbot.waitUntil(lambda: not w.busy and w.session.embedding is not None
@@ -695,4 +697,5 @@ def test_optimised_checkbox_runs_the_variants_that_passed(viewer, qtbot, model_d
     w.clear_prompts()
     w.session.add_point((100, 140))
     qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
-    assert iou(w.session.preview_mask, original) >= 0.99 and iou(w.session.preview_mask, truth) >= 0.9
+    got = w.session.preview_mask
+    assert iou(got, original) >= 0.99 and iou(got, truth) >= 0.9

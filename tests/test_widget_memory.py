@@ -46,8 +46,9 @@ def test_one_click_on_each_of_many_slices_keeps_memory_bounded(viewer, qtbot, te
     stack[:, disc] = 200
     w = make_widget(viewer, test_model, prefetch=False)
     layer = viewer.add_image(stack, name="stack")
-    qtbot.waitUntil(lambda: w.session.image_layer is layer and not w.busy and w.session.embedding is not None,
-                    timeout=TIMEOUT)
+    s = w.session
+    qtbot.waitUntil(lambda: s.image_layer is not None and s.image_layer.name == "stack"
+                    and not w.busy and s.embedding is not None, timeout=TIMEOUT)
     workers_before = _live_workers()
     for z in range(n):
         viewer.dims.set_point(0, z)

@@ -89,7 +89,8 @@ def test_card_dir(tmp_path, monkeypatch):
 def test_published_models_listed_not_downloaded(make_napari_viewer):
     viewer = make_napari_viewer()
     w = make_widget(viewer)
-    items = [w.model_picker.model_combo.itemText(i) for i in range(w.model_picker.model_combo.count())]
+    combo = w.model_picker.model_combo
+    items = [combo.itemText(i) for i in range(combo.count())]
     assert items[0] == "EdgeSAM-3x  (not downloaded)"
     assert "EdgeSAM  (not downloaded)" in items
     assert items[-1] == "custom files..."
@@ -190,12 +191,14 @@ def test_npe2_contribution_opens_the_widget(make_napari_viewer, npe2pm, qtbot, t
     assert widget.viewer is viewer
     assert widget.session.image_layer is viewer.layers["img"]
     widget.session.set_model(test_model)
-    qtbot.waitUntil(lambda: not widget.busy and widget.session.embedding is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not widget.busy and widget.session.embedding is not None,
+                    timeout=TIMEOUT)
     widget.session.add_point((32, 32))
     qtbot.waitUntil(lambda: not widget.busy and widget.session.preview_mask is not None,
                     timeout=TIMEOUT)
     assert widget.commit() == 1
-    assert widget.session.labels_layer.data.sum() == widget.session.labels_layer.data.astype(bool).sum() > 50
+    data = widget.session.labels_layer.data
+    assert data.sum() == data.astype(bool).sum() > 50
     viewer.layers.remove("img")  # no error from the widget's layer bookkeeping
     assert widget.session.image_layer is None
 

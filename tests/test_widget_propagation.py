@@ -323,7 +323,8 @@ def test_labels_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatc
     assert panel.pending
     want = expected(test_model, stack, 7, truth[7]).mask(1)
     assert panel.commit() == 1
-    assert w.session.labels_layer is not labels and w.session.labels_layer.name == "stack EdgeSAM labels"
+    target = w.session.labels_layer
+    assert target is not labels and target.name == "stack EdgeSAM labels"
     np.testing.assert_array_equal(w.session.labels_layer.data == 1, want)
 
 

@@ -94,7 +94,8 @@ class LabelIds:
         self._known.pop(key, None)
         self._waiters.pop(key, None)
         if self._layers.pop(key, None) is not None:
-            for ev, cb in ((layer.events.paint, self._on_paint), (layer.events.data, self._on_data)):
+            for ev, cb in ((layer.events.paint, self._on_paint),
+                           (layer.events.data, self._on_data)):
                 try:
                     ev.disconnect(cb)
                 except (TypeError, ValueError, RuntimeError):

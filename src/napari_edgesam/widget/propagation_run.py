@@ -4,9 +4,11 @@
 :mod:`.workers`.
 
 An adapter around :mod:`napari_edgesam.workflows.propagation` (no model logic here):
-:func:`~.workers.propagation_prepare_job` chooses the intensity mapping (it may sample the whole stack) and plans
+:func:`~.workers.propagation_prepare_job` chooses the intensity mapping (it may sample
+the whole stack) and plans
 the :class:`~napari_edgesam.workflows.propagation.PropagationRun`, whose slice count is then
-known; :func:`~.workers.propagation_steps_job` iterates it and yields one :class:`RunStep` per decided slice.
+known; :func:`~.workers.propagation_steps_job` iterates it and yields one
+:class:`RunStep` per decided slice.
 :mod:`.propagation_controller` runs them; :mod:`._propagation_panel` is the tab.
 
 Coordinates: ``z`` is the index along the stack axis of the image's data; a *lead* is the

@@ -26,7 +26,7 @@ from qtpy.QtCore import QTimer
 
 from napari_edgesam.engine.cancel import CancelToken
 
-from . import messages, prompt_layers, workers
+from . import messages, prompt_layers
 from ._geometry import ImageGeometry
 from ._prefetch import PrefetchController, plan_prefetch
 from .clicks import ClickPath

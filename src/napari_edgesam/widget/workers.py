@@ -506,7 +506,8 @@ def propagation_prepare_job(data, geom: ImageGeometry, ctx, spec, known, predict
 def propagation_steps_job(run, z: int, seed, oid, previous_crops):
     """Iterate ``run`` (generator run in a worker thread).
 
-    Yields a :class:`~.propagation_run.RunStep` per decided slice, the seed mask's slice ``z`` first (when
+    Yields a :class:`~.propagation_run.RunStep` per decided slice, the seed mask's slice
+    ``z`` first (when
     ``seed`` is given), so that the number of yielded values is the number of slices decided
     and never exceeds the first step's ``total``.
 
