@@ -2,7 +2,8 @@
 
 :class:`AnnotationSession` owns the interactive state (no Qt widgets; it talks to napari
 layers and to workers): the image layer and its slice, the channel, the contrast mapping,
-the model and its predictor, the embedding (:class:`~.encoding.SliceEncoder`), the prompts
+the model and its predictor, the embedding (:class:`~.encoding.SliceEncoder`; what it is
+made of: :mod:`.model_input`), the prompts
 (:mod:`.prompt_layers`), the preview (:mod:`.preview`), and the commit into Labels with
 undo (:mod:`.commit`). Views (the dock's sections, the propagation and batch tabs) use its
 public API and its psygnal events only.
@@ -32,23 +33,18 @@ from ._prefetch import PrefetchController, plan_prefetch
 from .clicks import ClickPath
 from .commit import LabelsTarget, can_redo, can_undo
 from .encoding import SliceEncoder
+from .model_input import MAPPING_MODES, ModelInput
 from .preview import Preview, PreviewLayer
 
 _log = logging.getLogger(__name__)
 
 __all__ = ["MAPPING_MODES", "AnnotationSession"]
 
-#: Contrast mapping choices: key -> label.
-MAPPING_MODES = {
-    "auto": "auto (8-bit as is, else stack percentiles)",
-    "contrast": "layer contrast limits",
-    "percentiles": "stack percentiles (0.5 - 99.8 %)",
-}
 #: Image layer events after which the prompt and preview layers are realigned.
 _TRANSFORM_EVENTS = ("scale", "translate", "rotate", "shear", "affine")
 
 
-class AnnotationSession(ClickPath):
+class AnnotationSession(ModelInput, ClickPath):
     """Interactive segmentation of one napari viewer's image layers.
 
     Parameters
@@ -411,51 +407,6 @@ class AnnotationSession(ClickPath):
             except (AttributeError, TypeError, ValueError, RuntimeError):
                 pass
 
-    def set_channel_axis(self, axis: int | None, channel: int = 0) -> None:
-        """Treat leading ``axis`` of the image as channels and feed ``channel`` to the
-        model (the target Labels layer then has no channel axis)."""
-        if self.geometry is None:
-            raise ValueError("no image layer")
-        geom = ImageGeometry(self.geometry.shape, self.geometry.rgb, axis)
-        if self.target.layer is not None and geom.labels_shape != self.geometry.labels_shape:
-            self.target.layer = None
-        self.geometry = geom
-        self.channel = int(channel)
-        self.encoder.stack_mappings = {}
-        self.image_changed.emit()
-        self.layers_changed.emit()
-        self.on_slice_changed(force=True)
-        if geom.channel_axis is not None and geom.channel_axis > 0:
-            self.warn_later(messages.channel_display_warning(geom, self.image_layer.name))
-
-    def set_channel(self, channel: int) -> None:
-        self.channel = int(channel)
-        self.on_slice_changed(force=True)
-
-    def set_mapping_mode(self, mode: str) -> None:
-        """``"auto"``, ``"contrast"`` (the layer's contrast limits) or ``"percentiles"``."""
-        if mode not in MAPPING_MODES:
-            raise ValueError(f"unknown contrast mapping {mode!r}; one of {list(MAPPING_MODES)}")
-        if mode != self.mapping_mode:
-            self.mapping_mode = mode
-            self.on_slice_changed(force=True)
-
-    def set_tiles(self, value: bool) -> None:
-        """Answer prompts from full-resolution tiles (see :mod:`napari_edgesam.engine.tiling`)."""
-        if bool(value) == self.use_tiles:
-            return
-        self.use_tiles = bool(value)
-        if self.geometry is not None:
-            self.preview_view.align(self.image_layer, self.geometry, self.crop_preview)
-            self.on_slice_changed(force=True)
-
-    def set_tile_geometry(self, tile_size: int | None = None, halo: int | None = None):
-        """Tile side and halo in image pixels (None: the engine's defaults, 1024 and 128)."""
-        self.tile_size = None if tile_size is None else int(tile_size)
-        self.tile_halo = None if halo is None else int(halo)
-        if self.use_tiles:
-            self.on_slice_changed(force=True)
-
     def ensure_prompt_layers(self, reset: bool = False) -> None:
         """Create (or realign) the points, box and preview layers for the image."""
         layer = self.image_layer
@@ -556,45 +507,6 @@ class AnnotationSession(ClickPath):
     def _on_contrast(self, event=None):
         if self.mapping_mode == "contrast":
             self._contrast_timer.start()
-
-    def mapping_spec(self):
-        """``("contrast", (lo, hi))``, ``("auto",)`` or ``("percentiles",)``."""
-        if self.mapping_mode == "contrast":
-            lo, hi = (float(v) for v in self.image_layer.contrast_limits)
-            return ("contrast", (lo, hi))
-        return (self.mapping_mode,)
-
-    def wanted_key(self):
-        """The identity of the embedding the current view needs (None: none needed)."""
-        if self.image_layer is None or self.model is None or self.lead is None:
-            return None
-        return (self.image_layer.unique_id, self._data_version, self.slice_key(),
-                self.mapping_spec(), id(self.model), self.tiled_key())
-
-    def tiled_key(self):
-        """``(tile_size, halo)`` when prompts are answered through tiles, else None."""
-        if self.geometry is None or not self.use_tiles:
-            return None
-        return (self.tile_size, self.tile_halo)
-
-    @property
-    def crop_preview(self) -> bool:
-        """Whether the preview layer holds crops (tiled images) instead of whole slices."""
-        return bool(self.tiled_key())
-
-    def stack_mapping_key(self):
-        """Key of the stack-wide intensity mapping (None for layer contrast limits)."""
-        spec = self.mapping_spec()
-        if spec[0] == "contrast":
-            return None
-        ch = self.channel if self.geometry.channel_axis is not None else None
-        return (self.image_layer.unique_id, self._data_version, self.geometry.channel_axis,
-                ch, spec[0])
-
-    @property
-    def stack_mappings(self) -> dict:
-        """Stack-wide mappings chosen so far, by :meth:`stack_mapping_key`."""
-        return self.encoder.stack_mappings
 
     def prefetch_jobs(self) -> list:
         """What to encode while the user is idle: neighbouring slices along the axis the
