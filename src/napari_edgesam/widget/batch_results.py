@@ -168,6 +168,7 @@ class ResultsLoader(QObject):
         self.loaded_layers: list = []
         self._pending_pairs: list = []  # files read, their layers waiting to be added
         self._loaded_pairs: list = []  # the layers added, per file
+        self._current_pair: list = []  # the layers of the file being added
         self._adding = False
         self._errors: list = []
         self._add_timer = QTimer(self)
@@ -186,7 +187,9 @@ class ResultsLoader(QObject):
         return self._worker is not None or bool(self._pending_pairs)
 
     def load(self, results):
-        """Read ``results`` in a worker and add their layers, one file per event-loop turn.
+        """Read ``results`` in a worker and add their layers, one layer per event-loop turn
+        (napari stays responsive); the panel's image becomes the last visible one at the
+        end, not each image in turn.
 
         Parameters
         ----------
@@ -204,6 +207,8 @@ class ResultsLoader(QObject):
         self._loaded_pairs = []
         self._pending_pairs = []
         self._errors = []
+        self._current_pair = []
+        dock.session.follow_new_images = False  # one switch at the end, not one per file
         self._worker = dock.start_worker(
             load_batch_results_job, results,
             yielded=self._on_pair_read,
@@ -218,6 +223,7 @@ class ResultsLoader(QObject):
         """Stop adding layers (the panel is going away)."""
         self._add_timer.stop()
         self._pending_pairs = []
+        self._dock.session.follow_new_images = True
 
     def _on_pair_read(self, item):
         _, layers, error = item
@@ -229,33 +235,44 @@ class ResultsLoader(QObject):
                 self._add_timer.start()
 
     def _add_next_pair(self):
-        """Add one file's layers (then yield to the event loop for the next one)."""
+        """Add one layer (then yield to the event loop for the next one)."""
         # Adding a layer may process events (napari, the dock's own handlers): a pair read
-        # meanwhile waits for this one, so pairs keep their order.
+        # meanwhile waits for this one, so layers keep their order.
         if self._adding or not self._pending_pairs:
             return
-        layers = self._pending_pairs.pop(0)
+        layers = self._pending_pairs[0]
+        data, kwargs, kind = layers.pop(0)
         viewer = self._dock.viewer
-        pair = []
         self._adding = True
         try:
-            for data, kwargs, kind in layers:
-                add = viewer.add_image if kind == "image" else viewer.add_labels
-                added = add(data, **kwargs)
-                pair.extend(added if isinstance(added, list) else [added])
+            add = viewer.add_image if kind == "image" else viewer.add_labels
+            added = add(data, **kwargs)
+            added = added if isinstance(added, list) else [added]
+            self._current_pair.extend(added)
+            self.loaded_layers.extend(added)
         finally:
             self._adding = False
-            self._loaded_pairs.append(pair)
-            self.loaded_layers.extend(pair)
+            if not layers:  # the file's layers are all there
+                self._pending_pairs.pop(0)
+                self._loaded_pairs.append(self._current_pair)
+                self._current_pair = []
         if self._pending_pairs:
             self._add_timer.start()
         elif self._worker is None:
             self._done()
 
     def _done(self):
+        from napari.layers import Image
+
+        session = self._dock.session
+        session.follow_new_images = True
         if self._loaded_pairs and not any(lay.visible for lay in self.loaded_layers):
             for lay in self._loaded_pairs[-1]:  # the last file could not be read: show the
                 lay.visible = True               # last one that could
+        shown = [lay for lay in self.loaded_layers if lay.visible and isinstance(lay, Image)]
+        if shown and not session.pinned and shown[-1] is not session.image_layer:
+            session.set_image_layer(shown[-1])  # the panel follows the pair on show
+            session.take_clicks()
         text = f"Batch: loaded {len(self.loaded_layers)} layers."
         if self._errors:
             text += f" Not loaded: {'; '.join(self._errors)}"

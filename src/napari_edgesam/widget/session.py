@@ -92,6 +92,9 @@ class AnnotationSession(ModelInput, ClickPath):
         self.tile_halo: int | None = None
         self.paint_background_only = True
         self.pinned = False
+        #: Whether an image opened while the panel is docked becomes its image (off while
+        #: the batch tab adds its results, which then picks one).
+        self.follow_new_images = True
         self.prompts = prompt_layers.PromptLayers(viewer, self, actions,
                                                   self._on_prompts_changed,
                                                   self._on_active_layer)
@@ -296,12 +299,13 @@ class AnnotationSession(ModelInput, ClickPath):
         from napari.layers import Image
 
         layer = event.value
-        if isinstance(layer, Image) and not self.pinned and layer is not self.image_layer:
+        if isinstance(layer, Image) and self.follow_new_images and not self.pinned \
+                and layer is not self.image_layer:
             self.set_image_layer(layer)
-            QTimer.singleShot(0, self._take_clicks)
+            QTimer.singleShot(0, self.take_clicks)
         self.layers_changed.emit()
 
-    def _take_clicks(self):
+    def take_clicks(self):
         """The points layer becomes the active one, with the prompt layers on top."""
         if not self.alive or self.points_layer not in self.viewer.layers:
             return
