@@ -95,3 +95,33 @@ def test_panel_fits_an_ordinary_window(make_napari_viewer, npe2pm, qtbot, size, 
     w.session.set_status(long)
     assert w.status == long and w.status_label.toolTip() == long
     assert w.status_label.height() <= 2 * w.status_label.fontMetrics().height()
+
+
+@pytest.mark.parametrize(("size", "rows"), [((1366, 768), 4), ((1600, 1000), 7)])
+def test_the_propagation_table_gets_the_room(make_napari_viewer, npe2pm, qtbot, size, rows):
+    """With a stack and a propagation result, the table shows at least ``rows`` rows without
+    scrolling the tab (it stretches with the window)."""
+    import numpy as np
+
+    viewer, w = dock_panel(make_napari_viewer, npe2pm, size=size)
+    choose_test_model(qtbot, w)
+    zz, yy, xx = np.ogrid[:14, :56, :64]
+    truth = ((zz - 7) / 4.6) ** 2 + ((yy - 28) / 13) ** 2 + ((xx - 30) / 15) ** 2 <= 1
+    stack = np.full(truth.shape, 100, np.uint16)
+    stack[truth] = 420
+    viewer.add_image(stack, name="stack")
+    viewer.dims.set_point(0, 7)
+    qtbot.waitUntil(lambda: w.session.embedding is not None and not w.busy, timeout=TIMEOUT)
+    w.session.add_point((7, 28, 30))
+    qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None,
+                    timeout=TIMEOUT)
+    w.propagate()
+    qtbot.waitUntil(lambda: w.propagation.pending and not w.busy, timeout=TIMEOUT)
+    table = w.propagation.table
+    assert table.rowCount() >= rows
+    qtbot.wait(50)
+    row_h = table.rowHeight(0)
+    page = w.tabs.currentWidget()
+    page.ensureWidgetVisible(table)
+    qtbot.wait(20)
+    assert table.viewport().height() >= rows * row_h, (table.viewport().height(), row_h)

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -43,6 +44,7 @@ from qtpy.QtWidgets import (
 
 from .propagation_controller import PropagationController
 from .propagation_run import Outcome, RunProgress, RunRequest
+from .section import Section
 
 __all__ = ["PropagationPanel", "SOURCES", "TABLE_COLUMNS", "record_row"]
 
@@ -176,6 +178,7 @@ class PropagationPanel(QWidget):
         self.message_label = QLabel("")  # why the last action did nothing
         self.message_label.setWordWrap(True)
         self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message_label.setVisible(False)
         outer.addWidget(self.message_label)
         self.progress = QProgressBar()
         self._show_progress(RunProgress())  # hidden until the first run
@@ -195,9 +198,14 @@ class PropagationPanel(QWidget):
         rrow.addWidget(self.weakest_button)
         rrow.addWidget(self.repropagate_button)
         outer.addLayout(rrow)
-        self.summary_label = QLabel("")
+        from superqt import QElidingLabel
+
+        # two lines at most, elided: the table keeps the room; the whole text in the tooltip
+        self.summary_label = QElidingLabel("")
         self.summary_label.setWordWrap(True)
-        self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        line = self.fontMetrics().lineSpacing()
+        self.summary_label.setFixedHeight(2 * line + 4)
+        self.summary_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         outer.addWidget(self.summary_label)
         self._on_source()
         self._update_buttons()
@@ -248,12 +256,21 @@ class PropagationPanel(QWidget):
         self.max_growth_spin = _threshold_spin(
             1.0, 100.0, 0.1, defaults["max_growth"],
             "Stop where the area grows more than this factor from one slice to the next")
+        # the stop rules fold away (folded by default): the result table gets the room
+        rules = QWidget()
+        rform = QFormLayout(rules)
+        rform.setContentsMargins(0, 0, 0, 0)
+        rform.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         for text, sp in (("min score", self.min_score_spin),
                          ("min overlap", self.min_overlap_spin),
                          ("max growth", self.max_growth_spin)):
             label = QLabel(text)
             label.setToolTip(sp.toolTip())
-            form.addRow(label, sp)
+            rform.addRow(label, sp)
+        self.rules_section = Section("stop rules", rules, expanded=False)
+        self.rules_section.setToolTip("Where a propagation stops: score, overlap with the "
+                                      "previous slice, area growth")
+        form.addRow(self.rules_section)
         return form
 
     def _build_table(self) -> QTableWidget:
@@ -399,10 +416,12 @@ class PropagationPanel(QWidget):
         if not axes:
             self.note_label.setText(
                 "Propagation needs a stack: an image with a z or t axis (3D, 2D+t).")
-        else:
-            self.note_label.setText(
-                "Propagate the object you see on this slice (its preview, or a committed "
-                "label) up and down the stack; check the result, then commit it.")
+            self.note_label.setVisible(True)
+        else:  # the how-to goes into the tooltip: the result table gets the room
+            self.note_label.setVisible(False)
+        self.setToolTip(
+            "Propagate the object you see on this slice (its preview, or a committed label) "
+            "up and down the stack; check the result, then commit it.")
         self._update_buttons()
 
     def _on_axis(self, *_, reset: bool = True):
@@ -423,6 +442,7 @@ class PropagationPanel(QWidget):
 
     def _show_message(self, text: str):
         self.message_label.setText(text)
+        self.message_label.setVisible(bool(text))  # no empty line taking the table's room
 
     def _on_model_changed(self, *_):
         self.controller.reset_progress()  # the last run's count belongs to the old model
@@ -491,7 +511,9 @@ class PropagationPanel(QWidget):
     def _on_outcome(self):
         out = self.controller.shown
         self._fill_table(out)
-        self.summary_label.setText("" if out is None else out.summary())
+        text = "" if out is None else out.summary()
+        self.summary_label.setText(text)
+        self.summary_label.setToolTip(text)
 
     def _fill_table(self, out: Outcome | None):
         self.table.setRowCount(0)

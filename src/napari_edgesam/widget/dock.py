@@ -42,6 +42,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import workers
+from .section import Section
 from .session import MAPPING_MODES, AnnotationSession
 
 __all__ = ["HELP_TEXT", "NEW_LABELS", "EdgeSamWidget"]
@@ -57,37 +58,6 @@ HELP_TEXT = (
     "propagation<br><b>Shift+W</b>: weakest slice<br>"
     "Keys work with the mouse over the image or this panel."
 )
-
-
-class Section(QWidget):
-    """A titled section whose content folds away with a click on its title (the content's
-    layout keeps its height for the width it gets, so wrapped rows never overlap)."""
-
-    def __init__(self, title: str, content: QWidget, expanded: bool = True):
-        super().__init__()
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(0)
-        self.toggle = QToolButton()
-        self.toggle.setText(title)
-        self.toggle.setCheckable(True)
-        self.toggle.setChecked(expanded)
-        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.toggle.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.toggle.setAutoRaise(True)
-        self.toggle.toggled.connect(self._on_toggled)
-        self.content = content
-        content.setContentsMargins(4, 0, 0, 2)
-        lay.addWidget(self.toggle)
-        lay.addWidget(content)
-        self._on_toggled(expanded)
-
-    def _on_toggled(self, expanded: bool):
-        self.toggle.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
-        self.content.setVisible(expanded)
-
-    def is_expanded(self) -> bool:
-        return self.toggle.isChecked()
 
 
 def _compact(panel: QWidget) -> None:
@@ -193,6 +163,7 @@ class EdgeSamWidget(QWidget):
         form = self._form(page)
         self.image_combo = _combo()
         self.image_combo.currentIndexChanged.connect(self._on_image_combo)
+        self.image_combo.setMinimumContentsLength(5)
         self.pin_check = QCheckBox("pin")
         self.pin_check.setToolTip(
             "Keep segmenting this image when you open another one (otherwise the image "
@@ -238,8 +209,8 @@ class EdgeSamWidget(QWidget):
             "Run the faster model variants made with 'napari-edgesam optimize' on your own "
             "images, only those whose masks agreed with the original model's there.")
         self.optimized_check.toggled.connect(self.session.set_optimized)
-        form.addRow("speed", self._row(self.tiles_check, self.prefetch_check,
-                                       self.optimized_check, stretch=True))
+        form.addRow(self._row(self.tiles_check, self.prefetch_check, self.optimized_check,
+                              stretch=True))  # speed options (each says what in its tooltip)
         self.image_section = Section("Image", page)
         outer.addWidget(self.image_section)
 
