@@ -435,14 +435,19 @@ def test_rgb_input_and_output_folder_inside_input_folder(tmp_path, spec):
     folder = tmp_path / "data"
     folder.mkdir()
     tifffile.imwrite(folder / "colour.tif", rgb, photometric="rgb", compression="zlib")
-    # Output folder = input folder: our own label images are not taken as inputs.
-    first = run_batch(folder, folder, spec, BatchParams(automatic=AutoParams(object_size=24)),
+    # The output folder may not be the input folder (inputs are never overwritten) ...
+    with pytest.raises(InvalidInputError, match="is an input folder"):
+        run_batch(folder, folder, spec, BatchParams(automatic=AutoParams(object_size=24)),
+                  scheduler="synchronous")
+    # ... but inside it: our own label images are not taken as inputs.
+    out = folder / "labels"
+    first = run_batch(folder, out, spec, BatchParams(automatic=AutoParams(object_size=24)),
                       scheduler="synchronous")
     assert first.ok and len(first.results) == 1
-    labels, axes, _ = read_labels(folder / "colour_labels.tif")
+    labels, axes, _ = read_labels(out / "colour_labels.tif")
     assert axes == "YX"
     match_instances(labels, truth)
-    assert sidecar(folder, "colour")["axes_used"]["rgb"] is True
-    second = run_batch(folder, folder, spec, BatchParams(automatic=AutoParams(object_size=24)),
+    assert sidecar(out, "colour")["axes_used"]["rgb"] is True
+    second = run_batch(folder, out, spec, BatchParams(automatic=AutoParams(object_size=24)),
                        scheduler="synchronous")
     assert [r.status for r in second.results] == ["skipped"]

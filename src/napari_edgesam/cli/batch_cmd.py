@@ -14,7 +14,9 @@ from .main import (
     EXIT_OK,
     add_model_options,
     contrast_limits,
+    finite_float,
     model_from_args,
+    positive_int,
 )
 
 
@@ -46,7 +48,7 @@ def add_parser(subparsers) -> None:
                    help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
                         "0.5-99.8 percentiles over the whole file)")
     a = p.add_argument_group("automatic segmentation")
-    a.add_argument("--object-size", type=float, default=30.0, metavar="PIX",
+    a.add_argument("--object-size", type=finite_float, default=30.0, metavar="PIX",
                    help="expected object diameter in pixels (default 30)")
     a.add_argument("--seeds", choices=("detect", "grid"), default="detect",
                    help="seed points: detected objects (default) or a regular grid")
@@ -57,17 +59,18 @@ def add_parser(subparsers) -> None:
     a.add_argument("--threshold", type=float, default=None,
                    help="foreground threshold on the 0..255 mapped scale (default Otsu over "
                         "the file)")
-    a.add_argument("--min-stability", type=float, default=0.85,
+    a.add_argument("--min-stability", type=finite_float, default=0.85,
                    help="drop masks with a lower stability score (default 0.85)")
     a.add_argument("--min-area", type=int, default=None, help="smallest object (pixels)")
     a.add_argument("--max-area", type=int, default=None, help="largest object (pixels)")
-    a.add_argument("--nms-iou", type=float, default=0.5,
+    a.add_argument("--nms-iou", type=finite_float, default=0.5,
                    help="suppress masks overlapping a better one by more than this IoU")
-    a.add_argument("--link-iou", type=float, default=0.3,
+    a.add_argument("--link-iou", type=finite_float, default=0.3,
                    help="3D: minimum IoU to link objects of neighbouring slices (default 0.3)")
     a.add_argument("--tiles", choices=("auto", "on", "off"), default="auto",
                    help="predict on full-resolution tiles (auto: slices over 2048 px)")
-    a.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (1024)")
+    a.add_argument("--tile-size", type=positive_int, default=None,
+                   help="tile side in pixels (1024)")
     e = p.add_argument_group("execution")
     e.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="dask.distributed scheduler address (tcp://host:8786) to run on a "

@@ -57,6 +57,66 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return values
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts and sizes that must be at least 1 (``--threads``,
+    ``--tile-size``, ``--workers``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type of thresholds: a finite number (no nan, no inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
+    return value
+
+
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name the same file or folder (through links and other
+    spellings; a path that does not exist yet is compared by its resolved form)."""
+    import os
+    from pathlib import Path
+
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+#: Options whose value may start with a minus sign (coordinates): ``--point -0.5,10``.
+_NEGATIVE_VALUE_OPTIONS = ("--point", "-p", "--box", "-b")
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--point -0.5,10`` -> ``--point=-0.5,10``: argparse would read a value starting with
+    ``-`` (and holding a comma) as an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if tok in _NEGATIVE_VALUE_OPTIONS and nxt is not None and len(nxt) > 1 \
+                and nxt[0] == "-" and (nxt[1].isdigit() or nxt[1] == "."):
+            out.append(f"{tok}={nxt}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
 def contrast_limits(text: str) -> tuple[float, float]:
     """argparse type of ``--contrast LOW,HIGH`` (numbers, HIGH > LOW)."""
     try:
@@ -83,7 +143,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--provider", default=None,
                    help="onnxruntime execution provider(s), e.g. cuda, coreml, directml "
                         "(default: cpu)")
-    g.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    g.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads")
     g.add_argument("--optimized", action="store_true",
                    help="use the optimised variants that passed their agreement check "
                         "(made with 'napari-edgesam optimize'); the original otherwise")
@@ -144,7 +204,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--tiles", choices=("auto", "on", "off"), default="auto",
                    help="encode overlapping full-resolution tiles instead of the whole image "
                         "shrunk to 1024 px (auto: for images over 2048 px)")
-    p.add_argument("--tile-size", type=int, default=None,
+    p.add_argument("--tile-size", type=positive_int, default=None,
                    help="tile side in pixels (default 1024)")
     p.add_argument("-o", "--output", required=True, help="output mask TIFF")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -188,6 +248,12 @@ def check_prompts_and_output(args) -> tuple[list | None, list | None]:
     if not args.point and args.box is None:
         raise InvalidInputError("no prompt: give at least one --point or a --box")
     out = Path(args.output)
+    source = getattr(args, "image", None) or getattr(args, "stack", None)
+    if source is not None and same_file(out, source):
+        raise InvalidInputError(f"the output {out} is the input image: choose another "
+                                "output file (the input is never overwritten)")
+    if out.is_dir():
+        raise InvalidInputError(f"the output {out} is a folder: give a file name")
     if out.exists() and not args.overwrite:
         raise InvalidInputError(f"{out} exists; pass --overwrite to replace it")
     return ([(x, y) for x, y, _ in args.point] or None,
@@ -260,7 +326,8 @@ def main(argv=None) -> int:
     from ..engine.errors import EdgeSamError, InvalidInputError, ModelError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(list(sys.argv[1:] if argv is None
+                                                       else argv)))
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -274,6 +341,11 @@ def main(argv=None) -> int:
         print(f"napari-edgesam {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ModelError as exc:
+        from ..engine.models import UnknownModelError
+
+        if isinstance(exc, UnknownModelError):  # a bad argument, as for 'models fetch'
+            print(f"napari-edgesam {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         print(f"napari-edgesam {args.command}: model not available: {exc}", file=sys.stderr)
         return EXIT_NO_MODEL
     except EdgeSamError as exc:
@@ -282,10 +354,19 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"napari-edgesam {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug or an environment problem: still one line
-        print(f"napari-edgesam {args.command}: unexpected error: {type(exc).__name__}: {exc}",
+    except OSError as exc:  # a read-only folder, a full disk, a path that is a folder...
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"napari-edgesam {args.command}: error: {exc.strerror or exc}{where}",
               file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug or an environment problem: still one line
+        return _unexpected(args, exc)
+
+
+def _unexpected(args, exc) -> int:
+    print(f"napari-edgesam {args.command}: unexpected error: {type(exc).__name__}: {exc}",
+          file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

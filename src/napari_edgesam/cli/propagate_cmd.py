@@ -23,7 +23,9 @@ from .main import (
     add_model_options,
     check_prompts_and_output,
     contrast_limits,
+    finite_float,
     model_from_args,
+    positive_int,
 )
 
 __all__ = ["add_parser", "run"]
@@ -70,12 +72,12 @@ def add_parser(subparsers) -> None:
                    help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
                         "0.5-99.8 percentiles over the whole stack)")
     s = p.add_argument_group("stop rules (see docs/propagation.md)")
-    s.add_argument("--min-score", type=float, default=d.min_score,
+    s.add_argument("--min-score", type=finite_float, default=d.min_score,
                    help=f"stop below this stability score (default {d.min_score})")
-    s.add_argument("--min-overlap", type=float, default=d.min_overlap,
+    s.add_argument("--min-overlap", type=finite_float, default=d.min_overlap,
                    help="stop when the overlap with the previous slice's mask falls below "
                         f"this (default {d.min_overlap}; lower it for fast-moving objects)")
-    s.add_argument("--max-growth", type=float, default=d.max_growth,
+    s.add_argument("--max-growth", type=finite_float, default=d.max_growth,
                    help=f"stop when the area grows by more than this factor (default "
                         f"{d.max_growth})")
     s.add_argument("--min-area", type=int, default=d.min_area,
@@ -86,7 +88,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tiles", choices=("auto", "on", "off"), default="auto",
                    help="predict on full-resolution tiles around the object (auto: slices "
                         "over 2048 px)")
-    p.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (1024)")
+    p.add_argument("--tile-size", type=positive_int, default=None,
+                   help="tile side in pixels (1024)")
     p.add_argument("-o", "--output", required=True, help="output mask TIFF")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-cache", action="store_true",

@@ -51,6 +51,41 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 
 _log = logging.getLogger(__name__)
 _settings_lock = threading.Lock()
+_reported: set = set()  # (file, key, value) already reported as invalid
+
+
+class SettingsWarning(UserWarning):
+    """A setting in settings.json with a value of the wrong kind (its default is used)."""
+
+
+def _valid(key: str, value: Any) -> bool:
+    """Whether ``value`` is usable for the known setting ``key``."""
+    if key in ("cache_memory_bytes", "cache_disk_bytes"):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if key == "cache_disk_enabled":
+        return isinstance(value, bool)
+    if key == "model_dir":
+        return value is None or isinstance(value, str)
+    return True
+
+
+def _checked(data: dict, path: Path) -> dict:
+    """``data`` without the known settings whose values are invalid; each one is reported
+    once (a :class:`SettingsWarning` naming the file, the key and the default used)."""
+    import warnings
+
+    good = {}
+    for key, value in data.items():
+        if _valid(key, value):
+            good[key] = value
+            continue
+        mark = (str(path), key, repr(value))
+        if mark not in _reported:
+            _reported.add(mark)
+            warnings.warn(f"{path}: setting {key!r} = {value!r} is not valid; using the "
+                          f"default {DEFAULT_SETTINGS.get(key)!r}", SettingsWarning,
+                          stacklevel=3)
+    return good
 
 
 def _env_path(name: str) -> Path | None:
@@ -116,7 +151,9 @@ def load_settings() -> dict[str, Any]:
     """Read the settings, filling in defaults.
 
     A missing, unreadable or corrupt settings file gives the defaults (with a log message
-    for a corrupt one); it is never an error.
+    for a corrupt one); it is never an error. A known setting with a value of the wrong
+    kind (``"cache_disk_bytes": "lots"``) gets its default, reported once as a
+    :class:`SettingsWarning` naming the file and the key.
 
     Returns
     -------
@@ -135,7 +172,7 @@ def load_settings() -> dict[str, Any]:
         _log.warning("Ignoring corrupt settings file %s", path)
         return settings
     if isinstance(data, dict):
-        settings.update(data)
+        settings.update(_checked(data, path))
     return settings
 
 

@@ -1293,7 +1293,8 @@ def run_batch(inputs, out_dir, model, params: BatchParams | None = None, *,
     Raises
     ------
     InvalidInputError
-        No inputs, missing inputs, two inputs that would write the same output.
+        No inputs, missing inputs, two inputs that would write the same output, an output
+        folder that is an input folder.
     ModelNotAvailableError
         Model files missing.
     """
@@ -1303,6 +1304,12 @@ def run_batch(inputs, out_dir, model, params: BatchParams | None = None, *,
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"--out {out_dir} exists and is not a folder")
+    for item in inputs:  # an input folder as the output folder (also through links)
+        p = Path(str(item)).expanduser()
+        if p.is_dir() and out_dir.exists() and os.path.samefile(p, out_dir):
+            raise InvalidInputError(
+                f"the output folder {out_dir} is an input folder: choose another output "
+                "folder (inputs are never overwritten)")
     files = collect_inputs(inputs, exclude_dir=out_dir)
     if not files:
         raise InvalidInputError("no input TIFF files found")
