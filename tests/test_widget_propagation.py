@@ -502,3 +502,100 @@ def test_the_run_advances_napari_activity_panel_by_its_real_total_and_prints_not
     err = capfd.readouterr().err
     assert "it/s]" not in err and "s/it]" not in err and "through the stack" not in err, \
         err[-500:]
+
+
+def test_repropagation_after_an_undo_paints_the_whole_object(viewer, qtbot, test_model):
+    """Commit, Ctrl+Z (napari's undo), correct one slice, re-propagate, commit: every slice
+    of the result is in the Labels layer, not only the slices that differ from the undone
+    result."""
+    stack, truth = make_stack()
+    viewer.add_image(stack, name="stack")
+    w = make_widget(viewer, test_model, prefetch=False)
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    click_and_wait(qtbot, w, (7, 28, 30))
+    panel = w.propagation
+    panel.propagate()
+    wait_idle(qtbot, w)
+    label = panel.commit()
+    labels = w.session.labels_layer
+    assert label == 1 and labels.data.any()
+    labels.undo()
+    assert not labels.data.any()
+    viewer.dims.set_point(0, 8)
+    wait_ready(qtbot, w)
+    click_and_wait(qtbot, w, (8, 28, 30))  # the correction on slice 8
+    assert panel.repropagate() is not None
+    wait_idle(qtbot, w)
+    assert panel.commit() == 1
+    result = panel.result
+    want = result.mask(next(iter(result.objects)))
+    np.testing.assert_array_equal(labels.data == 1, want)
+    assert len({z for z in range(want.shape[0]) if want[z].any()}) > 3
+
+
+def test_a_commit_pending_while_encoding_is_not_made_for_later_prompts(viewer, qtbot):
+    """C while the slice is still encoding commits the answer to THOSE prompts; a click made
+    before that answer arrives cancels the pending commit (no object of mixed prompts)."""
+    from conftest import SlowModel
+
+    stack, _ = make_stack()
+    viewer.add_image(stack, name="stack")
+    slow = SlowModel(1.0)
+    w = make_widget(viewer, slow, prefetch=False)
+    viewer.dims.set_point(0, 7)
+    qtbot.waitUntil(lambda: w.session.lead == (7,) and w.session.encoder.busy,
+                    timeout=TIMEOUT)
+    w.session.add_point((7, 28, 30))
+    assert w.commit() is None and "pending" in w.status
+    w.session.add_point((7, 5, 5))  # another object, before the first answer arrives
+    wait_idle(qtbot, w)
+    qtbot.waitUntil(lambda: w.session.preview_mask is not None, timeout=TIMEOUT)
+    assert w.session.labels_layer is None or not w.session.labels_layer.data.any()
+    assert "Commit not made" in w.status
+    # without a later click, C while encoding commits when the answer comes
+    w.session.clear_prompts()
+    viewer.dims.set_point(0, 6)
+    qtbot.waitUntil(lambda: w.session.lead == (6,) and w.session.encoder.busy,
+                    timeout=TIMEOUT)
+    w.session.add_point((6, 28, 30))
+    assert w.commit() is None
+    qtbot.waitUntil(lambda: w.session.labels_layer is not None
+                    and w.session.labels_layer.data.any(), timeout=TIMEOUT)
+    assert w.session.labels_layer.data[6].any() and not w.session.labels_layer.data[7].any()
+
+
+def test_a_slice_whose_encoding_failed_is_tried_again_when_the_user_comes_back(
+        viewer, qtbot, test_model, monkeypatch):
+    """A transient failure (a network read, memory) is not remembered forever: moving away
+    and back to the slice encodes it again."""
+    import napari.utils.notifications as notifications
+
+    errors = []
+    monkeypatch.setattr(notifications, "show_error", errors.append)
+
+    class FailsOnce:
+        def __init__(self, model):
+            self._model, self.calls = model, 0
+
+        def __getattr__(self, name):
+            return getattr(self._model, name)
+
+        def encode(self, *a, **k):
+            self.calls += 1
+            if self.calls == 1:
+                raise MemoryError("a transient failure")
+            return self._model.encode(*a, **k)
+
+    stack, _ = make_stack()
+    viewer.add_image(stack, name="stack")
+    viewer.dims.set_point(0, 7)
+    model = FailsOnce(test_model)
+    w = make_widget(viewer, model, prefetch=False)
+    qtbot.waitUntil(lambda: bool(errors) and not w.busy, timeout=TIMEOUT)
+    assert w.session.embedding is None and "transient" in w.status
+    viewer.dims.set_point(0, 8)
+    wait_ready(qtbot, w)
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)  # encoded this time
+    assert w.session.lead == (7,) and model.calls == 3

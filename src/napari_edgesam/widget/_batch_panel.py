@@ -505,7 +505,7 @@ class BatchPanel(QWidget):
         """Open the finished label images, each over its input image, as layers.
 
         Files are read in a worker thread (inputs memory-mapped where the file allows);
-        their layers are added on the GUI thread one file per event-loop turn, with the
+        their layers are added on the GUI thread one layer per event-loop turn, with the
         files' physical pixel sizes as scale; only the last file's layers are visible (the
         others are added hidden). Returns the worker, or None when there is nothing to load.
         """

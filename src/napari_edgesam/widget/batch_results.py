@@ -8,7 +8,8 @@ Two halves of one job:
   ``[(data, kwargs, layer_type), ...]``; :func:`~.workers.load_batch_results_job` runs it
   for every file.
 - :class:`ResultsLoader` (GUI thread) starts that job and adds each file's layers to the
-  viewer, one file per event-loop turn, in order; only the last file's layers are visible.
+  viewer, one layer per event-loop turn, in order; only the last file's layers are visible;
+  the panel then takes the last visible image (once, not every image in turn).
 """
 
 from __future__ import annotations
@@ -250,6 +251,8 @@ class ResultsLoader(QObject):
             added = added if isinstance(added, list) else [added]
             self._current_pair.extend(added)
             self.loaded_layers.extend(added)
+        except Exception as exc:  # noqa: BLE001 - napari refused it: say so, go on
+            self._errors.append(f"{kwargs.get('name', kind)}: {exc}")
         finally:
             self._adding = False
             if not layers:  # the file's layers are all there

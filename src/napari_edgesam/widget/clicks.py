@@ -192,7 +192,12 @@ class ClickPath:
                         f"{result.score:.2f}. C: commit, Esc: clear.")
         if self._commit_when_ready and gen == self.generation:
             self._commit_when_ready = False
-            self.commit()
+            if self._last_request is not None and self._last_request[1] == \
+                    self._commit_prompts:
+                self.commit()  # the answer to the prompts C was pressed for
+            else:
+                self.set_status("Commit not made: the prompts changed after C; press C "
+                                "again to commit the preview you see.")
 
     def _on_decode_done(self):
         self._decode_worker = None
@@ -271,6 +276,8 @@ class ClickPath:
         if not self.preview_is_current and (
                 self._decode_worker is not None or self.encoder.busy or self._decode_pending):
             self._commit_when_ready = True  # the preview for the newest prompts is coming
+            self._commit_prompts = None if self._last_request is None \
+                else self._last_request[1]
             self.set_status("Commit pending: waiting for the preview...")
             return None
         p = self.preview

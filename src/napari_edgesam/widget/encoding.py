@@ -62,6 +62,10 @@ class SliceEncoder:
         """Ask the running encoder to stop (its result is dropped)."""
         self._token.cancel()
 
+    def retry_failed(self) -> None:
+        """Let a slice whose encoding failed be tried again (the user came back to it)."""
+        self._failed_key = None
+
     def request(self) -> None:
         """Encode the current slice unless its embedding is here or on its way."""
         s = self.session

@@ -3,8 +3,8 @@ sentence (None when all is well). No Qt."""
 
 from __future__ import annotations
 
-__all__ = ["channel_display_warning", "clicks_problem", "model_label", "slice_text",
-           "view_problem"]
+__all__ = ["byte_size", "channel_display_warning", "clicks_problem", "model_label",
+           "slice_text", "view_problem"]
 
 
 def view_problem(viewer, image_layer) -> str | None:
@@ -73,3 +73,12 @@ def model_label(model) -> str:
     if name.startswith("custom"):
         return f"custom: {Path(model.encoder_path).name}"
     return f"{name}: {Path(model.encoder_path).name}"
+
+
+def byte_size(n: int) -> str:
+    """``n`` bytes for people: ``"756 B"``, ``"9.3 kB"``, ``"22.1 MB"``."""
+    if n < 1000:
+        return f"{n} B"
+    if n < 1_000_000:
+        return f"{n / 1e3:.1f} kB"
+    return f"{n / 1e6:.1f} MB"

@@ -82,7 +82,7 @@ class ModelInput:
         if self.image_layer is None or self.model is None or self.lead is None:
             return None
         return (self.image_layer.unique_id, self._data_version, self.slice_key(),
-                self.mapping_spec(), id(self.model), self.tiled_key())
+                self.mapping_spec(), id(self.predictor), self.tiled_key())
 
     def tiled_key(self):
         """``(tile_size, halo)`` when prompts are answered through tiles, else None."""

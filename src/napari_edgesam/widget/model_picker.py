@@ -49,6 +49,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from . import messages
 from .licence_dialog import ask_licence
 from .workers import download_job, load_model_job, resolve_card_job
 
@@ -160,22 +161,9 @@ class ModelPicker(QWidget):
 
     @staticmethod
     def model_label(model) -> str:
-        """How ``model`` is named in the combo box and status lines.
-
-        Parameters
-        ----------
-        model : EdgeSamModel
-
-        Returns
-        -------
-        str
-            ``"custom: <encoder file>"`` for custom pairs, ``"<name>: <encoder file>"``
-            otherwise.
-        """
-        name = model.name or "custom"
-        if name.startswith("custom"):
-            return f"custom: {Path(model.encoder_path).name}"
-        return f"{name}: {Path(model.encoder_path).name}"
+        """How ``model`` is named in the combo box and status lines (see
+        :func:`.messages.model_label`)."""
+        return messages.model_label(model)
 
     def show_model(self, model) -> None:
         """Show ``model`` as the one in use (a model set by other means, e.g. the panel's
@@ -318,9 +306,12 @@ class ModelPicker(QWidget):
         self.cancel_download_button.setVisible(True)
         self.cancel_download_button.setEnabled(True)
         self._set_status(f"Downloading {card.display_name}...")
+        self._load_generation += 1  # a model chosen meanwhile wins over this download
+        gen = self._load_generation
         self._download_worker = self._start_worker(
             download_job, card, self._download_state,
-            returned=lambda model: self._on_loaded(model, ("card", card.name)),
+            returned=lambda m: (self._on_loaded(m, ("card", card.name))
+                                if gen == self._load_generation else None),
             errored=self._on_download_failed,
             finished=self._on_download_done,
             desc=f"EdgeSAM: downloading {card.display_name}",
@@ -554,7 +545,8 @@ class ModelPicker(QWidget):
         done = min(st.get("done", 0), total)
         card = st.get("card")
         name = card.display_name if card is not None else "model"
-        self.download_progress.setFormat(f"{name}: {_size(done)} of {_size(total)} (%p%)")
+        self.download_progress.setFormat(
+            f"{name}: {messages.byte_size(done)} of {messages.byte_size(total)} (%p%)")
         if total:
             self.download_progress.setValue(int(1000 * done / total))
 
@@ -582,15 +574,6 @@ class ModelPicker(QWidget):
         self._status = text
         if self._alive:
             self.status_changed.emit(text)
-
-
-def _size(n: int) -> str:
-    """``n`` bytes for people: ``"756 B"``, ``"9.3 kB"``, ``"22.1 MB"``."""
-    if n < 1000:
-        return f"{n} B"
-    if n < 1_000_000:
-        return f"{n / 1e3:.1f} kB"
-    return f"{n / 1e6:.1f} MB"
 
 
 def _existing_folder(folder: Path) -> Path:

@@ -24,8 +24,8 @@ class Preview:
     Attributes
     ----------
     mask : ndarray of uint8 (0/1)
-        Slice-sized ``(H, W)`` for small images (it then becomes the preview layer's data
-        without a copy), else the crop placed at ``offset``.
+        Slice-sized ``(H, W)`` for whole-slice embeddings (it then becomes the preview
+        layer's data without a copy), else (tiles) the crop placed at ``offset``.
     offset : (int, int)
         ``(row, col)`` of ``mask[0, 0]`` in the slice (original pixels).
     bbox : (r0, c0, r1, c1) or None

@@ -460,10 +460,16 @@ class PropagationController:
         from .commit import SliceEdit
 
         ctx = out.ctx
-        replacing = out.replace_label is not None
-        slices = list(out.changed) if replacing else sorted(out.crops)
+        if out.replace_label is None:
+            slices, erase = sorted(out.crops), set()
+        else:
+            # Every slice of the object is painted (idempotent where the labels already
+            # hold it: after an undo or a brush stroke they may not); the old pixels are
+            # cleared only where the result changed.
+            erase = set(out.changed)
+            slices = sorted(set(out.crops) | erase)
         edits = [SliceEdit(ctx.labels_lead(z), paint=out.crops.get(z),
-                           erase=out.previous_crops.get(z) if replacing else None)
+                           erase=out.previous_crops.get(z) if z in erase else None)
                  for z in slices]
         return self.dock.session.commit_edits(layer, label_id, edits)
 

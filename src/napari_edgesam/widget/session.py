@@ -124,6 +124,7 @@ class AnnotationSession(ModelInput, ClickPath):
         self._decode_window = None  # the tile the running decoder answers (tiled images)
         self._last_request = None
         self._commit_when_ready = False
+        self._commit_prompts = None  # the prompts a pending commit (C while busy) is for
         self._drawing_box = False
         self._slice_timer = QTimer(timer_parent)
         self._slice_timer.setSingleShot(True)
@@ -241,6 +242,7 @@ class AnnotationSession(ModelInput, ClickPath):
         show_error(f"EdgeSAM: {msg}")
         self.set_status(f"Error: {msg}")
         self.error_shown = True
+        self._commit_when_ready = False  # a pending commit is not made after an error
 
     def warn_later(self, message: str) -> None:
         """A warning after the current event, unless the session is closed meanwhile."""
@@ -328,6 +330,8 @@ class AnnotationSession(ModelInput, ClickPath):
         self.prompts.forget(layer)
         if layer is self.image_layer:
             working = self.encoder.busy or self._decode_worker is not None
+            self.encoder.cancel()  # stop now: the work holds the removed layer's data
+            self._decode_token.cancel()
             self._disconnect_image(layer)
             self.image_layer = None
             self.geometry = None
@@ -485,6 +489,8 @@ class AnnotationSession(ModelInput, ClickPath):
             moved = [i for i, (a, b) in enumerate(zip(lead, self.lead, strict=True)) if a != b]
             if moved:
                 self._scrub_axis = moved[0]  # prefetch along the axis the user moves on
+        if lead != self.lead:
+            self.encoder.retry_failed()  # a slice that failed is tried again on a revisit
         self.lead = lead
         self.error_shown = False
         self._last_window = None

@@ -148,7 +148,8 @@ class Decoded:
     Attributes
     ----------
     mask : ndarray of uint8 (0/1)
-        The whole slice ``(H, W)`` (offset ``(0, 0)``), or a crop (tiled images).
+        The whole slice ``(H, W)`` (offset ``(0, 0)``), or for tiled slices the mask's
+        bounding-box crop placed at ``offset`` (``(1, 1)`` zeros when empty).
     offset : (int, int)
         ``(row, col)`` of ``mask[0, 0]`` in the slice.
     bbox : (r0, c0, r1, c1) or None
@@ -243,8 +244,9 @@ def decode_job(slice_predictor, prompts, token):
     ``slice_predictor`` is the slice's
     :class:`~napari_edgesam.engine.slice_predictor.SlicePredictor`: a whole-slice embedding
     (decoder only) or tiles (the window the prompts need is encoded first, terminable
-    through ``token``). Returns a :class:`Decoded` with the mask cropped to its bounding
-    box (uint8 0/1), or None when ``token`` is cancelled.
+    through ``token``). Returns a :class:`Decoded` (uint8 0/1: the whole slice for a
+    whole-slice embedding, the bounding-box crop for tiles), or None when ``token`` is
+    cancelled.
     """
     run_options = token.run_options()
     if token.cancelled:
@@ -261,11 +263,14 @@ def decode_job(slice_predictor, prompts, token):
     if token.cancelled:
         return None
     m = pred.mask
-    if m.area == 0:
-        mask, offset, bbox = np.zeros((1, 1), np.uint8), (0, 0), None
+    bbox = None if m.area == 0 else (m.row0, m.col0, m.row0 + m.crop.shape[0],
+                                     m.col0 + m.crop.shape[1])
+    if not slice_predictor.tiled:  # the whole slice, made here: shown without a copy
+        mask, offset = m.full().view(np.uint8), (0, 0)
+    elif bbox is None:
+        mask, offset = np.zeros((1, 1), np.uint8), (0, 0)
     else:
         mask, offset = m.crop.view(np.uint8), (m.row0, m.col0)
-        bbox = (m.row0, m.col0, m.row0 + m.crop.shape[0], m.col0 + m.crop.shape[1])
     return Decoded(mask, offset, bbox, pred.score, time.perf_counter() - t0, pred.window,
                    pred.area)
 
