@@ -155,3 +155,56 @@ def test_a_bad_setting_is_reported_once_and_its_default_used(image, tmp_path, ca
     assert cache.disk_bytes == paths.DEFAULT_SETTINGS["cache_disk_bytes"]
     assert main(["segment", str(image), "--point", "40,30", "-o", str(tmp_path / "m.tif"),
                  *MODEL]) == EXIT_OK
+
+
+def test_an_empty_tiff_is_named_empty(tmp_path, capsys):
+    path = tmp_path / "empty.tif"
+    tifffile.imwrite(path, np.zeros((0, 10), np.uint8))
+    code = main(["segment", str(path), "--point", "1,1", "-o", str(tmp_path / "m.tif"),
+                 *MODEL])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and "no pixels" in err and "slices" not in err
+
+
+def test_a_one_pixel_high_image_is_named_by_its_own_size(tmp_path, capsys):
+    path = tmp_path / "line.tif"
+    tifffile.imwrite(path, np.zeros((1, 20000), np.uint8))
+    code = main(["segment", str(path), "--point", "10,0", "-o", str(tmp_path / "m.tif"),
+                 *MODEL])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and "1 x 20000" in err and "1024" not in err
+
+
+def test_values_beyond_float32_are_a_clear_error(tmp_path, capsys):
+    img = np.zeros((40, 40), np.float64)
+    img[10:20, 10:20] = 1e300
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, img)
+    code = main(["segment", str(path), "--point", "15,15", "-o", str(tmp_path / "m.tif"),
+                 *MODEL])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and "float32 range" in err
+
+
+def test_a_zero_area_box_is_refused(image, tmp_path, capsys):
+    code = main(["segment", str(image), "--box", "10,10,10,40", "-o",
+                 str(tmp_path / "m.tif"), *MODEL])
+    assert code == EXIT_BAD_INPUT and "zero area" in capsys.readouterr().err
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_a_decoder_that_outputs_nan_is_a_model_error(predictor, monkeypatch):
+    """Not "0 pixels (score nan)" with exit 0: the model is not usable."""
+    from napari_edgesam.engine import ModelError
+
+    img, _ = disc_image((64, 80), (30, 40), 12)
+    predictor.set_image(img)
+    real = predictor.model.decode
+
+    def nan_decode(*a, **k):
+        scores, masks = real(*a, **k)
+        return scores, np.full_like(masks, np.nan)
+
+    monkeypatch.setattr(predictor.model, "decode", nan_decode)
+    with pytest.raises(ModelError, match="not numbers"):
+        predictor.predict(points=[(40, 30)])

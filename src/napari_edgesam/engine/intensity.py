@@ -170,8 +170,9 @@ def validate_image(image, *, rgb: bool | None = None) -> tuple[np.ndarray, bool]
     Raises
     ------
     InvalidInputError
-        Wrong number of dimensions or channels, a non-numeric dtype, or a slice smaller than
-        2 x 2 pixels or so elongated that one side would vanish in the 1024 frame.
+        Wrong number of dimensions or channels, a non-numeric dtype, values beyond the
+        float32 range, or a slice smaller than 2 x 2 pixels or so elongated that one side
+        would vanish in the 1024 frame.
     """
     image = np.asarray(image)
     if image.dtype == bool:
@@ -196,6 +197,13 @@ def validate_image(image, *, rgb: bool | None = None) -> tuple[np.ndarray, bool]
     h, w = image.shape[:2]
     if h < 2 or w < 2:
         raise InvalidInputError(f"image of {h} x {w} pixels is too small (at least 2 x 2)")
+    if np.issubdtype(image.dtype, np.floating) and image.dtype.itemsize > 4 and image.size:
+        # the model's input is computed in float32: larger values would become inf/NaN
+        peak = float(np.nanmax(np.abs(image))) if np.isfinite(image).any() else 0.0
+        if peak > float(np.finfo(np.float32).max):
+            raise InvalidInputError(
+                f"image values reach {peak:.3g}, beyond the float32 range (3.4e38): rescale "
+                "the image (or convert it to float32) first")
     from .transforms import resized_shape  # local: avoid an import cycle at module import
 
     if min(resized_shape(h, w)) < 1:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import contract
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ModelError
 from .intensity import IntensityMapping, as_model_image, mapping_for, validate_image
 from .session import EdgeSamModel
 from .transforms import coords_to_model, preprocess, resized_shape, upsampler
@@ -173,7 +173,7 @@ def prepare_prompts(
     ------
     InvalidInputError
         No prompt at all, points or box outside the image, labels other than 0/1, a box with
-        ``x1 < x0`` or ``y1 < y0``, mismatched lengths, non-finite values.
+        ``x1 < x0`` or ``y1 < y0`` or zero area, mismatched lengths, non-finite values.
     """
     pts = np.zeros((0, 2)) if points is None else np.asarray(points, dtype=np.float64)
     if pts.size == 0:
@@ -202,6 +202,11 @@ def prepare_prompts(
             raise InvalidInputError(
                 f"box (x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}) has x1 < x0 or y1 < y0; "
                 "give the top-left corner first"
+            )
+        if x1 == x0 or y1 == y0:
+            raise InvalidInputError(
+                f"box (x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}) has zero area: give two "
+                "opposite corners of the object's box"
             )
         pts = np.concatenate([pts, [[x0, y0], [x1, y1]]])
         labs = np.concatenate([labs, [contract.LABEL_BOX_TOP_LEFT, contract.LABEL_BOX_BOTTOM_RIGHT]])
@@ -363,6 +368,9 @@ class Predictor:
         )
         file_scores, masks = self.model.decode(emb.features, coords, labs)
         logits = masks[0]
+        if not np.isfinite(logits).all():
+            raise ModelError("the decoder returned values that are not numbers (NaN or "
+                             "infinite): its file is broken or not an EdgeSAM decoder")
         scores = stability_scores(logits)
         if mask_index is None:
             index = choose_mask(scores, has_box)

@@ -346,6 +346,9 @@ class TiledPredictor:
         self.max_recentre = int(max_recentre)
         self.image = image
         self.image_shape = (int(shape[0]), int(shape[1]))
+        if min(self.image_shape) < 2:  # say it of the image, not of one of its tiles
+            h, w = self.image_shape
+            raise InvalidInputError(f"image of {h} x {w} pixels is too small (at least 2 x 2)")
         self.grid = TileGrid(self.image_shape, tile_size, halo)
         check_cache_bound(self.grid, getattr(predictor, "cache", None))
         self.mapping = mapping if mapping is not None else self._default_mapping()

@@ -162,6 +162,9 @@ def select_plane(
         Ambiguous input: the message names the flag to use (``--slice``, ``--channel``).
     """
     data, axes = stack.data, stack.axes
+    if 0 in data.shape:
+        raise InvalidInputError(f"{stack.path.name} holds no pixels (shape {data.shape}, "
+                                f"axes {axes})")
     index: list = []
     out_axes = ""
     what = []
