@@ -271,7 +271,11 @@ def fetch_file(
                 mismatches.append((url, actual))
                 attempts.append((url, f"wrong SHA-256 {actual}"))
                 continue
+            from .paths import fsync_dir, fsync_file
+
+            fsync_file(tmp)  # durable: the verified bytes are on the disk before the rename
             os.replace(tmp, target)
+            fsync_dir(target.parent)
         except OSError as exc:
             attempts.append((url, f"cannot write: {exc.strerror or exc}"))
             continue

@@ -182,13 +182,39 @@ def get_setting(key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def atomic_write(path, write: Callable[[str], object], *, suffix: str = ".partial") -> Path:
+def fsync_file(path) -> None:
+    """Flush a written file's content to the disk (``os.fsync``)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder) -> None:
+    """Flush a folder's entries (a rename into it) to the disk. POSIX only: Windows cannot
+    open folders for this, and its renames go through the file system's journal."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (network, FUSE) refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write: Callable[[str], object], *, suffix: str = ".partial",
+                 durable: bool = True) -> Path:
     """Create ``path`` through a temporary file in its folder and :func:`os.replace`.
 
     ``write(tmp_path)`` writes the content; the file then gets the usual permissions
     (``0666 & ~umask``, not the temporary file's private 0600) and replaces ``path`` in one
     step, so readers and a killed process never see a half-written file under ``path``. The
-    temporary file is removed on any error.
+    temporary file is removed on any error. With ``durable`` (default) the content is
+    flushed to the disk before the rename and the folder after it, so that a power cut
+    leaves the old file or the whole new one, never a renamed but empty file.
 
     Returns
     -------
@@ -200,7 +226,11 @@ def atomic_write(path, write: Callable[[str], object], *, suffix: str = ".partia
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
+        if durable:
+            fsync_file(tmp)
         os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)

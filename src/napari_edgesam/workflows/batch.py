@@ -428,8 +428,10 @@ def _existing_state(path: Path, out_dir: Path, params_fp: str) -> tuple[str, dic
     """``("done" | "conflict" | "todo", sidecar)`` for an input.
 
     done: label TIFF and sidecar exist and match the parameters and the input's size and
-    mtime; conflict: a sidecar of *other* parameters or model exists; todo: anything else
-    (no output, a half-finished one, or an input that changed since).
+    mtime, and the label TIFF's SHA-256 is the one the sidecar recorded (a file emptied or
+    torn by a power cut is redone); conflict: a sidecar of *other* parameters or model
+    exists; todo: anything else (no output, a half-finished one, or an input that changed
+    since).
     """
     out_tif, out_json = output_paths(path, out_dir)
     side = _read_sidecar(out_json) if out_json.exists() else None
@@ -443,6 +445,15 @@ def _existing_state(path: Path, out_dir: Path, params_fp: str) -> tuple[str, dic
     except (OSError, KeyError, TypeError):
         return "todo", side
     if side.get("status") == "done" and side.get("input", {}).get("identity") == ident and out_ok:
+        want = side["output"].get("sha256")
+        if want is not None:  # sidecars of earlier versions have sizes only
+            from ..engine.models import file_sha256
+
+            try:
+                if file_sha256(out_tif, use_memo=False) != want:
+                    return "todo", side
+            except OSError:
+                return "todo", side
         return "done", side
     return "todo", side
 
@@ -835,6 +846,8 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
     FileResult
     """
     t0 = time.perf_counter()
+    from ..engine.models import file_sha256
+
     path, out_dir = Path(path), Path(out_dir)
     worker = _worker_name()
     out_tif, out_json = output_paths(path, out_dir)
@@ -941,6 +954,7 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
                 "format": fmt,
                 "n_objects": int(n_objects),
                 "bytes": out_tif.stat().st_size,
+                "sha256": file_sha256(out_tif, use_memo=False),  # resume verifies it
             },
             "run": {
                 "started": started,
