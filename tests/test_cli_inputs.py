@@ -208,3 +208,25 @@ def test_a_decoder_that_outputs_nan_is_a_model_error(predictor, monkeypatch):
     monkeypatch.setattr(predictor.model, "decode", nan_decode)
     with pytest.raises(ModelError, match="not numbers"):
         predictor.predict(points=[(40, 30)])
+
+
+def test_an_all_nan_slice_ends_its_chain_and_the_run_goes_on(tmp_path, capsys, caplog):
+    """Issue: one all-NaN slice aborted the whole propagation (exit 2, nothing written)."""
+    zz, yy, xx = np.ogrid[:14, :56, :64]
+    truth = ((zz - 7) / 4.6) ** 2 + ((yy - 28) / 13) ** 2 + ((xx - 30) / 15) ** 2 <= 1
+    img = np.full(truth.shape, 100, np.float32)
+    img[truth] = 420
+    img[9] = np.nan
+    path, out = tmp_path / "stack.tif", tmp_path / "obj.tif"
+    tifffile.imwrite(path, img)
+    with caplog.at_level("WARNING"):
+        code = main(["propagate", str(path), "--slice", "7", "--point", "30,28", "-o",
+                     str(out), *MODEL])
+    assert code == EXIT_OK
+    mask = tifffile.imread(out)
+    assert mask[7].any() and mask[8].any() and mask[5].any()  # below went on as usual
+    assert not mask[9:].any()  # the chain up ended at the unusable slice
+    err = capsys.readouterr()
+    assert "unusable slice at" in err.out + err.err
+    assert any("slice 9" in r.getMessage() and "no finite values" in r.getMessage()
+               for r in caplog.records)

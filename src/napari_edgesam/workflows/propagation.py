@@ -29,6 +29,7 @@ mapping is used for every slice.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +41,8 @@ from ..engine.errors import InvalidInputError
 from ..engine.intensity import IntensityMapping, stack_mapping
 from ..engine.slice_predictor import EmbeddedSlice
 from ..engine.transforms import MaskCrop
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "REJECTING_REASONS",
@@ -68,10 +71,12 @@ STOP_REASONS = (
     "stack end",            # reached the first or last slice of the stack
     "cancelled",            # the user cancelled the run
     "met other annotation", # reached another annotated slice of the same object
+    "unusable slice",       # the model cannot take the slice (no finite values, say)
 )
 
 #: Reasons that reject the slice where they fire (its mask is not kept).
-REJECTING_REASONS = frozenset({"vanished", "low score", "overlap collapsed", "area jump"})
+REJECTING_REASONS = frozenset({"vanished", "low score", "overlap collapsed", "area jump",
+                               "unusable slice"})
 
 ProgressCallback = Callable[[int, int, "int | None"], None]
 
@@ -849,6 +854,8 @@ class PropagationRun:
         self.token = CancelToken()
         self._emb.run_options = self.token.run_options()
         self._decoder_calls = 0
+        #: Slices the model could not take, with the reason (their chains ended there).
+        self.unusable: dict[int, str] = {}
         self._annot_masks: dict = {}   # (object_id, z) -> (record, mask)
         self._cancelled = False
         self._finished = False
@@ -1014,7 +1021,16 @@ class PropagationRun:
                 if self._check_cancel():
                     self._cancel()
                     return
-                emb = self._emb.get(z)
+                try:
+                    emb = self._emb.get(z)
+                except InvalidInputError as exc:  # this slice only: its chains end here
+                    self.unusable[z] = str(exc)
+                    _log.warning("propagation: slice %d cannot be used (%s); the chains "
+                                 "reaching it end there", z, exc)
+                    updates = [self._unusable(ch, z) for ch in todo]
+                    self.done += 1
+                    yield PropagationStep(self.done, self.total, z, tuple(updates))
+                    continue
                 updates = []
                 for ch in todo:
                     neighbours = []
@@ -1026,6 +1042,15 @@ class PropagationRun:
                 yield PropagationStep(self.done, self.total, z, tuple(updates))
         self._finished = True
         self._result = self._build_result()
+
+    def _unusable(self, ch: _Chain, z: int) -> tuple:
+        """End ``ch`` at slice ``z``, which the model cannot take (the rest of the run goes
+        on); returns the step's update."""
+        rec = SliceRecord(ch.object_id, z, "propagated", ch.start, ch.direction, False,
+                          math.nan, 0, reason="unusable slice")
+        ch.candidates[z] = (rec, None)
+        ch.finish("unusable slice", z)
+        return ch.object_id, rec, None
 
     def _neighbour_masks(self, chain: _Chain, z: int) -> list:
         """Masks of the run's other objects on slice ``z`` (annotations or candidates)."""
