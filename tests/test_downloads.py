@@ -68,6 +68,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404, "Not Found")
             return
         mode, name = parts
+        if mode == "loop":  # a redirect loop
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = CONTENT[name]
         if mode == "bad":
             body = bytes(b ^ 0x5A for b in body)
@@ -79,6 +85,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if mode in ("stall", "drip"):
+            import time
+
+            if mode == "stall":  # half the body, then nothing
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                time.sleep(3.0)
+                return
+            for i in range(0, len(body), 4096):  # steady but slow: 40 kB/s
+                time.sleep(0.1)
+                try:
+                    self.wfile.write(body[i:i + 4096])
+                    self.wfile.flush()
+                except OSError:
+                    return
+            return
         if mode == "trunc":
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
@@ -402,3 +424,23 @@ def test_cli_fetch_no_network_exits_3(closed_url, tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("napari-edgesam models:")
     assert "NAPARI_EDGESAM_MODEL_DIR" in last and ENC in last and DEC in last
+
+
+@pytest.mark.parametrize(("mode", "kwargs", "reason"), [
+    ("stall", {"timeout": 0.5}, "the server stopped sending (no data for 0.5 s)"),
+    ("loop", {}, "too many redirects"),
+    ("drip", {"timeout": 5, "max_seconds": 1.0}, "took longer than 1 s in all"),
+])
+def test_failed_transfers_name_their_real_cause(server, tmp_path, mode, kwargs, reason):
+    """A server that stalls mid-body is not "no network"; a redirect loop is not a disk
+    error; a slow but steady server is given up on after ``max_seconds`` in all."""
+    import time
+
+    card = make_card(f"{server.url}/{mode}")
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as exc:
+        fetch_file(card.files["encoder"], tmp_path, **kwargs)
+    assert reason in str(exc.value)
+    assert "cannot connect" not in str(exc.value) and "cannot write" not in str(exc.value)
+    assert time.monotonic() - t0 < 4.0
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))

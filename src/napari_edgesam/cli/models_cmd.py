@@ -49,7 +49,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="download into this folder (default: the user cache)")
     q.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     q.add_argument("--timeout", type=float, default=30.0,
-                   help="network timeout in seconds (default 30)")
+                   help="give up when the server sends nothing for this many seconds "
+                        "(default 30)")
+    q.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="give up a file's transfer that takes longer than this in all "
+                        "(default: no limit; a slow but steady server is never given up "
+                        "on by --timeout alone)")
 
     q = sub.add_parser("path", help="print the paths of a model's verified files")
     q.add_argument("name", nargs="?", default=None, help="model name (default: edgesam-3x)")
@@ -106,11 +111,12 @@ def _fetch(args) -> int:
     progress = None if args.quiet else TextProgress(sys.stderr)
     if args.dest is not None:
         res = models.download_model(args.name, dest=args.dest, progress=progress,
-                                    licence_notice=notice, timeout=args.timeout)
+                                    licence_notice=notice, timeout=args.timeout,
+                                    max_seconds=args.max_time)
     else:
         res = models.resolve_model(args.name, model_dir=args.model_dir, download=True,
                                    progress=progress, licence_notice=notice,
-                                   timeout=args.timeout)
+                                   timeout=args.timeout, max_seconds=args.max_time)
     print(f"{res.card.display_name}: verified {res.encoder} {res.decoder}")
     return EXIT_OK
 

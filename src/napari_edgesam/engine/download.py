@@ -76,6 +76,23 @@ class _PoochProgress:
         pass
 
 
+def _with_deadline(progress, max_seconds):
+    """``progress`` that also raises :class:`_TooLong` once ``max_seconds`` have passed."""
+    if max_seconds is None:
+        return progress
+    import time
+
+    start = time.monotonic()
+
+    def call(filename, done, total):
+        if time.monotonic() - start > max_seconds:
+            raise _TooLong(f"took longer than {max_seconds:g} s in all (--max-time)")
+        if progress is not None:
+            progress(filename, done, total)
+
+    return call
+
+
 class TextProgress:
     """A tqdm-style text progress callback for terminals (``progress=TextProgress()``).
 
@@ -110,22 +127,38 @@ class TextProgress:
         self.stream.flush()
 
 
-def _describe(exc: BaseException) -> str:
-    """A short human reason for a failed attempt."""
+class _TooLong(Exception):
+    """A transfer that went past its total time limit (``max_seconds``)."""
+
+
+def _describe(exc: BaseException, timeout: float | None = None) -> str:
+    """A short human reason for a failed attempt (the real cause: a stalled server is not
+    "no network", a redirect loop is not a disk error)."""
     try:
         import requests
     except ImportError:  # pragma: no cover - requests comes with pooch
         requests = None
+    if isinstance(exc, _TooLong):
+        return str(exc)
     if requests is not None:
+        gap = f" for {timeout:g} s" if timeout else ""
         if isinstance(exc, requests.HTTPError) and exc.response is not None:
             return f"HTTP {exc.response.status_code} {exc.response.reason or ''}".strip()
-        if isinstance(exc, requests.exceptions.Timeout):
-            return "timed out"
+        if isinstance(exc, requests.TooManyRedirects):
+            return "too many redirects (the server redirects in a loop)"
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return f"the server did not answer{gap}"
+        if isinstance(exc, requests.exceptions.Timeout) or (
+                isinstance(exc, requests.ConnectionError) and "Read timed out" in str(exc)):
+            return f"the server stopped sending (no data{gap})"
         if isinstance(exc, requests.ConnectionError):
             return "cannot connect (no network?)"
         if isinstance(exc, (requests.exceptions.ChunkedEncodingError,
                             requests.exceptions.ContentDecodingError)):
             return "transfer interrupted"
+        if isinstance(exc, requests.RequestException):  # an OSError too: not a disk error
+            text = str(exc).strip().splitlines()
+            return text[0][:200] if text else type(exc).__name__
     if isinstance(exc, OSError):
         return f"cannot write: {exc.strerror or exc}"
     text = str(exc).strip().splitlines()
@@ -189,6 +222,7 @@ def fetch_file(
     progress: ProgressCallback | None = None,
     timeout: float = 30.0,
     help_message: str = "",
+    max_seconds: float | None = None,
 ) -> Path:
     """Download one model file into ``dest_dir``, verified, trying each URL in turn.
 
@@ -205,6 +239,10 @@ def fetch_file(
         Seconds to wait for the server (connect and between bytes).
     help_message : str
         Appended to error messages (where to put the file by hand).
+    max_seconds : float, optional
+        Give up a transfer (and try the next URL) that takes longer than this in all: a
+        server that sends slowly but never stops is never caught by ``timeout``. Checked
+        after every 64 KiB received.
 
     Returns
     -------
@@ -247,7 +285,10 @@ def fetch_file(
     mismatches: list[tuple[str, str]] = []  # (url, actual sha256)
     for url in spec.urls:
         tmp = dest_dir / f".{spec.filename}.{uuid.uuid4().hex[:12]}.part"
-        bar = _PoochProgress(progress, spec.filename, spec.size) if progress else False
+        bar = False
+        if progress is not None or max_seconds is not None:
+            bar = _PoochProgress(_with_deadline(progress, max_seconds), spec.filename,
+                                 spec.size)
         downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=timeout)
         try:
             _log.info("Downloading %s from %s", spec.filename, url)
@@ -257,7 +298,7 @@ def fetch_file(
             raise
         except Exception as exc:  # network, HTTP or disk errors: try the next URL
             _unlink(tmp)
-            reason = _describe(exc)
+            reason = _describe(exc, timeout)
             _log.info("Download of %s from %s failed: %s", spec.filename, url, reason)
             attempts.append((url, reason))
             continue

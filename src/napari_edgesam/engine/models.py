@@ -830,6 +830,7 @@ def download_model(
     *,
     cards=None,
     timeout: float = 30.0,
+    max_seconds: float | None = None,
 ) -> ResolvedModel:
     """Download a model's files into ``dest`` (skipping files already verified there).
 
@@ -852,7 +853,10 @@ def download_model(
     cards : optional
         See :func:`list_cards`.
     timeout : float
-        Network timeout in seconds per request.
+        Network timeout in seconds per request (connect, and between bytes).
+    max_seconds : float, optional
+        Give up a file's transfer from one URL after this many seconds in all (a server
+        that sends slowly but never stops); the next URL is tried.
 
     Returns
     -------
@@ -873,11 +877,12 @@ def download_model(
     """
     card = get_card(name, cards)
     dest_dir = Path(dest).expanduser() if dest is not None else paths.models_cache_dir()
-    got = _download(card, dest_dir, ROLES, progress, licence_notice, timeout)
+    got = _download(card, dest_dir, ROLES, progress, licence_notice, timeout, max_seconds)
     return ResolvedModel(card, got["encoder"], got["decoder"])
 
 
-def _download(card, dest_dir: Path, roles, progress, licence_notice, timeout) -> dict:
+def _download(card, dest_dir: Path, roles, progress, licence_notice, timeout,
+              max_seconds=None) -> dict:
     """Fetch the files of ``roles`` into ``dest_dir`` unless already verified there."""
     from napari_edgesam.engine.download import fetch_file
 
@@ -894,7 +899,7 @@ def _download(card, dest_dir: Path, roles, progress, licence_notice, timeout) ->
     for r in todo:
         result[r] = fetch_file(
             card.files[r], dest_dir, progress=progress, timeout=timeout,
-            help_message=where_to_put_message(card, dest_dir),
+            help_message=where_to_put_message(card, dest_dir), max_seconds=max_seconds,
         )
     return result
 
@@ -908,6 +913,7 @@ def resolve_model(
     *,
     cards=None,
     timeout: float = 30.0,
+    max_seconds: float | None = None,
 ) -> ResolvedModel:
     """Find a model's verified files, downloading them if allowed.
 
@@ -924,7 +930,7 @@ def resolve_model(
         A folder searched first.
     download : bool
         Download what is missing (see :func:`download_model`).
-    progress, licence_notice, cards, timeout
+    progress, licence_notice, cards, timeout, max_seconds
         See :func:`download_model`.
 
     Returns
@@ -948,7 +954,7 @@ def resolve_model(
     if download:
         dest = paths.models_cache_dir()
         todo = [r for r in ROLES if status.files[r].state != "verified"]
-        got = _download(card, dest, todo, progress, licence_notice, timeout)
+        got = _download(card, dest, todo, progress, licence_notice, timeout, max_seconds)
         found = {r: status.files[r].path for r in ROLES if r not in todo}
         found.update(got)
         return ResolvedModel(card, found["encoder"], found["decoder"])
