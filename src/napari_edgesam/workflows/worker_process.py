@@ -24,9 +24,10 @@ avoids that but copies a GUI process with its threads (unsafe). So:
   name (ours are: :func:`~napari_edgesam.workflows.batch.process_file`).
 - :func:`worker_main` runs first in every worker: it ignores SIGINT (Ctrl-C in a terminal
   reaches the whole process group; the parent decides how a run stops), keeps the message
-  queue to the parent (per-slice progress, :func:`post`) and announces its pid. Later
-  additions that every worker needs (e.g. watching a pipe to die with its parent) belong
-  there.
+  queue to the parent (per-slice progress, :func:`post`), announces its pid, and watches a
+  pipe whose only write end the parent holds: when the parent dies (even by SIGKILL) the
+  operating system closes it and the worker exits at once, so no orphaned worker finishes
+  files that nobody waits for.
 
 Stopping: :meth:`WorkerPool.terminate` ends the worker processes at once (used when they do
 not stop at their next cancellation check); outputs are written atomically by the tasks, so
@@ -135,22 +136,41 @@ if sys.platform != "win32":
 _messages = None
 
 
-def worker_main(messages) -> None:
+def worker_main(messages, lifeline=None) -> None:
     """Entry point run first in every worker process (the pool's ``initializer``).
 
     Parameters
     ----------
     messages : multiprocessing.Queue
         Messages to the parent (``(kind, *payload)`` tuples, see :func:`post`).
+    lifeline : multiprocessing.connection.Connection, optional
+        The read end of a pipe whose only write end the parent holds: when the parent
+        dies (even by SIGKILL) or closes the pool, the operating system closes that end,
+        the read here ends and the worker exits at once (no orphaned workers finishing
+        files nobody waits for). Portable: pipes close with their owner on Linux, macOS
+        and Windows.
     """
     global _messages
     _messages = messages
+    if lifeline is not None:
+        threading.Thread(target=_watch_parent, args=(lifeline,), name="edgesam-lifeline",
+                         daemon=True).start()
     # Progress messages are not worth waiting for when the worker exits.
     with contextlib.suppress(Exception):
         messages.cancel_join_thread()
     with contextlib.suppress(ValueError, OSError):  # only possible in the main thread
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     post("started", os.getpid())
+
+
+def _watch_parent(lifeline) -> None:
+    """Exit this worker when the parent's end of ``lifeline`` closes."""
+    try:
+        while True:
+            lifeline.recv()  # nothing is ever sent: this returns only by EOF
+    except (EOFError, OSError):
+        pass
+    os._exit(1)  # not sys.exit: a running task must not keep the process alive
 
 
 def post(kind: str, *payload) -> None:
@@ -215,9 +235,11 @@ class WorkerPool:
         #: pids of the worker processes that have started.
         self.pids: set[int] = set()
         self._messages = ctx.Queue()
+        # workers exit when this process dies: they watch the read end of this pipe
+        lifeline_read, self._lifeline = ctx.Pipe(duplex=False)
         self._pool = ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx,
                                          initializer=worker_main,
-                                         initargs=(self._messages,))
+                                         initargs=(self._messages, lifeline_read))
         self._stop = threading.Event()
         self._listener = threading.Thread(target=self._listen, name="edgesam-batch-messages",
                                            daemon=True)
@@ -303,6 +325,8 @@ class WorkerPool:
         try:
             self._pool.shutdown(wait=wait, cancel_futures=True)
         finally:
+            with contextlib.suppress(OSError):
+                self._lifeline.close()  # any worker still there exits now
             self._stop.set()
             self._listener.join(timeout=1.0)
             with contextlib.suppress(Exception):
