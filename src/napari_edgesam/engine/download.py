@@ -268,9 +268,30 @@ def fetch_file(
             f"Cannot create the model folder {dest_dir}: {exc.strerror or exc}.{tail}",
             spec.filename,
         ) from exc
+    from .paths import FileLock
+
+    # One download of a file at a time; the holder of the lock owns its .part files, so the
+    # leftovers of an interrupted or killed fetch are swept here.
+    try:
+        lock = FileLock(dest_dir / f".{spec.filename}.lock")
+        lock.acquire(wait=True)
+    except OSError as exc:
+        raise DownloadError(f"Cannot write in the model folder {dest_dir}: "
+                            f"{exc.strerror or exc}.{tail}", spec.filename) from exc
+    try:
+        for stale in dest_dir.glob(f".{spec.filename}.*.part"):
+            _unlink(stale)
+        return _fetch_locked(spec, dest_dir, target, progress, timeout, tail, max_seconds)
+    finally:
+        lock.release()
+
+
+def _fetch_locked(spec, dest_dir: Path, target: Path, progress, timeout, tail,
+                  max_seconds) -> Path:
+    """:func:`fetch_file`'s work, holding the file's lock."""
     from napari_edgesam.engine.models import file_sha256  # models imports us lazily too
 
-    if target.is_file():
+    if target.is_file():  # there already, or fetched by the process we waited for
         try:
             if target.stat().st_size == spec.size and file_sha256(target) == spec.sha256:
                 return target

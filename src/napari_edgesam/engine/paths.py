@@ -182,6 +182,74 @@ def get_setting(key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+class FileLock:
+    """An exclusive advisory lock on a small lock file, between processes of this machine
+    (``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows; on a network file system it
+    holds where the file system supports locks).
+
+    It defines who owns temporary files: the holder of ``<name>.lock`` owns the leftovers
+    of ``<name>``, so a run that gets the lock may remove them (their writer is gone). The
+    lock ends with its process, even a killed one. :meth:`release` removes the lock file
+    while still holding it, and :meth:`acquire` checks that the file it locked is still the
+    one at ``path`` (else it tries again), so two processes never hold locks on two files
+    of the same name; a killed holder leaves an unlocked file that the next run takes.
+
+    Parameters
+    ----------
+    path : path
+        The lock file (created if missing).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = True) -> bool:
+        """Take the lock (waiting for another holder when ``wait``); False when ``wait`` is
+        False and another process holds it."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                if os.name == "nt":  # pragma: no cover - Windows is not tested here
+                    import msvcrt
+
+                    msvcrt.locking(fd, msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
+                else:
+                    import fcntl
+
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError:
+                os.close(fd)
+                if wait:
+                    raise
+                return False
+            try:  # the file we locked may have been released (removed) meanwhile
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except OSError:
+                same = False
+            if same:
+                self._fd = fd
+                return True
+            os.close(fd)
+
+    def release(self) -> None:
+        """Remove the lock file and give the lock up."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(fd)
+
+    def __enter__(self) -> FileLock:
+        self.acquire(wait=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 def fsync_file(path) -> None:
     """Flush a written file's content to the disk (``os.fsync``)."""
     fd = os.open(path, os.O_RDONLY)

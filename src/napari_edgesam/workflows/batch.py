@@ -802,9 +802,6 @@ def _write_labels(path: Path, labels: np.ndarray, out_axes: str, dtype: np.dtype
             fmt = "ome"
             kwargs.pop("imagej")
             kwargs.update(ome=True, metadata={"axes": out_axes, **_physical_sizes(meta)})
-    for stale in path.parent.glob(f".{path.name}.*.partial"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
     write_tiff_atomic(path, data, overwrite=True, **kwargs)
     return fmt
 
@@ -860,7 +857,20 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
                           **kw)
 
     scratch = None
+    # Whoever holds <output>.lock owns the output's temporary files: another run writing
+    # the same output (two runs on one folder) is refused; leftovers of a killed run (its
+    # lock died with it) are swept.
+    from ..engine.paths import FileLock
+
+    lock = FileLock(out_dir / f".{out_tif.name}.lock")
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not lock.acquire(wait=False):
+            return result("failed", error=f"another run is writing {out_tif.name} now")
+    except OSError as exc:
+        return result("failed", error=f"cannot write to {out_dir}: {exc.strerror or exc}")
+    try:
+        _leftovers(out_dir, path)
         if cancel():
             return result("cancelled")
         params_fp = _params_fingerprint(params, model)
@@ -982,6 +992,7 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
         if scratch is not None:
             with contextlib.suppress(OSError):
                 os.unlink(scratch)
+        lock.release()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1094,12 +1105,15 @@ def _run_dask_synchronous(todo, out_dir, spec, params, overwrite, stop, report, 
 CANCEL_GRACE_S = 2.0
 
 
-def _leftovers(out_dir: Path, path: Path) -> None:
-    """Delete the temporary files a terminated task may have left for ``path``'s outputs
-    (the outputs themselves are only ever renamed into place, so they are complete)."""
+def _leftovers(out_dir: Path, path: Path, lock: bool = False) -> None:
+    """Delete the temporary files a terminated or killed task left for ``path``'s outputs
+    (the outputs themselves are only ever renamed into place, so they are complete). Call
+    it holding the output's lock (:class:`~napari_edgesam.engine.paths.FileLock`), or once
+    the task's process is gone (then with ``lock``: its lock file too)."""
     out_tif, out_json = output_paths(path, out_dir)
-    for pattern in (f".{out_tif.name}.*.partial", f".{out_tif.name}.*.scratch.npy",
-                    f".{out_json.name}.*.tmp"):
+    patterns = [f".{out_tif.name}.*.partial", f".{out_tif.name}.*.scratch.npy",
+                f".{out_json.name}.*.tmp"] + ([f".{out_tif.name}.lock"] if lock else [])
+    for pattern in patterns:
         for stale in out_dir.glob(pattern):
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -1169,7 +1183,7 @@ def _run_local_processes(todo, out_dir, spec, params, overwrite, stop, workers, 
                 j = running.pop(fut)
                 finish(j, outcome(fut, j) if fut in done else
                        FileResult(str(todo[j]), "cancelled"))
-                _leftovers(out_dir, todo[j])
+                _leftovers(out_dir, todo[j], lock=True)
 
     next_j = 0
     with WorkerPool(workers, on_message=on_message) as pool:
