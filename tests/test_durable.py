@@ -35,19 +35,25 @@ def test_atomic_writes_flush_the_file_then_rename_then_flush_the_folder(tmp_path
     assert target.read_text() == "{}"
 
 
-def test_resume_redoes_a_label_file_whose_content_changed(tmp_path):
+def _one_image_batch(tmp_path):
     from napari_edgesam.engine import EdgeSamModel
     from napari_edgesam.workflows.automatic import AutoParams
-    from napari_edgesam.workflows.batch import BatchParams, ModelSpec, run_batch
+    from napari_edgesam.workflows.batch import BatchParams, ModelSpec
 
     img = np.full((64, 64), 20, np.uint8)
     img[20:40, 20:40] = 220
     src = tmp_path / "in"
     src.mkdir()
     tifffile.imwrite(src / "a.tif", img)
-    out = tmp_path / "out"
     spec = ModelSpec.from_model(EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="test-double"))
-    params = BatchParams(automatic=AutoParams(object_size=16))
+    return src, spec, BatchParams(automatic=AutoParams(object_size=16))
+
+
+def test_resume_redoes_a_label_file_whose_content_changed(tmp_path):
+    from napari_edgesam.workflows.batch import run_batch
+
+    src, spec, params = _one_image_batch(tmp_path)
+    out = tmp_path / "out"
     first = run_batch(src, out, spec, params, scheduler="synchronous")
     assert [r.status for r in first.results] == ["done"]
     side = json.loads((out / "a_labels.json").read_text())
@@ -63,20 +69,6 @@ def test_resume_redoes_a_label_file_whose_content_changed(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(labels), want)
     third = run_batch(src, out, spec, params, scheduler="synchronous")
     assert [r.status for r in third.results] == ["skipped"]
-
-
-def _one_image_batch(tmp_path):
-    from napari_edgesam.engine import EdgeSamModel
-    from napari_edgesam.workflows.automatic import AutoParams
-    from napari_edgesam.workflows.batch import BatchParams, ModelSpec
-
-    img = np.full((64, 64), 20, np.uint8)
-    img[20:40, 20:40] = 220
-    src = tmp_path / "in"
-    src.mkdir()
-    tifffile.imwrite(src / "a.tif", img)
-    spec = ModelSpec.from_model(EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="test-double"))
-    return src, spec, BatchParams(automatic=AutoParams(object_size=16))
 
 
 def test_leftovers_of_a_killed_run_are_swept_and_a_running_run_is_not_disturbed(tmp_path):
