@@ -116,20 +116,55 @@ def test_thread_safety():
 # -- disk level --------------------------------------------------------------------------
 
 
-def test_disk_survives_restart_float16(tmp_path):
+def test_disk_survives_restart_exactly(tmp_path):
+    """Embeddings are stored as the encoder made them (float32): a result never depends
+    on whether its embedding came from the encoder, memory or the disk."""
     a = emb(0)
     c = EmbeddingCache(disk_dir=tmp_path)
     c.put("key", a)
     files = entries(tmp_path)
     assert len(files) == 1
-    assert files[0].stat().st_size < a.nbytes // 2 + 1024  # float16 on disk: ~2 MB
+    assert a.nbytes < files[0].stat().st_size < a.nbytes + 1024  # float32 on disk: 4 MiB
     c2 = EmbeddingCache(disk_dir=tmp_path)  # a new process / a restart
     got = c2.get("key")
     assert got.dtype == np.float32 and got.shape == EMB_SHAPE
-    np.testing.assert_allclose(got, a, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(got, a)
     assert got is c2.get("key")  # promoted to memory
     s = c2.stats
     assert (s["disk_hits"], s["memory_hits"], s["misses"]) == (1, 1, 0)
+
+
+def test_entries_of_the_first_format_are_dropped(tmp_path):
+    """NESCACHE1 entries (float16) would make cached results differ from fresh ones: they
+    are a miss and are removed."""
+    import hashlib as _h
+    import json as _j
+    import struct as _s
+
+    c = EmbeddingCache(disk_dir=tmp_path)
+    c.put("key", emb(0))
+    path = entries(tmp_path)[0]
+    header = _j.dumps({"key": "key", "dtype": "<f2", "orig_dtype": "<f4",
+                       "shape": list(EMB_SHAPE), "nbytes": int(np.prod(EMB_SHAPE)) * 2})
+    body = (b"NESCACHE1\n" + _s.pack("<I", len(header)) + header.encode()
+            + emb(0).astype(np.float16).tobytes())
+    path.write_bytes(body + _h.blake2b(body, digest_size=32).digest())
+    fresh = EmbeddingCache(disk_dir=tmp_path)
+    assert fresh.get("key") is None
+    assert not path.exists() and fresh.stats["corrupt"] == 0
+
+
+def test_an_entry_holds_several_named_arrays(tmp_path):
+    """Room for more than the embedding (e.g. a decoder's prompt-independent part)."""
+    c = EmbeddingCache(disk_dir=tmp_path)
+    arrays = {"array": emb(0), "extra": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    data = c.encode_entry("k", arrays)
+    back = EmbeddingCache.decode_entry("k", data)
+    assert set(back) == {"array", "extra"}
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(back[name], arr)
+    assert EmbeddingCache.decode_entry("other key", data) is None
+    assert EmbeddingCache.decode_entry("k", data[:-40] + data[-32:]) is None
 
 
 def test_disk_float32_exact(tmp_path):
@@ -327,7 +362,7 @@ def test_default_cache(monkeypatch):
     assert c is default_cache()
     assert c.disk_dir == paths.cache_dir() / "embeddings"
     assert c.memory_bytes == 1234 and c.disk_bytes == 2 * 2**30
-    assert c.disk_dtype == np.float16
+    assert c.disk_dtype is None  # exact: float32 embeddings stay float32
     paths.set_setting("cache_disk_enabled", False)
     cache_mod.set_default_cache(None)
     assert default_cache().disk_dir is None

@@ -230,3 +230,25 @@ def test_an_all_nan_slice_ends_its_chain_and_the_run_goes_on(tmp_path, capsys, c
     assert "unusable slice at" in err.out + err.err
     assert any("slice 9" in r.getMessage() and "no finite values" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_second_segment_of_the_same_image_runs_the_decoder_only(image, tmp_path,
+                                                                   monkeypatch):
+    """segment uses the embedding cache: a second prompt on the same image from a script
+    costs a decoder run, not the encoder; and its mask equals a fresh run's (the cache
+    stores the embedding exactly)."""
+    from napari_edgesam.engine.cache import set_default_cache
+    from napari_edgesam.engine.session import EdgeSamModel
+
+    calls = []
+    real = EdgeSamModel.encode
+    monkeypatch.setattr(EdgeSamModel, "encode",
+                        lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    out1, out2, out3 = (tmp_path / f"m{i}.tif" for i in (1, 2, 3))
+    assert main(["segment", str(image), "--point", "40,30", "-o", str(out1), *MODEL]) == 0
+    assert main(["segment", str(image), "--point", "41,31", "-o", str(out2), *MODEL]) == 0
+    assert len(calls) == 1
+    set_default_cache(None)  # a new process: the disk entry only
+    assert main(["segment", str(image), "--point", "40,30", "-o", str(out3), *MODEL]) == 0
+    assert len(calls) == 1
+    np.testing.assert_array_equal(tifffile.imread(out3), tifffile.imread(out1))

@@ -186,7 +186,7 @@ def test_image_too_large_for_the_disk_cache_bound_is_refused_with_a_message(tmp_
     with pytest.raises(CacheBoundError) as info:
         TiledPredictor(Predictor(test_model, cache=small), big, grey)
     msg = str(info.value)
-    assert "169 tiles" in msg and "338.0 MiB" in msg and "64.0 MiB" in msg
+    assert "169 tiles" in msg and "676.0 MiB" in msg and "64.0 MiB" in msg
     assert "cache_disk_bytes" in msg and "settings.json" in msg
     # a bound that holds every tile, a memory-only cache, or no cache: not an error
     roomy = EmbeddingCache(disk_dir=tmp_path / "emb", disk_bytes=2 * 2**30)

@@ -273,7 +273,7 @@ def _run_segment(args) -> int:
     plane, what = select_plane(stack, slice_index=args.slice_index, channel=args.channel)
     mapping = _mapping_for(args, stack, plane)
     model = model_from_args(args)
-    predictor = Predictor(model, cache=None)
+    predictor = Predictor(model)  # the embedding cache: a second prompt costs a decoder run
     tiled = args.tiles == "on" or (args.tiles == "auto" and needs_tiling(plane.shape))
     if tiled:
         tp = TiledPredictor(predictor, plane, mapping, tile_size=args.tile_size)

@@ -3,9 +3,18 @@
 The predictor builds the keys (model hash, pixel hash, intensity mapping, preprocessing
 version, tile geometry); this module only stores arrays by key.
 
-Disk entries (one file per key, named by the SHA-256 of the key) have this layout::
+Disk entries (one file per key, named by the SHA-256 of the key) have this layout, format
+version 2::
 
-    b"NESCACHE1\\n" | uint32 LE header length | JSON header | payload | blake2b-256 digest
+    b"NESCACHE2\\n" | uint32 LE header length | JSON header | payloads | blake2b-256 digest
+
+The JSON header holds the key and a list of named arrays (``{"name", "dtype", "shape",
+"nbytes"}``, their payloads follow in that order): an entry has room for more arrays than
+the embedding (``"array"``), for example a decoder's prompt-independent part. Arrays are
+stored exactly as given (float32 embeddings stay float32), so a result never depends on
+whether its embedding came from the encoder, the memory cache or the disk. Entries of the
+first format (``NESCACHE1``, float16) are dropped when met and count as misses: their
+rounding would make cached results differ from fresh ones.
 
 The digest covers everything before it, so a truncated or corrupt entry is detected, dropped
 and reported as a miss. Files are written to a temporary name and moved into place with
@@ -33,7 +42,9 @@ import numpy as np
 
 _log = logging.getLogger(__name__)
 
-MAGIC = b"NESCACHE1\n"
+MAGIC = b"NESCACHE2\n"
+#: The first format (float16 payload, one array): dropped when met.
+OLD_MAGICS = (b"NESCACHE1\n",)
 SUFFIX = ".nesc"
 _DIGEST_SIZE = 32
 _LEN = struct.Struct("<I")
@@ -66,9 +77,10 @@ class EmbeddingCache:
         Bound of the disk store in bytes (default 2 GiB), enforced by evicting the least
         recently used entries (approximately, when several processes share the folder).
     disk_dtype : str or None
-        dtype of floating-point arrays on disk: ``"float16"`` (default; an embedding
-        ``[1, 256, 64, 64]`` float32 takes 2 MiB instead of 4 MiB), ``"float32"``, or ``None``
-        to keep the array's dtype. :meth:`get` always returns the dtype given to :meth:`put`.
+        dtype of floating-point arrays on disk: ``None`` (default) keeps the array's dtype,
+        exactly; ``"float16"`` halves the size (an embedding ``[1, 256, 64, 64]`` takes
+        2 MiB instead of 4 MiB) at the price of results that differ slightly from a fresh
+        encoder run. :meth:`get` always returns the dtype given to :meth:`put`.
 
     Notes
     -----
@@ -81,7 +93,7 @@ class EmbeddingCache:
         memory_bytes: int = 256 * 2**20,
         disk_dir=None,
         disk_bytes: int = 2 * 2**30,
-        disk_dtype: str | None = "float16",
+        disk_dtype: str | None = None,
     ):
         self.memory_bytes = max(0, int(memory_bytes))
         self.disk_bytes = max(0, int(disk_bytes))
@@ -242,31 +254,41 @@ class EmbeddingCache:
         warnings.warn(msg, CacheWarning, stacklevel=4)
 
     def _encode(self, key: str, arr: np.ndarray) -> bytes:
-        stored = arr
-        if self.disk_dtype is not None and arr.dtype.kind == "f" and arr.dtype != self.disk_dtype:
-            limit = np.finfo(self.disk_dtype).max
-            with np.errstate(invalid="ignore"):
-                overflow = bool(np.any(np.isfinite(arr) & (np.abs(arr) > limit)))
-            if not overflow:  # finite values beyond float16's range would become inf
-                stored = arr.astype(self.disk_dtype)
-        stored = np.ascontiguousarray(stored)
-        header = json.dumps(
-            {
-                "key": key,
-                "dtype": stored.dtype.str,
-                "orig_dtype": arr.dtype.str,
-                "shape": list(arr.shape),
-                "nbytes": int(stored.nbytes),
-                "created": time.time(),
-            },
-            separators=(",", ":"),
-        ).encode("utf-8")
-        body = MAGIC + _LEN.pack(len(header)) + header + stored.tobytes()
+        return self.encode_entry(key, {"array": arr})
+
+    def encode_entry(self, key: str, arrays: dict) -> bytes:
+        """The bytes of a disk entry holding ``arrays`` (name -> ndarray) under ``key``."""
+        specs, payloads = [], []
+        for name, arr in arrays.items():
+            arr = np.asarray(arr)
+            stored = arr
+            if self.disk_dtype is not None and arr.dtype.kind == "f" \
+                    and arr.dtype != self.disk_dtype:
+                limit = np.finfo(self.disk_dtype).max
+                with np.errstate(invalid="ignore"):
+                    overflow = bool(np.any(np.isfinite(arr) & (np.abs(arr) > limit)))
+                if not overflow:  # finite values beyond float16's range would become inf
+                    stored = arr.astype(self.disk_dtype)
+            stored = np.ascontiguousarray(stored)
+            specs.append({"name": str(name), "dtype": stored.dtype.str,
+                          "orig_dtype": arr.dtype.str, "shape": list(arr.shape),
+                          "nbytes": int(stored.nbytes)})
+            payloads.append(stored.tobytes())
+        header = json.dumps({"key": key, "version": 2, "arrays": specs,
+                             "created": time.time()}, separators=(",", ":")).encode("utf-8")
+        body = MAGIC + _LEN.pack(len(header)) + header + b"".join(payloads)
         return body + hashlib.blake2b(body, digest_size=_DIGEST_SIZE).digest()
 
     @staticmethod
     def _decode(key: str, data: bytes) -> np.ndarray | None:
-        """Parse an entry; ``None`` when it is corrupt, truncated or for another key."""
+        """The entry's ``"array"``; ``None`` when it is corrupt, truncated, of the first
+        format or for another key."""
+        arrays = EmbeddingCache.decode_entry(key, data)
+        return None if arrays is None else arrays.get("array")
+
+    @staticmethod
+    def decode_entry(key: str, data: bytes) -> dict | None:
+        """Parse a disk entry: name -> read-only ndarray, or ``None`` (see :meth:`_decode`)."""
         n0 = len(MAGIC) + _LEN.size
         if len(data) < n0 + _DIGEST_SIZE or not data.startswith(MAGIC):
             return None
@@ -278,17 +300,23 @@ class EmbeddingCache:
             header = json.loads(body[n0:n0 + hlen].decode("utf-8"))
             if header["key"] != key:
                 return None
-            dtype = np.dtype(header["dtype"])
-            shape = tuple(int(s) for s in header["shape"])
-            payload = body[n0 + hlen:]
-            if len(payload) != header["nbytes"]:
+            out, pos = {}, n0 + hlen
+            for spec in header["arrays"]:
+                n = int(spec["nbytes"])
+                payload = body[pos:pos + n]
+                pos += n
+                if len(payload) != n:
+                    return None
+                arr = np.frombuffer(payload, dtype=np.dtype(spec["dtype"]))
+                arr = arr.reshape(tuple(int(s) for s in spec["shape"]))
+                arr = arr.astype(np.dtype(spec["orig_dtype"]), copy=True)
+                arr.flags.writeable = False
+                out[spec["name"]] = arr
+            if pos != len(body):
                 return None
-            arr = np.frombuffer(payload, dtype=dtype).reshape(shape)
-            arr = arr.astype(np.dtype(header["orig_dtype"]), copy=True)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             return None
-        arr.flags.writeable = False
-        return arr
+        return out
 
     def _disk_get(self, key: str) -> np.ndarray | None:
         path = self._path(key)
@@ -301,6 +329,10 @@ class EmbeddingCache:
             _log.debug("Cannot read cache entry %s: %s", path, exc)
             return None
         arr = self._decode(key, data)
+        if arr is None and data.startswith(OLD_MAGICS):  # the first format: not exact
+            _log.info("Dropping embedding cache entry %s of an earlier format", path)
+            self._unlink(path, size=len(data))  # a plain miss (get counts it), not corruption
+            return None
         if arr is None:
             _log.warning("Dropping corrupt embedding cache entry %s", path)
             with self._lock:

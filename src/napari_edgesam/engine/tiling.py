@@ -181,9 +181,9 @@ class TileGrid:
             raise InvalidInputError(f"point ({x}, {y}) is outside the {w} x {h} image")
         return self.tiles[int(self.tile_indices([(x, y)])[0])]
 
-    def cache_bytes(self, itemsize: int = 2) -> int:
+    def cache_bytes(self, itemsize: int = 4) -> int:
         """Bytes that the embeddings of all tiles take in a cache storing ``itemsize``-byte
-        floats (2 for the disk cache's float16)."""
+        floats (4: the disk cache stores float32 embeddings exactly)."""
         return len(self.tiles) * int(np.prod(contract.EMBEDDING_SHAPE)) * int(itemsize)
 
     def tiles_by_distance(self, x: float, y: float) -> list[Window]:
