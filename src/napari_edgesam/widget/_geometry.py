@@ -17,10 +17,17 @@ import numpy as np
 
 __all__ = [
     "ImageGeometry",
+    "image_data",
     "commit_indices",
     "normalise_box",
     "rectangle_to_box",
 ]
+
+
+def image_data(layer):
+    """The array the panel segments for a napari Image ``layer``: its data, or the full
+    resolution level of a multiscale layer (never read whole here: it may be lazy)."""
+    return layer.data[0] if layer.multiscale else layer.data
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ import logging
 
 from qtpy.QtCore import QTimer
 
+from ._geometry import image_data
+
 _log = logging.getLogger(__name__)
 
 __all__ = ["IDLE_MS", "PREFETCH_SLICES", "PREFETCH_TILES", "PrefetchController",
@@ -64,7 +66,7 @@ def plan_prefetch(layer, geom, lead, channel, embedding, mapping, axis, last_win
     if not axes:
         return []
     axis = axis if axis in axes else axes[0]
-    data = layer.data[0] if layer.multiscale else layer.data
+    data = image_data(layer)
     n = geom.leading_shape[axis]
     jobs = []
     for dz in PREFETCH_SLICES:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from napari_edgesam.engine.cancel import CancelToken
 
 from . import workers
+from ._geometry import image_data
 
 __all__ = ["SliceEncoder"]
 
@@ -87,7 +88,7 @@ class SliceEncoder:
                 self.cancel()  # stale: stop it, the newest slice comes next
             return
         layer = s.image_layer
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = image_data(layer)
         smk = s.stack_mapping_key()
         stack_mapping = self.stack_mappings.get(smk) if smk is not None else None
         self._running_key = key

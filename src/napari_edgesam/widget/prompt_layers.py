@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._geometry import rectangle_to_box
+from ._geometry import image_data, rectangle_to_box
 
 POINTS_NAME = "EdgeSAM points"
 BOXES_NAME = "EdgeSAM box"
@@ -194,8 +194,7 @@ def make_points_layer(image_layer, viewer):
 
 def _point_size(image_layer) -> float:
     """Point size in data pixels: about 2 % of the image's longer side, at least 5."""
-    shape = np.asarray(image_layer.data.shape if not image_layer.multiscale
-                       else image_layer.data[0].shape)
+    shape = np.asarray(image_data(image_layer).shape)
     hw = shape[-3:-1] if image_layer.rgb else shape[-2:]
     return float(max(5.0, 0.02 * max(hw)))
 

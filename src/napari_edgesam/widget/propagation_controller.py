@@ -15,6 +15,7 @@ from psygnal import Signal
 
 from napari_edgesam.engine.cancel import CancelToken
 
+from ._geometry import image_data
 from .propagation_run import (
     Outcome,
     RunContext,
@@ -229,7 +230,7 @@ class PropagationController:
     def _launch(self, ctx: RunContext, ann, settings, z_range, previous, kind):
         s = self.dock.session
         layer = ctx.image_layer
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = image_data(layer)
         spec = s.mapping_spec()
         known = ctx.mapping
         if known is None:

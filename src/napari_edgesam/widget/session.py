@@ -28,7 +28,7 @@ from qtpy.QtCore import QTimer
 from napari_edgesam.engine.cancel import CancelToken
 
 from . import messages, prompt_layers
-from ._geometry import ImageGeometry
+from ._geometry import ImageGeometry, image_data
 from ._prefetch import PrefetchController, plan_prefetch
 from .clicks import ClickPath
 from .commit import LabelsTarget, can_redo, can_undo
@@ -369,7 +369,7 @@ class AnnotationSession(ModelInput, ClickPath):
 
         if not isinstance(layer, Image):
             raise TypeError(f"EdgeSAM segments Image layers, not {type(layer).__name__}")
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = image_data(layer)
         try:
             geom = ImageGeometry(tuple(data.shape), rgb=bool(layer.rgb))
         except ValueError as exc:
@@ -446,7 +446,7 @@ class AnnotationSession(ModelInput, ClickPath):
         layer = self.image_layer
         if layer is None:
             return
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = image_data(layer)
         if tuple(data.shape) != self.geometry.shape:
             self.set_image_layer(layer)
             return

@@ -849,8 +849,12 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
     worker = _worker_name()
     out_tif, out_json = output_paths(path, out_dir)
 
+    from ..engine.cancel import CancelToken
+
+    token = CancelToken(stop_file=stop_file) if stop_file else CancelToken()
+
     def cancel() -> bool:
-        return bool(stop_file) and os.path.exists(stop_file)
+        return token.cancelled
 
     def result(status, **kw):
         return FileResult(str(path), status, seconds=time.perf_counter() - t0, worker=worker,
@@ -1032,8 +1036,9 @@ class _Canceller:
         if self.fired:
             return
         self.fired = True
-        with contextlib.suppress(OSError):
-            self.stop_file.touch()
+        from ..engine.cancel import CancelToken
+
+        CancelToken(stop_file=self.stop_file).cancel()  # creates the file the tasks watch
         if self.on_cancel is not None:
             with contextlib.suppress(Exception):
                 self.on_cancel()
