@@ -69,6 +69,16 @@ def click(qtbot, viewer, layer, row, col, right=False):
     qtbot.mouseClick(native, button, pos=canvas_pos(viewer, layer, row, col))
 
 
+def wait_until_ready_on(qtbot, viewer, widget, layer):
+    """Wait until ``layer`` is the panel's image and its slice is encoded; then frame it
+    in the canvas (as a user looks at a newly opened image)."""
+    s = widget.session
+    qtbot.waitUntil(lambda: s.image_layer is layer and s.embedding is not None
+                    and not widget.busy, timeout=TIMEOUT)
+    viewer.reset_view()
+    qtbot.wait(50)
+
+
 def choose_test_model(qtbot, widget):
     """Load the committed test-double pair as custom files (not EdgeSAM)."""
     from conftest import TEST_DECODER, TEST_ENCODER

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from journey import TIMEOUT, choose_test_model, click, dock_panel, open_sample
+from journey import (
+    TIMEOUT,
+    choose_test_model,
+    click,
+    dock_panel,
+    open_sample,
+    wait_until_ready_on,
+)
 
 from napari_edgesam.engine import Predictor
 
@@ -40,10 +47,7 @@ def test_first_click_after_opening_an_image_adds_a_point_and_a_preview(
     else:
         viewer.add_image(coins, name="coins")
     layer = viewer.layers[[type(x).__name__ for x in viewer.layers].index("Image")]
-    qtbot.waitUntil(lambda: w.session.image_layer is layer and w.session.embedding is not None
-                    and not w.busy, timeout=TIMEOUT)
-    viewer.reset_view()
-    qtbot.wait(50)
+    wait_until_ready_on(qtbot, viewer, w, layer)
     assert "Ready" in w.status, w.status
 
     click(qtbot, viewer, layer, 141, 163)  # a coin of the second row
@@ -67,10 +71,7 @@ def test_a_second_image_gets_its_own_prompts_and_the_first_keeps_them(
     img_b, truth_b = disc_image((120, 160), (80, 110), 14)
     a = viewer.add_image(img_a, name="a")
     s = w.session
-    qtbot.waitUntil(lambda: s.image_layer is a and s.embedding is not None and not w.busy,
-                    timeout=TIMEOUT)
-    viewer.reset_view()
-    qtbot.wait(50)
+    wait_until_ready_on(qtbot, viewer, w, a)
     click(qtbot, viewer, a, 50, 60)
     _wait_preview(qtbot, w)
     np.testing.assert_array_equal(s.preview_mask, _expected(w.model, img_a, [(60, 50)], [1]))

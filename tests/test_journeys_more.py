@@ -29,7 +29,14 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from conftest import TEST_DECODER, TEST_ENCODER  # noqa: E402
-from journey import TIMEOUT, choose_test_model, click, dock_panel, open_sample  # noqa: E402
+from journey import (
+    TIMEOUT,
+    choose_test_model,
+    click,
+    dock_panel,
+    open_sample,
+    wait_until_ready_on,
+)  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -322,10 +329,7 @@ def test_the_model_chosen_in_the_panel_is_loaded_by_the_next_panel(
     images = [x for x in viewer.layers if type(x).__name__ == "Image"]
     assert len(images) == 1
     layer = images[0]
-    qtbot.waitUntil(lambda: w.session.image_layer is layer and w.session.embedding is not None
-                    and not w.busy, timeout=TIMEOUT)
-    viewer.reset_view()
-    qtbot.wait(50)
+    wait_until_ready_on(qtbot, viewer, w, layer)
     assert "Ready" in w.status, w.status
     click(qtbot, viewer, layer, 141, 163)  # a coin of the second row
     qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)

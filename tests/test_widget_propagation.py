@@ -57,6 +57,21 @@ def expected(test_model, stack, seed_z, seed_mask, *, z_range=None, settings=Non
                      settings=settings)
 
 
+def propagate_slowly(viewer, qtbot):
+    """The panel on :func:`make_stack` with a slow encoder (0.25 s a slice), one click on
+    slice 7, and a propagation started; returns (widget, propagation panel)."""
+    slow = SlowModel(0.25)
+    slow.load()
+    stack, _ = make_stack()
+    viewer.add_image(stack, name="stack")
+    w = make_widget(viewer, slow, prefetch=False)
+    viewer.dims.set_point(0, 7)
+    wait_ready(qtbot, w)
+    click_and_wait(qtbot, w, (7, 28, 30))
+    w.propagation.propagate()
+    return w, w.propagation
+
+
 def click_and_wait(qtbot, w, position):
     w.session.add_point(position)
     qtbot.waitUntil(lambda: not w.busy and w.session.preview_mask is not None, timeout=TIMEOUT)
@@ -277,16 +292,7 @@ def test_image_layer_deleted_during_a_run(viewer, qtbot, test_model, monkeypatch
 
     shown = []
     monkeypatch.setattr(notifications, "show_warning", lambda msg: shown.append(msg))
-    slow = SlowModel(0.25)
-    slow.load()
-    stack, _ = make_stack()
-    viewer.add_image(stack, name="stack")
-    w = make_widget(viewer, slow, prefetch=False)
-    viewer.dims.set_point(0, 7)
-    wait_ready(qtbot, w)
-    click_and_wait(qtbot, w, (7, 28, 30))
-    panel = w.propagation
-    panel.propagate()
+    w, panel = propagate_slowly(viewer, qtbot)
     qtbot.waitUntil(lambda: panel.progress.value() >= 1, timeout=TIMEOUT)
     viewer.layers.remove("stack")
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
@@ -359,16 +365,7 @@ def test_propagation_keys_on_the_canvas(make_napari_viewer, qtbot, test_model):
 def test_after_a_cancel_the_bar_and_the_status_count_the_same_slices(viewer, qtbot, test_model):
     """The bar once said "5 / 5" while the status said six slices: both now count the
     slices the run decided (the annotated slice included), the number of table rows."""
-    slow = SlowModel(0.25)
-    slow.load()
-    stack, _ = make_stack()
-    viewer.add_image(stack, name="stack")
-    w = make_widget(viewer, slow, prefetch=False)
-    viewer.dims.set_point(0, 7)
-    wait_ready(qtbot, w)
-    click_and_wait(qtbot, w, (7, 28, 30))
-    panel = w.propagation
-    panel.propagate()
+    w, panel = propagate_slowly(viewer, qtbot)
     qtbot.waitUntil(lambda: panel.progress.value() >= 3, timeout=TIMEOUT)
     panel.cancel()
     wait_idle(qtbot, w)
