@@ -17,11 +17,13 @@ from .errors import (
     CacheBoundError,
     CancelledError,
     ChecksumError,
+    DownloadError,
     EdgeSamError,
     InvalidInputError,
     ModelError,
     ModelNotAvailableError,
     ModelSignatureError,
+    UnknownModelError,
 )
 from .intensity import IntensityMapping, default_mapping, mapping_from_percentiles
 from .predictor import Embedding, Prediction, Predictor, stability_scores
@@ -33,6 +35,7 @@ __all__ = [
     "CacheBoundError",
     "CancelledError",
     "ChecksumError",
+    "DownloadError",
     "EdgeSamError",
     "EdgeSamModel",
     "Embedding",
@@ -43,6 +46,7 @@ __all__ = [
     "ModelSignatureError",
     "Prediction",
     "Predictor",
+    "UnknownModelError",
     "default_mapping",
     "mapping_from_percentiles",
     "stability_scores",

@@ -15,7 +15,12 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from napari_edgesam.engine.errors import CancelledError, ChecksumError, ModelNotAvailableError
+from napari_edgesam.engine.errors import (  # noqa: F401 (DownloadError: re-exported)
+    CancelledError,
+    ChecksumError,
+    DownloadError,
+    ModelNotAvailableError,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -23,23 +28,6 @@ _log = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, int, "int | None"], None]
 
 _CHUNK = 1 << 16
-
-
-class DownloadError(ModelNotAvailableError):
-    """A model file that could not be downloaded from any of its URLs.
-
-    Attributes
-    ----------
-    filename : str
-        The file that could not be fetched.
-    attempts : list of (str, str)
-        ``(url, reason)`` for every URL tried.
-    """
-
-    def __init__(self, message: str, filename: str = "", attempts=()):
-        super().__init__(message)
-        self.filename = filename
-        self.attempts = list(attempts)
 
 
 class _PoochProgress:

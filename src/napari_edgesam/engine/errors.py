@@ -3,6 +3,8 @@
 Every error a user can cause has its own class so that adapters (the napari widget, the
 command line) can show a clear message: :class:`InvalidInputError` for bad images and
 prompts, :class:`ModelError` for model files that are missing, corrupt or of the wrong kind.
+Every exception class of the engine is defined here; the modules that raise them
+(``models``, ``download``, ``optimize``) re-export them under their old import paths.
 """
 
 from __future__ import annotations
@@ -24,6 +26,27 @@ class ModelNotAvailableError(ModelError):
     """The model's files are not on this machine and could not be downloaded."""
 
 
+class UnknownModelError(ModelError, ValueError):
+    """A model name that matches no model card (a bad argument, not a missing file)."""
+
+
+class DownloadError(ModelNotAvailableError):
+    """A model file that could not be downloaded from any of its URLs.
+
+    Attributes
+    ----------
+    filename : str
+        The file that could not be fetched.
+    attempts : list of (str, str)
+        ``(url, reason)`` for every URL tried.
+    """
+
+    def __init__(self, message: str, filename: str = "", attempts=()):
+        super().__init__(message)
+        self.filename = filename
+        self.attempts = list(attempts)
+
+
 class ModelSignatureError(ModelError):
     """A model file whose ONNX inputs/outputs differ from the EdgeSAM contract."""
 
@@ -39,3 +62,7 @@ class CancelledError(EdgeSamError):
 class CacheBoundError(InvalidInputError):
     """An image whose tile embeddings would not fit under the disk cache's bound (the
     message says how large they are and which setting to raise)."""
+
+
+class OptimizationUnavailableError(EdgeSamError, ImportError):
+    """Building optimised variants needs the optional ``onnx`` package, which is missing."""

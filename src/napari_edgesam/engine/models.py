@@ -25,7 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from napari_edgesam.engine import paths
-from napari_edgesam.engine.errors import ChecksumError, ModelError, ModelNotAvailableError
+from napari_edgesam.engine.errors import (  # noqa: F401 (UnknownModelError: re-exported)
+    ChecksumError,
+    ModelError,
+    ModelNotAvailableError,
+    UnknownModelError,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -179,10 +184,6 @@ PACKAGE_CARDS_DIR = Path(__file__).resolve().parent.parent / "models"
 LICENCE_SHOWN_KEY = "licence_notices_shown"
 #: Settings key of the model the napari panel used last (see :func:`last_model`).
 LAST_MODEL_KEY = "last_model"
-
-
-class UnknownModelError(ModelError, ValueError):
-    """A model name that matches no model card (a bad argument, not a missing file)."""
 
 
 @dataclass(frozen=True)
