@@ -13,6 +13,9 @@ Frames used throughout (the names appear in every docstring):
 Everything follows the EdgeSAM contract exactly: Pillow's bilinear resize of the uint8 RGB
 image (antialiased when shrinking, as in training), per-channel normalisation, padding after
 normalising, and PyTorch-style ``align_corners=False`` bilinear upsampling of mask logits.
+
+Masks kept as bounding-box crops (:class:`MaskCrop`, :func:`mask_bbox`, re-exported here
+for older imports) and mask overlap measures (IoU) live in :mod:`.mask_crop`.
 """
 
 from __future__ import annotations
@@ -22,118 +25,17 @@ import functools
 import numpy as np
 
 from .contract import IMAGE_SIZE, LOW_RES_SIZE, MASK_THRESHOLD, PIXEL_MEAN, PIXEL_STD
+from .mask_crop import MaskCrop, mask_bbox  # re-exported: their old home
 
 __all__ = [
-    "MaskCrop",
+    "MaskCrop",  # from .mask_crop
     "MaskUpsampler",
-    "mask_bbox",
+    "mask_bbox",  # from .mask_crop
     "bilinear_matrix",
     "coords_to_model",
     "preprocess",
     "resized_shape",
 ]
-
-
-def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Bounding box of a boolean mask's True pixels.
-
-    Parameters
-    ----------
-    mask : ndarray of bool, shape (H, W)
-
-    Returns
-    -------
-    (row0, col0, row1, col1) or None
-        Half-open (``mask[row0:row1, col0:col1]`` is the crop), in the mask's own pixels;
-        None when the mask is empty.
-    """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
-
-
-class MaskCrop:
-    """A bool mask of one ``(H, W)`` slice, kept as the crop of its bounding box.
-
-    Large slices (a 10000 x 10000 tile scan) make slice-sized masks cost 100 MB each; a crop
-    costs what the object covers. ``np.asarray(crop)`` still gives the slice-sized mask.
-
-    Parameters
-    ----------
-    mask : ndarray of bool, shape (h, w)
-        The mask inside a window of the slice (trimmed here to its bounding box).
-    row0, col0 : int
-        Where ``mask[0, 0]`` lies in the slice, ``(row, col)`` pixels.
-    shape : (int, int)
-        ``(H, W)`` of the slice.
-
-    Attributes
-    ----------
-    crop : ndarray of bool, shape (r1 - r0, c1 - c0)
-        Tight (its first and last rows and columns hold True pixels); ``(0, 0)`` if empty.
-    row0, col0 : int
-        Offset of ``crop`` in the slice.
-    shape : (int, int)
-    area : int
-        True pixels.
-    """
-
-    __slots__ = ("area", "col0", "crop", "row0", "shape")
-
-    def __init__(self, mask, row0: int = 0, col0: int = 0, shape=None):
-        mask = np.asarray(mask, dtype=bool)
-        self.shape = tuple(int(n) for n in (mask.shape if shape is None else shape))
-        bb = mask_bbox(mask) if mask.size else None
-        if bb is None:
-            self.crop, self.row0, self.col0, self.area = np.zeros((0, 0), bool), 0, 0, 0
-            return
-        r0, c0, r1, c1 = bb
-        self.crop = np.ascontiguousarray(mask[r0:r1, c0:c1])
-        self.row0, self.col0 = int(row0) + r0, int(col0) + c0
-        self.area = int(np.count_nonzero(self.crop))
-
-    @property
-    def bbox(self) -> tuple[int, int, int, int] | None:
-        """``(row0, col0, row1, col1)`` in the slice, half-open; None when empty."""
-        if not self.area:
-            return None
-        return (self.row0, self.col0, self.row0 + self.crop.shape[0],
-                self.col0 + self.crop.shape[1])
-
-    @property
-    def offset(self) -> tuple[int, int]:
-        """``(row, col)`` of the crop's first pixel in the slice."""
-        return self.row0, self.col0
-
-    def any(self) -> bool:
-        return self.area > 0
-
-    def window(self, row0: int, col0: int, row1: int, col1: int) -> np.ndarray:
-        """The mask on the half-open window ``[row0:row1, col0:col1]`` of the slice: bool
-        ``(row1 - row0, col1 - col0)``, False outside the crop."""
-        out = np.zeros((max(0, row1 - row0), max(0, col1 - col0)), bool)
-        bb = self.bbox
-        if bb is None:
-            return out
-        r0, c0 = max(row0, bb[0]), max(col0, bb[1])
-        r1, c1 = min(row1, bb[2]), min(col1, bb[3])
-        if r1 > r0 and c1 > c0:
-            out[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = \
-                self.crop[r0 - bb[0]:r1 - bb[0], c0 - bb[1]:c1 - bb[1]]
-        return out
-
-    def full(self) -> np.ndarray:
-        """The slice-sized mask, bool ``(H, W)`` (allocates H x W bytes)."""
-        return self.window(0, 0, *self.shape)
-
-    def __array__(self, dtype=None, copy=None):
-        full = self.full()
-        return full if dtype is None else full.astype(dtype)
-
-    def __repr__(self) -> str:
-        return f"MaskCrop(area={self.area}, bbox={self.bbox}, shape={self.shape})"
 
 
 def resized_shape(height: int, width: int, target: int = IMAGE_SIZE) -> tuple[int, int]:
