@@ -1,0 +1,317 @@
+"""The driver of automatic segmentation: one slice (:func:`segment_slice`) or a stack.
+
+Runs the steps of :mod:`napari_edgesam.workflows.automatic` in order: intensity mapping and
+foreground (:mod:`.foreground`), seeds (:mod:`.seeds`), one decoder call per seed
+(:mod:`.prompting`), overlaps (:mod:`.overlaps`) and, for stacks, 3D linking
+(:mod:`.linking`); whole slices through one embedding, large slices tile by tile. Images are
+indexed ``(row, col)``; seeds and clicks are ``(x, y) = (col, row)``, in pixels of the slice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...engine.intensity import IntensityMapping, stack_mapping, validate_image
+from ...engine.tiling import needs_tiling
+from .foreground import _signal, _smooth, foreground_threshold, stack_statistics
+from .linking import _row_blocks, link_ids
+from .overlaps import Candidate, resolve_overlaps
+from .params import AutoParams
+from .prompting import _check_cancel, _collect_candidates
+from .seeds import _detect, _downscale, detection_factor, grid_seeds
+
+__all__ = ["SliceSegmentation", "StackSegmentation", "segment_slice", "segment_stack"]
+
+
+@dataclass
+class SliceSegmentation:
+    """Result of :func:`segment_slice`.
+
+    Attributes
+    ----------
+    labels : ndarray of uint32, shape (H, W)
+        0 background, instances 1..n.
+    scores : ndarray of float32, shape (n,)
+        Stability score of instance ``i + 1``.
+    seeds : ndarray of float64, shape (N, 2)
+        All seeds tried, ``(x, y) = (col, row)``.
+    n_candidates : int
+        Masks that passed the per-mask filters (before overlap resolution).
+    decoder_calls : int
+    seconds : float
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    seeds: np.ndarray
+    n_candidates: int
+    decoder_calls: int
+    seconds: float
+
+    @property
+    def n_objects(self) -> int:
+        return int(self.scores.shape[0])
+
+
+@dataclass
+class StackSegmentation:
+    """Result of :func:`segment_stack`.
+
+    Attributes
+    ----------
+    labels : ndarray (or memmap) of uint32, shape (Z, H, W)
+        Ids are consistent across slices (one id per linked 3D object), 1..n_objects.
+    n_objects : int
+    per_slice : list of int
+        Instances found in each slice (before linking).
+    mapping : IntensityMapping
+    threshold : float
+        Foreground threshold used (0..255 scale, of the polarity-adjusted signal).
+    decoder_calls : int
+    seconds : float
+    """
+
+    labels: np.ndarray
+    n_objects: int
+    per_slice: list
+    mapping: IntensityMapping
+    threshold: float
+    decoder_calls: int
+    seconds: float
+
+
+def _slice_result(candidates, seeds, calls, params: AutoParams, shape, out,
+                  t0: float) -> SliceSegmentation:
+    """Step 5 (overlaps and painting) and the result of :func:`segment_slice`."""
+    labels, scores = resolve_overlaps(candidates, shape, nms_iou=params.nms_iou,
+                                      min_kept_fraction=params.min_kept_fraction,
+                                      min_area=params.area_limits[0], out=out)
+    return SliceSegmentation(labels, scores, seeds, len(candidates), calls,
+                             time.perf_counter() - t0)
+
+
+def segment_slice(predictor, image, *, params: AutoParams | None = None,
+                  mapping: IntensityMapping | None = None, threshold: float | None = None,
+                  embedding=None, cancel: Callable[[], bool] | None = None,
+                  rgb: bool | None = None, out: np.ndarray | None = None) -> SliceSegmentation:
+    """Segment all objects of one 2D slice without clicks.
+
+    Slices larger than :data:`~napari_edgesam.engine.tiling.TILING_THRESHOLD` (or any, with
+    ``params.tiles == "on"``) are segmented tile by tile at full resolution: the slice is
+    then only ever read window by window (a memory-mapped TIFF, a dask or zarr array may be
+    larger than memory) and the labels are painted into ``out`` box by box.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        Its cache is used for the embedding (pass ``cache=None`` to the predictor to skip it).
+    image : array-like, shape (H, W) or (H, W, 3|4)
+        One slice, ``(row, col)`` order, any real dtype. numpy, memmap, dask or zarr; when
+        tiled, read through ``image[r0:r1, c0:c1]`` windows only.
+    params : AutoParams, optional
+    mapping : IntensityMapping, optional
+        The intensity mapping (stack-wide for slices of a stack). Default: identity for
+        uint8, else robust percentiles of this slice (strided samples when tiled).
+    threshold : float, optional
+        Foreground threshold on the 0..255 polarity-adjusted scale (stack-wide for stacks).
+        Default: ``params.threshold``, else Otsu's threshold of this slice.
+    embedding : Embedding, optional
+        Precomputed embedding of this slice (with this mapping; not used when tiled).
+    cancel : callable returning bool, optional
+        Polled between decoder calls; when it returns True, :class:`CancelledError` is raised.
+    rgb : bool, optional
+        Force the reading of a last axis of size 3 or 4 (default: colour).
+    out : ndarray of uint32, shape (H, W), optional
+        Where to write the labels (zeroed first), e.g. a slice of a disk memmap.
+
+    Returns
+    -------
+    SliceSegmentation
+        ``labels`` is ``out`` when given.
+    """
+    t0 = time.perf_counter()
+    params = params or AutoParams()
+    shape = tuple(image.shape)
+    tiled = params.tiles == "on" or (params.tiles == "auto" and len(shape) >= 2
+                                     and needs_tiling(shape[:2]))
+    if tiled:
+        return _segment_slice_tiled(predictor, image, params=params, mapping=mapping,
+                                    threshold=threshold, cancel=cancel, rgb=rgb, out=out,
+                                    t0=t0)
+    image, is_rgb = validate_image(image, rgb=rgb)
+    if mapping is None:
+        mapping = stack_mapping(image, "auto", rgb=is_rgb)
+    signal = _signal(mapping.apply(image, expand=False), params.polarity)
+    if threshold is None:
+        threshold = params.threshold if params.threshold is not None else \
+            foreground_threshold(signal)
+    h, w = signal.shape
+    if params.seeds == "detect":
+        seeds, smoothed, factor = _detect(signal, params, threshold)
+    else:
+        factor = detection_factor((h, w), params.object_size)
+        smoothed = _smooth(_downscale(signal, factor), params.object_size / factor)
+        seeds = grid_seeds((h, w), params.grid_spacing or params.object_size / 2.0,
+                           params.max_seeds)
+    del signal
+    foreground = smoothed > threshold
+    if factor > 1:
+        foreground = np.repeat(np.repeat(foreground, factor, 0), factor, 1)[:h, :w]
+    candidates: list[Candidate] = []
+    calls = 0
+    if len(seeds):
+        _check_cancel(cancel)
+        if embedding is None:
+            embedding = predictor.embed(image, mapping, rgb=is_rgb)
+
+        def run(points, labels):
+            r = predictor.predict(points=points, labels=labels, embedding=embedding)
+            return r.mask, 0, 0, r.score
+
+        candidates, calls = _collect_candidates(
+            seeds, run, lambda r0, c0, r1, c1: foreground[r0:r1, c0:c1], params, (h, w),
+            cancel)
+    return _slice_result(candidates, seeds, calls, params, (h, w), out, t0)
+
+
+def _segment_slice_tiled(predictor, image, *, params: AutoParams, mapping, threshold,
+                         cancel, rgb, out, t0) -> SliceSegmentation:
+    """:func:`segment_slice` on tiles, reading ``image`` one window at a time.
+
+    Pass 1 detects seeds tile by tile: each tile detects in the pixels it owns (see
+    :meth:`TileGrid.tile_indices`) plus a margin of two object sizes, so objects on a tile
+    border are seen whole and found once. Pass 2 runs the decoder per seed, tile by tile,
+    through :class:`TiledPredictor` (which re-centres windows on objects that reach a tile's
+    side). The foreground test reads a small window around each mask. Nothing slice-sized is
+    allocated except ``out`` (when not given).
+    """
+    from ...engine.tiling import TiledPredictor, Window
+
+    validate_image(np.asarray(image[:2, :2]), rgb=rgb)  # dtype and axes, without a read
+    tp = TiledPredictor(predictor, image, mapping, tile_size=params.tile_size, rgb=rgb)
+    mapping, is_rgb, grid = tp.mapping, tp.rgb, tp.grid
+    h, w = tp.image_shape
+    if threshold is None:
+        threshold = params.threshold if params.threshold is not None else \
+            stack_statistics([image], params=params, mapping=mapping, rgb=is_rgb)[1]
+
+    def signal_of(win: Window) -> np.ndarray:
+        return _signal(mapping.apply(tp.read(win), expand=False), params.polarity)
+
+    def clipped(r0, c0, r1, c1) -> Window:
+        r0, c0, r1, c1 = max(0, r0), max(0, c0), min(h, r1), min(w, c1)
+        return Window(r0, c0, r1 - r0, c1 - c0)
+
+    if params.seeds == "detect":
+        margin = int(math.ceil(2 * params.object_size)) + 4
+        found = []
+        for tile in grid.tiles:
+            _check_cancel(cancel)
+            own = grid.owned(tile)
+            block = clipped(own.row0 - margin, own.col0 - margin, own.row1 + margin,
+                            own.col1 + margin)
+            seeds, _, _ = _detect(signal_of(block), params, threshold)
+            seeds = seeds + [block.col0, block.row0]
+            r = np.floor(seeds[:, 1] + 0.5)
+            c = np.floor(seeds[:, 0] + 0.5)
+            found.append(seeds[(r >= own.row0) & (r < own.row1)
+                               & (c >= own.col0) & (c < own.col1)])
+        seeds = np.concatenate(found) if found else np.zeros((0, 2))
+    else:
+        seeds = grid_seeds((h, w), params.grid_spacing or params.object_size / 2.0,
+                           params.max_seeds)
+    # Seeds tile by tile (stable within a tile): each tile's embedding is used while it is
+    # at hand instead of being evicted and fetched again from the cache.
+    seeds = seeds[np.argsort(grid.tile_indices(seeds), kind="stable")] if len(seeds) else seeds
+    pad = int(math.ceil(4 * max(1.0, params.object_size / 8.0))) + 1
+
+    def foreground_crop(r0, c0, r1, c1):
+        win = clipped(r0 - pad, c0 - pad, r1 + pad, c1 + pad)
+        fg = _smooth(signal_of(win), params.object_size) > threshold
+        return fg[r0 - win.row0:r1 - win.row0, c0 - win.col0:c1 - win.col0]
+
+    def run(points, labels):
+        r = tp.predict(points=points, labels=labels)
+        return r.mask, r.window.row0, r.window.col0, r.score
+
+    candidates, calls = _collect_candidates(seeds, run, foreground_crop, params, (h, w),
+                                            cancel)
+    return _slice_result(candidates, seeds, calls, params, (h, w), out, t0)
+
+
+def segment_stack(predictor, planes, *, params: AutoParams | None = None,
+                  mapping: IntensityMapping | None = None, threshold: float | None = None,
+                  rgb: bool = False, link: bool = True, out: np.ndarray | None = None,
+                  progress: Callable[[int, int], None] | None = None,
+                  cancel: Callable[[], bool] | None = None) -> StackSegmentation:
+    """Segment every slice of a stack and link instances into 3D objects.
+
+    Parameters
+    ----------
+    predictor : Predictor
+    planes : sequence of array-like
+        ``len(planes)`` slices; ``planes[z]`` has shape (H, W) (or (H, W, 3) with ``rgb``).
+        Read one at a time (a numpy array, a memmap, a dask array or any lazy sequence).
+    params : AutoParams, optional
+    mapping : IntensityMapping, optional
+        Default: stack-wide (see :func:`stack_statistics`).
+    threshold : float, optional
+        Default: ``params.threshold`` or stack-wide Otsu.
+    rgb : bool
+    link : bool
+        Link instances of neighbouring slices by IoU (``params.link_iou``); False numbers
+        instances of every slice independently from 1 (e.g. time frames).
+    out : ndarray of uint32, shape (Z, H, W), optional
+        Where to write the labels (e.g. a disk memmap for big stacks); each slice is
+        painted and linked in place, so a memmap is never loaded whole.
+    progress : callable(done, total), optional
+        Called after each slice.
+    cancel : callable returning bool, optional
+
+    Returns
+    -------
+    StackSegmentation
+    """
+    t0 = time.perf_counter()
+    params = params or AutoParams()
+    n = len(planes)
+    if mapping is None or (threshold is None and params.threshold is None):
+        mapping, stack_thr = stack_statistics(planes, params=params, mapping=mapping, rgb=rgb)
+        if threshold is None:
+            threshold = stack_thr
+    elif threshold is None:
+        threshold = float(params.threshold)
+    prev = None
+    next_id = 1
+    per_slice = []
+    calls = 0
+    n_max = 0
+    for z in range(n):
+        _check_cancel(cancel)
+        plane = planes[z]  # not read here: large slices are read tile by tile
+        if out is None:
+            out = np.zeros((n, *tuple(plane.shape)[:2]), dtype=np.uint32)
+        res = segment_slice(predictor, plane, params=params, mapping=mapping,
+                            threshold=threshold, cancel=cancel, rgb=rgb, out=out[z])
+        calls += res.decoder_calls
+        per_slice.append(res.n_objects)
+        if link:
+            ids, next_id = link_ids(prev, out[z], min_iou=params.link_iou, next_id=next_id,
+                                    n_current=res.n_objects)
+            for b in _row_blocks(out.shape[1:]):  # in place, a block at a time
+                out[z, b] = ids[out[z, b]]
+            prev = out[z]
+            n_max = next_id - 1
+        else:
+            n_max = max(n_max, res.n_objects)
+        if progress is not None:
+            progress(z + 1, n)
+    if out is None:
+        out = np.zeros((0, 0, 0), np.uint32)
+    return StackSegmentation(out, n_max, per_slice, mapping, float(threshold), calls,
+                             time.perf_counter() - t0)

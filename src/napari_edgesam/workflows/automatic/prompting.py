@@ -1,0 +1,156 @@
+"""Prompting: one decoder call per seed, and the filters each predicted mask must pass.
+
+Steps 3 and 4 of :mod:`napari_edgesam.workflows.automatic`: a seed is one positive click;
+a mask that also covers distant seeds is predicted again with them as negative clicks; the
+mask keeps the component under its seed, small holes are filled, and stability, area and
+foreground filters decide whether it becomes a :class:`~.overlaps.Candidate`. The decoder
+itself is behind a callable, so whole-slice and tiled prediction share this code. Seeds are
+``(x, y) = (col, row)``; masks and boxes ``(row, col)``, in pixels of the slice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...engine.errors import CancelledError
+from ...engine.transforms import mask_bbox
+from .box_index import _BoxIndex
+from .overlaps import Candidate
+from .params import AutoParams
+
+
+def _check_cancel(cancel) -> None:
+    """Raise :class:`CancelledError` when ``cancel`` (a callable returning bool) says so."""
+    if cancel is not None and cancel():
+        raise CancelledError("automatic segmentation cancelled")
+
+
+def _values_at(mask: np.ndarray, off_r: int, off_c: int, rows: np.ndarray,
+               cols: np.ndarray) -> np.ndarray:
+    """``mask`` (a crop at ``(off_r, off_c)`` of the slice) at slice pixels ``(rows, cols)``;
+    False outside the crop."""
+    r, c = rows - off_r, cols - off_c
+    ok = (r >= 0) & (r < mask.shape[0]) & (c >= 0) & (c < mask.shape[1])
+    out = np.zeros(rows.shape, bool)
+    out[ok] = mask[r[ok], c[ok]]
+    return out
+
+
+def _postprocess(mask: np.ndarray, seed_rc: tuple[int, int], params: AutoParams):
+    """Crop a full-frame mask; keep the seed's component; fill small holes.
+
+    Returns ``(bbox, crop)`` or None when nothing is left (or the seed is not covered).
+    """
+    from scipy import ndimage as ndi
+
+    box = mask_bbox(mask)
+    if box is None:
+        return None
+    r0, c0, r1, c1 = box
+    crop = mask[r0:r1, c0:c1]
+    min_area, max_area = params.area_limits
+    if np.count_nonzero(crop) < min_area:  # its components are smaller still
+        return None
+    sr, sc = seed_rc
+    if params.seed_component:
+        if not (r0 <= sr < r1 and c0 <= sc < c1) or not crop[sr - r0, sc - c0]:
+            return None
+        lab, n = ndi.label(crop)
+        if n > 1:
+            crop = lab == lab[sr - r0, sc - c0]
+            sub = mask_bbox(crop)
+            crop = crop[sub[0]:sub[2], sub[1]:sub[3]]
+            r0, c0 = r0 + sub[0], c0 + sub[1]
+    if np.count_nonzero(crop) > max_area:  # filling holes only adds pixels
+        return None
+    if min_area > 0:
+        crop = _fill_small_holes(crop, min_area)
+    return (r0, c0, r0 + crop.shape[0], c0 + crop.shape[1]), crop
+
+
+def _fill_small_holes(mask: np.ndarray, max_hole: int) -> np.ndarray:
+    """Fill holes (background components not touching the crop border) below ``max_hole``
+    pixels."""
+    from scipy import ndimage as ndi
+
+    filled = ndi.binary_fill_holes(mask)
+    holes = filled & ~mask
+    if not holes.any():
+        return mask
+    lab, n = ndi.label(holes)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    small = sizes < max_hole
+    small[0] = False
+    return mask | small[lab]
+
+
+def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoParams,
+                        shape: tuple[int, int], cancel) -> tuple[list[Candidate], int]:
+    """Steps 3-4 of the module docstring: one decoder call per seed, then the filters.
+
+    Parameters
+    ----------
+    seeds : ndarray, shape (N, 2)
+        ``(x, y)`` pixels of the slice, in the order they are tried.
+    run : callable(points, labels) -> (mask, row0, col0, score)
+        Predicts one mask crop and its ``(row, col)`` offset in the slice.
+    foreground_crop : callable(row0, col0, row1, col1) -> ndarray of bool
+        The foreground of a half-open box of the slice.
+    shape : (int, int)
+        ``(H, W)`` of the slice.
+
+    Returns
+    -------
+    candidates : list of Candidate
+    decoder_calls : int
+    """
+    h, w = shape
+    min_area, max_area = params.area_limits
+    far = 0.75 * params.object_size
+    candidates: list[Candidate] = []
+    covered = _BoxIndex()  # which accepted candidate first covers a pixel
+    rows = np.clip(np.round(seeds[:, 1]).astype(int), 0, h - 1)
+    cols = np.clip(np.round(seeds[:, 0]).astype(int), 0, w - 1)
+    calls = 0
+    for i, (x, y) in enumerate(seeds):
+        _check_cancel(cancel)
+        owner = next((k for k in covered.at(rows[i], cols[i])
+                      if _values_at(candidates[k].mask, *candidates[k].bbox[:2],
+                                    rows[i:i + 1], cols[i:i + 1])[0]), None)
+        if owner is not None and math.hypot(x - candidates[owner].seed[0],
+                                            y - candidates[owner].seed[1]) <= far:
+            continue  # a second seed of an object already found: its mask would be a duplicate
+        mask, off_r, off_c, score = run([(x, y)], [1])
+        calls += 1
+        if params.split_merged and len(seeds) > 1:
+            dist = np.hypot(seeds[:, 0] - x, seeds[:, 1] - y)
+            inside = _values_at(mask, off_r, off_c, rows, cols) & (dist > far)
+            if inside.any():
+                others = seeds[inside][np.argsort(dist[inside], kind="stable")][:8]
+                refined = run([(x, y), *map(tuple, others)], [1] + [0] * len(others))
+                calls += 1
+                if np.isfinite(refined[3]) and refined[3] >= params.min_stability:
+                    mask, off_r, off_c, score = refined
+        if not (np.isfinite(score) and score >= params.min_stability):
+            continue
+        seed_rc = (min(h - 1, max(0, int(round(y)))) - off_r,
+                   min(w - 1, max(0, int(round(x)))) - off_c)
+        if not (0 <= seed_rc[0] < mask.shape[0] and 0 <= seed_rc[1] < mask.shape[1]):
+            continue
+        post = _postprocess(mask, seed_rc, params)
+        if post is None:
+            continue
+        (r0, c0, r1, c1), crop = post
+        r0, r1, c0, c1 = r0 + off_r, r1 + off_r, c0 + off_c, c1 + off_c
+        area = int(np.count_nonzero(crop))
+        if not min_area <= area <= max_area:
+            continue
+        if params.min_foreground > 0:
+            fg = np.count_nonzero(crop & foreground_crop(r0, c0, r1, c1)) / max(area, 1)
+            if fg < params.min_foreground:
+                continue
+        covered.add(len(candidates), (r0, c0, r1, c1))
+        candidates.append(Candidate((r0, c0, r1, c1), crop, float(score), (float(x), float(y)), i))
+    return candidates, calls
