@@ -1,0 +1,251 @@
+"""The runtime model: what the predictor loads when optimised variants are used.
+
+:class:`OptimizedEdgeSamModel` runs variant files (a split decoder's image part once per
+embedding), and :func:`load_optimized`/:func:`optimized_or_original`/:func:`load_variant` pick
+the variants whose records say they passed. Only records are read: no building, no checking,
+no ``onnx``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from ..session import EdgeSamModel
+from .records import VariantResult, find_variants
+from .variants import PREFERENCE
+
+_log = logging.getLogger(__name__)
+
+
+class OptimizedEdgeSamModel(EdgeSamModel):
+    """An :class:`EdgeSamModel` running optimised variant files of a source model.
+
+    ``encoder_path``/``decoder_path`` point at contract-compatible files (the variant's or
+    the source's), so anything that recreates a model from the paths (batch workers) gets
+    the same model. When the decoder variant was split, :meth:`decode` runs the
+    prompt-independent part once per embedding array (remembered for the last few arrays)
+    and only the prompt part per call.
+
+    Parameters
+    ----------
+    source : EdgeSamModel
+        The float32 original.
+    encoder, decoder : path
+        Files to run.
+    decoder_parts : (path, path), optional
+        ``(image part, prompt part)`` of the split decoder.
+    variants : dict, optional
+        kind -> :class:`VariantResult` of the variants in use.
+    memo_size : int
+        How many embeddings' prompt-independent decoder tensors to remember (each about
+        10 MB for EdgeSAM).
+    """
+
+    def __init__(self, source: EdgeSamModel, encoder, decoder, *, decoder_parts=None,
+                 variants: dict | None = None, memo_size: int = 2, sha256: dict | None = None):
+        kinds = list(variants or {})
+        super().__init__(
+            encoder, decoder, name="+".join([source.name, *kinds]),
+            providers=source.providers, num_threads=source.num_threads, sha256=sha256,
+        )
+        self.source = source
+        self.variants = dict(variants or {})
+        self.decoder_parts = tuple(Path(p) for p in decoder_parts) if decoder_parts else None
+        self._memo: list[tuple[np.ndarray, float, dict]] = []
+        self._memo_size = max(1, int(memo_size))
+        self._memo_lock = threading.Lock()
+
+    def __repr__(self):
+        return (f"OptimizedEdgeSamModel(name={self.name!r}, encoder={str(self.encoder_path)!r}, "
+                f"decoder={str(self.decoder_path)!r}, split={self.decoder_parts is not None})")
+
+    def _make_session(self, role: str):
+        if role not in ("decoder_image", "decoder_prompt"):
+            return super()._make_session(role)
+        import onnxruntime as ort
+
+        from ..session import default_num_threads, resolve_providers
+
+        path = self.decoder_parts[0 if role == "decoder_image" else 1]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(self.num_threads or default_num_threads())
+        opts.log_severity_level = 3
+        try:
+            s = ort.InferenceSession(str(path), sess_options=opts,
+                                     providers=resolve_providers(self.providers))
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"optimised decoder part {path} cannot be loaded: {exc}") from exc
+        if role == "decoder_prompt":
+            names = {o.name for o in s.get_outputs()}
+            if not {"scores", "masks"} <= names:
+                raise ModelError(f"optimised decoder part {path} lacks scores/masks outputs")
+        return s
+
+    def load(self) -> OptimizedEdgeSamModel:
+        super().load()
+        if self.decoder_parts:
+            self.session("decoder_image")
+            self.session("decoder_prompt")
+        return self
+
+    @staticmethod
+    def _fingerprint(a: np.ndarray) -> float:
+        flat = a.reshape(-1)
+        return float(flat[:: max(1, flat.size // 1024)].sum(dtype=np.float64))
+
+    def image_part(self, embedding: np.ndarray) -> dict:
+        """The prompt-independent decoder tensors for ``embedding`` (remembered).
+
+        Parameters
+        ----------
+        embedding : ndarray of float32, shape (1, 256, 64, 64)
+
+        Returns
+        -------
+        dict
+            Input name -> array for the prompt part.
+        """
+        emb = np.asarray(embedding, dtype=np.float32)
+        fp = self._fingerprint(emb)
+        with self._memo_lock:
+            for i, (arr, f, out) in enumerate(self._memo):
+                if arr is emb and f == fp:
+                    self._memo.append(self._memo.pop(i))
+                    return out
+            s = self.session("decoder_image")
+            vals = s.run(None, {"image_embeddings": emb})
+            out = dict(zip([o.name for o in s.get_outputs()], vals, strict=True))
+            self._memo.append((emb, fp, out))
+            del self._memo[:-self._memo_size]
+            return out
+
+    def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray):
+        """Run the decoder (see :meth:`EdgeSamModel.decode`); with a split decoder the
+        prompt-independent part is computed once per embedding array."""
+        if not self.decoder_parts:
+            return super().decode(embedding, coords, labels)
+        feeds = self.image_part(embedding)
+        s = self.session("decoder_prompt")
+        wanted = {i.name for i in s.get_inputs()}
+        feeds = {k: v for k, v in feeds.items() if k in wanted}
+        if "image_embeddings" in wanted:
+            feeds["image_embeddings"] = np.asarray(embedding, dtype=np.float32)
+        feeds["point_coords"] = np.asarray(coords, dtype=np.float32)
+        feeds["point_labels"] = np.asarray(labels, dtype=np.float32)
+        scores, masks = s.run(["scores", "masks"], feeds)
+        return scores, masks
+
+
+def _model_with(source: EdgeSamModel, results: Sequence[VariantResult],
+                use_split: bool = True) -> EdgeSamModel:
+    enc = dec = None
+    parts = None
+    used = {}
+    sha = {}
+    for r in results:
+        if r.role == "encoder" and enc is None:
+            enc = r.path("model")
+            used[r.kind] = r
+        elif r.role == "decoder" and dec is None:
+            dec = r.path("model")
+            if use_split and r.path("image") and r.path("prompt"):
+                parts = (r.path("image"), r.path("prompt"))
+            used[r.kind] = r
+    if not used:
+        return source
+    if enc is None:
+        sha["encoder"] = source.identity
+    return OptimizedEdgeSamModel(
+        source, enc or source.encoder_path, dec or source.decoder_path, decoder_parts=parts,
+        variants=used, sha256=sha,
+    )
+
+
+def optimized_or_original(model: EdgeSamModel) -> tuple[EdgeSamModel, str]:
+    """:func:`load_optimized` with a sentence for the user saying what runs and why.
+
+    Returns
+    -------
+    (EdgeSamModel, str)
+        The variants that passed (or ``model``), and e.g. ``"running <name> (optimised
+        variants that agreed ...)"`` or why the original runs and how to make variants.
+    """
+    report: list = []
+    optimized = load_optimized(model, report=report)
+    if optimized is model:
+        why = "; ".join(f"{r.kind}: {r.status}" for r in report) or "none made"
+        return model, (f"no optimised variant of {model.name} passed its check here ({why}); "
+                       "running the original. Make them with 'napari-edgesam optimize "
+                       "IMAGES' on a few of your images.")
+    return optimized, (f"running {optimized.name} (optimised variants that agreed with the "
+                       "original on your images).")
+
+
+def load_optimized(model: EdgeSamModel, kinds: Sequence[str] | None = None, *,
+                   report: list | None = None) -> EdgeSamModel:
+    """The model with every variant that passed its agreement check, else ``model`` itself.
+
+    Only records are read (no building, no checking, no ``onnx`` needed). For each role the
+    first passing kind of :data:`PREFERENCE` is used. A record made from another source
+    file version or another onnxruntime version, or whose files changed, is not used.
+
+    Parameters
+    ----------
+    model : EdgeSamModel
+        The original model.
+    kinds : sequence of str, optional
+        Restrict to these kinds (default: all built-in kinds).
+    report : list, optional
+        Receives one :class:`VariantResult` per kind considered (with the reason when it is
+        not used).
+
+    Returns
+    -------
+    EdgeSamModel
+        An :class:`OptimizedEdgeSamModel` (its ``identity``, the SHA-256 of its encoder
+        file, differs from the original's when the encoder variant is used, so cached
+        embeddings never mix), or ``model`` when nothing passed.
+    """
+    model = getattr(model, "source", None) or model
+    found = find_variants(model, kinds)
+    if report is not None:
+        report.extend(found.values())
+    order = [k for k in PREFERENCE if k in found] + [k for k in found if k not in PREFERENCE]
+    chosen = [found[k] for k in order if found[k].enabled]
+    for k in order:
+        if not found[k].enabled and found[k].status != "missing":
+            _log.info("optimised variant %s not used: %s", k, found[k].reason)
+    return _model_with(model, chosen)
+
+
+def load_variant(model: EdgeSamModel, kind: str, *, require_passed: bool = True,
+                 use_split: bool = True) -> EdgeSamModel:
+    """One variant of ``model`` (for benchmarks and diagnostics).
+
+    Parameters
+    ----------
+    model : EdgeSamModel
+    kind : str
+    require_passed : bool
+        When False, a refused or unchecked variant is loaded too (never do this for real
+        work: its masks were not shown to agree with the original).
+    use_split : bool
+        Use the split decoder (image part remembered per embedding) when there is one.
+
+    Raises
+    ------
+    ModelError
+        When the variant is not built here (or did not pass, with ``require_passed``).
+    """
+    model = getattr(model, "source", None) or model
+    r = find_variants(model, [kind])[kind]
+    ok = r.enabled or (not require_passed and r.status in ("refused", "unchecked"))
+    if not ok:
+        raise ModelError(f"variant {kind} is not usable: {r.status} ({r.reason})")
+    return _model_with(model, [r], use_split=use_split)

@@ -1,0 +1,220 @@
+"""Building variants: the kinds of optimised variant (:data:`VARIANTS`) and their builders.
+
+A :class:`Variant` names a kind, its role (encoder or decoder) and a builder that writes a
+contract-compatible ONNX file from the user's own float32 original (:class:`BuildContext`).
+The built-in builders combine the exact rewrites (:mod:`.rewrites`), the decoder split
+(:mod:`.decoder_split`) and onnxruntime's int8 quantisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelError
+from .decoder_split import merge_parts, split_decoder
+from .dependencies import _import_onnx, _import_quantization
+from .graph_matching import _remove_dead
+from .rewrites import (
+    _ort_offline,
+    fuse_gelu,
+    rewrite_count_casts,
+    rewrite_global_pool,
+    rewrite_upscaling,
+)
+
+#: Variants built by default.
+DEFAULT_VARIANTS = ("decoder-int8", "encoder-int8")
+#: When several variants of one role passed, the first one of this order is used.
+PREFERENCE = ("decoder-int8", "decoder-fast", "encoder-int8")
+
+
+@dataclass
+class BuildContext:
+    """What a variant builder gets.
+
+    Attributes
+    ----------
+    source : pathlib.Path
+        The original (float32) ONNX file of the variant's role.
+    output : pathlib.Path
+        Where to write the variant (a contract-compatible ONNX file).
+    work_dir : pathlib.Path
+        A scratch folder (deleted afterwards).
+    calibration : callable
+        ``calibration() -> list of ndarray (1, 3, 1024, 1024) float32``: the user's slices
+        through the engine's preprocessing (computed on first use).
+    log : callable
+        ``log(message)`` for progress messages.
+    image_output, prompt_output : pathlib.Path
+        Decoder builders that split the decoder themselves write the two parts here (see
+        :func:`split_decoder`); otherwise the framework splits ``output`` when the
+        variant asks for it.
+    """
+
+    source: Path
+    output: Path
+    work_dir: Path
+    calibration: Callable[[], list]
+    log: Callable[[str], None]
+    image_output: Path | None = None
+    prompt_output: Path | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A kind of optimised variant.
+
+    Attributes
+    ----------
+    kind : str
+        Name, used for files and records (``"decoder-int8"``).
+    role : {"encoder", "decoder"}
+    build : callable
+        ``build(ctx: BuildContext) -> dict`` writes ``ctx.output`` and returns details for
+        the record.
+    split : bool
+        For decoders: also split the result into image and prompt parts.
+    description : str
+    """
+
+    kind: str
+    role: str
+    build: Callable[[BuildContext], dict]
+    split: bool = True
+    description: str = ""
+
+
+def _quantize_dynamic(src: Path, dst: Path) -> int:
+    """Dynamic int8 quantisation of the weight MatMuls; returns how many were quantised."""
+    onnx = _import_onnx()
+    q = _import_quantization()
+    with _quiet_quantizer():
+        q.quantize_dynamic(
+            str(src), str(dst), weight_type=q.QuantType.QInt8, per_channel=True,
+            op_types_to_quantize=["MatMul"],
+        )
+    qm = onnx.load(str(dst))
+    return sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in qm.graph.node)
+
+
+def _build_decoder(ctx: BuildContext, quantize: bool) -> dict:
+    """Fold constants, rewrite the upscaling, split, quantise each part, merge."""
+    onnx = _import_onnx()
+    details: dict = {}
+    folded = ctx.work_dir / "folded.onnx"
+    _ort_offline(ctx.source, folded, "basic")
+    model = onnx.load(str(folded))
+    model, detail = rewrite_upscaling(model)
+    model, detail2 = rewrite_count_casts(model)
+    details["rewrites"] = ["onnxruntime basic offline optimisation (constant folding)", detail,
+                           detail2]
+    ctx.log(f"{detail}; {detail2}")
+    parts = split_decoder(model)
+    if quantize:
+        details["quantization"] = "dynamic, int8 per-channel weights, MatMul"
+    if parts is None:
+        details["split"] = "not split (nothing prompt-independent)"
+        if quantize:
+            fp = ctx.work_dir / "float.onnx"
+            onnx.save(model, str(fp))
+            details["quantized_matmuls"] = _quantize_dynamic(fp, ctx.output)
+        else:
+            onnx.save(model, str(ctx.output))
+        return details
+    img, prm, boundary = parts
+    details["split"] = f"split into image and prompt parts ({len(boundary)} boundary tensors)"
+    ctx.log(f"split: {len(boundary)} tensor(s) computed once per image")
+    onnx.save(img, str(ctx.image_output))
+    onnx.save(prm, str(ctx.prompt_output))
+    if quantize:
+        n = 0
+        for part in (ctx.image_output, ctx.prompt_output):
+            fp = ctx.work_dir / ("float-" + part.name)
+            os.replace(part, fp)
+            n += _quantize_dynamic(fp, part)
+        details["quantized_matmuls"] = n
+        img, prm = onnx.load(str(ctx.image_output)), onnx.load(str(ctx.prompt_output))
+    onnx.save(merge_parts(img, prm, boundary), str(ctx.output))
+    return details
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """Hide onnxruntime.quantization's chatter (it logs through the root logger)."""
+
+    def drop(record):
+        return not (record.levelno < logging.ERROR
+                    and "onnxruntime" in record.pathname.replace("\\", "/"))
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def _build_encoder_int8(ctx: BuildContext) -> dict:
+    onnx = _import_onnx()
+    q = _import_quantization()
+    from onnxruntime.quantization import registry
+
+    model = onnx.load(str(ctx.source))
+    model, n_pool = rewrite_global_pool(model)
+    model, n_gelu = fuse_gelu(model)
+    pre = ctx.work_dir / "fused.onnx"
+    onnx.save(model, str(pre))
+    tensors = ctx.calibration()
+    if not tensors:
+        raise ModelError("no calibration images")
+
+    class _Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(tensors)
+
+        def get_next(self):
+            t = next(self._it, None)
+            return None if t is None else {"image": t}
+
+    ops = sorted(set(registry.QDQRegistry) | set(registry.QLinearOpsRegistry) | {"Gelu"})
+    ctx.log(f"calibrating the int8 encoder on {len(tensors)} slice(s)")
+    with _quiet_quantizer():
+        q.quantize_static(
+            str(pre), str(ctx.output), _Reader(), quant_format=q.QuantFormat.QDQ,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+            per_channel=True, op_types_to_quantize=ops,
+            calibrate_method=q.CalibrationMethod.MinMax,
+        )
+    qm = onnx.load(str(ctx.output))
+    _remove_dead(qm)
+    onnx.save(qm, str(ctx.output))
+    return {
+        "quantization": "static QDQ, uint8 activations (MinMax calibration), int8 "
+                        "per-channel weights",
+        "fused_gelu": n_gelu,
+        "global_pools": n_pool,
+        "calibration_slices": len(tensors),
+    }
+
+
+#: The built-in variants, by kind.
+VARIANTS: dict[str, Variant] = {
+    "decoder-fast": Variant(
+        "decoder-fast", "decoder", lambda ctx: _build_decoder(ctx, quantize=False),
+        description="exact float32 rewrites (constant folding, channels-last upscaling) and "
+                    "a prompt-independent part computed once per image",
+    ),
+    "decoder-int8": Variant(
+        "decoder-int8", "decoder", lambda ctx: _build_decoder(ctx, quantize=True),
+        description="decoder-fast with dynamic int8 quantisation of the weight MatMuls",
+    ),
+    "encoder-int8": Variant(
+        "encoder-int8", "encoder", _build_encoder_int8, split=False,
+        description="static int8 (QDQ) quantisation calibrated on your own images",
+    ),
+}
