@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from napari_edgesam.cli import models_cmd
-from napari_edgesam.engine import contract, models, paths
+from napari_edgesam.engine import contract, file_hash, models, paths
 from napari_edgesam.engine.errors import ChecksumError, ModelError, ModelNotAvailableError
 
 LICENCE_URL = "https://github.com/chongzhou96/EdgeSAM/blob/master/LICENSE"
@@ -169,8 +169,8 @@ def test_file_sha256_is_memoised(tmp_path, monkeypatch):
     f.write_bytes(b"x" * 100_000)
     expected = hashlib.sha256(f.read_bytes()).hexdigest()
     calls = []
-    real = models._hash_file
-    monkeypatch.setattr(models, "_hash_file", lambda p: calls.append(p) or real(p))
+    real = file_hash._hash_file
+    monkeypatch.setattr(file_hash, "_hash_file", lambda p: calls.append(p) or real(p))
     assert models.file_sha256(f) == expected
     assert models.file_sha256(str(f)) == expected
     assert len(calls) == 1
@@ -178,7 +178,7 @@ def test_file_sha256_is_memoised(tmp_path, monkeypatch):
     entry = memo[str(f.resolve())]
     assert entry["sha256"] == expected and entry["size"] == 100_000
     # a new process (empty in-memory memo) reads the memo file: still no re-hash
-    monkeypatch.setattr(models, "_memo", None)
+    monkeypatch.setattr(file_hash, "_memo", None)
     assert models.file_sha256(f) == expected
     assert len(calls) == 1
     # a changed file (same size, new mtime) is hashed again
@@ -197,7 +197,7 @@ def test_file_sha256_corrupt_memo_and_unwritable_cache(tmp_path, monkeypatch):
     memo_file = paths.cache_dir() / models.HASH_MEMO_FILE
     memo_file.parent.mkdir(parents=True, exist_ok=True)
     memo_file.write_text("{ this is not json")
-    monkeypatch.setattr(models, "_memo", None)
+    monkeypatch.setattr(file_hash, "_memo", None)
     assert models.file_sha256(f) == expected
     assert json.loads(memo_file.read_text())[str(f.resolve())]["sha256"] == expected
     # the cache folder is a file: nothing can be written, hashing still works
@@ -211,7 +211,7 @@ def test_file_sha256_corrupt_memo_and_unwritable_cache(tmp_path, monkeypatch):
 
 
 def test_memo_forgets_deleted_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "_MEMO_PRUNE_AT", 3)
+    monkeypatch.setattr(file_hash, "_MEMO_PRUNE_AT", 3)
     files = []
     for i in range(5):
         f = tmp_path / f"f{i}"

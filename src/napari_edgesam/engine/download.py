@@ -21,6 +21,7 @@ from napari_edgesam.engine.errors import (  # noqa: F401 (DownloadError: re-expo
     DownloadError,
     ModelNotAvailableError,
 )
+from napari_edgesam.engine.file_hash import file_sha256, remember_sha256
 
 _log = logging.getLogger(__name__)
 
@@ -277,8 +278,6 @@ def fetch_file(
 def _fetch_locked(spec, dest_dir: Path, target: Path, progress, timeout, tail,
                   max_seconds) -> Path:
     """:func:`fetch_file`'s work, holding the file's lock."""
-    from napari_edgesam.engine.models import file_sha256  # models imports us lazily too
-
     if target.is_file():  # there already, or fetched by the process we waited for
         try:
             if target.stat().st_size == spec.size and file_sha256(target) == spec.sha256:
@@ -335,8 +334,6 @@ def _fetch_locked(spec, dest_dir: Path, target: Path, progress, timeout, tail,
         if progress:
             progress(spec.filename, spec.size, spec.size)
         try:  # remember the hash so the next start-up does not re-hash the file
-            from napari_edgesam.engine.models import remember_sha256
-
             remember_sha256(target, spec.sha256)
         except OSError:
             pass

@@ -3,28 +3,32 @@
 - :func:`list_cards`, :func:`get_card`: the published variants (``edgesam-3x``, the default,
   and ``edgesam``), described by the JSON cards shipped in ``napari_edgesam/models``.
 - :func:`file_sha256`: SHA-256 of a file, memoised by (path, size, mtime) in
-  ``<cache>/sha256-memo.json`` so that start-ups do not re-hash the model files.
+  ``<cache>/sha256-memo.json`` so that start-ups do not re-hash the model files (defined in
+  :mod:`.file_hash`, re-exported here).
 - :func:`model_status`, :func:`resolve_model`, :func:`download_model`: find a model's files
   in an explicit folder, ``$NAPARI_EDGESAM_MODEL_DIR``, the ``model_dir`` setting, then the
   user cache, verify them, and download what is missing (after showing the licence notice).
 
-This module is imported by the predictor for :func:`file_sha256` (the model identity in
-embedding cache keys), so it only imports the standard library at module level; pooch is
-imported only when a download starts.
+It only imports the standard library at module level; :mod:`.download` (and pooch) are
+imported only when a download starts. :mod:`.download` does not import this module.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from napari_edgesam.engine import paths
+from napari_edgesam.engine.file_hash import (  # noqa: F401 (re-exported: their old home)
+    HASH_MEMO_FILE,
+    cached_sha256,
+    file_sha256,
+    remember_sha256,
+)
 from napari_edgesam.engine.errors import (  # noqa: F401 (UnknownModelError: re-exported)
     ChecksumError,
     ModelError,
@@ -33,144 +37,6 @@ from napari_edgesam.engine.errors import (  # noqa: F401 (UnknownModelError: re-
 )
 
 _log = logging.getLogger(__name__)
-
-#: Name of the hash memo file in the cache folder.
-HASH_MEMO_FILE = "sha256-memo.json"
-_CHUNK = 1 << 20
-_MEMO_PRUNE_AT = 64
-_memo_lock = threading.Lock()
-_memo: dict[str, dict] | None = None  # in-process copy of the memo file
-_memo_file: Path | None = None  # the file ``_memo`` was loaded from
-
-
-def _memo_path() -> Path:
-    return paths.cache_dir() / HASH_MEMO_FILE
-
-
-def _load_memo_locked() -> dict[str, dict]:
-    global _memo, _memo_file
-    path = _memo_path()
-    if _memo is not None and _memo_file == path:
-        return _memo
-    data: dict[str, dict] = {}
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(loaded, dict):
-            data = {k: v for k, v in loaded.items() if isinstance(v, dict)}
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError):
-        _log.debug("Ignoring unreadable hash memo %s", path)
-    _memo, _memo_file = data, path
-    return data
-
-
-def _save_memo_locked(memo: dict[str, dict]) -> None:
-    path = _memo_path()
-    # Merge with what other processes may have written meanwhile; ours wins per key.
-    try:
-        on_disk = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(on_disk, dict):
-            for k, v in on_disk.items():
-                if k not in memo and isinstance(v, dict):
-                    memo[k] = v
-    except (OSError, ValueError):
-        pass
-    if len(memo) > _MEMO_PRUNE_AT:  # forget files that no longer exist
-        for k in [k for k in memo if not os.path.exists(k)]:
-            del memo[k]
-    try:
-        paths.atomic_write_text(path, json.dumps(memo, indent=1, sort_keys=True))
-    except OSError as exc:  # read-only or full cache folder: remember in memory only
-        _log.debug("Cannot write hash memo %s: %s", path, exc)
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike, *, use_memo: bool = True) -> str:
-    """Return the SHA-256 of a file as 64 lowercase hex digits, memoised.
-
-    The result is remembered, keyed by the resolved path, the size and the modification time
-    (ns), in a small JSON file in the cache folder (``<cache>/sha256-memo.json``) and in
-    memory, so that a start-up does not re-hash the model files every time. A file whose size
-    or mtime changed is hashed again. A corrupt memo file is ignored and a read-only cache
-    folder keeps the memo in memory only.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file to hash.
-    use_memo : bool, optional
-        ``False`` always reads the whole file (and refreshes the memo).
-
-    Returns
-    -------
-    str
-        The hex digest.
-
-    Raises
-    ------
-    OSError
-        When the file cannot be read (``FileNotFoundError`` when it does not exist).
-    """
-    p = Path(path).expanduser().resolve()
-    if use_memo:
-        known = cached_sha256(p)
-        if known is not None:
-            return known
-    st = p.stat()
-    digest = _hash_file(p)
-    st2 = p.stat()
-    if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-        return digest  # changed while we read it: don't remember
-    with _memo_lock:
-        memo = _load_memo_locked()
-        memo[str(p)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-        _save_memo_locked(memo)
-    return digest
-
-
-def cached_sha256(path: str | os.PathLike) -> str | None:
-    """Return the memoised SHA-256 of ``path`` if it is still valid, without hashing.
-
-    Returns
-    -------
-    str or None
-        The digest remembered for this exact (path, size, mtime), or ``None``.
-    """
-    try:
-        p = Path(path).expanduser().resolve()
-        st = p.stat()
-    except OSError:
-        return None
-    with _memo_lock:
-        entry = _load_memo_locked().get(str(p))
-    if (
-        entry is not None
-        and entry.get("size") == st.st_size
-        and entry.get("mtime_ns") == st.st_mtime_ns
-        and isinstance(entry.get("sha256"), str)
-        and len(entry["sha256"]) == 64
-    ):
-        return entry["sha256"]
-    return None
-
-
-def remember_sha256(path: str | os.PathLike, digest: str) -> None:
-    """Record a digest computed elsewhere (for example while downloading) in the memo."""
-    p = Path(path).expanduser().resolve()
-    st = p.stat()
-    with _memo_lock:
-        memo = _load_memo_locked()
-        memo[str(p)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-        _save_memo_locked(memo)
-
 
 # ---------------------------------------------------------------------------------------
 # Model cards
