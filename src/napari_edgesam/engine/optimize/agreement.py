@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from ..mask_crop import mask_iou
 from ..session import EdgeSamModel
 
 
@@ -62,11 +63,6 @@ class Agreement:
         return (f"mean IoU {self.mean_iou:.3f}, min {self.min_iou:.3f} over {self.n_prompts} "
                 f"prompts on {self.n_images} image(s); same mask chosen for "
                 f"{self.same_choice:.0%}")
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
 
 
 def sample_prompts(shape: tuple[int, int], n_clicks: int, n_boxes: int,
@@ -182,7 +178,7 @@ def check_agreement(reference: EdgeSamModel, candidate: EdgeSamModel, images, *,
         for j, prompt in enumerate(ref.prompts[i]):
             ref_mask, ref_index = ref.mask(i, j)
             mask, own = _decode_at(candidate, emb, prompt, ref_index)
-            ious.append(_iou(mask, ref_mask))
+            ious.append(mask_iou(mask, ref_mask, empty=1.0))  # two empty masks agree
             same.append(own == ref_index)
             done += 1
             if progress is not None:
