@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TEST_DECODER, TEST_ENCODER, disc_image
+from conftest import TEST_DECODER, TEST_ENCODER, disc_image, iou
 
 from napari_edgesam.engine import (
     EdgeSamModel,
@@ -18,6 +18,7 @@ from napari_edgesam.engine import (
     ModelSignatureError,
     mapping_from_percentiles,
 )
+from napari_edgesam.engine.predictor import prepare_prompts
 from napari_edgesam.engine.session import resolve_providers
 
 
@@ -82,11 +83,53 @@ def test_predict_without_image(predictor):
         predictor.predict(points=[(1, 1)])
 
 
-def test_edge_points_are_inside(predictor):
-    """Pixel centres of the first/last row and column are valid clicks."""
-    predictor.set_image(np.zeros((100, 200), np.uint8))
-    predictor.predict(points=[(0, 0), (199, 99)], labels=[1, 1])
-    predictor.predict(box=(0, 0, 199, 99))
+@pytest.mark.parametrize(
+    "point,corner",
+    [((0, 0), "top-left"), ((199, 99), "bottom-right"), ((199.5, 99.5), "bottom-right")],
+    ids=["first-pixel", "last-pixel", "last-pixel-outer-edge"],
+)
+def test_edge_points_are_inside(predictor, point, corner):
+    """A click on the image's edge pixels (x = W - 1, and the outer edge x = W - 0.5) is
+    accepted, maps inside the image's part of the 1024 frame and segments the object there.
+
+    Image: 100 x 200 (H x W), dark, with a bright 30 x 30 square in the top-left and in the
+    bottom-right corner; the test double segments the bright square under the click.
+    """
+    h, w = 100, 200
+    img = np.full((h, w), 20, np.uint8)
+    squares = {"top-left": np.zeros((h, w), bool), "bottom-right": np.zeros((h, w), bool)}
+    squares["top-left"][:30, :30] = True
+    squares["bottom-right"][-30:, -30:] = True
+    img[squares["top-left"] | squares["bottom-right"]] = 200
+    emb = predictor.set_image(img)
+    coords, _, _ = prepare_prompts((h, w), [point], None, None, emb.resized_size)
+    new_h, new_w = emb.resized_size
+    x, y = coords[0, 0]  # the click in the 1024 frame (the padding point follows it)
+    assert 0 <= x < new_w and 0 <= y < new_h
+    res = predictor.predict(points=[point], labels=[1])
+    row, col = min(h - 1, int(np.floor(point[1] + 0.5))), min(w - 1, int(np.floor(point[0] + 0.5)))
+    assert res.mask[row, col], "the clicked edge pixel is not in its mask"
+    assert iou(res.mask, squares[corner]) >= 0.9
+    other = "top-left" if corner == "bottom-right" else "bottom-right"
+    assert not (res.mask & squares[other]).any()
+
+
+def test_box_on_the_image_edges_is_inside(predictor):
+    """A box whose corners are the first and last pixels is accepted and finds the bright
+    squares in it (mask 0 of the test double: brighter than the box's mean)."""
+    h, w = 100, 200
+    img = np.full((h, w), 20, np.uint8)
+    top_left, bottom_right, near = (np.zeros((h, w), bool) for _ in range(3))
+    top_left[:30, :30] = bottom_right[-30:, -30:] = True
+    near[:32, :32] = near[-32:, -32:] = True  # the squares and 2 pixels around them
+    img[top_left | bottom_right] = 200
+    predictor.set_image(img)
+    res = predictor.predict(box=(0, 0, w - 1, h - 1))
+    assert res.mask_index == 0
+    assert res.mask[0, 0]
+    for square in (top_left, bottom_right):
+        assert np.count_nonzero(res.mask & square) >= 0.9 * np.count_nonzero(square)
+    assert not (res.mask & ~near).any()
 
 
 def test_decoder_given_as_encoder():

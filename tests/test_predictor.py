@@ -42,7 +42,8 @@ def test_click_lands_on_the_object(predictor, shape):
     assert iou(res.mask, truth) >= 0.9
     # Nothing far from the object.
     far = np.ones(shape, bool)
-    far[max(0, center[0] - 2 * r): center[0] + 2 * r, max(0, center[1] - 2 * r): center[1] + 2 * r] = False
+    far[max(0, center[0] - 2 * r): center[0] + 2 * r,
+        max(0, center[1] - 2 * r): center[1] + 2 * r] = False
     assert not res.mask[far].any()
 
 
@@ -192,9 +193,24 @@ def test_explicit_mapping_changes_what_the_model_sees(predictor):
 
 
 def test_constant_image_does_not_crash(predictor):
-    predictor.set_image(np.full((200, 300), 7, np.uint16))
+    """A constant image maps to 0 on the model's scale (IntensityMapping widens its equal
+    limits), so the model sees exactly a black image: the same embedding and prediction as
+    an all-zero uint8 image, with finite logits and scores and a mask around the click."""
+    emb = predictor.set_image(np.full((200, 300), 7, np.uint16))
+    assert emb.features.dtype == np.float32 and np.isfinite(emb.features).all()
     res = predictor.predict(points=[(150, 100)])
-    assert res.mask.shape == (200, 300)
+    assert res.mask.shape == (200, 300) and res.mask.dtype == bool
+    assert res.low_res_logits.dtype == np.float32 and np.isfinite(res.low_res_logits).all()
+    assert np.isfinite(res.scores).all() and 0.0 < res.score <= 1.0
+    assert res.score == res.scores[res.mask_index] == np.max(res.scores)
+    assert res.mask[100, 150]  # the clicked pixel: the test double takes same-grey pixels
+
+    black = predictor.embed(np.zeros((200, 300), np.uint8))
+    np.testing.assert_array_equal(emb.features, black.features)
+    ref = predictor.predict(points=[(150, 100)], embedding=black)
+    np.testing.assert_array_equal(res.low_res_logits, ref.low_res_logits)
+    np.testing.assert_array_equal(res.mask, ref.mask)
+    assert res.mask_index == ref.mask_index
 
 
 def test_embedding_can_be_reused_without_set_image(predictor):
