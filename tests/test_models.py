@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from napari_edgesam.cli import models_cmd
-from napari_edgesam.engine import contract, file_hash, models, paths
+from napari_edgesam.engine import contract, file_hash, model_cards, models, paths
 from napari_edgesam.engine.errors import ChecksumError, ModelError, ModelNotAvailableError
 
 LICENCE_URL = "https://github.com/chongzhou96/EdgeSAM/blob/master/LICENSE"
@@ -435,7 +435,7 @@ def test_cli_list_shows_present_and_verified(tmp_path, monkeypatch, capsys):
 
 def test_cli_path(tmp_path, monkeypatch, capsys):
     card = tiny_card()
-    monkeypatch.setattr(models, "list_cards", lambda cards=None: [card])
+    monkeypatch.setattr(model_cards, "list_cards", lambda cards=None: [card])
     code, out, err = run_cli("path", capsys=capsys)
     assert code == 3 and out == "", err
     assert len(err.strip().splitlines()) == 1 and ENC in err
