@@ -1,0 +1,98 @@
+"""The embeddings of a propagation run: :class:`SliceEmbeddings`, one lazily made
+:class:`~napari_edgesam.engine.slice_predictor.SlicePredictor` per slice (a whole-slice
+embedding, or tiles around the object for large slices) behind a small LRU memo and the
+predictor's :class:`~napari_edgesam.engine.cache.EmbeddingCache`."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ...engine.intensity import IntensityMapping
+from ...engine.slice_predictor import EmbeddedSlice
+from .slice_source import SliceSource
+
+__all__ = ["SliceEmbeddings"]
+
+
+class SliceEmbeddings:
+    """Lazy per-slice :class:`~napari_edgesam.engine.slice_predictor.SlicePredictor` s (a
+    whole-slice embedding, or tiles for large slices): the run's small LRU memo, then the
+    predictor (and its cache). Counts what the encoder really computed.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        Encodes the slices (through its embedding cache, if any).
+    source : SliceSource
+        The stack's slices, ``(Y, X)`` or ``(Y, X, 3)``.
+    mapping : IntensityMapping
+        The one stack-wide mapping used for every slice.
+    memo_slices : int
+        Slices kept in the LRU memo (0: none).
+    tiles : bool
+        Full-resolution tiles around the object instead of the whole slice shrunk to the
+        model's 1024 frame.
+    tile_size : int, optional
+        Tile side in original pixels (default that of
+        :class:`~napari_edgesam.engine.tiling.TiledPredictor`).
+    """
+
+    def __init__(self, predictor, source: SliceSource, mapping: IntensityMapping,
+                 memo_slices: int, tiles: bool = False, tile_size: int | None = None):
+        self.predictor = predictor
+        self.source = source
+        self.mapping = mapping
+        self.tiles = tiles
+        self.tile_size = tile_size
+        self.tiled: list = []  # the TiledPredictors made, for the statistics
+        self.memo: OrderedDict[int, object] = OrderedDict()
+        self.memo_slices = max(0, int(memo_slices))
+        self.embeddings = 0
+        self.encoded = 0
+        #: onnxruntime RunOptions passed to every encoder run (``terminate`` stops it).
+        self.run_options = None
+
+    def get(self, z: int):
+        """The slice predictor of slice ``z`` (memo, then cache, then the encoder).
+
+        Raises :class:`~napari_edgesam.engine.errors.InvalidInputError` when the model cannot
+        take the slice (no finite values, say)."""
+        emb = self.memo.get(z)
+        if emb is not None:
+            self.memo.move_to_end(z)
+            return emb
+        if self.tiles:
+            # Large slices: full-resolution windows around the object, encoded when a
+            # prediction needs them (the object's tiles only), read lazily from the stack.
+            from ...engine.tiling import TiledPredictor
+
+            emb = TiledPredictor(self.predictor, self.source.lazy(z), self.mapping,
+                                 tile_size=self.tile_size, rgb=self.source.rgb)
+            self.tiled.append(emb)
+        else:
+            emb = self._embed(z)
+        if self.memo_slices:
+            self.memo[z] = emb
+            while len(self.memo) > self.memo_slices:
+                self.memo.popitem(last=False)
+        return emb
+
+    def counts(self) -> tuple[int, int]:
+        """``(embeddings used, embeddings the encoder computed)``."""
+        if self.tiles:
+            return (sum(len(t.windows) for t in self.tiled),
+                    sum(len(t.encoded) for t in self.tiled))
+        return self.embeddings, self.encoded
+
+    def _embed(self, z: int):
+        cache = self.predictor.cache
+        before = cache.stats["misses"] if cache is not None and hasattr(cache, "stats") else None
+        emb = self.predictor.embed(self.source[z], self.mapping, rgb=self.source.rgb,
+                                   run_options=self.run_options)
+        self.embeddings += 1
+        if cache is None:
+            self.encoded += 1
+        elif before is not None:
+            self.encoded += int(cache.stats["misses"] > before)
+        return EmbeddedSlice(self.predictor, emb)
+
