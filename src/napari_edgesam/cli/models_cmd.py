@@ -10,10 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_BAD_ARGS = 2
-EXIT_NO_MODEL = 3
+from .exit_codes import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_NO_MODEL, EXIT_OK
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -140,7 +137,7 @@ def run(args) -> int:
     action = _ACTIONS.get(getattr(args, "models_command", None) or "")
     if action is None:
         _err("missing action: choose one of list, fetch, path")
-        return EXIT_BAD_ARGS
+        return EXIT_BAD_INPUT
     try:
         from napari_edgesam.engine.errors import CancelledError, ModelError
         from napari_edgesam.engine.models import UnknownModelError
@@ -149,7 +146,7 @@ def run(args) -> int:
             return action(args)
         except UnknownModelError as exc:
             _err(_one_line(exc))
-            return EXIT_BAD_ARGS
+            return EXIT_BAD_INPUT
         except ModelError as exc:
             _err(_one_line(exc))
             return EXIT_NO_MODEL

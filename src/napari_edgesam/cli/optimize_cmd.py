@@ -13,10 +13,12 @@ import sys
 
 import numpy as np
 
-from .main import EXIT_OK, add_model_options, model_from_args
+from .arguments import add_model_options, model_from_args
+from .exit_codes import EXIT_OK
 
 
 def add_parser(sub) -> None:
+    """Register the ``optimize`` subcommand."""
     p = sub.add_parser(
         "optimize",
         help="build faster (rewritten / int8) model variants, checked on your own images",
@@ -51,6 +53,7 @@ def _slices(path, channel, per_file: int = 2):
 
 
 def run(args) -> int:
+    """Run ``napari-edgesam optimize``; returns the exit code."""
     from ..engine.errors import InvalidInputError
     from ..engine.optimize import VARIANTS, optimize_model
 

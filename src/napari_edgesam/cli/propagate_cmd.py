@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .main import (
-    EXIT_OK,
-    _box,
-    _point,
+from .arguments import (
+    add_image_options,
     add_model_options,
+    add_output_options,
+    add_prompt_options,
     check_prompts_and_output,
-    contrast_limits,
     finite_float,
     model_from_args,
-    positive_int,
 )
+from .exit_codes import EXIT_OK
 
 __all__ = ["add_parser", "run"]
 
@@ -60,17 +59,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("stack", help="input TIFF stack (Z, Y, X), also with channels or as T, Y, X")
     p.add_argument("--slice", type=int, required=True, dest="slice_index", metavar="Z",
                    help="the annotated slice (index along the stack axis)")
-    p.add_argument("--point", "-p", type=_point, action="append", default=[],
-                   metavar="X,Y[,LABEL]", help="a click; LABEL 1 positive (default), 0 negative")
-    p.add_argument("--box", "-b", type=_box, default=None, metavar="X0,Y0,X1,Y1")
+    add_prompt_options(p)
     p.add_argument("--z-range", type=_z_range, default=None, metavar="Z0,Z1",
                    help="propagate only within slices Z0..Z1 (inclusive)")
-    p.add_argument("--channel", type=int, default=None,
-                   help="channel to segment; without it, an S axis or a last C axis of 3 or 4 "
-                        "is colour (RGB), other channel axes need this")
-    p.add_argument("--contrast", type=contrast_limits, default=None, metavar="LOW,HIGH",
-                   help="intensity limits mapped to 0..255 (default: uint8 as is, other types "
-                        "0.5-99.8 percentiles over the whole stack)")
+    add_image_options(p, tiles_help="predict on full-resolution tiles around the object "
+                                    "(auto: slices over 2048 px)")
     s = p.add_argument_group("stop rules (see docs/propagation.md)")
     s.add_argument("--min-score", type=finite_float, default=d.min_score,
                    help=f"stop below this stability score (default {d.min_score})")
@@ -85,13 +78,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--box-margin", type=float, default=d.box_margin,
                    help="margin of the derived box prompt, as a fraction of the object size "
                         f"(default {d.box_margin})")
-    p.add_argument("--tiles", choices=("auto", "on", "off"), default="auto",
-                   help="predict on full-resolution tiles around the object (auto: slices "
-                        "over 2048 px)")
-    p.add_argument("--tile-size", type=positive_int, default=None,
-                   help="tile side in pixels (1024)")
-    p.add_argument("-o", "--output", required=True, help="output mask TIFF")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_output_options(p)
     p.add_argument("--no-cache", action="store_true",
                    help="do not use the embedding cache (default: the user cache, so that a "
                         "second run on the same stack re-encodes nothing)")

@@ -67,10 +67,12 @@ class Window:
 
     @property
     def row1(self) -> int:
+        """One past the window's last row (whole-image pixels)."""
         return self.row0 + self.height
 
     @property
     def col1(self) -> int:
+        """One past the window's last column (whole-image pixels)."""
         return self.col0 + self.width
 
     def key(self) -> str:
@@ -284,6 +286,7 @@ class TiledPrediction:
 
     @property
     def area(self) -> int:
+        """Number of pixels in the mask."""
         return int(np.count_nonzero(self.mask))
 
     def full_mask(self) -> np.ndarray:
@@ -322,12 +325,16 @@ class TiledPredictor:
     max_recentre : int
         How often a window may be re-centred on an object that touches its inner side
         (each costs one more encoder run; 0 disables seam handling).
+    check_bound : bool
+        Refuse an image whose tile embeddings would not all fit under the disk cache's
+        bound (default). Pass False for one-shot use that encodes only the windows a few
+        prompts need (``napari-edgesam segment``), where the whole grid never is.
 
     Raises
     ------
     CacheBoundError
-        The embeddings of all tiles would not fit under the disk cache's bound (see
-        :func:`check_cache_bound`).
+        With ``check_bound``, the embeddings of all tiles would not fit under the disk
+        cache's bound (see :func:`check_cache_bound`).
     """
 
     #: Window embeddings kept here (4 MiB each); older ones come back through the cache.
@@ -335,7 +342,7 @@ class TiledPredictor:
 
     def __init__(self, predictor: Predictor, image, mapping: IntensityMapping | None = None,
                  *, tile_size: int | None = None, halo: int | None = None,
-                 rgb: bool | None = None, max_recentre: int = 2):
+                 rgb: bool | None = None, max_recentre: int = 2, check_bound: bool = True):
         shape = tuple(image.shape)
         if len(shape) not in (2, 3):
             raise InvalidInputError(f"image of shape {shape}: expected (H, W) or (H, W, 3|4)")
@@ -350,7 +357,8 @@ class TiledPredictor:
             h, w = self.image_shape
             raise InvalidInputError(f"image of {h} x {w} pixels is too small (at least 2 x 2)")
         self.grid = TileGrid(self.image_shape, tile_size, halo)
-        check_cache_bound(self.grid, getattr(predictor, "cache", None))
+        if check_bound:
+            check_cache_bound(self.grid, getattr(predictor, "cache", None))
         self.mapping = mapping if mapping is not None else self._default_mapping()
         self._embeddings: OrderedDict[Window, Embedding] = OrderedDict()
         #: Windows whose embedding this object used so far (in order).
