@@ -74,6 +74,7 @@ class LabelsTarget:
 
     @property
     def layer(self):
+        """The napari Labels layer written to, or None."""
         return self._layer
 
     @layer.setter
@@ -95,6 +96,7 @@ class LabelsTarget:
         self._on_change()
 
     def close(self) -> None:
+        """Forget the layer and stop following its label ids."""
         self.layer = None
         self.label_ids.close()
 

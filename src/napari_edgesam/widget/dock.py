@@ -305,6 +305,7 @@ class EdgeSamWidget(QWidget):
         self.session.notify_error(exc, prefix)
 
     def set_status(self, text: str):
+        """Show ``text`` in the status line (through the session)."""
         self.session.set_status(text)
 
     def _show_status(self, text: str):
@@ -327,6 +328,7 @@ class EdgeSamWidget(QWidget):
 
     @property
     def model(self):
+        """The session's loaded model, or None."""
         return self.session.model
 
     @property

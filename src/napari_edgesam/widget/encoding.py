@@ -42,6 +42,7 @@ class SliceEncoder:
 
     @property
     def busy(self) -> bool:
+        """Whether an encoding worker is running."""
         return self._worker is not None
 
     @property

@@ -43,6 +43,7 @@ class ModelInput:
             self.warn_later(messages.channel_display_warning(geom, self.image_layer.name))
 
     def set_channel(self, channel: int) -> None:
+        """Use channel ``channel`` of a multichannel image (re-encodes the slice)."""
         self.channel = int(channel)
         self.on_slice_changed(force=True)
 

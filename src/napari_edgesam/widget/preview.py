@@ -71,6 +71,7 @@ class PreviewLayer:
         self._offset = (0, 0)
 
     def exists(self) -> bool:
+        """Whether the preview layer is in the viewer."""
         return self.layer is not None and self.layer in self.viewer.layers
 
     def forget(self, layer) -> None:

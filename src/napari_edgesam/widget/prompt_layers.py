@@ -61,6 +61,7 @@ class Prompts:
 
     @property
     def empty(self) -> bool:
+        """No point and no box."""
         return not self.points and self.box is None
 
     @property

@@ -36,4 +36,5 @@ class Section(QWidget):
         self.content.setVisible(expanded)
 
     def is_expanded(self) -> bool:
+        """Whether the section is unfolded."""
         return self.toggle.isChecked()

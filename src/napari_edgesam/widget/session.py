@@ -204,10 +204,12 @@ class AnnotationSession(ModelInput, ClickPath):
 
     @property
     def can_undo(self) -> bool:
+        """Whether the target Labels layer has an edit to undo."""
         return can_undo(self.target.layer)
 
     @property
     def can_redo(self) -> bool:
+        """Whether the target Labels layer has an undone edit to redo."""
         return can_redo(self.target.layer)
 
     def own_layers(self) -> list:
@@ -216,6 +218,7 @@ class AnnotationSession(ModelInput, ClickPath):
                 if x is not None and x in self.viewer.layers]
 
     def image_layers(self) -> list:
+        """The viewer's Image layers, in layer-list order."""
         from napari.layers import Image
 
         return [lay for lay in self.viewer.layers if isinstance(lay, Image)]
@@ -230,6 +233,7 @@ class AnnotationSession(ModelInput, ClickPath):
                 and lay.name != prompt_layers.PREVIEW_NAME]
 
     def set_status(self, text: str) -> None:
+        """Set the status text and emit ``status_changed``."""
         self.status = text
         self.status_changed.emit(text)
 
@@ -273,6 +277,7 @@ class AnnotationSession(ModelInput, ClickPath):
         self.encoder.request()
 
     def set_optimized(self, value: bool) -> None:
+        """Use the model's optimised variants that passed their check (reloads the model)."""
         self.use_optimized = bool(value)
         if self.model is not None:
             self.set_model(self.model)
