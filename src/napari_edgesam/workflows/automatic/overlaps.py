@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...engine.errors import InvalidInputError
+from ...engine.mask_crop import MaskCrop, mask_iou
 from .box_index import _BoxIndex
 
 __all__ = ["Candidate", "resolve_overlaps"]
@@ -45,24 +46,12 @@ class Candidate:
         self.area = int(np.count_nonzero(self.mask))
 
 
-def _mask_iou(a: Candidate, b: Candidate) -> float:
-    ar0, ac0, ar1, ac1 = a.bbox
-    br0, bc0, br1, bc1 = b.bbox
-    r0, c0, r1, c1 = max(ar0, br0), max(ac0, bc0), min(ar1, br1), min(ac1, bc1)
-    if r0 >= r1 or c0 >= c1:
-        return 0.0
-    inter = np.count_nonzero(
-        a.mask[r0 - ar0:r1 - ar0, c0 - ac0:c1 - ac0] & b.mask[r0 - br0:r1 - br0, c0 - bc0:c1 - bc0]
-    )
-    union = a.area + b.area - inter
-    return inter / union if union else 0.0
-
-
 def resolve_overlaps(candidates: list[Candidate], shape: tuple[int, int], *,
                      nms_iou: float = 0.5, min_kept_fraction: float = 0.5,
                      min_area: int = 1, out: np.ndarray | None = None,
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Non-maximum suppression on mask IoU, then painting without overlaps.
+    """Non-maximum suppression on mask IoU (:func:`~napari_edgesam.engine.mask_crop.mask_iou`),
+    then painting without overlaps.
 
     Candidates are taken in order of decreasing score (then increasing area, then seed
     order). A candidate whose IoU with an already kept one exceeds ``nms_iou`` is dropped;
@@ -86,11 +75,14 @@ def resolve_overlaps(candidates: list[Candidate], shape: tuple[int, int], *,
     """
     order = sorted(candidates, key=lambda c: (-c.score, c.area, c.index))
     kept: list[Candidate] = []
+    kept_crops: list[MaskCrop] = []  # kept[k] as a MaskCrop of the slice, for mask_iou
     index = _BoxIndex()
     for cand in order:
-        if all(_mask_iou(cand, kept[k]) <= nms_iou for k in index.near(cand.bbox)):
+        crop = MaskCrop(cand.mask, cand.bbox[0], cand.bbox[1], shape)
+        if all(mask_iou(crop, kept_crops[k]) <= nms_iou for k in index.near(cand.bbox)):
             index.add(len(kept), cand.bbox)
             kept.append(cand)
+            kept_crops.append(crop)
     if out is None:
         labels = np.zeros(shape, dtype=np.uint32)
     else:
