@@ -60,6 +60,7 @@ class Agreement:
     thresholds: dict = field(default_factory=dict)
 
     def describe(self) -> str:
+        """One line for the user: the IoU figures, prompts, images and same-choice rate."""
         return (f"mean IoU {self.mean_iou:.3f}, min {self.min_iou:.3f} over {self.n_prompts} "
                 f"prompts on {self.n_images} image(s); same mask chosen for "
                 f"{self.same_choice:.0%}")
@@ -68,6 +69,15 @@ class Agreement:
 def sample_prompts(shape: tuple[int, int], n_clicks: int, n_boxes: int,
                    rng: np.random.Generator) -> list[dict]:
     """Random prompts for an agreement check on a ``(H, W)`` slice.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(H, W)`` of the slice, original pixels.
+    n_clicks, n_boxes : int
+        How many single positive clicks and how many boxes to draw.
+    rng : numpy.random.Generator
+        Source of randomness (seeded by the caller for a repeatable check).
 
     Returns
     -------

@@ -154,6 +154,13 @@ def merge_parts(image_model, prompt_model, boundary: Sequence[str]):
     The image part's internal names are prefixed so they cannot clash with the prompt
     part's; the boundary tensors connect the two.
 
+    Parameters
+    ----------
+    image_model, prompt_model : onnx.ModelProto
+        The two parts, as :func:`split_decoder` returns them (possibly quantised since).
+    boundary : sequence of str
+        Names of the tensors the image part passes to the prompt part.
+
     Returns
     -------
     onnx.ModelProto

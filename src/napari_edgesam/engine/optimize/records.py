@@ -144,9 +144,11 @@ class VariantResult:
 
     @property
     def enabled(self) -> bool:
+        """True when the variant passed its check (``status == "enabled"``)."""
         return self.status == "enabled"
 
     def path(self, part: str = "model") -> Path | None:
+        """The file of ``part`` (``"model"``, ``"image"`` or ``"prompt"``), None if absent."""
         name = self.files.get(part)
         return None if name is None or self.folder is None else self.folder / name
 

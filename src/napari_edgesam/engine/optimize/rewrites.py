@@ -204,6 +204,11 @@ def rewrite_count_casts(model) -> tuple[object, str]:
     is only applied when the number of summed elements is statically known not to exceed
     that. Float reductions are much faster than int64 ones in onnxruntime.
 
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        Shapes are inferred here; a count whose summed size is not static is left alone.
+
     Returns
     -------
     model : onnx.ModelProto
@@ -280,8 +285,18 @@ def rewrite_global_pool(model) -> tuple[object, int]:
     """``ReduceMean(axes=[2, 3], keepdims=1)`` of a 4-D NCHW tensor -> ``GlobalAveragePool``.
 
     The same mean (squeeze-excitation pooling); the quantiser has an int8 kernel for the
-    pool (``QLinearGlobalAveragePool``) but not for the reduction. Returns
-    ``(model, count)``.
+    pool (``QLinearGlobalAveragePool``) but not for the reduction.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        A rewritten copy, or the input when nothing matched (or shape inference failed).
+    count : int
+        How many reductions became pools.
     """
     onnx = _import_onnx()
 
@@ -333,9 +348,21 @@ def _ort_offline(src: Path, dst: Path, level: str = "basic") -> None:
 def fuse_gelu(model) -> tuple[object, int]:
     """Replace exported erf-GELU subgraphs by onnxruntime's fused ``com.microsoft.Gelu``.
 
-    Returns ``(model, count)``. The fused op computes the same formula (onnxruntime fuses it
-    the same way at run time); doing it before quantisation keeps each GELU one float op
-    between quantised convolutions instead of five quantised element-wise ops.
+    The fused op computes the same formula (onnxruntime fuses it the same way at run
+    time); doing it before quantisation keeps each GELU one float op between quantised
+    convolutions instead of five quantised element-wise ops.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        A rewritten copy (with the ``com.microsoft`` opset added), or the input when no GELU
+        was found.
+    count : int
+        How many GELUs were fused.
     """
     onnx = _import_onnx()
     from onnx import helper

@@ -88,6 +88,7 @@ class OptimizedEdgeSamModel(EdgeSamModel):
         return s
 
     def load(self) -> OptimizedEdgeSamModel:
+        """Create every session now (the split decoder's two parts too); returns self."""
         super().load()
         if self.decoder_parts:
             self.session("decoder_image")
@@ -169,6 +170,11 @@ def _model_with(source: EdgeSamModel, results: Sequence[VariantResult],
 
 def optimized_or_original(model: EdgeSamModel) -> tuple[EdgeSamModel, str]:
     """:func:`load_optimized` with a sentence for the user saying what runs and why.
+
+    Parameters
+    ----------
+    model : EdgeSamModel
+        The original model (an :class:`OptimizedEdgeSamModel` is traced to its source).
 
     Returns
     -------
