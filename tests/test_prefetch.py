@@ -173,3 +173,34 @@ def test_a_failing_slice_is_counted_not_raised(test_model):
         assert prefetcher.wait(timeout=60)
         assert prefetcher.stats["failed"] == 1
         assert prefetcher.stats["done"] == 1
+
+
+def test_each_slice_runs_under_its_own_cancel_token():
+    """cancel() fires the CancelToken of the slice in flight, which terminates its
+    onnxruntime run; the next slice gets a fresh token."""
+    from napari_edgesam.engine.cancel import CancelToken
+
+    started, seen = [], []
+
+    class Waiting:  # embed() runs until its RunOptions is terminated
+        def embed(self, image, mapping=None, *, rgb=None, run_options=None, tile="full"):
+            started.append(image)
+            while not run_options.terminate:
+                time.sleep(0.002)
+            raise RuntimeError("terminated")
+
+    with Prefetcher(Waiting()) as prefetcher:
+        prefetcher.prefetch(["a"])
+        _wait_until(lambda: prefetcher.busy)
+        token = prefetcher._token
+        assert isinstance(token, CancelToken) and not token.cancelled
+        seen.append(token)
+        assert prefetcher.cancel() is True
+        assert token.cancelled
+        assert prefetcher.wait(timeout=10)
+        assert prefetcher.stats["cancelled"] == 1 and prefetcher._token is None
+        prefetcher.prefetch(["b"])
+        _wait_until(lambda: prefetcher.busy)
+        assert prefetcher._token is not seen[0] and not prefetcher._token.cancelled
+    assert started == ["a", "b"]
+    assert prefetcher.stats["cancelled"] == 2  # close() cancelled "b"

@@ -5,10 +5,11 @@ of a stack) one at a time in a background thread, through the predictor's embedd
 so that moving to a neighbouring slice finds its embedding ready. It must never make a click
 slower, so:
 
-- :meth:`Prefetcher.cancel` stops the encoder run in flight at once through onnxruntime's
-  ``RunOptions.terminate`` (onnxruntime checks it between graph nodes: a run stops within
-  one node, a few milliseconds to a few tens of milliseconds for EdgeSAM's encoder) and
-  drops the queue; a terminated run stores nothing in the cache;
+- :meth:`Prefetcher.cancel` stops the encoder run in flight at once and drops the queue:
+  each slice is encoded under its own :class:`~.cancel.CancelToken`, whose
+  :meth:`~.cancel.CancelToken.run_options` onnxruntime checks between graph nodes (a run
+  stops within one node, a few milliseconds to a few tens of milliseconds for EdgeSAM's
+  encoder); a terminated run stores nothing in the cache;
 - :meth:`Prefetcher.paused` is the context manager to wrap interactive work in: it stops
   the run in flight, keeps the worker idle while the block runs and then resumes the queue
   (the interrupted slice first);
@@ -36,6 +37,8 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
+
+from .cancel import CancelToken
 
 _log = logging.getLogger(__name__)
 
@@ -89,6 +92,9 @@ class Prefetcher:
         self.on_done = on_done
         self._queue: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
+        #: The CancelToken of the slice being encoded (None when idle) and the
+        #: onnxruntime RunOptions of its run (``_run_options.terminate`` once cancelled).
+        self._token: CancelToken | None = None
         self._run_options = None
         self._current: _Job | None = None
         self._requeue = False
@@ -204,15 +210,15 @@ class Prefetcher:
 
     # -- worker ---------------------------------------------------------------------------
     def _terminate_locked(self, requeue: bool) -> bool:
-        if self._run_options is None:
+        """Cancel the token of the run in flight (if any); ``requeue`` puts its slice back
+        at the head of the queue once the run has stopped."""
+        if self._token is None:
             return False
         self._requeue = requeue
-        self._run_options.terminate = True
+        self._token.cancel()
         return True
 
     def _work(self) -> None:
-        from .session import make_run_options
-
         _lower_thread_priority(self.nice)
         while True:
             with self._cond:
@@ -220,15 +226,17 @@ class Prefetcher:
                 if self._closed:
                     return
                 job = self._queue.popleft()
-                run_options = make_run_options()
-                self._run_options, self._current, self._requeue = run_options, job, False
+                token = CancelToken()
+                run_options = token.run_options()
+                self._token, self._run_options = token, run_options
+                self._current, self._requeue = job, False
             try:
                 image = job.image() if callable(job.image) else job.image
                 emb = self.predictor.embed(image, job.mapping, rgb=job.rgb,
                                            run_options=run_options, tile=job.tile)
             except Exception as exc:  # noqa: BLE001 - a terminated run raises onnxruntime's Fail
                 with self._cond:
-                    if run_options.terminate:
+                    if token.cancelled:
                         self.stats["cancelled"] += 1
                         if self._requeue and not self._closed:
                             self._queue.appendleft(job)
@@ -245,6 +253,6 @@ class Prefetcher:
                         _log.exception("prefetch on_done callback failed")
             finally:
                 with self._cond:
-                    self._run_options = None
+                    self._token = self._run_options = None
                     self._current = None
                     self._cond.notify_all()
