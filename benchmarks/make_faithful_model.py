@@ -24,7 +24,7 @@ signatures against the model contract, and times both files with onnxruntime
 
 Architecture sources: the EdgeSAM paper (arXiv 2312.06660), the RepViT paper
 (arXiv 2307.09283) and the public design of SAM's prompt encoder / mask decoder
-(arXiv 2304.02643), as summarised in shared/edgesam-model-contract.md.  The
+(arXiv 2304.02643), as summarised in docs/model-contract.md.  The
 code below is written from those descriptions; where the description leaves
 freedom, the choice made is stated in a comment marked "CHOICE".
 

@@ -1,6 +1,6 @@
 """The predictor equals an independent numpy re-computation of the contract's pipeline.
 
-The reference below is written from ``shared/edgesam-model-contract.md`` alone, without
+The reference below is written from ``docs/model-contract.md`` alone, without
 the package's transforms: Pillow bilinear resize of the uint8 RGB image, normalisation,
 zero padding, raw onnxruntime sessions, (x, y) scaled into the 1024 frame, the padding point,
 stability scores, the mask choice rule, and a two-step PyTorch-style (align_corners=False)
