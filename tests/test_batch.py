@@ -414,13 +414,13 @@ def test_lazy_reading_page_by_page_equals_whole_read(tmp_path):
 
 
 def test_many_objects_write_uint32_ome(tmp_path):
-    from napari_edgesam.workflows.batch import _write_labels
+    from napari_edgesam.workflows.labels_tiff import write_labels
     from napari_edgesam.workflows.tiff_io import TiffMetadata
 
     labels = np.arange(2 * 300 * 300, dtype=np.uint32).reshape(2, 300, 300)  # ids > 65535
     meta = TiffMetadata(resolution=((3, 1), (3, 1)), resolution_unit=1,
                         imagej={"spacing": 2.0, "unit": "um"}, is_imagej=True)
-    fmt = _write_labels(tmp_path / "x_labels.tif", labels, "ZYX", np.dtype(np.uint32), meta)
+    fmt = write_labels(tmp_path / "x_labels.tif", labels, "ZYX", np.dtype(np.uint32), meta)
     assert fmt == "ome"  # ImageJ TIFF cannot hold uint32
     back, axes, _ = read_labels(tmp_path / "x_labels.tif")
     assert axes == "ZYX" and back.dtype == np.uint32

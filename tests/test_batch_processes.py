@@ -26,7 +26,7 @@ from conftest import TEST_DECODER, TEST_ENCODER
 import napari_edgesam.workflows.batch as batch
 from napari_edgesam.engine import EdgeSamModel
 from napari_edgesam.workflows.automatic import AutoParams
-from napari_edgesam.workflows.batch import BatchParams, ModelSpec, run_batch
+from napari_edgesam.workflows.batch import BatchParams, ModelSpec, run_batch, schedulers
 
 PARAMS = BatchParams(automatic=AutoParams(object_size=18))
 CENTRES = [(25, 25), (30, 70), (72, 40)]
@@ -165,7 +165,7 @@ def test_workers_that_do_not_stop_are_terminated_and_a_rerun_resumes(tmp_path, s
     first = run_batch(inputs[0], out, spec, PARAMS, scheduler="synchronous")
     assert first.ok
     done_before = (out / "s0_labels.json").read_text()
-    monkeypatch.setattr(batch, "CANCEL_GRACE_S", 0.0)  # no time to stop: terminate at once
+    monkeypatch.setattr(schedulers, "CANCEL_GRACE_S", 0.0)  # no time to stop: terminate at once
     before = _children()
     summary, seconds, _ = _cancel_on_first_slice(dict(
         inputs=tmp_path / "in", out_dir=out, model=spec, params=PARAMS, scheduler=None,

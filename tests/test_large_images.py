@@ -17,9 +17,9 @@ from test_automatic_tiles import TILE, _match, _scene
 from napari_edgesam.engine import CacheBoundError, IntensityMapping, Predictor
 from napari_edgesam.engine.cache import EmbeddingCache
 from napari_edgesam.engine.tiling import TiledPredictor, TileGrid
-from napari_edgesam.workflows import batch
+from napari_edgesam.workflows import labels_tiff
 from napari_edgesam.workflows.automatic import AutoParams, link_ids, link_labels, segment_slice
-from napari_edgesam.workflows.batch import BatchParams, ModelSpec, process_file
+from napari_edgesam.workflows.batch import BatchParams, ModelSpec, process_file, task
 from napari_edgesam.workflows.tiff_io import LazyTiff
 
 
@@ -163,8 +163,9 @@ def test_batch_writes_large_slices_as_tiled_tiff(tmp_path, monkeypatch):
     (tmp_path / "b").mkdir()
     ref = process_file(tmp_path / "s.tif", tmp_path / "a", _spec(), params)
     assert ref.status == "done", ref.error
-    monkeypatch.setattr(batch, "IN_MEMORY_LABELS_BYTES", 1000)
-    monkeypatch.setattr(batch, "OUTPUT_TILE", 256)
+    monkeypatch.setattr(task, "IN_MEMORY_LABELS_BYTES", 1000)  # a scratch memmap
+    monkeypatch.setattr(labels_tiff, "IN_MEMORY_LABELS_BYTES", 1000)  # written tile by tile
+    monkeypatch.setattr(labels_tiff, "OUTPUT_TILE", 256)
     res = process_file(tmp_path / "s.tif", tmp_path / "b", _spec(), params)
     assert res.status == "done", res.error
     want = tifffile.imread(tmp_path / "a" / "s_labels.tif")

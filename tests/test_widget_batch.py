@@ -117,44 +117,80 @@ def test_batch_panel_runs_run_batch_and_loads_results(viewer, qtbot, model, tmp_
 
 
 def test_batch_cancel_and_errors(viewer, qtbot, model, tmp_path, monkeypatch):
+    """What the user sees after a run with a broken file that is cancelled half-way: the
+    file finished before is done (its outputs complete), the broken one failed with the
+    reader's reason, the running one and the one not started yet are cancelled and left
+    nothing behind (no output, no temporary, lock or stop file); a rerun resumes."""
     import napari.utils.notifications as notifications
+    import tifffile
 
     infos = []
     monkeypatch.setattr(notifications, "show_info", lambda msg: infos.append(msg))
-    write_inputs(tmp_path / "raw", n=3)
-    (tmp_path / "raw" / "broken.tif").write_bytes(b"not a tiff at all")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    tifffile.imwrite(raw / "a.tif", discs((96, 96), [(25, 25), (30, 70), (72, 40)], 9))
+    (raw / "b_broken.tif").write_bytes(b"not a tiff at all")
+    write_stack(raw / "c_stack.tif", 15)  # long enough to be cancelled half-way
+    tifffile.imwrite(raw / "d.tif", discs((96, 96), [(25, 25), (72, 48)], 9))
+    out = tmp_path / "out"
     w = make_widget(viewer, model, prefetch=False)
     panel = w.batch
     # missing inputs / output: a message, no run
     assert panel.run() is None and any("input" in m for m in infos)
-    panel.set_inputs([tmp_path / "raw"])
+    panel.set_inputs([raw])
     assert panel.run() is None and any("output" in m for m in infos)
-    panel.set_output(tmp_path / "out")
-    panel.scheduler = "synchronous"
-    # cancel as soon as the first file is reported
-    def cancel_now(*args):
-        panel.cancel()
+    panel.set_output(out)
+    panel.object_size = 18
+    panel.scheduler = "synchronous"  # files in order: a, b_broken, c_stack, d
+    slices_seen: dict = {}
 
-    panel._relay.progress.connect(cancel_now)
+    def cancel_in_c(name, done, total):
+        name = name.rsplit("/", 1)[-1]
+        slices_seen[name] = max(slices_seen.get(name, -1), done)
+        if name == "c_stack.tif" and done >= 1:
+            panel.cancel()
+
+    panel._relay.slices.connect(cancel_in_c)
     panel.run()
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
     summary = panel.summary
-    statuses = [r.status for r in summary.results]
-    assert summary.cancelled and "cancelled" in statuses
-    assert statuses.count("done") + statuses.count("failed") >= 1
-    for r in summary.results:  # finished outputs are complete; cancelled ones left nothing
-        if r.status == "cancelled":
-            assert not (tmp_path / "out" / (r.input.rsplit("/", 1)[-1][:-4] + "_labels.json")
-                        ).exists()
-    # a rerun resumes: the broken file is reported, the others are done
-    panel._relay.progress.disconnect(cancel_now)
+    by_name = {r.input.rsplit("/", 1)[-1]: r for r in summary.results}
+    assert list(by_name) == ["a.tif", "b_broken.tif", "c_stack.tif", "d.tif"]
+    assert [r.status for r in summary.results] == ["done", "failed", "cancelled", "cancelled"]
+    assert summary.cancelled and not summary.ok
+    # done: its outputs, complete
+    assert by_name["a.tif"].n_objects == 3
+    assert tifffile.imread(out / "a_labels.tif").max() == 3
+    assert json.loads((out / "a_labels.json").read_text())["status"] == "done"
+    # failed, with the reader's reason
+    error = by_name["b_broken.tif"].error
+    assert error.startswith("cannot read ") and "b_broken.tif as TIFF: not a TIFF file" in error
+    # cancelled while running (after some of its slices), and not started at all
+    assert 1 <= slices_seen["c_stack.tif"] < 15
+    assert "d.tif" not in slices_seen  # never opened
+    # no output of the cancelled files, no partial, scratch, lock or stop file
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["a_labels.tif", "a_labels.json", "napari-edgesam-batch.log.jsonl"])
+    # what the tab shows
+    assert panel.progress_text == "1 done, 1 failed, 2 cancelled of 4 files"
+    lines = [panel.results_list.item(i).text() for i in range(panel.results_list.count())]
+    assert len(lines) == 4
+    assert lines[0].startswith("done     a.tif -> a_labels.tif: 3 objects, 1 slices")
+    assert lines[1] == f"FAILED   b_broken.tif: {error}"
+    assert lines[2:] == ["cancelled c_stack.tif", "cancelled d.tif"]
+    assert panel.summary_label.text().startswith(
+        "1 succeeded, 0 skipped (already done), 1 failed, 2 cancelled in ")
+    assert f"FAILED {raw / 'b_broken.tif'}: {error}" in panel.summary_label.toolTip()
+
+    # a rerun resumes: the done file is skipped, the broken one fails again, the rest is done
+    panel._relay.slices.disconnect(cancel_in_c)
     panel.run()
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
-    by_name = {r.input.rsplit("/", 1)[-1]: r for r in panel.summary.results}
-    assert by_name["broken.tif"].status == "failed" and by_name["broken.tif"].error
-    assert all(by_name[f"img{i}.tif"].status in ("done", "skipped") for i in range(3))
-    assert any(t.text().startswith("FAILED") for t in
-               (panel.results_list.item(i) for i in range(panel.results_list.count())))
+    rerun = {r.input.rsplit("/", 1)[-1]: r for r in panel.summary.results}
+    assert [r.status for r in rerun.values()] == ["skipped", "failed", "done", "done"]
+    assert rerun["b_broken.tif"].error == error
+    assert panel.progress_text == "2 done, 1 skipped, 1 failed of 4 files"
+    assert tifffile.imread(out / "c_stack_labels.tif").shape == (15, 96, 96)
 
 
 # ---------------------------------------------------------------------------------------

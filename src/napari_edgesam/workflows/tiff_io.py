@@ -33,7 +33,7 @@ def rgb_axis(axes: str, shape) -> int | None:
     """Which axis of an image holds colour (RGB or RGBA), if any.
 
     The one rule used by ``segment`` (:func:`select_plane`), ``propagate``
-    (:func:`stack_view`) and ``batch`` (:func:`napari_edgesam.workflows.batch.plan_axes`):
+    (:func:`stack_view`) and ``batch`` (:func:`napari_edgesam.workflows.axes.plan_axes`):
     the colour axis is used whole. An explicit channel (``--channel``) is handled by those
     callers before this rule and always wins over it.
 

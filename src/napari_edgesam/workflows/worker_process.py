@@ -21,7 +21,8 @@ avoids that but copies a GUI process with its threads (unsafe). So:
   acts only while one of :class:`WorkerPool`'s processes is being launched (a thread-local
   flag set by the pool's process class), so other users of multiprocessing in the same
   process are unaffected. Tasks sent to the workers must therefore be importable by module
-  name (ours are: :func:`~napari_edgesam.workflows.batch.process_file`).
+  name (ours is :func:`napari_edgesam.workflows.batch.task.process_file`, pickled by that
+  path).
 - :func:`worker_main` runs first in every worker: it ignores SIGINT (Ctrl-C in a terminal
   reaches the whole process group; the parent decides how a run stops), keeps the message
   queue to the parent (per-slice progress, :func:`post`), announces its pid, and watches a
@@ -52,7 +53,7 @@ from multiprocessing import spawn as _mp_spawn
 __all__ = ["PRELOAD", "WorkerPool", "post", "slice_reporter", "start_method", "worker_main"]
 
 #: Modules the fork server imports once, so that forked workers start with them loaded.
-PRELOAD = ["napari_edgesam.workflows.batch"]
+PRELOAD = ["napari_edgesam.workflows.batch.task"]
 
 
 def start_method() -> str:

@@ -1,0 +1,126 @@
+"""The model of a batch run: how it travels to the workers and is loaded there.
+
+One concept: tasks carry the model's *file paths* (:class:`ModelSpec`, picklable and cheap),
+never an onnxruntime session; each worker process builds its session once, on first use,
+and keeps it in a per-process cache keyed by the paths (:func:`predictor_for`). On a cluster
+the model files must be visible at the same paths on every worker (a shared file system).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ModelSpec", "predictor_for"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as file paths (picklable, cheap to send to workers).
+
+    Attributes
+    ----------
+    encoder, decoder : str
+        Absolute paths of the ONNX files, valid on every worker.
+    name : str
+    encoder_sha256, decoder_sha256 : str
+        Recorded in sidecars; part of the resume fingerprint.
+    providers : str or None
+        onnxruntime execution providers (``"cuda"``...), as for :class:`EdgeSamModel`.
+    num_threads : int or None
+        onnxruntime threads per worker process; default: the cores of the worker divided by
+        its concurrent tasks.
+    """
+
+    encoder: str
+    decoder: str
+    name: str = "custom"
+    encoder_sha256: str = ""
+    decoder_sha256: str = ""
+    providers: str | None = None
+    num_threads: int | None = None
+
+    @classmethod
+    def from_model(cls, model, *, num_threads: int | None = None) -> ModelSpec:
+        """Describe an :class:`EdgeSamModel` by its paths (hashes are memoised, cheap).
+
+        Raises
+        ------
+        ModelNotAvailableError
+            A file is missing.
+        """
+        from ...engine.errors import ModelNotAvailableError
+        from ...engine.models import file_sha256
+
+        enc, dec = Path(model.encoder_path).resolve(), Path(model.decoder_path).resolve()
+        for role, p in (("encoder", enc), ("decoder", dec)):
+            if not p.is_file():
+                raise ModelNotAvailableError(f"{role} file not found: {p}")
+        providers = model.providers
+        if isinstance(providers, (list, tuple)):
+            providers = ",".join(providers)
+        return cls(
+            encoder=str(enc), decoder=str(dec), name=model.name,
+            encoder_sha256=model.identity, decoder_sha256=file_sha256(dec),
+            providers=providers,
+            num_threads=num_threads if num_threads is not None else model.num_threads,
+        )
+
+    def with_threads(self, num_threads: int | None) -> ModelSpec:
+        """A copy with another thread count."""
+        return ModelSpec(self.encoder, self.decoder, self.name, self.encoder_sha256,
+                         self.decoder_sha256, self.providers, num_threads)
+
+    def to_dict(self) -> dict:
+        """For the sidecar (file names, not the machine-specific folders)."""
+        return {
+            "name": self.name,
+            "encoder": Path(self.encoder).name,
+            "decoder": Path(self.decoder).name,
+            "encoder_sha256": self.encoder_sha256,
+            "decoder_sha256": self.decoder_sha256,
+        }
+
+
+_PREDICTORS: dict = {}
+_PREDICTORS_LOCK = threading.Lock()
+
+
+def _worker_threads() -> int | None:
+    """onnxruntime threads for a dask.distributed worker: its cores over its task slots."""
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    from ...engine.session import default_num_threads
+
+    slots = getattr(getattr(worker, "state", worker), "nthreads", None) or 1
+    return max(1, default_num_threads() // int(slots))
+
+
+def predictor_for(spec: ModelSpec):
+    """This process's :class:`Predictor` for a model, created on first use and kept.
+
+    The onnxruntime sessions are created here, in the process that uses them (a dask
+    worker), never pickled. Keyed by the model's paths, providers and threads.
+    """
+    from ...engine import EdgeSamModel, Predictor
+
+    key = (spec.encoder, spec.decoder, spec.providers, spec.num_threads)
+    with _PREDICTORS_LOCK:
+        pred = _PREDICTORS.get(key)
+        if pred is None:
+            sha = {k: v for k, v in (("encoder", spec.encoder_sha256),
+                                     ("decoder", spec.decoder_sha256)) if v}
+            model = EdgeSamModel(spec.encoder, spec.decoder, name=spec.name,
+                                 providers=spec.providers,
+                                 num_threads=spec.num_threads or _worker_threads(), sha256=sha)
+            model.load()
+            pred = _PREDICTORS[key] = Predictor(model, cache=None)
+    return pred
