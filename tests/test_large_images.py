@@ -109,7 +109,7 @@ def test_tiled_automatic_memory_does_not_grow_with_the_image(test_model, tmp_pat
 
 
 def test_link_ids_in_row_blocks_equals_whole_slice(monkeypatch):
-    from napari_edgesam.workflows import automatic
+    from napari_edgesam.workflows.automatic import linking
 
     rng = np.random.default_rng(0)
     prev = np.zeros((300, 200), np.uint32)
@@ -119,7 +119,7 @@ def test_link_ids_in_row_blocks_equals_whole_slice(monkeypatch):
         prev[r:r + 40, c:c + 40] = i
         cur[r + 5:r + 45, c:c + 40] = 9 - i
     whole, n1 = link_labels(prev, cur, min_iou=0.3, next_id=9)
-    monkeypatch.setattr(automatic, "_BLOCK_PIXELS", 1000)  # 5 rows per block
+    monkeypatch.setattr(linking, "_BLOCK_PIXELS", 1000)  # 5 rows per block (where used)
     ids, n2 = link_ids(prev, cur, min_iou=0.3, next_id=9)
     np.testing.assert_array_equal(ids[cur], whole)
     assert n1 == n2
