@@ -65,7 +65,8 @@ def write_inputs(folder: Path, which=("flat2d", "stack3d", "hyper", "ome", "brok
         for t in range(2):
             nuc, tr = make_scene_3d(shape=(3, 112, 128), dtype=np.uint16, scale=8.0,
                                     seed=12 + t, z_radius=3,
-                                    balls=[(1, 36 + 6 * t, 40, 13, 210), (1, 80, 90 - 5 * t, 12, 160)])
+                                    balls=[(1, 36 + 6 * t, 40, 13, 210),
+                                           (1, 80, 90 - 5 * t, 12, 160)])
             other, _ = make_scene_3d(shape=(3, 112, 128), dtype=np.uint16, scale=8.0,
                                      seed=20 + t, balls=[(1, 56, 64, 30, 240)])
             frames.append(np.stack([nuc, other], axis=1))  # Z, C, Y, X
@@ -113,7 +114,8 @@ def test_outputs_match_truth_with_metadata(tmp_path, spec):
     events = []
     summary = run_batch(tmp_path / "in", tmp_path / "out", spec, PARAMS,
                         scheduler="synchronous",
-                        progress=lambda r, d, n: events.append((Path(r.input).name, r.status, d, n)))
+                        progress=lambda r, d, n: events.append(
+                            (Path(r.input).name, r.status, d, n)))
     # Every input reported once, in completion order, with running counts.
     assert [e[2:] for e in events] == [(i, 5) for i in range(1, 6)]
     status = {Path(r.input).name: r.status for r in summary.results}
@@ -349,6 +351,22 @@ def test_cancel_hook_stops_and_rerun_completes(tmp_path, spec):
     assert not list((tmp_path / "out").glob(".napari-edgesam-stop-*"))
     rerun = run_batch(tmp_path / "in", tmp_path / "out", spec, PARAMS, scheduler="synchronous")
     assert rerun.ok and len(rerun.skipped) == 1 and len(rerun.succeeded) == 2
+
+
+def test_a_cancel_token_stops_the_run(tmp_path, spec):
+    """run_batch's cancel may be the caller's CancelToken (engine.cancel) instead of a hook:
+    cancelled after the first file, the others come back cancelled, no stop file is left."""
+    from napari_edgesam.engine.cancel import CancelToken
+
+    write_inputs(tmp_path / "in", which=("flat2d", "stack3d", "ome"))
+    token = CancelToken()
+    summary = run_batch(tmp_path / "in", tmp_path / "out", spec, PARAMS,
+                        scheduler="synchronous", progress=lambda r, d, n: token.cancel(),
+                        cancel=token)
+    assert [r.status for r in summary.results] == ["done", "cancelled", "cancelled"]
+    assert summary.cancelled
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "flat2d_labels.json", "flat2d_labels.tif", "napari-edgesam-batch.log.jsonl"]
 
 
 def test_cli_exit_codes(tmp_path, capsys):
