@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...engine.intensity import IntensityMapping, stack_mapping, validate_image
-from ...engine.tiling import needs_tiling
+from ...engine.tiling import TiledPredictor, Window, needs_tiling
 from .foreground import _signal, _smooth, foreground_threshold, stack_statistics
 from .linking import _row_blocks, link_ids
 from .overlaps import Candidate, resolve_overlaps
@@ -190,8 +190,6 @@ def _segment_slice_tiled(predictor, image, *, params: AutoParams, mapping, thres
     side). The foreground test reads a small window around each mask. Nothing slice-sized is
     allocated except ``out`` (when not given).
     """
-    from ...engine.tiling import TiledPredictor, Window
-
     validate_image(np.asarray(image[:2, :2]), rgb=rgb)  # dtype and axes, without a read
     tp = TiledPredictor(predictor, image, mapping, tile_size=params.tile_size, rgb=rgb)
     mapping, is_rgb, grid = tp.mapping, tp.rgb, tp.grid

@@ -118,5 +118,15 @@ def link_labels(previous: np.ndarray | None, current: np.ndarray, *, min_iou: fl
 
 
 def label_dtype(n_objects: int) -> np.dtype:
-    """uint16 when the ids fit, else uint32."""
+    """The label dtype for ids ``0..n_objects``: uint16 when they fit, else uint32.
+
+    Parameters
+    ----------
+    n_objects : int
+        Largest id to store.
+
+    Returns
+    -------
+    numpy.dtype
+    """
     return np.dtype(np.uint16) if n_objects <= np.iinfo(np.uint16).max else np.dtype(np.uint32)

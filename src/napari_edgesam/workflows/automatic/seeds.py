@@ -20,7 +20,20 @@ __all__ = ["detect_seeds", "detection_factor", "grid_seeds"]
 
 def detection_factor(shape: tuple[int, int], object_size: float) -> int:
     """Block size for seed detection: keeps >= 12 pixels per object diameter and no more
-    than about 1024 pixels along the long side (1 for small slices)."""
+    than about 1024 pixels along the long side (1 for small slices).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(H, W)`` of the slice, pixels.
+    object_size : float
+        Expected object diameter, pixels of the slice.
+
+    Returns
+    -------
+    int
+        Side of the square blocks averaged before detection (>= 1).
+    """
     return int(max(1, min(object_size // 12, max(shape) // 1024)))
 
 
