@@ -198,7 +198,8 @@ def select_plane(
             if channel is not None:
                 if not 0 <= channel < n:
                     raise InvalidInputError(
-                        f"--channel {channel} is outside 0..{n - 1} ({stack.path.name}, axes {axes})"
+                        f"--channel {channel} is outside 0..{n - 1} ({stack.path.name}, "
+                        f"axes {axes})"
                     )
                 index.append(channel)
                 what.append(f"channel {channel}")
