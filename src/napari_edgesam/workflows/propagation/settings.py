@@ -14,8 +14,9 @@ __all__ = ["PropagationSettings"]
 class PropagationSettings:
     """Stop rules and prompt derivation of a propagation run.
 
-    Stop rules (checked in this order on every propagated slice; the first that fires rejects
-    the slice and ends that direction):
+    Stop rules (checked in this order on every propagated slice by
+    :func:`~.stop_rules.stop_reason`; the first that fires rejects the slice and ends that
+    direction):
 
     Attributes
     ----------

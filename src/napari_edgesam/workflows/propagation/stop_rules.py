@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...engine.transforms import MaskCrop
+from ...engine.mask_crop import MaskCrop, mask_iou, overlap_coefficient
 from .settings import PropagationSettings
 
 __all__ = [
@@ -80,7 +80,9 @@ def _crop(mask) -> MaskCrop:
 
 
 def overlaps(new, prev) -> tuple[float, float]:
-    """``(IoU, overlap coefficient)`` of two masks of one slice.
+    """``(IoU, overlap coefficient)`` of two masks of one slice (the shared
+    :func:`~napari_edgesam.engine.mask_crop.mask_iou` and
+    :func:`~napari_edgesam.engine.mask_crop.overlap_coefficient`).
 
     Parameters
     ----------
@@ -94,19 +96,7 @@ def overlaps(new, prev) -> tuple[float, float]:
     overlap : float
         ``|new & prev| / min(|new|, |prev|)``; 0.0 when either is empty.
     """
-    new, prev = _crop(new), _crop(prev)
-    inter = 0
-    a, b = new.bbox, prev.bbox
-    if a is not None and b is not None:
-        win = (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
-        if win[2] > win[0] and win[3] > win[1]:
-            inter = int(np.count_nonzero(new.window(*win) & prev.window(*win)))
-    a, b = new.area, prev.area
-    union = a + b - inter
-    iou = inter / union if union else math.nan
-    small = min(a, b)
-    overlap = inter / small if small else 0.0
-    return float(iou), float(overlap)
+    return mask_iou(new, prev, empty=math.nan), overlap_coefficient(new, prev)
 
 
 def stop_reason(previous, predicted: PredictedMask, settings: PropagationSettings, *,
