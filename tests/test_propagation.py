@@ -530,3 +530,27 @@ def test_cancel_terminates_a_running_encoder(synth):
     assert res.cancelled
     assert len(res.objects[1].slices) == 2  # the slices done are kept
     assert {e.reason for e in res.objects[1].ends} == {"cancelled"}
+
+
+def test_a_given_cancel_token_stops_the_run(synth, shared_predictor, tmp_path):
+    """The run's one cancellation flag is its CancelToken: a caller's token (here through
+    its stop file, as another process would) stops it like run.cancel()."""
+    from napari_edgesam.engine.cancel import CancelToken
+
+    stack, _ = synth
+    token = CancelToken(stop_file=tmp_path / "stop")
+    run = Propagator(shared_predictor, stack).start({1: click(1)}, token=token)
+    assert run.token is token and not run.cancelled
+    for step in run:
+        if step.done == 2:
+            (tmp_path / "stop").touch()
+    res = run.result()
+    assert run.cancelled and res.cancelled and res.objects[1].slices == [20, 21]
+    assert {e.reason for e in res.objects[1].ends} == {"cancelled"}
+    # Closing a run early cancels its token: the caller sees it.
+    token = CancelToken()
+    run = Propagator(shared_predictor, stack).start({1: click(1)}, token=token)
+    gen = iter(run)
+    next(gen)
+    gen.close()
+    assert token.cancelled and run.result().cancelled
