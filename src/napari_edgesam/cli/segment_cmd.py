@@ -82,7 +82,8 @@ def run(args) -> int:
     out = Path(args.output)
     with open_lazy(args.image) as lazy:
         stack = lazy.stack
-        plane, what = select_plane(stack, slice_index=args.slice_index, channel=args.channel)
+        plane, what = select_plane(stack, slice_index=args.slice_index, channel=args.channel,
+                                   lazy=True)
         tiled = args.tiles == "on" or (args.tiles == "auto" and needs_tiling(plane.shape[:2]))
         if not tiled:
             plane = np.asarray(plane)

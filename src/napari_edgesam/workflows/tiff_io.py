@@ -137,7 +137,8 @@ def read_image(path) -> ImageStack:
 
 
 def select_plane(
-    stack: ImageStack, *, slice_index: int | None = None, channel: int | None = None
+    stack: ImageStack, *, slice_index: int | None = None, channel: int | None = None,
+    lazy: bool = False,
 ) -> tuple[np.ndarray, str]:
     """Pick one 2D slice (grey or RGB) from an image by its axes.
 
@@ -149,10 +150,15 @@ def select_plane(
     channel : int, optional
         Channel to use when there is a C or S axis; without it the colour axis of
         :func:`rgb_axis` (an ``S`` axis, or a last ``C`` axis, of size 3 or 4) is RGB.
+    lazy : bool
+        Return the plane as a view of ``stack.data`` (a memory-map view or a dask array,
+        nothing read yet) instead of an in-memory array: for images read window by window
+        (:func:`~napari_edgesam.workflows.tiff_windows.open_lazy`).
 
     Returns
     -------
-    plane : ndarray, shape (Y, X) or (Y, X, 3|4)
+    plane : ndarray or array-like, shape (Y, X) or (Y, X, 3|4)
+        Row, column (and RGB sample) axes, in the file's pixels.
     description : str
         Which slice and channel were used, for messages.
 
@@ -222,7 +228,9 @@ def select_plane(
                     f"{stack.path.name} has an axis {a!r} of size {n} that is not understood "
                     f"(axes {axes}, shape {data.shape})"
                 )
-    plane = np.asarray(data[tuple(index)])
+    plane = data[tuple(index)]
+    if not lazy:
+        plane = np.asarray(plane)
     if out_axes.replace("S", "") == "XY":
         plane = np.swapaxes(plane, 0, 1)
     if "S" in out_axes and out_axes.index("S") != len(out_axes) - 1:
