@@ -125,6 +125,7 @@ class MaskCrop:
         return self.row0, self.col0
 
     def any(self) -> bool:
+        """Whether the mask has at least one pixel."""
         return self.area > 0
 
     def window(self, row0: int, col0: int, row1: int, col1: int) -> np.ndarray:

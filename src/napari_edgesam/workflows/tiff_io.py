@@ -514,6 +514,7 @@ class LazyTiff:
 
     @property
     def ndim(self) -> int:
+        """Number of axes."""
         return len(self.shape)
 
     def view(self, index: tuple) -> np.ndarray:

@@ -55,6 +55,7 @@ class SliceSegmentation:
 
     @property
     def n_objects(self) -> int:
+        """Number of objects painted (one score each)."""
         return int(self.scores.shape[0])
 
 

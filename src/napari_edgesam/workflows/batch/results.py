@@ -52,6 +52,7 @@ class FileResult:
     slices: int = 0
 
     def to_dict(self) -> dict:
+        """The result as plain JSON-ready values (for the run log)."""
         return asdict(self)
 
 
@@ -78,14 +79,17 @@ class BatchSummary:
 
     @property
     def succeeded(self) -> list[FileResult]:
+        """Files processed in this run (status ``"done"``)."""
         return self._with("done")
 
     @property
     def skipped(self) -> list[FileResult]:
+        """Files whose verified output already existed (status ``"skipped"``)."""
         return self._with("skipped")
 
     @property
     def failed(self) -> list[FileResult]:
+        """Files that failed (status ``"failed"``; each with its message)."""
         return self._with("failed")
 
     @property

@@ -54,5 +54,6 @@ class SliceAnnotation:
 
     @property
     def is_mask(self) -> bool:
+        """Whether the annotation is a mask (else prompts)."""
         return self.mask is not None
 

@@ -81,10 +81,12 @@ class ObjectResult:
         return out
 
     def area(self, z: int) -> int:
+        """Pixels of the object on slice ``z`` (0 where it is absent)."""
         entry = self._masks.get(int(z))
         return int(np.count_nonzero(entry[2])) if entry else 0
 
     def copy(self) -> ObjectResult:
+        """A copy whose containers can change without changing this one (masks shared)."""
         return ObjectResult(self.object_id, self.shape, dict(self.annotations),
                             dict(self.records), list(self.ends), dict(self._masks))
 
