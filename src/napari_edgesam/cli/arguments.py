@@ -18,7 +18,13 @@ import numpy as np
 
 def point(text: str) -> tuple[float, float, int]:
     """argparse type of ``--point X,Y[,LABEL]``: ``(x, y, label)``, x = column and y = row in
-    pixels of the input image, label 1 (positive, the default) or 0 (negative)."""
+    pixels of the input image, label 1 (positive, the default) or 0 (negative).
+
+    Examples
+    --------
+    >>> point("120,45"), point("140,60,0")
+    ((120.0, 45.0, 1), (140.0, 60.0, 0))
+    """
     parts = text.split(",")
     if len(parts) not in (2, 3):
         raise argparse.ArgumentTypeError(f"point {text!r}: expected X,Y or X,Y,LABEL")
@@ -89,7 +95,13 @@ _NEGATIVE_VALUE_OPTIONS = ("--point", "-p", "--box", "-b")
 
 def join_negative_values(argv: list[str]) -> list[str]:
     """``--point -0.5,10`` -> ``--point=-0.5,10``: argparse would read a value starting with
-    ``-`` (and holding a comma) as an option."""
+    ``-`` (and holding a comma) as an option.
+
+    Examples
+    --------
+    >>> join_negative_values(["img.tif", "--point", "-0.5,10", "-o", "m.tif"])
+    ['img.tif', '--point=-0.5,10', '-o', 'm.tif']
+    """
     out: list[str] = []
     i = 0
     while i < len(argv):

@@ -222,6 +222,19 @@ def mask_iou(a, b, *, empty: float = 0.0) -> float:
     ------
     ValueError
         The masks belong to slices of different shapes.
+
+    Examples
+    --------
+    Two 2 x 2 squares of a 10 x 10 slice, the second one column to the right:
+
+    >>> import numpy as np
+    >>> square = np.ones((2, 2), bool)
+    >>> a = MaskCrop(square, row0=3, col0=3, shape=(10, 10))
+    >>> b = MaskCrop(square, row0=3, col0=4, shape=(10, 10))
+    >>> round(mask_iou(a, b), 4)  # 2 shared pixels of 6
+    0.3333
+    >>> mask_iou(np.zeros((4, 4), bool), np.zeros((4, 4), bool), empty=1.0)
+    1.0
     """
     inter, area_a, area_b = _counts(a, b)
     union = area_a + area_b - inter

@@ -43,6 +43,11 @@ def resized_shape(height: int, width: int, target: int = IMAGE_SIZE) -> tuple[in
 
     ``scale = target / max(H, W)``; ``new_side = int(side * scale + 0.5)`` (the contract's
     rounding).
+
+    Examples
+    --------
+    >>> resized_shape(300, 500)  # (rows, columns) of the image inside the 1024 frame
+    (614, 1024)
     """
     scale = target / max(height, width)
     return int(height * scale + 0.5), int(width * scale + 0.5)
@@ -125,6 +130,13 @@ def coords_to_model(
     -------
     ndarray of float32, shape (N, 2)
         ``(x * new_w / W, y * new_h / H)`` in the 1024 frame (the decoder adds 0.5 itself).
+
+    Examples
+    --------
+    A click at column 250, row 150 of a 300 x 500 (H x W) image:
+
+    >>> coords_to_model([(250, 150)], (300, 500)).tolist()
+    [[512.0, 307.0]]
     """
     h, w = original_size
     new_h, new_w = resized or resized_shape(h, w)

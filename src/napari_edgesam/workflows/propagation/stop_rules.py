@@ -131,6 +131,22 @@ def stop_reason(previous, predicted: PredictedMask, settings: PropagationSetting
     str or None
         One of ``'vanished'``, ``'low score'``, ``'overlap collapsed'``, ``'area jump'``
         (all in :data:`REJECTING_REASONS`), or None when the slice is accepted.
+
+    Examples
+    --------
+    A 10 x 10 square followed by one four times its area on the next slice:
+
+    >>> import numpy as np
+    >>> from napari_edgesam.workflows.propagation import PropagationSettings
+    >>> prev = np.zeros((64, 64), bool); prev[10:20, 10:20] = True
+    >>> grown = np.zeros((64, 64), bool); grown[10:30, 10:30] = True
+    >>> settings = PropagationSettings()
+    >>> stop_reason(prev, PredictedMask(prev, 0.95), settings) is None
+    True
+    >>> stop_reason(prev, PredictedMask(grown, 0.95), settings)
+    'area jump'
+    >>> stop_reason(prev, PredictedMask(grown, 0.2), settings)  # the earlier rule wins
+    'low score'
     """
     new, prev = _crop(predicted.mask), _crop(previous)
     area = new.area
