@@ -225,7 +225,7 @@ def test_rerun_skips_then_conflict_overwrite_and_changed_input(tmp_path, spec):
 
 
 def test_local_processes_and_distributed_cluster_give_the_same_output(tmp_path, spec):
-    distributed = pytest.importorskip("distributed")
+    import distributed
     truths = write_inputs(tmp_path / "in", which=("flat2d", "stack3d", "hyper"))
     local = run_batch(tmp_path / "in", tmp_path / "local", spec, PARAMS, workers=2)
     assert local.ok and len(local.succeeded) == 3

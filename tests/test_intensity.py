@@ -99,7 +99,7 @@ def test_lookup_table_path_equals_the_arithmetic():
 def test_chunked_slices_are_sampled_in_windows_not_read_whole():
     """dask reads whole chunks for strided pixels; a large dask slice is sampled in a few
     windows instead, reading a small part of it, with percentiles close to strides'."""
-    da = __import__("pytest").importorskip("dask.array")
+    import dask.array as da
     rng = np.random.default_rng(0)
     img = (rng.gamma(2.0, 300.0, (6000, 6000)) + 100).astype(np.uint16)
     lazy = da.from_array(img, chunks=500)

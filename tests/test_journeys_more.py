@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+import napari  # noqa: F401  (the testing extra: missing fails, never skips)
+import pytestqt  # noqa: F401  (the testing extra: missing fails, never skips)
 
 from conftest import TEST_DECODER, TEST_ENCODER  # noqa: E402
 from journey import (

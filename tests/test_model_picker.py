@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+import napari  # noqa: F401  (the testing extra: missing fails, never skips)
+import pytestqt  # noqa: F401  (the testing extra: missing fails, never skips)
 
 from conftest import TEST_DECODER, TEST_ENCODER  # noqa: E402
 

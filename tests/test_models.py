@@ -466,15 +466,6 @@ def test_cli_unexpected_error_is_one_line(monkeypatch, capsys):
     assert code == 1 and err.count("\n") == 1 and "disk on fire second line" in err
 
 
-def _main_available() -> bool:
-    try:
-        import napari_edgesam.cli.main  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _main_available(), reason="napari_edgesam.cli.main not present")
 def test_cli_through_main_entry_point():
     env = dict(os.environ)
     r = subprocess.run(

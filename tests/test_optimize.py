@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import TEST_DECODER, disc_image
 
-onnx = pytest.importorskip("onnx")
+import onnx
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from napari_edgesam.engine import EdgeSamModel, Predictor, paths  # noqa: E402

@@ -429,7 +429,7 @@ def test_time_axis_and_other_axis_positions(synth, shared_predictor):
 
 
 def test_dask_and_channel_stacks(synth, shared_predictor):
-    da = pytest.importorskip("dask.array")
+    import dask.array as da
     stack, truths = synth
     sub = stack[12:29]
     ref = propagate(shared_predictor, sub, {1: SliceAnnotation(8, points=[(50, 50)])})

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+import onnx
+import onnxruntime as ort
 
 MODELS = Path(__file__).resolve().parent / "models"
 ENC = MODELS / "test_encoder.onnx"

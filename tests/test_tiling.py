@@ -154,7 +154,7 @@ def test_lazy_image_read_tile_by_tile(test_model):
 
 
 def test_dask_array_input(test_model):
-    da = pytest.importorskip("dask.array")
+    import dask.array as da
     arr = np.full((3000, 2500), 30, np.uint8)
     _paint(arr, 2000, 400, 14, 90)
     tp = TiledPredictor(Predictor(test_model, cache=None), da.from_array(arr, chunks=500),

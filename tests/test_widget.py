@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+import napari  # noqa: F401  (the testing extra: missing fails, never skips)
+import pytestqt  # noqa: F401  (the testing extra: missing fails, never skips)
 
 from conftest import TEST_DECODER, TEST_ENCODER, SlowModel, disc_image, iou# noqa: E402
 
@@ -668,7 +668,7 @@ def test_optimised_checkbox_runs_the_variants_that_passed(viewer, qtbot, model_d
     variants it says how to make them and runs the original."""
     import napari.utils.notifications as notifications
 
-    pytest.importorskip("onnx")
+    import onnx  # noqa: F401
     from napari_edgesam.engine import EdgeSamModel
     from napari_edgesam.engine.optimize import OptimizedEdgeSamModel, optimize_model
 

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+import napari  # noqa: F401  (the testing extra: missing fails, never skips)
+import pytestqt  # noqa: F401  (the testing extra: missing fails, never skips)
 
 from conftest import MODELS, TEST_DECODER, TEST_ENCODER, disc_image  # noqa: E402
 

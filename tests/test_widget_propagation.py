@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+import napari  # noqa: F401  (the testing extra: missing fails, never skips)
+import pytestqt  # noqa: F401  (the testing extra: missing fails, never skips)
 
 from conftest import SlowModel  # noqa: E402
 

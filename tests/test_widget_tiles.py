@@ -13,8 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+import napari  # noqa: F401  (the testing extra: missing fails, never skips)
+import pytestqt  # noqa: F401  (the testing extra: missing fails, never skips)
 
 from scipy import ndimage as ndi  # noqa: E402
 
