@@ -26,11 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent / "src" / PACKAGE
 #: the set of modules of one strongly connected component. Remove an entry once its
 #: cycle is gone (the test fails on an entry that no longer matches a cycle, so the list
 #: cannot go stale).
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # widget.batch_results imports widget.workers (load_batch_results_job) inside a method,
-    # and widget.workers imports widget.batch_results (read_pair) inside that job.
-    frozenset({f"{PACKAGE}.widget.batch_results", f"{PACKAGE}.widget.workers"}),
-]
+KNOWN_CYCLES: list[frozenset[str]] = []
 
 
 def module_files() -> dict[str, Path]:

@@ -414,7 +414,7 @@ def batch_job(inputs, out_dir, model, params, overwrite, scheduler, workers, rel
 
 def load_batch_results_job(results):
     """Read the label images (and their inputs) of finished batch files, one file at a time
-    (see :func:`~.batch_results.read_pair`); only the last file's layers are visible.
+    (see :func:`~.result_layers.read_pair`); only the last file's layers are visible.
 
     Parameters
     ----------
@@ -428,7 +428,7 @@ def load_batch_results_job(results):
     """
     from pathlib import Path
 
-    from .batch_results import read_pair
+    from .result_layers import read_pair
 
     for i, res in enumerate(results):
         try:
