@@ -187,3 +187,12 @@ if __name__ == "__main__":  # pragma: no cover
     g = import_graph()
     for comp in cycles(g):
         print(f"cycle of {len(comp)} modules:\n{describe(comp, g)}")
+
+
+def test_no_module_is_over_600_lines():
+    """One concept per module: none grows into several (the README's layout table)."""
+    sizes = {name: len(path.read_text(encoding="utf-8").splitlines())
+             for name, path in module_files().items()}
+    assert len(sizes) > 60
+    too_long = {name: n for name, n in sizes.items() if n > 600}
+    assert not too_long, too_long

@@ -251,7 +251,7 @@ class PropagationController:
         self.dock.set_status(f"{self._control['verb']} from slice {ctx.lead[ctx.axis]}...")
         self.worker = self.dock.start_worker(
             propagation_prepare_job, data, ctx.geom, ctx, spec, known, s.predictor, settings, ann,
-            z_range, None if previous is None else previous.result,
+            z_range, None if previous is None else previous.result, self._token,
             returned=self._on_prepared, errored=self._on_error,
             finished=self._on_prepare_finished, desc="EdgeSAM: preparing the propagation")
         self.state_changed.emit()

@@ -407,7 +407,7 @@ def batch_job(inputs, out_dir, model, params, overwrite, scheduler, workers, rel
         inputs, out_dir, model, params, overwrite=overwrite, scheduler=scheduler,
         workers=workers,
         progress=lambda res, done, total: relay.progress.emit(res, done, total),
-        cancel=lambda: token.cancelled,
+        cancel=token,
         slice_progress=lambda name, done, total: relay.slices.emit(name, done, total),
     )
 
@@ -441,7 +441,7 @@ def load_batch_results_job(results):
 # The propagation tab's run (its types: .propagation_run)
 # ---------------------------------------------------------------------------------------
 def propagation_prepare_job(data, geom: ImageGeometry, ctx, spec, known, predictor,
-                settings, ann, z_range, previous):
+                settings, ann, z_range, previous, token=None):
     """Choose the mapping and plan the run (worker thread; the stack may be sampled).
 
     Parameters
@@ -464,6 +464,9 @@ def propagation_prepare_job(data, geom: ImageGeometry, ctx, spec, known, predict
         Slice limits of a new run (None for a re-propagation).
     previous : PropagationResult or None
         The result a re-propagation corrects.
+    token : CancelToken, optional
+        The panel's cancellation: the run is started with it, so *Cancel* stops the run
+        (and a running encoder) through this one token.
 
     Returns
     -------
@@ -502,9 +505,9 @@ def propagation_prepare_job(data, geom: ImageGeometry, ctx, spec, known, predict
         annotation = SliceAnnotation(z, mask=mask)
         seed = (mask.crop, mask.offset)
     if previous is None:
-        run = prop.start({ctx.object_id: annotation}, z_range=z_range)
+        run = prop.start({ctx.object_id: annotation}, z_range=z_range, token=token)
     else:
-        run = prop.start_repropagation(previous, ctx.object_id, annotation)
+        run = prop.start_repropagation(previous, ctx.object_id, annotation, token=token)
     return run, seed, mapping
 
 
