@@ -171,3 +171,22 @@ def test_installed_command(synth_files, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert tifffile.imread(tmp_path / "o.tif").shape == SHAPE
+
+
+def test_the_mask_carries_the_inputs_pixel_size(tmp_path, capsys):
+    """The 3D mask is written like batch's labels (labels_tiff.write_labels): the input's
+    physical pixel size goes with it, so the mask lies over its stack in napari or Fiji."""
+    stack, _ = make_stack()
+    src = tmp_path / "calibrated.tif"
+    tifffile.imwrite(src, stack, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"})
+    out = tmp_path / "mask.tif"
+    (cz, cy, cx), _, _ = OBJECTS[0]
+    code, _, err = run(["propagate", src, "--slice", cz, "--point", f"{cx},{cy}", "-o", out,
+                        "--no-cache", *MODEL], capsys)
+    assert code == 0, err
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].shape == SHAPE
+        xres = tif.pages[0].tags["XResolution"].value
+        assert xres[0] / xres[1] == pytest.approx(4.0)  # 0.25 um pixels
+        assert 'PhysicalSizeZ="2.0"' in tif.ome_metadata  # the slice spacing

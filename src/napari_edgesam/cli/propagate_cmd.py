@@ -3,7 +3,9 @@
 The object is annotated on one slice (``--slice``) with clicks and/or a box in that slice's
 pixels (x = column, y = row); the workflow :mod:`napari_edgesam.workflows.propagation`
 follows it up and down the stack. The output is a uint8 0/1 TIFF of the stack's
-``(Z, Y, X)`` shape, written atomically. Exit codes as for ``segment``: 0 ok, 2 bad input,
+``(Z, Y, X)`` shape (axes ``TYX`` for a movie), written atomically and durably by
+:func:`~napari_edgesam.workflows.labels_tiff.write_labels` with the input's pixel size, as
+batch writes its labels. Exit codes as for ``segment``: 0 ok, 2 bad input,
 3 model not available, 1 other errors.
 """
 
@@ -110,9 +112,10 @@ def run(args) -> int:
     """Run ``napari-edgesam propagate``; returns the exit code."""
     from ..engine import Predictor
     from ..engine.errors import InvalidInputError
-    from ..engine.intensity import IntensityMapping
+    from ..engine.intensity import stack_mapping
     from ..workflows.propagation import PropagationSettings, Propagator, SliceAnnotation
-    from ..workflows.tiff_io import read_image, stack_view, write_tiff_atomic
+    from ..workflows.labels_tiff import write_labels
+    from ..workflows.tiff_io import LazyTiff, read_image, stack_view
 
     points, labels = check_prompts_and_output(args)
     out = Path(args.output)
@@ -130,8 +133,7 @@ def run(args) -> int:
         min_area=args.min_area, box_margin=args.box_margin)
     mapping = None
     if args.contrast is not None:
-        mapping = IntensityMapping.from_limits(*args.contrast,
-                                               channels=3 if data.ndim == 4 else 1)
+        mapping = stack_mapping(data, "contrast", rgb=data.ndim == 4, limits=args.contrast)
     model = model_from_args(args)
     cache = None if args.no_cache else "default"
     predictor = Predictor(model, cache=cache)
@@ -151,8 +153,9 @@ def run(args) -> int:
     if tty:
         print(file=sys.stderr)
     mask = result.mask(1).astype(np.uint8)
-    write_tiff_atomic(out, mask, overwrite=args.overwrite, compression="zlib",
-                      metadata={"axes": "ZYX"})
+    with LazyTiff(args.stack) as source:  # the input's calibration goes with the mask
+        meta = source.metadata
+    write_labels(out, mask, ("T" if z_letter == "T" else "Z") + "YX", np.uint8, meta)
     if not args.quiet:
         for line in _table(result, 1):
             print(line)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...engine.cancel import CancelToken
 from ...engine.intensity import IntensityMapping, stack_mapping, validate_image
 from ...engine.tiling import TiledPredictor, Window, needs_tiling
 from .foreground import _signal, _smooth, foreground_threshold, stack_statistics
@@ -98,7 +99,7 @@ def _slice_result(candidates, seeds, calls, params: AutoParams, shape, out,
 
 def segment_slice(predictor, image, *, params: AutoParams | None = None,
                   mapping: IntensityMapping | None = None, threshold: float | None = None,
-                  embedding=None, cancel: Callable[[], bool] | None = None,
+                  embedding=None, cancel: CancelToken | Callable[[], bool] | None = None,
                   rgb: bool | None = None, out: np.ndarray | None = None) -> SliceSegmentation:
     """Segment all objects of one 2D slice without clicks.
 
@@ -123,7 +124,7 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
         Default: ``params.threshold``, else Otsu's threshold of this slice.
     embedding : Embedding, optional
         Precomputed embedding of this slice (with this mapping; not used when tiled).
-    cancel : callable returning bool, optional
+    cancel : CancelToken or callable returning bool, optional
         Polled between decoder calls; when it returns True, :class:`CancelledError` is raised.
     rgb : bool, optional
         Force the reading of a last axis of size 3 or 4 (default: colour).
@@ -247,7 +248,7 @@ def segment_stack(predictor, planes, *, params: AutoParams | None = None,
                   mapping: IntensityMapping | None = None, threshold: float | None = None,
                   rgb: bool = False, link: bool = True, out: np.ndarray | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  cancel: Callable[[], bool] | None = None) -> StackSegmentation:
+                  cancel: CancelToken | Callable[[], bool] | None = None) -> StackSegmentation:
     """Segment every slice of a stack and link instances into 3D objects.
 
     Parameters
@@ -270,7 +271,7 @@ def segment_stack(predictor, planes, *, params: AutoParams | None = None,
         painted and linked in place, so a memmap is never loaded whole.
     progress : callable(done, total), optional
         Called after each slice.
-    cancel : callable returning bool, optional
+    cancel : CancelToken or callable returning bool, optional
 
     Returns
     -------

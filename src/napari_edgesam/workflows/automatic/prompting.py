@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from ...engine.cancel import CancelToken
 from ...engine.errors import CancelledError
 from ...engine.transforms import mask_bbox
 from .box_index import _BoxIndex
@@ -22,8 +23,12 @@ from .params import AutoParams
 
 
 def _check_cancel(cancel) -> None:
-    """Raise :class:`CancelledError` when ``cancel`` (a callable returning bool) says so."""
-    if cancel is not None and cancel():
+    """Raise :class:`CancelledError` when ``cancel`` says so: a
+    :class:`~napari_edgesam.engine.cancel.CancelToken` that is cancelled, or a callable
+    returning True."""
+    if cancel is None:
+        return
+    if cancel.cancelled if isinstance(cancel, CancelToken) else cancel():
         raise CancelledError("automatic segmentation cancelled")
 
 

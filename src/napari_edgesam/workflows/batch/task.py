@@ -85,9 +85,6 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
     out_tif, out_json = output_paths(path, out_dir)
     token = CancelToken(stop_file=stop_file) if stop_file else CancelToken()
 
-    def cancel() -> bool:
-        return token.cancelled
-
     def result(status, **kw):
         return FileResult(str(path), status, seconds=time.perf_counter() - t0, worker=worker,
                           **kw)
@@ -105,7 +102,7 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
         return result("failed", error=f"cannot write to {out_dir}: {exc.strerror or exc}")
     try:
         sweep_leftovers(out_dir, path)
-        if cancel():
+        if token.cancelled:
             return result("cancelled")
         params_fp = params_fingerprint(params, model)
         state, _ = existing_state(path, out_dir, params_fp)
@@ -148,7 +145,7 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
             for t in range(n_t):
                 res = segment_stack(
                     predictor, Planes(reader, plan, t), params=auto, mapping=mapping,
-                    threshold=threshold, rgb=plan.rgb, link=True, out=buf[t], cancel=cancel,
+                    threshold=threshold, rgb=plan.rgb, link=True, out=buf[t], cancel=token,
                     progress=(None if progress is None else
                               lambda done, _n, t=t: progress(t * n_z + done, n_slices)))
                 n_objects = max(n_objects, res.n_objects)
