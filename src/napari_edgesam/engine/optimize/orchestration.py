@@ -33,7 +33,14 @@ from .records import (
     _write_record,
 )
 from .runtime import _model_with
-from .variants import DEFAULT_VARIANTS, VARIANTS, BuildContext, Variant
+from .variants import (
+    DEFAULT_VARIANTS,
+    PREFERENCE,
+    VARIANTS,
+    BuildContext,
+    NotApplicable,
+    Variant,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -104,7 +111,10 @@ def optimize_model(
     A variant whose record (beside the files) already fits the current source file and
     onnxruntime version is not built nor checked again (``cached=True``) unless ``force``.
     Building and checking errors are caught: the variant is reported ``failed`` with the
-    reason, and the original keeps being used. Cancelling (``progress`` raising
+    reason, and the original keeps being used. A builder that finds nothing to rewrite
+    (:class:`~.variants.NotApplicable`, e.g. ``encoder-fold`` with "0 folds") gives a
+    ``skipped`` result with that reason, no file and no record (it is looked at again next
+    time, which costs a graph load). Cancelling (``progress`` raising
     :class:`CancelledError`) leaves no record of the variant in progress.
 
     Parameters
@@ -185,6 +195,9 @@ def optimize_model(
             raise
         except OptimizationUnavailableError:
             raise
+        except NotApplicable as exc:  # nothing to rewrite: no variant, and the reason why
+            _log.info("optimised variant %s skipped: %s", spec.kind, exc)
+            res = VariantResult(spec.kind, spec.role, "skipped", str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure falls back to the original
             _log.warning("optimised variant %s failed: %s", spec.kind, exc, exc_info=True)
             res = VariantResult(spec.kind, spec.role, "failed",
@@ -193,6 +206,9 @@ def optimize_model(
         report.results.append(res)
     # combined agreement of the enabled encoder + decoder variants (information)
     enabled = [r for r in report.results if r.enabled]
+    # the encoder and decoder variant load_optimized would pick
+    enabled.sort(key=lambda r: PREFERENCE.index(r.kind) if r.kind in PREFERENCE
+                 else len(PREFERENCE))
     if check and {r.role for r in enabled} == {"encoder", "decoder"}:
         try:
             both = _model_with(source, enabled)
