@@ -328,3 +328,30 @@ def test_int8_encoder_is_quantised_from_the_folded_graph(tmp_path, model_dir, im
     convs = [n for n in onnx.load(str(ctx.output)).graph.node if n.op_type == "Conv"]
     assert len(convs) == 1  # one (QDQ) depthwise convolution where the source had two
     shutil.rmtree(tmp_path / "unused", ignore_errors=True)
+
+
+def test_combined_check_uses_the_variants_load_optimized_picks(model_dir, images,
+                                                               monkeypatch):
+    """With two passing encoder variants the combined agreement is of the preferred one
+    (PREFERENCE order), not of whichever was listed first."""
+    from napari_edgesam.engine.optimize import orchestration
+
+    _encoder_with_branches(model_dir / "enc.onnx", model_dir / "enc_branches.onnx")
+    model = EdgeSamModel(model_dir / "enc_branches.onnx", model_dir / "dec.onnx", name="rep")
+    copy = opt.Variant("encoder-copy", "encoder",
+                       lambda ctx: shutil.copyfile(ctx.source, ctx.output) and {})
+    used = []
+    real = orchestration._model_with
+
+    def spy(source, results, **kw):
+        used.append([r.kind for r in results])
+        return real(source, results, **kw)
+
+    monkeypatch.setattr(orchestration, "_model_with", spy)
+    report = opt.optimize_model(model, images, variants=[copy, "encoder-fold", "decoder-fast"],
+                                n_clicks=2, n_boxes=1)
+    assert report.enabled == ["encoder-copy", "encoder-fold", "decoder-fast"]
+    assert report.combined is not None
+    encoders = [k for k in used[-1] if k.startswith("encoder")]
+    assert encoders[0] == "encoder-fold"  # what _model_with takes for the encoder
+    assert opt.load_optimized(model).name == "rep+decoder-fast+encoder-fold"
