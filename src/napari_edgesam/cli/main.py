@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: ``add_parser(subparsers)`` and ``run(args) -> int`` (or a ``func`` default).
 _SUBCOMMAND_MODULES = {"segment": "segment_cmd", "models": "models_cmd",
                        "propagate": "propagate_cmd", "batch": "batch_cmd",
-                       "optimize": "optimize_cmd"}
+                       "optimize": "optimize_cmd", "replay": "replay_cmd"}
 
 
 def main(argv=None) -> int:
