@@ -16,6 +16,14 @@ and numpy -- the plugin itself never needs PyTorch:
 Outputs (git-ignored, ~38 MB together; never commit them):
     benchmarks/models/edgesam_faithful_encoder.onnx
     benchmarks/models/edgesam_faithful_decoder.onnx
+    benchmarks/models/edgesam_faithful_encoder_folded.onnx   (only with --folded)
+
+The encoder has the published export's structure: BatchNorm folded into the convs, but
+RepViT's 23 parallel 1x1 depthwise branches (and identities) still summed beside the 3x3
+depthwise convs (130 Conv and 104 Add nodes, as in the published file), so that "raw"
+timings are those of what users download. ``--folded`` also writes the fully
+re-parameterised encoder (each token mixer one 3x3 depthwise conv: 107 Conv, 58 Add),
+checks that both forms compute the same up to float rounding and times them interleaved.
 
 The script prints parameter and MAC counts, checks them against the published
 figures (exit status 1 when outside the tolerances), checks the ONNX
@@ -40,17 +48,18 @@ What the MAC counter counts (forward hooks, batch 1):
   sigmoid, softmax, LayerNorm, adds, the bilinear upsample, SE pooling), and
   the Fourier positional encodings (the 64x64 dense one is computed in the
   graph on every call, ~1 M MACs plus 1 M sin/cos; the points' are tiny).
-The encoder is counted in its re-parameterised (inference) form, which is
-the form that is exported: RepViT's 3x3 + 1x1 + identity depthwise branches
-become one 3x3 depthwise conv and every BatchNorm is folded into its conv.
-Parameters are counted in the training form (with BatchNorm and the
-unfused branches), which is how the papers report them; the inference-form
-count is printed too.
+The encoder's MACs are counted in its fully re-parameterised form (RepViT's
+3x3 + 1x1 + identity depthwise branches as one 3x3 depthwise conv, every
+BatchNorm folded), as the papers count them; the exported form's extra 1x1
+depthwise MACs (+0.13 %) are printed too. Parameters are counted in the
+training form (with BatchNorm and the unfused branches), which is how the
+papers report them; the inference-form counts are printed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -80,6 +89,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "models"
 ENCODER_FILE = "edgesam_faithful_encoder.onnx"
 DECODER_FILE = "edgesam_faithful_decoder.onnx"
+ENCODER_FOLDED_FILE = "edgesam_faithful_encoder_folded.onnx"
 
 
 # --------------------------------------------------------------------------
@@ -261,7 +271,8 @@ class FaithfulEncoder(nn.Module):
         super().__init__()
         w = self.WIDTHS
         # stem: 1/4 resolution
-        self.stem = nn.Sequential(ConvBN(3, w[0] // 2, 3, 2), nn.GELU(), ConvBN(w[0] // 2, w[0], 3, 2))
+        self.stem = nn.Sequential(ConvBN(3, w[0] // 2, 3, 2), nn.GELU(),
+                                  ConvBN(w[0] // 2, w[0], 3, 2))
         stages = []
         for i, (width, depth) in enumerate(zip(w, self.DEPTHS)):
             layers = []
@@ -300,13 +311,31 @@ class FaithfulEncoder(nn.Module):
         return self.neck(fused)
 
 
-def reparameterize(module: nn.Module) -> nn.Module:
-    """Replace every ConvBN / RepDWConv by its fused inference conv (in place)."""
+class UnfoldedRepDW(nn.Module):
+    """RepViT's token mixer as the published EdgeSAM export has it: BatchNorm folded into
+    each conv, but the 3x3 and 1x1 depthwise branches and the identity still summed in the
+    graph (two Conv and two Add nodes instead of one Conv)."""
+
+    def __init__(self, mixer: RepDWConv):
+        super().__init__()
+        self.dw3 = mixer.dw3.fused()
+        self.dw1 = mixer.dw1.fused()
+
+    def forward(self, x):
+        return self.dw3(x) + self.dw1(x) + x
+
+
+def reparameterize(module: nn.Module, fold_branches: bool = True) -> nn.Module:
+    """Fold every BatchNorm into its conv (in place). With ``fold_branches`` each RepDWConv
+    also becomes one 3x3 depthwise conv (the fully re-parameterised form); without, its
+    branches stay parallel, as in the published export (UnfoldedRepDW)."""
     for name, child in list(module.named_children()):
-        if isinstance(child, (ConvBN, RepDWConv)):
+        if isinstance(child, RepDWConv):
+            setattr(module, name, child.fused() if fold_branches else UnfoldedRepDW(child))
+        elif isinstance(child, ConvBN):
             setattr(module, name, child.fused())
         else:
-            reparameterize(child)
+            reparameterize(child, fold_branches)
     return module
 
 
@@ -563,18 +592,23 @@ def count_macs(model: nn.Module, *inputs) -> tuple[int, dict[str, int]]:
 # --------------------------------------------------------------------------
 # ONNX export and checks
 # --------------------------------------------------------------------------
-def export(encoder, decoder, out_dir: Path) -> tuple[Path, Path]:
+def export_encoder(encoder, path: Path) -> Path:
     # torch warns that the TorchScript-based exporter (dynamo=False) is
     # deprecated; it is used on purpose, like the published export.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    enc_path, dec_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     image = torch.randn(1, 3, IMG_SIZE, IMG_SIZE)
     torch.onnx.export(
-        encoder, (image,), str(enc_path), dynamo=False, opset_version=17,
+        encoder, (image,), str(path), dynamo=False, opset_version=17,
         input_names=["image"], output_names=["image_embeddings"],
     )
+    return path
+
+
+def export(encoder, decoder, out_dir: Path) -> tuple[Path, Path]:
+    enc_path, dec_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
+    export_encoder(encoder, enc_path)
     emb = torch.randn(1, EMBED_DIM, EMBED_HW, EMBED_HW)
     coords = torch.randint(0, IMG_SIZE, (1, 5, 2)).float()
     labels = torch.tensor([[1.0, 0.0, 2.0, 3.0, -1.0]])
@@ -654,7 +688,8 @@ def check_and_time(enc_path, dec_path, encoder, decoder, runs_enc, runs_dec) -> 
         problems.append("encoder ONNX output differs from PyTorch")
 
     prompts = {
-        "1 click + padding point": (np.array([[[400.0, 300.0], [0.0, 0.0]]]), np.array([[1.0, -1.0]])),
+        "1 click + padding point": (np.array([[[400.0, 300.0], [0.0, 0.0]]]),
+                                    np.array([[1.0, -1.0]])),
         "box (2 corners)": (np.array([[[100.0, 120.0], [700.0, 650.0]]]), np.array([[2.0, 3.0]])),
         "box + 2 clicks": (
             np.array([[[100.0, 120.0], [700.0, 650.0], [300.0, 300.0], [500.0, 200.0]]]),
@@ -708,12 +743,68 @@ def check_and_time(enc_path, dec_path, encoder, decoder, runs_enc, runs_dec) -> 
     return problems
 
 
+def count_nodes(path: Path) -> dict[str, int]:
+    """Number of nodes per operator type in an ONNX file."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for n in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def compare_encoder_forms(unfolded_path: Path, folded_path: Path, runs: int) -> list[str]:
+    """Node counts, output agreement and interleaved raw timing of the two encoder forms."""
+    import onnxruntime as ort
+
+    problems = []
+    for label, path in (("unfolded (published structure)", unfolded_path),
+                        ("folded", folded_path)):
+        c = count_nodes(path)
+        print(f"encoder {label}: {c.get('Conv', 0)} Conv, {c.get('Add', 0)} Add, "
+              f"{sum(c.values())} nodes, {path.stat().st_size / 1e6:.2f} MB")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.inter_op_num_threads = 1
+    sessions = {name: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+                for name, p in (("unfolded", unfolded_path), ("folded", folded_path))}
+    image = np.random.default_rng(SEED + 1).standard_normal((1, 3, IMG_SIZE, IMG_SIZE),
+                                                            dtype=np.float32)
+    out = {k: s.run(None, {"image": image})[0] for k, s in sessions.items()}
+    diff = float(np.abs(out["unfolded"] - out["folded"]).max())
+    scale = float(np.abs(out["folded"]).max())
+    print(f"encoder forms agree: max |unfolded - folded| = {diff:.2e} "
+          f"(outputs up to {scale:.1f}; float32 rounding)")
+    if not diff <= 1e-4 * max(scale, 1.0):
+        problems.append(f"the two encoder forms differ by {diff:.2e}")
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for i in range(runs):  # interleaved, the order alternating, so load drifts hit both
+        for k in (list(sessions) if i % 2 == 0 else list(sessions)[::-1]):
+            t0 = time.perf_counter()
+            sessions[k].run(None, {"image": image})
+            times[k].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    if hasattr(os, "getloadavg"):
+        print("load average after timing: %.2f %.2f %.2f" % os.getloadavg())
+    for k, v in times.items():
+        print(f"encoder {k}, {runs} interleaved runs: {_stats(v, 0)}")
+    paired = float(np.median(np.divide(times["unfolded"], times["folded"])))
+    print(f"encoder unfolded / folded: {med['unfolded'] / med['folded']:.3f} (ratio of the "
+          f"medians), {paired:.3f} (median of the {runs} paired ratios)")
+    return problems
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--runs-encoder", type=int, default=10)
     ap.add_argument("--runs-decoder", type=int, default=50)
     ap.add_argument("--no-export", action="store_true", help="only count params and MACs")
+    ap.add_argument("--folded", action="store_true",
+                    help=f"also write {ENCODER_FOLDED_FILE}, the encoder with RepViT's branches "
+                         "folded, and compare the two forms (node counts, outputs, timing)")
+    ap.add_argument("--runs-forms", type=int, default=15,
+                    help="interleaved runs of each encoder form with --folded")
     args = ap.parse_args(argv)
 
     torch.manual_seed(SEED)
@@ -723,18 +814,21 @@ def main(argv=None) -> int:
 
     enc_params_train = count_params(encoder)
     probe = torch.randn(1, 3, 256, 256)
+    folded = copy.deepcopy(encoder)
     with torch.no_grad():
         before = encoder(probe)
-        reparameterize(encoder)
-        after = encoder(probe)
+        # The published export folds BatchNorm but keeps the parallel depthwise branches.
+        reparameterize(encoder, fold_branches=False)
+        reparameterize(folded, fold_branches=True)
+        fuse_err = max((before - m(probe)).abs().max().item() for m in (encoder, folded))
     enc_params_infer = count_params(encoder)
-    fuse_err = (before - after).abs().max().item()
-    print(f"re-parameterisation check: max |training form - fused| = {fuse_err:.1e}")
+    print(f"re-parameterisation check: max |training form - inference forms| = {fuse_err:.1e}")
     dec_params = count_params(decoder)
     dec_params_exported = dec_params - count_params(decoder.iou_head)
     total = enc_params_train + dec_params
 
-    enc_macs, enc_kinds = count_macs(encoder, torch.zeros(1, 3, IMG_SIZE, IMG_SIZE))
+    enc_macs, enc_kinds = count_macs(folded, torch.zeros(1, 3, IMG_SIZE, IMG_SIZE))
+    unfolded_macs, _ = count_macs(encoder, torch.zeros(1, 3, IMG_SIZE, IMG_SIZE))
     dec_macs, dec_kinds = count_macs(
         decoder,
         torch.zeros(1, EMBED_DIM, EMBED_HW, EMBED_HW),
@@ -743,13 +837,15 @@ def main(argv=None) -> int:
     )
     print(f"torch {torch.__version__}, seed {SEED}")
     print(f"encoder params: {enc_params_train / 1e6:.3f} M (training form, with BN); "
-          f"{enc_params_infer / 1e6:.3f} M re-parameterised (exported)")
+          f"{enc_params_infer / 1e6:.3f} M as exported (BN folded, branches unfolded), "
+          f"{count_params(folded) / 1e6:.3f} M with the branches folded")
     print(f"decoder params: {dec_params / 1e6:.3f} M "
           f"({dec_params_exported / 1e6:.3f} M without the unused IoU head)")
     print(f"total params:   {total / 1e6:.3f} M (target {TARGET_TOTAL_PARAMS / 1e6:.1f} M "
           f"+-{TOTAL_PARAMS_TOL:.0%})")
     print(f"encoder MACs @1024x1024: {enc_macs / 1e9:.2f} G {enc_kinds} "
-          f"(target {TARGET_ENCODER_MACS / 1e9:.0f} G +-{ENCODER_MACS_TOL:.0%})")
+          f"(target {TARGET_ENCODER_MACS / 1e9:.0f} G +-{ENCODER_MACS_TOL:.0%}; folded form; "
+          f"{unfolded_macs / 1e9:.3f} G as exported, with the 1x1 branches)")
     print(f"decoder MACs, 2 points:  {dec_macs / 1e9:.2f} G {dec_kinds}")
     print(f"total MACs:              {(enc_macs + dec_macs) / 1e9:.2f} G")
 
@@ -757,9 +853,11 @@ def main(argv=None) -> int:
     if not fuse_err < 1e-3:
         problems.append(f"re-parameterised encoder differs from the training form by {fuse_err}")
     if abs(total / TARGET_TOTAL_PARAMS - 1) > TOTAL_PARAMS_TOL:
-        problems.append(f"total params {total} outside {TOTAL_PARAMS_TOL:.0%} of {TARGET_TOTAL_PARAMS:.0f}")
+        problems.append(f"total params {total} outside {TOTAL_PARAMS_TOL:.0%} of "
+                        f"{TARGET_TOTAL_PARAMS:.0f}")
     if abs(enc_macs / TARGET_ENCODER_MACS - 1) > ENCODER_MACS_TOL:
-        problems.append(f"encoder MACs {enc_macs} outside {ENCODER_MACS_TOL:.0%} of {TARGET_ENCODER_MACS:.0f}")
+        problems.append(f"encoder MACs {enc_macs} outside {ENCODER_MACS_TOL:.0%} of "
+                        f"{TARGET_ENCODER_MACS:.0f}")
 
     if not args.no_export:
         enc_path, dec_path = export(encoder, decoder, args.out_dir)
@@ -767,6 +865,14 @@ def main(argv=None) -> int:
             print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
         problems += check_and_time(enc_path, dec_path, encoder, decoder,
                                    args.runs_encoder, args.runs_decoder)
+        if args.folded:
+            folded_path = export_encoder(folded, args.out_dir / ENCODER_FOLDED_FILE)
+            print(f"wrote {folded_path} ({folded_path.stat().st_size / 1e6:.1f} MB)")
+            problems += compare_encoder_forms(enc_path, folded_path, args.runs_forms)
+        else:
+            c = count_nodes(enc_path)
+            print(f"encoder: {c.get('Conv', 0)} Conv, {c.get('Add', 0)} Add nodes "
+                  "(RepViT's branches unfolded, as published; --folded compares)")
 
     if problems:
         print("FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
