@@ -331,6 +331,48 @@ def test_read_only_replace_degrades(tmp_path, monkeypatch):
     assert c.get("a") is not None
 
 
+def part(seed: int, nbytes: int = 4096) -> dict:
+    """A decoder image part: two named float32 tensors of ``nbytes`` in all."""
+    rng = np.random.default_rng(seed)
+    n = nbytes // 8
+    return {"k": rng.standard_normal(n, dtype=np.float32),
+            "v": rng.standard_normal(n, dtype=np.float32)}
+
+
+def test_decoder_parts_are_kept_in_memory_only_under_their_own_bound(tmp_path):
+    one = sum(a.nbytes for a in part(0).values())
+    c = EmbeddingCache(memory_bytes=2 * small(0).nbytes, disk_dir=tmp_path,
+                       part_memory_bytes=3 * one)
+    c.put("e", small(0))
+    for k in "abc":
+        c.put_part(f"e|dec={k}", part(ord(k)))
+    got = c.get_part("e|dec=a")  # now the most recently used
+    assert got is not None and set(got) == {"k", "v"}
+    assert all(not a.flags.writeable for a in got.values())
+    np.testing.assert_array_equal(got["k"], part(ord("a"))["k"])
+    c.put_part("e|dec=d", part(4))
+    assert c.get_part("e|dec=b") is None  # the least recently used went
+    assert all(c.get_part(f"e|dec={k}") is not None for k in "acd")
+    s = c.stats
+    assert s["part_evictions"] == 1 and s["part_entries"] == 3 and s["part_bytes"] == 3 * one
+    assert s["part_hits"] == 4 and s["part_misses"] == 1
+    # parts never evict embeddings, and never reach the disk
+    assert c.get("e") is not None and s["memory_entries"] == 1
+    assert len(entries(tmp_path)) == 1 and len(list(tmp_path.iterdir())) == 1
+    c.put_part("huge", part(5, 4 * one))  # larger than the bound: not kept
+    assert c.get_part("huge") is None and c.stats["part_entries"] == 3
+    # discarding an embedding drops its parts; clearing the memory drops them all
+    c.put_part("f|dec=a", part(6))
+    c.discard("e")
+    assert [k for k in "acd" if c.get_part(f"e|dec={k}") is not None] == []
+    assert c.get_part("f|dec=a") is not None
+    c.clear_memory()
+    assert c.get_part("f|dec=a") is None and c.stats["part_bytes"] == 0
+    off = EmbeddingCache(disk_dir=False, part_memory_bytes=0)
+    off.put_part("x", part(0))
+    assert off.get_part("x") is None
+
+
 def test_clear(tmp_path):
     c = EmbeddingCache(disk_dir=tmp_path)
     for i in range(3):

@@ -3,6 +3,12 @@
 The predictor builds the keys (model hash, pixel hash, intensity mapping, preprocessing
 version, tile geometry); this module only stores arrays by key.
 
+A third, memory-only store keeps split decoders' *image parts* (the prompt-independent
+decoder tensors of an embedding, about 10 MiB for EdgeSAM, see
+:meth:`EmbeddingCache.get_part`): an LRU of its own byte bound, so that parts never evict
+embeddings. They are not written to disk: recomputing one costs less than reading it back
+(figures in docs/speed.md).
+
 Disk entries (one file per key, named by the SHA-256 of the key) have this layout, format
 version 2::
 
@@ -10,9 +16,10 @@ version 2::
 
 The JSON header holds the key and a list of named arrays (``{"name", "dtype", "shape",
 "nbytes"}``, their payloads follow in that order): an entry has room for more arrays than
-the embedding (``"array"``), for example a decoder's prompt-independent part. Arrays are
-stored exactly as given (float32 embeddings stay float32), so a result never depends on
-whether its embedding came from the encoder, the memory cache or the disk. Entries of the
+the embedding (``"array"``); a split decoder's image part was measured as a candidate and
+stays in memory instead (see above). Arrays are stored exactly as given (float32 embeddings
+stay float32), so a result never depends on whether its embedding came from the encoder,
+the memory cache or the disk. Entries of the
 first format (``NESCACHE1``, float16) are dropped when met and count as misses: their
 rounding would make cached results differ from fresh ones.
 
@@ -76,6 +83,10 @@ class EmbeddingCache:
     disk_bytes : int
         Bound of the disk store in bytes (default 2 GiB), enforced by evicting the least
         recently used entries (approximately, when several processes share the folder).
+    part_memory_bytes : int
+        Bound of the memory-only store of decoder image parts (:meth:`get_part`), in bytes
+        (default 64 MiB: six EdgeSAM parts, the slice in view and the four neighbours the
+        widget prefetches; 0 disables it).
     disk_dtype : str or None
         dtype of floating-point arrays on disk: ``None`` (default) keeps the array's dtype,
         exactly; ``"float16"`` halves the size (an embedding ``[1, 256, 64, 64]`` takes
@@ -94,8 +105,10 @@ class EmbeddingCache:
         disk_dir=None,
         disk_bytes: int = 2 * 2**30,
         disk_dtype: str | None = None,
+        part_memory_bytes: int = 64 * 2**20,
     ):
         self.memory_bytes = max(0, int(memory_bytes))
+        self.part_memory_bytes = max(0, int(part_memory_bytes))
         self.disk_bytes = max(0, int(disk_bytes))
         self.disk_dtype = np.dtype(disk_dtype) if disk_dtype is not None else None
         if self.disk_dtype is not None and self.disk_dtype.kind != "f":
@@ -108,18 +121,22 @@ class EmbeddingCache:
         self._lock = threading.RLock()
         self._mem: OrderedDict[str, np.ndarray] = OrderedDict()
         self._mem_used = 0
+        self._parts: OrderedDict[str, tuple[dict, int]] = OrderedDict()
+        self._parts_used = 0
         self._disk_writable = self.disk_dir is not None and self.disk_bytes > 0
         self._disk_used: int | None = None  # estimate; None until the folder is scanned
         self._warned = False
         self._counts = dict.fromkeys(
             ("memory_hits", "disk_hits", "misses", "puts", "memory_evictions",
-             "disk_evictions", "corrupt", "disk_errors"), 0,
+             "disk_evictions", "corrupt", "disk_errors", "part_hits", "part_misses",
+             "part_evictions"), 0,
         )
 
     def __repr__(self) -> str:
         return (
             f"EmbeddingCache(memory_bytes={self.memory_bytes}, disk_dir={self.disk_dir!r}, "
-            f"disk_bytes={self.disk_bytes}, disk_dtype={self.disk_dtype})"
+            f"disk_bytes={self.disk_bytes}, disk_dtype={self.disk_dtype}, "
+            f"part_memory_bytes={self.part_memory_bytes})"
         )
 
     # -- public API ---------------------------------------------------------------------
@@ -130,7 +147,9 @@ class EmbeddingCache:
         Keys: ``memory_hits``, ``disk_hits``, ``misses``, ``puts``, ``memory_evictions``,
         ``disk_evictions``, ``corrupt`` (entries dropped), ``disk_errors``,
         ``memory_entries``, ``memory_bytes`` (in use), ``disk_bytes`` (estimate of the folder
-        size, or None before it was scanned), ``disk_enabled`` (reads), ``disk_writable``.
+        size, or None before it was scanned), ``disk_enabled`` (reads), ``disk_writable``;
+        for decoder image parts ``part_hits``, ``part_misses``, ``part_evictions``,
+        ``part_entries`` and ``part_bytes`` (in use).
         """
         with self._lock:
             s = dict(self._counts)
@@ -140,6 +159,8 @@ class EmbeddingCache:
                 disk_bytes=self._disk_used,
                 disk_enabled=self.disk_dir is not None,
                 disk_writable=self._disk_writable,
+                part_entries=len(self._parts),
+                part_bytes=self._parts_used,
             )
             return s
 
@@ -197,20 +218,82 @@ class EmbeddingCache:
         if disk and self.disk_dir is not None and self._disk_writable:
             self._disk_put(key, arr)
 
+    def get_part(self, key: str) -> dict | None:
+        """The decoder image part stored under ``key`` (memory only), or ``None``.
+
+        Parameters
+        ----------
+        key : str
+            The embedding's key extended by the decoder variant's name (the predictor's
+            ``decoder_part_key``), so one variant never gets another's part.
+
+        Returns
+        -------
+        dict or None
+            Tensor name -> read-only ndarray, shared with other callers.
+        """
+        with self._lock:
+            hit = self._parts.get(key)
+            if hit is None:
+                self._counts["part_misses"] += 1
+                return None
+            self._parts.move_to_end(key)
+            self._counts["part_hits"] += 1
+            return hit[0]
+
+    def put_part(self, key: str, tensors: dict) -> None:
+        """Keep a decoder image part in memory (least recently used dropped past
+        ``part_memory_bytes``; a part larger than the bound is not kept).
+
+        Parameters
+        ----------
+        key : str
+            See :meth:`get_part`.
+        tensors : dict
+            Tensor name -> ndarray (kept as given, made read-only: pass arrays nobody
+            modifies).
+        """
+        parts = {}
+        for name, arr in tensors.items():
+            arr = np.asarray(arr)
+            if arr.flags.writeable:
+                arr = arr.view()
+                arr.flags.writeable = False
+            parts[name] = arr
+        nbytes = sum(a.nbytes for a in parts.values())
+        with self._lock:
+            old = self._parts.pop(key, None)
+            if old is not None:
+                self._parts_used -= old[1]
+            if nbytes > self.part_memory_bytes:
+                return
+            self._parts[key] = (parts, nbytes)
+            self._parts_used += nbytes
+            while self._parts_used > self.part_memory_bytes and self._parts:
+                _, (_, dropped) = self._parts.popitem(last=False)
+                self._parts_used -= dropped
+                self._counts["part_evictions"] += 1
+
     def discard(self, key: str) -> None:
-        """Remove ``key`` from both levels (no error when absent)."""
+        """Remove ``key`` from both levels, and the decoder image parts stored for it (no
+        error when absent)."""
         with self._lock:
             arr = self._mem.pop(key, None)
             if arr is not None:
                 self._mem_used -= arr.nbytes
+            for k in [k for k in self._parts if k.startswith(key + "|dec=")]:
+                self._parts_used -= self._parts.pop(k)[1]
         if self.disk_dir is not None:
             self._unlink(self._path(key))
 
     def clear(self, *, disk: bool = True) -> None:
-        """Empty the memory level and (with ``disk``) delete every disk entry."""
+        """Empty the memory level (embeddings and decoder image parts) and (with ``disk``)
+        delete every disk entry."""
         with self._lock:
             self._mem.clear()
             self._mem_used = 0
+            self._parts.clear()
+            self._parts_used = 0
         if disk and self.disk_dir is not None:
             for p, _, _ in self._scan():
                 self._unlink(p)
@@ -218,7 +301,7 @@ class EmbeddingCache:
                 self._disk_used = 0
 
     def clear_memory(self) -> None:
-        """Empty the memory level only."""
+        """Empty the memory level only (decoder image parts included)."""
         self.clear(disk=False)
 
     # -- memory level -------------------------------------------------------------------
@@ -443,7 +526,8 @@ def default_cache() -> EmbeddingCache:
             from napari_edgesam.engine import paths
 
             settings = paths.load_settings()
-            disk = paths.embeddings_cache_dir() if settings.get("cache_disk_enabled", True) else False
+            disk = (paths.embeddings_cache_dir() if settings.get("cache_disk_enabled", True)
+                    else False)
             _default = EmbeddingCache(
                 memory_bytes=int(settings.get("cache_memory_bytes") or 256 * 2**20),
                 disk_dir=disk,

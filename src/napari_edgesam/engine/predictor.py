@@ -12,12 +12,17 @@ Where the plugin differs from EdgeSAM's reference ONNX predictor it is the more 
 - the mask is chosen by *stability score* computed here from the logits (NaN-safe), whatever
   the file's ``scores`` output means (the IoU head was never distilled and is unreliable);
 - only the chosen mask is upsampled, and only where it can be positive.
+
+With a split decoder (an optimised variant, see :mod:`.optimize`) the prompt-independent
+*image part* of the decoder runs in :meth:`Predictor.embed`, right after the encoder (or the
+cache hit), and travels with the :class:`Embedding` as its :class:`DecoderPart`: the first
+click on a slice then costs what later clicks cost.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -28,6 +33,7 @@ from .session import EdgeSamModel
 from .transforms import coords_to_model, preprocess, resized_shape, upsampler
 
 __all__ = [
+    "DecoderPart",
     "Embedding",
     "Prediction",
     "Predictor",
@@ -35,6 +41,45 @@ __all__ = [
     "prepare_prompts",
     "stability_scores",
 ]
+
+
+@dataclass(frozen=True)
+class DecoderPart:
+    """A split decoder's prompt-independent tensors for one embedding.
+
+    Attributes
+    ----------
+    variant : str
+        The model's ``decoder_part_key`` (the decoder variant and its image part file's
+        SHA-256): only a model with this key uses the tensors.
+    tensors : dict
+        Boundary tensor name -> read-only ndarray (float32 for EdgeSAM; about 10 MiB in all),
+        the prompt part's image-side inputs.
+    cached : bool
+        True when it came from the cache's memory store (no image part run).
+    """
+
+    variant: str
+    tensors: dict = field(repr=False)
+    cached: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors."""
+        return sum(int(a.nbytes) for a in self.tensors.values())
+
+
+def without_decoder_part(embedding):
+    """``embedding`` without its :class:`DecoderPart` (for memos that keep many embeddings:
+    4 MiB each instead of about 14; :meth:`Predictor.with_decoder_part` gives it back)."""
+    if getattr(embedding, "decoder_part", None) is None:
+        return embedding
+    return replace(embedding, decoder_part=None)
+
+
+def part_key(key: str, variant: str) -> str:
+    """Cache key of a decoder image part: the embedding's key and the decoder variant."""
+    return f"{key}|dec={variant}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +97,9 @@ class Embedding:
         Embedding cache key (None when computed without one).
     cached : bool
         True when it came from the embedding cache (no encoder run).
+    decoder_part : DecoderPart or None
+        The split decoder's image part of ``features`` for the model that made this
+        embedding (None when its decoder is not split).
     """
 
     features: np.ndarray
@@ -59,6 +107,7 @@ class Embedding:
     resized_size: tuple[int, int]
     key: str | None = None
     cached: bool = False
+    decoder_part: DecoderPart | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -209,7 +258,8 @@ def prepare_prompts(
                 "opposite corners of the object's box"
             )
         pts = np.concatenate([pts, [[x0, y0], [x1, y1]]])
-        labs = np.concatenate([labs, [contract.LABEL_BOX_TOP_LEFT, contract.LABEL_BOX_BOTTOM_RIGHT]])
+        labs = np.concatenate([labs, [contract.LABEL_BOX_TOP_LEFT,
+                                      contract.LABEL_BOX_BOTTOM_RIGHT]])
     if len(pts) == 0:
         raise InvalidInputError("no prompt: give at least one point or a box")
     if not has_box and not (labs == contract.LABEL_POSITIVE).any():
@@ -248,7 +298,8 @@ class Predictor:
     model : EdgeSamModel
     cache : EmbeddingCache, None or "default"
         Where embeddings are looked up and stored (anything with ``get(key)`` and
-        ``put(key, array)``). ``"default"`` is the process-wide memory + disk cache; None
+        ``put(key, array)``; with ``get_part``/``put_part`` too, split decoders' image parts
+        are kept there). ``"default"`` is the process-wide memory + disk cache; None
         disables caching.
 
     Examples
@@ -295,7 +346,8 @@ class Predictor:
         use_cache, fill_cache : bool
             Look the embedding up in / store it into the cache.
         run_options : onnxruntime.RunOptions, optional
-            Lets a caller terminate the encoder run (prefetching).
+            Lets a caller terminate the encoder run and the decoder's image part
+            (prefetching).
         tile : str
             Geometry of the window this slice was cut from (see :mod:`.tiling`), part of
             the cache key; ``"full"`` for a whole slice.
@@ -303,6 +355,8 @@ class Predictor:
         Returns
         -------
         Embedding
+            With its :class:`DecoderPart` when the model's decoder is split (computed here,
+            or from the cache's memory store of parts).
         """
         image, is_rgb = validate_image(image, rgb=rgb)
         mapping = mapping_for(image, is_rgb, mapping)
@@ -315,14 +369,56 @@ class Predictor:
             if use_cache:
                 hit = self.cache.get(key)
                 if hit is not None:
-                    return Embedding(hit.astype(np.float32, copy=False), (h, w),
-                                     resized_shape(h, w), key, cached=True)
+                    emb = Embedding(hit.astype(np.float32, copy=False), (h, w),
+                                    resized_shape(h, w), key, cached=True)
+                    return self.with_decoder_part(emb, run_options=run_options,
+                                                  fill_cache=fill_cache)
         rgb_image, mapping = as_model_image(image, mapping, rgb=is_rgb, expand=False)
         tensor, resized = preprocess(rgb_image)
         features = self.model.encode(tensor, run_options)
         if key is not None and fill_cache:
             self.cache.put(key, features)
-        return Embedding(features, (h, w), resized, key)
+        return self.with_decoder_part(Embedding(features, (h, w), resized, key),
+                                      run_options=run_options, use_cache=False,
+                                      fill_cache=fill_cache)
+
+    def with_decoder_part(self, embedding: Embedding, *, run_options=None,
+                          use_cache: bool = True, fill_cache: bool = True) -> Embedding:
+        """``embedding`` with this model's decoder image part (see :class:`DecoderPart`).
+
+        Returned unchanged when the model's decoder is not split or the embedding already
+        carries this model's part. Otherwise the part comes from the cache's memory store
+        (under the embedding's key and :attr:`DecoderPart.variant`) or is computed, one run
+        of the image part, and stored there.
+
+        Parameters
+        ----------
+        embedding : Embedding
+        run_options : onnxruntime.RunOptions, optional
+            Lets a caller terminate the image part's run.
+        use_cache, fill_cache : bool
+            Look the part up in / store it into the cache's memory store of parts.
+
+        Returns
+        -------
+        Embedding
+        """
+        variant = getattr(self.model, "decoder_part_key", None)
+        if variant is None:
+            return embedding
+        part = embedding.decoder_part
+        if part is not None and part.variant == variant:
+            return embedding
+        pkey = None
+        if embedding.key is not None and hasattr(self.cache, "get_part"):
+            pkey = part_key(embedding.key, variant)
+            hit = self.cache.get_part(pkey) if use_cache else None
+            if hit is not None:
+                return replace(embedding, decoder_part=DecoderPart(variant, hit, cached=True))
+        tensors = self.model.decoder_image_part(embedding.features, run_options)
+        if pkey is not None and fill_cache:
+            self.cache.put_part(pkey, tensors)
+        return replace(embedding, decoder_part=DecoderPart(variant, tensors))
 
     def set_image(self, image, mapping: IntensityMapping | None = None, **kwargs) -> Embedding:
         """Embed ``image`` (see :meth:`embed`) and make it the current image for
@@ -351,7 +447,9 @@ class Predictor:
         box : array-like, shape (4,), optional
             ``(x0, y0, x1, y1)`` in original pixels, ``x0 <= x1``, ``y0 <= y1``.
         embedding : Embedding, optional
-            Default: the one from the last :meth:`set_image`.
+            Default: the one from the last :meth:`set_image`. Its :class:`DecoderPart`, when
+            it is this model's, spares the split decoder's image part (only the prompt part
+            runs); an embedding without it (or with another variant's) decodes as before.
         mask_index : int, optional
             Force one of the 4 masks instead of the contract's choice rule.
 
@@ -366,7 +464,12 @@ class Predictor:
         coords, labs, has_box = prepare_prompts(
             emb.original_size, points, labels, box, emb.resized_size
         )
-        file_scores, masks = self.model.decode(emb.features, coords, labs)
+        part = emb.decoder_part
+        if part is not None and part.variant == getattr(self.model, "decoder_part_key", None):
+            file_scores, masks = self.model.decode(emb.features, coords, labs,
+                                                   image_part=part.tensors)
+        else:
+            file_scores, masks = self.model.decode(emb.features, coords, labs)
         logits = masks[0]
         if not np.isfinite(logits).all():
             raise ModelError("the decoder returned values that are not numbers (NaN or "

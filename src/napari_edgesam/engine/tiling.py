@@ -27,7 +27,7 @@ import numpy as np
 from . import contract
 from .errors import CacheBoundError, InvalidInputError
 from .intensity import IntensityMapping, default_mapping
-from .predictor import Embedding, Prediction, Predictor
+from .predictor import Embedding, Prediction, Predictor, without_decoder_part
 from .transforms import mask_bbox
 
 __all__ = [
@@ -381,14 +381,22 @@ class TiledPredictor:
         return data
 
     def embedding(self, window: Window, **kwargs) -> Embedding:
-        """Embedding of one window (memoised here, and through the predictor's cache)."""
+        """Embedding of one window (memoised here, and through the predictor's cache).
+
+        With a split decoder the window's decoder image part comes with it (see
+        :meth:`.predictor.Predictor.with_decoder_part`); the memo keeps embeddings without
+        theirs (4 MiB each, not 14), a memo hit takes it from the cache's store of parts.
+        """
         emb = self._embeddings.get(window)
         if emb is not None:
             self._embeddings.move_to_end(window)
+            attach = getattr(self.predictor, "with_decoder_part", None)
+            if attach is not None:
+                emb = attach(emb, run_options=kwargs.get("run_options"))
         else:
             emb = self.predictor.embed(self.read(window), self.mapping, rgb=self.rgb,
                                        tile=window.key(), **kwargs)
-            self._embeddings[window] = emb
+            self._embeddings[window] = without_decoder_part(emb)
             while len(self._embeddings) > self.MEMO_WINDOWS:  # the rest live in the cache
                 self._embeddings.popitem(last=False)
             self.windows.append(window)

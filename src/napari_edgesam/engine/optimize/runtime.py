@@ -1,9 +1,13 @@
 """The runtime model: what the predictor loads when optimised variants are used.
 
-:class:`OptimizedEdgeSamModel` runs variant files (a split decoder's image part once per
-embedding), and :func:`load_optimized`/:func:`optimized_or_original`/:func:`load_variant` pick
-the variants whose records say they passed. Only records are read: no building, no checking,
-no ``onnx``.
+:class:`OptimizedEdgeSamModel` runs variant files. A split decoder's prompt-independent
+*image part* is computed once per embedding, by the predictor right after the encoder
+(:meth:`OptimizedEdgeSamModel.decoder_image_part`), kept with the embedding under
+:attr:`OptimizedEdgeSamModel.decoder_part_key` and passed to
+:meth:`OptimizedEdgeSamModel.decode`; an embedding that comes without it (made elsewhere)
+falls back to a small memo by array identity. :func:`load_optimized`,
+:func:`optimized_or_original` and :func:`load_variant` pick the variants whose records say
+they passed. Only records are read: no building, no checking, no ``onnx``.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ class OptimizedEdgeSamModel(EdgeSamModel):
 
     ``encoder_path``/``decoder_path`` point at contract-compatible files (the variant's or
     the source's), so anything that recreates a model from the paths (batch workers) gets
-    the same model. When the decoder variant was split, :meth:`decode` runs the
-    prompt-independent part once per embedding array (remembered for the last few arrays)
-    and only the prompt part per call.
+    the same model. When the decoder variant was split, the prompt-independent *image part*
+    runs once per embedding (:meth:`decoder_image_part`; the predictor does it right after
+    the encoder and keeps the result with the embedding) and :meth:`decode` runs only the
+    prompt part per call.
 
     Parameters
     ----------
@@ -43,8 +48,9 @@ class OptimizedEdgeSamModel(EdgeSamModel):
     variants : dict, optional
         kind -> :class:`VariantResult` of the variants in use.
     memo_size : int
-        How many embeddings' prompt-independent decoder tensors to remember (each about
-        10 MB for EdgeSAM).
+        How many embeddings' image parts :meth:`decode` remembers for embedding arrays that
+        come without theirs (each about 10 MiB for EdgeSAM); the predictor's path never
+        uses this memo.
     """
 
     def __init__(self, source: EdgeSamModel, encoder, decoder, *, decoder_parts=None,
@@ -60,6 +66,7 @@ class OptimizedEdgeSamModel(EdgeSamModel):
         self._memo: list[tuple[np.ndarray, float, dict]] = []
         self._memo_size = max(1, int(memo_size))
         self._memo_lock = threading.Lock()
+        self._part_key: str | None = None
 
     def __repr__(self):
         return (f"OptimizedEdgeSamModel(name={self.name!r}, encoder={str(self.encoder_path)!r}, "
@@ -95,13 +102,61 @@ class OptimizedEdgeSamModel(EdgeSamModel):
             self.session("decoder_prompt")
         return self
 
+    @property
+    def decoder_part_key(self) -> str | None:
+        """What names this model's decoder image part, or None without a split decoder.
+
+        ``"<kind>:<SHA-256 of the image part file>"``: the tensors of one variant's image
+        part are never given to another variant's prompt part, nor to the plain decoder.
+        """
+        if not self.decoder_parts:
+            return None
+        if self._part_key is None:
+            from ..file_hash import file_sha256
+
+            kind = next((k for k, r in self.variants.items()
+                         if getattr(r, "role", None) == "decoder"), "decoder")
+            self._part_key = f"{kind}:{file_sha256(self.decoder_parts[0])}"
+        return self._part_key
+
+    def decoder_image_part(self, embedding: np.ndarray, run_options=None) -> dict:
+        """Run the split decoder's prompt-independent image part once (no memo).
+
+        Parameters
+        ----------
+        embedding : ndarray of float32, shape (1, 256, 64, 64)
+        run_options : onnxruntime.RunOptions, optional
+            Lets another thread terminate the run (prefetching).
+
+        Returns
+        -------
+        dict
+            Boundary tensor name -> read-only ndarray (float32 for EdgeSAM, about 10 MiB in
+            all), the inputs :meth:`decode` takes as ``image_part``.
+
+        Raises
+        ------
+        ModelError
+            When the decoder is not split.
+        """
+        if not self.decoder_parts:
+            raise ModelError(f"{self.name} has no split decoder")
+        s = self.session("decoder_image")
+        vals = s.run(None, {"image_embeddings": np.asarray(embedding, dtype=np.float32)},
+                     run_options)
+        out = dict(zip([o.name for o in s.get_outputs()], vals, strict=True))
+        for v in out.values():
+            v.flags.writeable = False
+        return out
+
     @staticmethod
     def _fingerprint(a: np.ndarray) -> float:
         flat = a.reshape(-1)
         return float(flat[:: max(1, flat.size // 1024)].sum(dtype=np.float64))
 
     def image_part(self, embedding: np.ndarray) -> dict:
-        """The prompt-independent decoder tensors for ``embedding`` (remembered).
+        """The image part for ``embedding``, remembered by array identity (the fallback for
+        embeddings that come without theirs; see :meth:`decoder_image_part`).
 
         Parameters
         ----------
@@ -119,19 +174,28 @@ class OptimizedEdgeSamModel(EdgeSamModel):
                 if arr is emb and f == fp:
                     self._memo.append(self._memo.pop(i))
                     return out
-            s = self.session("decoder_image")
-            vals = s.run(None, {"image_embeddings": emb})
-            out = dict(zip([o.name for o in s.get_outputs()], vals, strict=True))
+            out = self.decoder_image_part(emb)
             self._memo.append((emb, fp, out))
             del self._memo[:-self._memo_size]
             return out
 
-    def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray):
-        """Run the decoder (see :meth:`EdgeSamModel.decode`); with a split decoder the
-        prompt-independent part is computed once per embedding array."""
+    def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, *,
+               image_part: dict | None = None):
+        """Run the decoder (see :meth:`EdgeSamModel.decode`).
+
+        Parameters
+        ----------
+        embedding, coords, labels
+            As for :meth:`EdgeSamModel.decode`.
+        image_part : dict, optional
+            This model's :meth:`decoder_image_part` of ``embedding`` (the caller vouches for
+            both: the predictor checks :attr:`decoder_part_key`); only the prompt part runs.
+            Without it a split decoder computes the image part once per embedding array
+            (memo). Ignored when the decoder is not split.
+        """
         if not self.decoder_parts:
             return super().decode(embedding, coords, labels)
-        feeds = self.image_part(embedding)
+        feeds = image_part if image_part is not None else self.image_part(embedding)
         s = self.session("decoder_prompt")
         wanted = {i.name for i in s.get_inputs()}
         feeds = {k: v for k, v in feeds.items() if k in wanted}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ...engine.intensity import IntensityMapping
+from ...engine.predictor import without_decoder_part
 from ...engine.slice_predictor import EmbeddedSlice
 from .slice_source import SliceSource
 
@@ -60,6 +61,9 @@ class SliceEmbeddings:
         emb = self.memo.get(z)
         if emb is not None:
             self.memo.move_to_end(z)
+            if not self.tiles:  # the decoder image part, left out of the memo (below)
+                emb = EmbeddedSlice(self.predictor, self.predictor.with_decoder_part(
+                    emb.embedding, run_options=self.run_options))
             return emb
         if self.tiles:
             # Large slices: full-resolution windows around the object, encoded when a
@@ -72,7 +76,11 @@ class SliceEmbeddings:
         else:
             emb = self._embed(z)
         if self.memo_slices:
-            self.memo[z] = emb
+            # With a split decoder the embedding carries its decoder image part (about
+            # 10 MiB); the memo keeps it without (4 MiB a slice), a hit takes the part
+            # from the cache's store of parts or computes it again.
+            self.memo[z] = (emb if self.tiles else
+                            EmbeddedSlice(self.predictor, without_decoder_part(emb.embedding)))
             while len(self.memo) > self.memo_slices:
                 self.memo.popitem(last=False)
         return emb
