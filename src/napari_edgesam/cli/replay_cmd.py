@@ -45,7 +45,7 @@ def _model_for(args, log):
     if args.threads is None and rec is not None and rec.threads:
         args.threads = int(rec.threads)
     if args.model is None and args.encoder is None:
-        if rec is None or rec.name == "custom":
+        if rec is None or rec.name.startswith("custom"):
             raise InvalidInputError("the log's model is a custom pair: give --encoder and "
                                     "--decoder")
         args.model = rec.name

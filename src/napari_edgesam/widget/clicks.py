@@ -310,11 +310,38 @@ class ClickPath:
             show_info("EdgeSAM: nothing to paint: the preview lies on existing labels "
                       "(untick 'paint only on background' to overwrite them).")
             return None
+        self._record_commit(layer, label_id, p.lead)
         self.clear_prompt_data()
         self.clear_preview()
         self.set_status(f"Committed label {label_id} ({painted} px) on "
                         f"{self.slice_text(p.lead)}. Ctrl+Z undoes it.")
         return label_id
+
+    def _record_commit(self, layer, label_id: int, lead) -> None:
+        """Add the committed object's prompts to ``layer``'s prompt log."""
+        from napari_edgesam.workflows.prompt_log import LoggedObject
+
+        prompts = None if self._last_request is None else self._last_request[1]
+        mapping = self.current_mapping
+        if prompts is None or prompts.empty or mapping is None or self.model is None:
+            return
+        obj = LoggedObject(
+            int(label_id), tuple(int(k) for k in self.slice_key(lead)),
+            points=tuple((float(x), float(y)) for x, y in prompts.points),
+            point_labels=tuple(int(v) for v in prompts.labels),
+            box=None if prompts.box is None else tuple(float(v) for v in prompts.box),
+            low=mapping.low, high=mapping.high, rgb=bool(self.geometry.rgb),
+            tiles=self._tiles_used(), background_only=bool(self.paint_background_only))
+        self.prompt_recorder.record(layer, obj, self.geometry.labels_index(lead), self.model,
+                                    self.image_layer)
+
+    def _tiles_used(self):
+        """``(tile_size, halo)`` of the grid that answered (engine defaults resolved), or
+        None for a whole-slice embedding."""
+        emb = self.embedding
+        if emb is None or not emb.tiled:
+            return None
+        return int(emb.grid.tile_size), int(emb.grid.halo)
 
     def undo(self) -> None:
         """Undo the last change of the target Labels layer (napari's own history)."""

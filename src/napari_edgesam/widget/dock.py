@@ -218,7 +218,13 @@ class EdgeSamWidget(QWidget):
         form = self._form(page)
         self.labels_combo = _combo()
         self.labels_combo.currentIndexChanged.connect(self._on_labels_combo)
-        form.addRow("target", self.labels_combo)
+        self.save_button = QPushButton("Save...")
+        self.save_button.setToolTip("Save the target Labels layer as a TIFF and, beside it, "
+                                    "the prompts of every committed object "
+                                    "(<name>.prompts.json, for 'napari-edgesam replay')")
+        self.save_button.clicked.connect(lambda: self.save_labels())
+        form.addRow("target", self._row(self.labels_combo, self.save_button,
+                                        first_stretch=True))
         self.background_only_check = QCheckBox("paint only on background")
         self.background_only_check.setToolTip("Keep existing labels: commits fill only "
                                               "unlabelled pixels.")
@@ -239,6 +245,7 @@ class EdgeSamWidget(QWidget):
         self.redo_button.clicked.connect(self.redo)
         form.addRow(self._row(self.commit_button, self.clear_button, self.undo_button,
                               self.redo_button))
+
         self.labels_section = Section("Labels", page)
         outer.addWidget(self.labels_section)
 
@@ -428,6 +435,49 @@ class EdgeSamWidget(QWidget):
     def redo(self):
         """Redo the last undone change of the target Labels layer (Ctrl+Shift+Z)."""
         self.session.redo()
+
+    def save_labels(self, path=None):
+        """Save the target Labels layer and its prompt log beside it (in a worker).
+
+        Parameters
+        ----------
+        path : path-like, optional
+            The label TIFF; asked for with a file dialog when omitted.
+
+        Returns
+        -------
+        worker or None
+            None when there is nothing to save or the dialog was cancelled.
+        """
+        from pathlib import Path
+
+        import numpy as np
+        from qtpy.QtWidgets import QFileDialog
+
+        from .workers import save_labels_job
+
+        layer = self.session.target.layer
+        if layer is None:
+            self.set_status("Nothing to save: no target Labels layer yet (commit an object "
+                            "first).")
+            return None
+        if path is None:
+            image = self.session.image_layer
+            src = getattr(getattr(image, "source", None), "path", None)
+            folder = Path(src).parent if src else Path.home()
+            path, _ = QFileDialog.getSaveFileName(self, "Save labels (and their prompts)",
+                                                  str(folder / f"{layer.name}.tif"),
+                                                  "TIFF files (*.tif *.tiff)")
+            if not path:
+                return None
+        log = self.session.prompt_log(layer)
+        labels = np.array(layer.data[0] if layer.multiscale else layer.data)  # a snapshot
+        self.set_status(f"Saving '{layer.name}'...")
+        return self.start_worker(
+            save_labels_job, path, labels, log, desc="EdgeSAM: saving labels",
+            returned=lambda out: self.set_status(
+                f"Saved {Path(out[0]).name} and {Path(out[1]).name} "
+                f"({len(log.objects)} object(s) with their prompts)."))
 
     def propagate(self):
         """Propagate the current object through the stack (Shift+P)."""

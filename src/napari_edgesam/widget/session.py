@@ -35,6 +35,7 @@ from .commit import LabelsTarget, can_redo, can_undo
 from .encoding import SliceEncoder
 from .model_input import MAPPING_MODES, ModelInput
 from .preview import Preview, PreviewLayer
+from .prompt_record import PromptRecorder
 
 _log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class AnnotationSession(ModelInput, ClickPath):
                                                   self._on_active_layer)
         self.preview_view = PreviewLayer(viewer)
         self.target = LabelsTarget(viewer, start_worker, self.history_changed.emit)
+        #: The prompts of every object committed from clicks, per Labels layer.
+        self.prompt_recorder = PromptRecorder()
         self.encoder = SliceEncoder(self)
         #: Callables saying that other work of the panel runs (propagation, batch, model
         #: loading): prefetching waits for them too.
@@ -201,6 +204,15 @@ class AnnotationSession(ModelInput, ClickPath):
     def labels_layer(self):
         """The target Labels layer (None until the first commit when "new" is chosen)."""
         return self.target.layer
+
+    def prompt_log(self, layer=None):
+        """The prompt log of ``layer`` (default: the target Labels layer): the prompts of
+        each object committed into it from clicks that is still there
+        (:class:`~napari_edgesam.workflows.prompt_log.PromptLog`)."""
+        from napari_edgesam.workflows.prompt_log import PromptLog
+
+        layer = self.target.layer if layer is None else layer
+        return PromptLog() if layer is None else self.prompt_recorder.log(layer)
 
     @property
     def can_undo(self) -> bool:

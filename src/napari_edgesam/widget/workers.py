@@ -559,6 +559,14 @@ def propagation_steps_job(run, z: int, seed, oid, previous_crops):
 # ---------------------------------------------------------------------------------------
 # Labels layers
 # ---------------------------------------------------------------------------------------
+def save_labels_job(path, labels, log):
+    """Write a label image and its prompt log beside it (see
+    :func:`~.prompt_record.save_labels_and_log`); returns ``(labels_path, log_path)``."""
+    from .prompt_record import save_labels_and_log
+
+    return save_labels_and_log(path, labels, log)
+
+
 def max_label_job(data, token=None) -> int:
     """The largest value in ``data``, read slice by slice and in row blocks (never the
     whole array at once; numpy, memmap, dask and zarr). Runs in a worker thread; stops
