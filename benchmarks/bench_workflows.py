@@ -1,18 +1,81 @@
-"""Workflow rows of the benchmark harness: propagation, tiled first mask, batch.
+"""Workflow rows of the benchmark harness: propagation, tiled first mask, batch, napari.
 
 Each ``bench_*`` takes the harness's ``Context`` and returns ``Row`` objects; ``run.py``
-registers them. The model has random weights, so masks are meaningless: stop rules that
-would end a propagation early are switched off, so the figures are per-slice costs.
+registers them. Two benchmark models run them (benchmarks/README.md): the faithful one
+(random weights: masks over 70 % of the image) and the realistic-mask one (the same cost,
+the test double's object-like masks). Stop rules that would end a propagation early are
+switched off with both, so the figures are per-slice costs.
+
+Run as a script, it runs every workflow row with both models and prints them side by side::
+
+    python benchmarks/bench_workflows.py                 # propagation,tiled,batch,...
+    python benchmarks/bench_workflows.py --only propagation --repeats 5
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import multiprocessing as mp
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+HERE = Path(__file__).resolve().parent
+#: The two benchmark models: (encoder, decoder) in benchmarks/models/ (git-ignored).
+MODELS = {
+    "faithful": (HERE / "models" / "edgesam_faithful_encoder.onnx",
+                 HERE / "models" / "edgesam_faithful_decoder.onnx"),
+    "realistic": (HERE / "models" / "edgesam_realistic_encoder.onnx",
+                  HERE / "models" / "edgesam_realistic_decoder.onnx"),
+}
+#: The harness's workflow rows (run.py's names).
+WORKFLOW_ROWS = ("propagation", "tiled", "batch", "batch_large", "napari")
+
+
+def masks_kind(model) -> str:
+    """What the model's masks are like, for the rows' notes: ``"realistic masks"`` for the
+    realistic-mask benchmark model (its metadata says ``benchmark_only``), else ``"random
+    weights"`` (the faithful model) or the model's name."""
+    meta = model.session("encoder").get_modelmeta().custom_metadata_map
+    if meta.get("model") == "realistic_encoder":
+        return "realistic masks"
+    return "random weights" if "faithful" in str(model.encoder_path) else str(model.name)
+
+
+def object_points(img: np.ndarray, n: int, rng, margin: int = 4) -> list[tuple[float, float]]:
+    """``n`` click positions ``(x, y)`` (original frame) on bright objects of ``img``.
+
+    Parameters
+    ----------
+    img : ndarray (H, W)
+        A synthetic slice with bright objects on a dim background (run.py's ``_test_image``).
+    n : int
+    rng : numpy.random.Generator
+    margin : int
+        Chosen pixels have the 4 pixels ``margin`` away (up, down, left, right) bright too,
+        so a click is inside an object, not on its edge.
+
+    Returns
+    -------
+    list of (float, float)
+        Pixel centres above the midpoint between the median and the maximum.
+    """
+    bright = img > (float(np.median(img)) + float(img.max())) / 2
+    inside = bright.copy()
+    inside[margin:] &= bright[:-margin]
+    inside[:-margin] &= bright[margin:]
+    inside[:, margin:] &= bright[:, :-margin]
+    inside[:, :-margin] &= bright[:, margin:]
+    rows, cols = np.nonzero(inside)
+    if not len(rows):
+        raise ValueError("no bright object in the image")
+    pick = rng.choice(len(rows), size=n, replace=len(rows) < n)
+    return [(float(cols[i]), float(rows[i])) for i in pick]
 
 
 def _rows():
@@ -52,7 +115,7 @@ def bench_propagation(ctx):
     stack = np.stack([
         (300 + 2000 * ((yy - 256) ** 2 + (xx - 256) ** 2 < (60 + 5 * k) ** 2)).astype(np.uint16)
         for k in range(z)])
-    # Random weights: disable the stop rules so every slice is propagated.
+    # Stop rules off so every slice is propagated with either model (per-slice costs).
     settings = PropagationSettings(min_area=0, min_score=0.0, min_overlap=0.0,
                                    max_growth=1e9, keep_connected=False)
     objects = {1: SliceAnnotation(z // 2, points=[(256, 256)], labels=[1])}
@@ -71,7 +134,8 @@ def bench_propagation(ctx):
         warm_mem = min(run()[0] for _ in range(2))
         cache.clear_memory()
         warm_disk, _ = run()
-    note = f"{n} slices of {size}x{size}; raw enc+dec {1e3 * (raw_enc + raw_dec):.0f} ms"
+    note = (f"{n} slices of {size}x{size}; {masks_kind(ctx.model)}; raw enc+dec "
+            f"{1e3 * (raw_enc + raw_dec):.0f} ms")
     return [
         Row("propagation per slice, cold cache", cold, raw_enc + raw_dec,
             note + "; ratio to raw encoder + decoder"),
@@ -216,7 +280,8 @@ def bench_batch(ctx):
         rate = z / seconds
         rows.append(Row("batch, 2048x2048 uint16 slices per second", 1 / rate, raw_enc,
                         f"{rate:.2f} slices/s vs encoder-bound {1 / raw_enc:.2f} slices/s "
-                        f"(seconds per slice; exit {code})", {"slices_per_second": rate}))
+                        f"(seconds per slice; {masks_kind(ctx.model)}; exit {code})",
+                        {"slices_per_second": rate}))
         zs, mibs, _, peak_small, anon_small, _ = results["small"]
         rows.append(Row("batch, peak memory: stack larger than the budget", 0.0, None,
                         f"{mib:.0f} MiB stack: private {anon:.0f} MiB (RSS {peak:.0f} MiB incl. "
@@ -336,7 +401,8 @@ def bench_napari_click(ctx):
         labels.events.paint.connect(lambda e: painted.append(time.perf_counter()))
         rng = np.random.default_rng(1)
         for i in range(ctx.repeats + 1):
-            p = layer.data_to_world((rng.uniform(0.2, 0.8) * size, rng.uniform(0.2, 0.8) * size))
+            x, y = object_points(img, 1, rng)[0]  # on an object: realistic masks are its size
+            p = layer.data_to_world((y, x))
             t0 = time.perf_counter()
             w.add_point(p)
             spin(lambda: not w.busy and w._shown_generation == w._generation)
@@ -344,7 +410,7 @@ def bench_napari_click(ctx):
             crop = w.preview_crop
             w.clear_prompts()
             if crop is None:
-                continue  # random weights: an empty mask has nothing to commit
+                continue  # an empty mask has nothing to commit
             n = len(painted)
             t0 = time.perf_counter()
             w.add_point(p)
@@ -362,12 +428,59 @@ def bench_napari_click(ctx):
         tick.stop()
         viewer.close()
     if not label_times:
-        return [Row(name, 0.0, None, "no non-empty mask (random weights): nothing committed")]
+        return [Row(name, 0.0, None, "no non-empty mask: nothing committed")]
     frac = float(np.median(areas)) / size**2
     return [
         Row(name, float(np.median(label_times)), raw_dec,
-            f"click -> object in the Labels layer; mask {frac:.1%} of the image (random "
-            "weights); ratio to one raw decoder run", {"mask_fraction": frac}),
+            f"click on an object -> it is in the Labels layer; mask {frac:.1%} of the image "
+            f"({masks_kind(ctx.model)}); ratio to one raw decoder run",
+            {"mask_fraction": frac}),
         Row("napari: click to preview, 2048x2048 (cached embedding)",
             float(np.median(preview_times)), raw_dec, "ratio to one raw decoder run"),
     ]
+
+
+def _ratios(path: Path) -> dict[str, tuple[float, float | None]]:
+    rows = json.loads(path.read_text())["rows"]
+    return {r["name"]: (r["seconds"], r["ratio"]) for r in rows}
+
+
+def main(argv=None) -> int:
+    """Run the workflow rows with both benchmark models (one ``run.py`` process each) and
+    print the rows side by side; the JSON of each run goes to ``benchmarks/results/``."""
+    ap = argparse.ArgumentParser(description=main.__doc__.split(";")[0])
+    ap.add_argument("--only", default=",".join(WORKFLOW_ROWS),
+                    help="comma list of run.py rows (default: the workflow rows)")
+    ap.add_argument("--models", default="faithful,realistic")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args, rest = ap.parse_known_args(argv)
+    results = {}
+    for name in args.models.split(","):
+        enc, dec = MODELS[name]
+        if not enc.is_file() or not dec.is_file():
+            hint = ("benchmarks/make_faithful_model.py" if name == "faithful"
+                    else "benchmarks/make_realistic_model.py")
+            sys.exit(f"{enc.name} / {dec.name} not found: run {hint} (benchmarks/README.md)")
+        out = args.out / f"workflows_{name}.json"
+        cmd = [sys.executable, str(HERE / "run.py"), "--encoder", str(enc), "--decoder",
+               str(dec), "--only", args.only, "--repeats", str(args.repeats),
+               "--json", str(out), *rest]
+        print("$ " + " ".join(cmd), flush=True)
+        if subprocess.call(cmd) != 0:
+            return 1
+        results[name] = _ratios(out)
+    names = list(dict.fromkeys(r for res in results.values() for r in res))
+    print(f"\n{'row':<58}" + "".join(f" {m:>22}" for m in results))
+    for row in names:
+        cells = []
+        for res in results.values():
+            sec, ratio = res.get(row, (None, None))
+            cells.append("-" if not sec else f"{sec * 1e3:.0f} ms"
+                         + (f" ({ratio:.2f}x)" if ratio else ""))
+        print(f"{row:<58}" + "".join(f" {c:>22}" for c in cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
