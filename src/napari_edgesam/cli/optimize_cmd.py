@@ -27,9 +27,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="TIFF files typical of your data (a few slices of each are used)")
+    from ..engine.optimize.variants import DEFAULT_VARIANTS, VARIANTS
+
     p.add_argument("--variants", default=None,
-                   help="comma list of decoder-fast, decoder-int8, encoder-int8 "
-                        "(default: decoder-int8,encoder-int8)")
+                   help=f"comma list of {', '.join(VARIANTS)} "
+                        f"(default: {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--channel", type=int, default=None, help="channel of multichannel files")
     p.add_argument("--force", action="store_true", help="rebuild and re-check")
     add_model_options(p)

@@ -17,8 +17,14 @@ Variants (see :data:`VARIANTS`):
 ``decoder-int8``
     ``decoder-fast`` plus dynamic int8 quantisation of the weight matrix products
     (``onnxruntime.quantization.quantize_dynamic``, per-channel int8 weights).
+``encoder-fold``
+    Exact float32 re-parameterisation of the encoder: each RepViT token mixer that the
+    published export keeps as parallel branches (3x3 and 1x1 depthwise convolutions and the
+    identity, summed; BatchNorms left on them folded too) becomes one 3x3 depthwise
+    convolution. The build reports how many it folded (23 on EdgeSAM's architecture); a
+    graph with nothing to fold gives no variant (``skipped``, "0 folds").
 ``encoder-int8``
-    Static int8 QDQ quantisation of the encoder calibrated on the user's own slices, fed
+    The folded encoder, then static int8 QDQ quantisation calibrated on the user's own slices, fed
     through the engine's own preprocessing (``quantize_static`` with a
     ``CalibrationDataReader``); GELUs are first fused into onnxruntime's ``Gelu`` so they
     stay float and fast between quantised convolutions.
@@ -46,6 +52,7 @@ Package layout (one concept per module; the package re-exports their public name
     graph_matching   finding patterns in ONNX graphs
     rewrites         the exact graph rewrites (upscaling, counts, pooling, GELU fusion)
     decoder_split    splitting a decoder into image and prompt parts, and merging them
+    reparam          folding parallel depthwise branches (encoder-fold)
     variants         the variant kinds (VARIANTS) and their builders
     agreement        the agreement check (prompt sampling, mask IoU)
     records          the store on disk: folders, JSON records, VariantResult

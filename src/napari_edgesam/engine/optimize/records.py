@@ -111,8 +111,10 @@ class VariantResult:
     ----------
     kind : str
     role : {"encoder", "decoder"}
-    status : {"enabled", "refused", "failed", "unchecked", "stale", "missing"}
+    status : {"enabled", "refused", "failed", "unchecked", "stale", "missing", "skipped"}
         ``enabled``: built and passed the check; ``refused``: the check failed;
+        ``skipped``: the builder found nothing to rewrite (no file, no record; an
+        ``optimize`` report only, e.g. ``encoder-fold`` with "0 folds");
         ``failed``: building or checking raised (see ``reason``); ``unchecked``: built with
         ``check=False`` (never enabled automatically); ``stale``/``missing``: found by
         :func:`find_variants` but unusable / not built.
