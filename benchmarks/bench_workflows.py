@@ -393,10 +393,11 @@ def bench_napari_click(ctx):
         labels = viewer.add_labels(np.zeros((size, size), np.uint32), name="bench labels")
         w = EdgeSamWidget(viewer, model=ctx.model)
         viewer.window.add_dock_widget(w, name="EdgeSAM")
-        w.prefetch_enabled = False
-        w.paint_background_only = False  # every commit paints its whole mask
-        w.set_labels_layer(labels)
-        spin(lambda: not w.busy and w.embedding is not None)  # the embedding, computed once
+        w.prefetch_check.setChecked(False)  # no background encoding during the clicks
+        s = w.session  # the AnnotationSession behind the panel
+        s.paint_background_only = False  # every commit paints its whole mask
+        s.set_labels_layer(labels)
+        spin(lambda: not w.busy and s.embedding is not None)  # the embedding, computed once
         painted = []
         labels.events.paint.connect(lambda e: painted.append(time.perf_counter()))
         rng = np.random.default_rng(1)
@@ -404,16 +405,16 @@ def bench_napari_click(ctx):
             x, y = object_points(img, 1, rng)[0]  # on an object: realistic masks are its size
             p = layer.data_to_world((y, x))
             t0 = time.perf_counter()
-            w.add_point(p)
-            spin(lambda: not w.busy and w._shown_generation == w._generation)
+            s.add_point(p)
+            spin(lambda: not w.busy and s.preview_is_current)
             t_preview = time.perf_counter() - t0
-            crop = w.preview_crop
+            crop = s.preview_crop
             w.clear_prompts()
             if crop is None:
                 continue  # an empty mask has nothing to commit
             n = len(painted)
             t0 = time.perf_counter()
-            w.add_point(p)
+            s.add_point(p)
             w.commit()
             spin(lambda: len(painted) > n)
             t_labels = painted[n] - t0
