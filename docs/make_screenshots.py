@@ -237,7 +237,7 @@ def batch_screenshot():
         for section in (widget.image_section, widget.labels_section):
             section.toggle.setChecked(False)
         panel = widget.batch
-        widget.tabs.setCurrentIndex(1)
+        widget.tabs.setCurrentIndex(2)
         panel.set_inputs([raw])
         panel.set_output(Path(tmp) / "labels")
         panel.object_size = 40

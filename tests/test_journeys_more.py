@@ -101,7 +101,7 @@ UNGUARDED_NAPARI_SCRIPT = textwrap.dedent('''
     wait(lambda: not widget.busy, 30)
     widget.session.set_model(EdgeSamModel(cfg["encoder"], cfg["decoder"],
                                           name="custom: test double"))
-    widget.tabs.setCurrentIndex(1)  # the Batch tab
+    widget.tabs.setCurrentIndex(2)  # the Batch tab
     panel = widget.batch
     panel.set_inputs(cfg["inputs"])
     panel.set_output(cfg["out"])

@@ -83,12 +83,16 @@ def test_panel_fits_an_ordinary_window(make_napari_viewer, npe2pm, qtbot, size, 
         if ctl.isVisible():
             assert ctl.width() >= ctl.minimumSizeHint().width() - 1, type(ctl).__name__
     assert page.horizontalScrollBar().maximum() == 0
-    w.tabs.setCurrentIndex(1)  # Batch: not clipped either
+    w.tabs.setCurrentIndex(2)  # Batch: not clipped either
     qtbot.wait(50)
     assert w.tabs.currentWidget().horizontalScrollBar().maximum() == 0
     w.tabs.currentWidget().ensureWidgetVisible(w.batch.cancel_button)  # scrolls there
     qtbot.wait(20)
     assert _shown_whole(w.batch.cancel_button)
+    w.tabs.setCurrentIndex(1)  # Segment all: not clipped either
+    qtbot.wait(50)
+    assert w.tabs.currentWidget().horizontalScrollBar().maximum() == 0
+    assert _shown_whole(w.segment_all.run_button) and _shown_whole(w.segment_all.cancel_button)
     w.tabs.setCurrentIndex(0)
     # the status line is one line; the full text in its tooltip
     long = "Error: " + "a long reason that goes on and on " * 10

@@ -195,6 +195,60 @@ class LabelsTarget:
             layer.selected_label = int(label_id)
         return painted, erased
 
+    def write_objects(self, layer, edits, first_id: int,
+                      background_only: bool) -> tuple[int, int]:
+        """Paint many objects at once as ONE undo step (*Segment all*).
+
+        Parameters
+        ----------
+        layer : napari.layers.Labels
+        edits : list of (tuple of int, ndarray of int)
+            ``(lead, ids)`` per slice: the slice's leading indices in ``layer`` and its
+            object ids, shape ``(H, W)`` (0 background, 1..n; the same id on several slices
+            is one 3D object).
+        first_id : int
+            The id object 1 gets in ``layer`` (object k gets ``first_id + k - 1``).
+        background_only : bool
+            Paint only pixels whose label is 0.
+
+        Returns
+        -------
+        (int, int)
+            Pixels painted and objects that got at least one pixel.
+
+        Raises
+        ------
+        ValueError
+            The largest new id does not fit the layer's dtype.
+        """
+        top = max((int(ids.max()) for _, ids in edits), default=0)
+        dtype = layer.data.dtype
+        if top and np.issubdtype(dtype, np.integer) and \
+                first_id + top - 1 > np.iinfo(dtype).max:
+            raise ValueError(f"{top} new objects do not fit the {dtype} Labels layer")
+        painted, seen = 0, set()
+        with layer.block_history():
+            for lead, ids in edits:
+                rows, cols = np.nonzero(ids)
+                if not rows.size:
+                    continue
+                r0, c0 = rows.min(), cols.min()
+                window = np.asarray(layer.data[(*lead, slice(r0, rows.max() + 1),
+                                                slice(c0, cols.max() + 1))])
+                keep = window[rows - r0, cols - c0] == 0 if background_only else \
+                    np.ones(rows.size, bool)
+                rows, cols = rows[keep], cols[keep]
+                values = ids[rows, cols].astype(np.int64) + (first_id - 1)
+                if rows.size:
+                    idx = tuple(np.full(rows.shape, i, np.intp) for i in lead) + (rows, cols)
+                    layer.data_setitem(idx, values.astype(dtype), refresh=False)
+                    painted += int(rows.size)
+                    seen.update(np.unique(values).tolist())
+        layer.refresh()
+        if seen:
+            self.label_ids.note(layer, max(seen))
+        return painted, len(seen)
+
     def undo(self) -> bool:
         """Undo the target layer's last change; True when there was one."""
         if not can_undo(self.layer):

@@ -95,6 +95,7 @@ class EdgeSamWidget(QWidget):
         super().__init__(parent)
         from ._batch_panel import BatchPanel
         from ._propagation_panel import PropagationPanel
+        from ._segment_all_panel import SegmentAllPanel
         from .model_picker import ModelPicker
 
         # npe2 hands plugins a PublicOnlyProxy of the viewer; identity checks between
@@ -106,9 +107,10 @@ class EdgeSamWidget(QWidget):
         self.model_picker = ModelPicker(self.start_worker, s.notify_error)
         self.propagation = PropagationPanel(self)
         self.batch = BatchPanel(self)
+        self.segment_all = SegmentAllPanel(self)
         s.overlay = self.propagation.overlay
         s.busy_sources += [lambda: self.propagation.busy, lambda: self.batch.busy,
-                           lambda: self.model_picker.busy]
+                           lambda: self.segment_all.busy, lambda: self.model_picker.busy]
         self._build_ui()
         self._syncing = False
         s.status_changed.connect(self._show_status)
@@ -250,7 +252,8 @@ class EdgeSamWidget(QWidget):
         outer.addWidget(self.labels_section)
 
         self.tabs = QTabWidget()
-        for panel, title in ((self.propagation, "Propagate"), (self.batch, "Batch")):
+        for panel, title in ((self.propagation, "Propagate"), (self.segment_all, "All"),
+                             (self.batch, "Batch")):
             area = QScrollArea()  # a page scrolls rather than squeezing its rows
             area.setWidgetResizable(True)
             area.setFrameShape(QFrame.Shape.NoFrame)
@@ -258,7 +261,9 @@ class EdgeSamWidget(QWidget):
             area.setWidget(panel)
             self.tabs.addTab(area, title)
         self.tabs.setTabToolTip(0, "Propagate an object through a 3D stack or a movie")
-        self.tabs.setTabToolTip(1, "Segment whole TIFF files without clicks")
+        self.tabs.setTabToolTip(1, "Segment every object of the slice or stack, then "
+                                   "correct by clicks")
+        self.tabs.setTabToolTip(2, "Segment whole TIFF files without clicks")
         outer.addWidget(self.tabs, 1)
 
         from superqt import QElidingLabel
