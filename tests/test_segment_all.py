@@ -122,3 +122,42 @@ def test_cancel_writes_nothing(make_napari_viewer, npe2pm, qtbot, tmp_path, monk
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT)
     assert "cancelled: nothing was written" in w.status, w.status
     assert w.session.labels_layer is None or not w.session.labels_layer.data.any()
+
+
+def test_refine_a_threshold_labels_layer_then_undo(make_napari_viewer, npe2pm, qtbot, tmp_path):
+    """Another tool's labels (skimage.measure.label of a dilated threshold) refined: the
+    table lists each object, Accept replaces them by the discs with their ids kept, one
+    undo on that layer brings the rough labels back."""
+    from qtpy.QtCore import Qt
+    from scipy import ndimage
+    from skimage.measure import label
+
+    img = _discs()
+    tifffile.imwrite(tmp_path / "discs.tif", img)
+    rough = label(ndimage.binary_dilation(img > 100, iterations=4)).astype(np.int32)
+    viewer, w = dock_panel(make_napari_viewer, npe2pm)
+    choose_test_model(qtbot, w)
+    layer = viewer.open(str(tmp_path / "discs.tif"))[0]
+    wait_until_ready_on(qtbot, viewer, w, layer)
+    theirs = viewer.add_labels(rough.copy(), name="threshold")
+    w.tabs.setCurrentIndex(1)
+    panel = w.segment_all
+    assert panel.layer_combo.currentText() == "threshold"
+    qtbot.mouseClick(panel.refine_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: panel.table.rowCount() == 4, timeout=60_000)
+    assert "4 object(s), 4 confident" in w.status, w.status
+    assert panel.ticked() == [1, 2, 3, 4]
+    np.testing.assert_array_equal(theirs.data, rough)  # nothing written before Accept
+    panel.table.item(3, 0).setCheckState(Qt.CheckState.Unchecked)  # keep the 4th as it was
+    qtbot.mouseClick(panel.accept_button, Qt.MouseButton.LeftButton)
+    yy, xx = np.ogrid[:120, :200]
+    for (r, c) in CENTRES[:3]:
+        i = rough[r, c]
+        disc = (yy - r) ** 2 + (xx - c) ** 2 <= 11**2
+        got = theirs.data == i
+        assert (got & disc).sum() / (got | disc).sum() >= 0.85  # the disc, same id
+    r, c = CENTRES[3]
+    np.testing.assert_array_equal(theirs.data == rough[r, c], rough == rough[r, c])
+    assert panel.table.rowCount() == 0 and "3 object(s) replaced" in w.status
+    theirs.undo()
+    np.testing.assert_array_equal(theirs.data, rough)

@@ -1,20 +1,30 @@
-"""The "Segment all" tab of the dock widget: every object of the slice (or the stack) at
-once, then corrections by clicks. A thin view over :class:`.segment_all.SegmentAll`."""
+"""The "All" tab of the dock widget: every object of the slice (or the stack) at once, then
+corrections by clicks; and an existing Labels layer refined with EdgeSAM. A thin view over
+:class:`.segment_all.SegmentAll` and :class:`.refine_labels.RefineLabels`."""
 
 from __future__ import annotations
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QAbstractItemView,
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from .refine_labels import RefineLabels
 from .segment_all import SegmentAll
+
+#: Columns of the refine table.
+COLUMNS = ("id", "old px", "new px", "IoU", "score")
 
 
 class SegmentAllPanel(QWidget):
@@ -55,14 +65,82 @@ class SegmentAllPanel(QWidget):
         row.addWidget(self.run_button)
         row.addWidget(self.cancel_button)
         lay.addLayout(row)
+
+        intro = QLabel("Refine the objects of a Labels layer (another tool's, or a "
+                       "threshold's) on this slice: each one's box and centre prompt "
+                       "EdgeSAM; review, then accept as one undo step.")
+        intro.setWordWrap(True)
+        lay.addWidget(intro)
+        self.refiner = RefineLabels(dock.session, self._sync)
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("The Labels layer whose objects are refined (in place, "
+                                    "ids kept)")
+        self.refine_button = QPushButton("Refine")
+        self.refine_button.clicked.connect(lambda: self.refine())
+        rrow = QHBoxLayout()
+        rrow.addWidget(self.layer_combo, 1)
+        rrow.addWidget(self.refine_button)
+        lay.addLayout(rrow)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setMinimumHeight(120)
+        lay.addWidget(self.table, 1)
+        arow = QHBoxLayout()
+        self.accept_button = QPushButton("Accept ticked")
+        self.accept_button.setToolTip("Replace the ticked objects (ticked: score >= "
+                                      f"{RefineLabels.MIN_SCORE}) by their refined masks")
+        self.accept_button.clicked.connect(lambda: self.accept())
+        self.discard_button = QPushButton("Discard")
+        self.discard_button.clicked.connect(self.refiner.discard)
+        arow.addWidget(self.accept_button)
+        arow.addWidget(self.discard_button)
+        lay.addLayout(arow)
         lay.addStretch(1)
         self.session.image_changed.connect(lambda *_: self._sync())
+        self.session.layers_changed.connect(lambda *_: self._sync_layers())
+        self._sync_layers()
         self._sync()
+
+    def _sync_layers(self):
+        from napari.layers import Labels
+
+        current = self.layer_combo.currentData()
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        for layer in self.session.viewer.layers:
+            if isinstance(layer, Labels) and not layer.name.startswith("EdgeSAM"):
+                self.layer_combo.addItem(layer.name, layer)
+        if current is not None:
+            index = self.layer_combo.findData(current)
+            if index >= 0:
+                self.layer_combo.setCurrentIndex(index)
+        self.layer_combo.blockSignals(False)
+
+    def refine(self, layer=None):
+        """Refine the objects of ``layer`` (default: the one chosen) on the current slice;
+        returns the worker or None."""
+        return self.refiner.start(layer if layer is not None else
+                                  self.layer_combo.currentData())
+
+    def ticked(self) -> list[int]:
+        """The ids ticked in the table."""
+        out = []
+        for row in range(self.table.rowCount()):
+            item = self.table.item(row, 0)
+            if item.checkState() == Qt.CheckState.Checked:
+                out.append(int(item.text()))
+        return out
+
+    def accept(self) -> int:
+        """Accept the ticked objects; returns the pixels changed."""
+        return self.refiner.accept(self.ticked())
 
     @property
     def busy(self) -> bool:
-        """Whether a run is in progress."""
-        return self.controller.busy
+        """Whether a run (segment all or refine) is in progress."""
+        return self.controller.busy or self.refiner.busy
 
     def run(self):
         """Start *Segment all* with the tab's settings; returns the worker or None."""
@@ -76,3 +154,18 @@ class SegmentAllPanel(QWidget):
         self.run_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         self.stack_check.setEnabled(self.controller.stack_keys() is not None)
+        pending = self.refiner.pending or []
+        self.refine_button.setEnabled(not self.refiner.busy)
+        self.accept_button.setEnabled(bool(pending))
+        self.discard_button.setEnabled(bool(pending))
+        self.table.setRowCount(len(pending))
+        for row, o in enumerate(pending):
+            cells = (str(o.label), str(o.old_area), str(o.new_area), f"{o.iou:.2f}",
+                     f"{o.score:.2f}")
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if col == 0:
+                    item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                    item.setCheckState(Qt.CheckState.Checked if o.confident
+                                       else Qt.CheckState.Unchecked)
+                self.table.setItem(row, col, item)

@@ -249,6 +249,51 @@ class LabelsTarget:
             self.label_ids.note(layer, max(seen))
         return painted, len(seen)
 
+    @staticmethod
+    def replace_objects(layer, lead, objects) -> int:
+        """Replace objects of one slice by new masks, keeping their ids, as ONE undo step
+        (refining existing labels).
+
+        Parameters
+        ----------
+        layer : napari.layers.Labels
+            Any Labels layer (not only the target).
+        lead : tuple of int
+            The slice's leading indices in ``layer``.
+        objects : iterable of (int, MaskCrop, MaskCrop)
+            ``(label, old, new)``: the object's pixels before and its new mask (slice
+            pixels). Old pixels outside the new mask are cleared; the new mask is painted
+            where the layer holds 0 or this label (neighbours are never taken).
+
+        Returns
+        -------
+        int
+            Pixels changed.
+        """
+        changed = 0
+        with layer.block_history():
+            for label, old, new in objects:
+                for crop, value in ((old, 0), (new, label)):
+                    if not crop.area:
+                        continue
+                    h, w = crop.crop.shape
+                    r0, c0 = crop.row0, crop.col0
+                    cur = np.asarray(layer.data[(*lead, slice(r0, r0 + h),
+                                                 slice(c0, c0 + w))])
+                    if value == 0:
+                        keep = new.window(r0, c0, r0 + h, c0 + w)
+                        where = crop.crop & (cur == label) & ~keep
+                    else:
+                        where = crop.crop & ((cur == 0) | (cur == label))
+                    rows, cols = np.nonzero(where)
+                    if rows.size:
+                        idx = tuple(np.full(rows.shape, i, np.intp) for i in lead) + (
+                            rows + r0, cols + c0)
+                        layer.data_setitem(idx, value, refresh=False)
+                        changed += int(rows.size)
+        layer.refresh()
+        return changed
+
     def undo(self) -> bool:
         """Undo the target layer's last change; True when there was one."""
         if not can_undo(self.layer):
