@@ -12,6 +12,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
     QTableWidget,
@@ -24,7 +25,7 @@ from .refine_labels import RefineLabels
 from .segment_all import SegmentAll
 
 #: Columns of the refine table.
-COLUMNS = ("id", "old px", "new px", "IoU", "score")
+COLUMNS = ("id", "old", "new", "IoU", "score")
 
 
 class SegmentAllPanel(QWidget):
@@ -85,7 +86,10 @@ class SegmentAllPanel(QWidget):
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setMinimumHeight(120)
+        self.table.setMinimumHeight(160)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)  # no sideways scroll
+        header.setMinimumSectionSize(20)
         lay.addWidget(self.table, 1)
         arow = QHBoxLayout()
         self.accept_button = QPushButton("Accept ticked")
@@ -97,7 +101,6 @@ class SegmentAllPanel(QWidget):
         arow.addWidget(self.accept_button)
         arow.addWidget(self.discard_button)
         lay.addLayout(arow)
-        lay.addStretch(1)
         self.session.image_changed.connect(lambda *_: self._sync())
         self.session.layers_changed.connect(lambda *_: self._sync_layers())
         self._sync_layers()
