@@ -18,7 +18,15 @@ import numpy as np
 from . import contract
 from .errors import InvalidInputError, ModelError, ModelNotAvailableError, ModelSignatureError
 
-__all__ = ["EdgeSamModel", "check_signature", "make_run_options", "resolve_providers"]
+__all__ = [
+    "THREAD_POLICIES",
+    "EdgeSamModel",
+    "check_signature",
+    "make_run_options",
+    "resolve_providers",
+    "session_options",
+    "thread_policy",
+]
 
 #: Short names accepted for execution providers.
 PROVIDER_ALIASES = {
@@ -30,6 +38,29 @@ PROVIDER_ALIASES = {
     "dml": "DmlExecutionProvider",
     "openvino": "OpenVINOExecutionProvider",
 }
+
+#: How the sessions made here share the CPU (:func:`session_options`), by name:
+#: ``"spin"``: every session's idle threads spin-wait (onnxruntime's default, and this
+#: project's until issue 17); ``"encoder-no-spin"``: spinning off on the encoder, the
+#: session that runs rarely; ``"no-spin"``: spinning off on every session;
+#: ``"stop-after-run"``: threads spin during a run and stop spinning when it returns
+#: (``session.force_spinning_stop``); ``"global"``: onnxruntime's process-wide thread pools,
+#: shared with every other onnxruntime user in the process (other napari plugins too),
+#: created once and never resized, spinning on (no spin control from Python).
+THREAD_POLICIES = ("spin", "encoder-no-spin", "no-spin", "stop-after-run", "global")
+
+#: The policy used when neither the caller nor ``settings.json`` chooses one; chosen by
+#: measurement (see :class:`EdgeSamModel` and docs/performance.md, "Session tuning").
+DEFAULT_THREAD_POLICY = "encoder-no-spin"
+
+#: ``settings.json`` key naming a policy of :data:`THREAD_POLICIES` for every session made
+#: without an explicit ``thread_policy``.
+THREAD_POLICY_SETTING = "thread_pool_policy"
+
+_SPIN_OFF = "session.intra_op.allow_spinning"
+_SPIN_STOP = "session.force_spinning_stop"
+_global_pools: dict = {}  # "intra": threads asked for when this process created them
+_global_lock = threading.Lock()
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
@@ -75,6 +106,102 @@ def make_run_options():
     import onnxruntime as ort
 
     return ort.RunOptions()
+
+
+def thread_policy(policy: str | None = None) -> str:
+    """The thread-pool policy to use: ``policy`` if given, else the ``settings.json`` key
+    :data:`THREAD_POLICY_SETTING`, else :data:`DEFAULT_THREAD_POLICY`.
+
+    Parameters
+    ----------
+    policy : str, optional
+        One of :data:`THREAD_POLICIES`.
+
+    Returns
+    -------
+    str
+        One of :data:`THREAD_POLICIES`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``policy``. An unknown value in ``settings.json`` is not an error: it
+        is reported with a warning and the default is used.
+    """
+    if policy is not None:
+        if policy not in THREAD_POLICIES:
+            raise ValueError(f"unknown thread policy {policy!r}; expected one of "
+                             f"{', '.join(THREAD_POLICIES)}")
+        return policy
+    from .paths import get_setting
+
+    chosen = get_setting(THREAD_POLICY_SETTING, DEFAULT_THREAD_POLICY)
+    if chosen not in THREAD_POLICIES:
+        warnings.warn(f"settings.json: {THREAD_POLICY_SETTING} = {chosen!r} is not one of "
+                      f"{', '.join(THREAD_POLICIES)}; using {DEFAULT_THREAD_POLICY!r}",
+                      stacklevel=2)
+        return DEFAULT_THREAD_POLICY
+    return chosen
+
+
+def _ensure_global_pools(num_threads: int) -> None:
+    """Create onnxruntime's process-wide thread pools once (``num_threads`` intra-op, one
+    inter-op: sessions run their nodes sequentially). If something else in the process made
+    them first, theirs are used as they are: they can be neither resized nor replaced."""
+    from onnxruntime.capi import _pybind_state
+
+    with _global_lock:
+        if _global_pools:
+            return
+        try:
+            _pybind_state.set_global_thread_pool_sizes(int(num_threads), 1)
+            _global_pools["intra"] = int(num_threads)
+        except Exception:  # noqa: BLE001 - "already created": another user's pools
+            _global_pools["intra"] = None
+
+
+def session_options(role: str, *, num_threads: int | None = None,
+                    policy: str | None = None):
+    """The ``onnxruntime.SessionOptions`` for one session this project makes.
+
+    Parameters
+    ----------
+    role : str
+        ``"encoder"``, ``"decoder"`` or another name of a decoder part
+        (``"decoder_image"``, ``"decoder_prompt"``); only ``"encoder"`` runs rarely.
+    num_threads : int, optional
+        Intra-op threads; default :func:`default_num_threads` (the cores this process may
+        use). Under the ``"global"`` policy it sizes the process-wide pools if this call
+        creates them.
+    policy : str, optional
+        One of :data:`THREAD_POLICIES`; default :func:`thread_policy` (settings, then
+        :data:`DEFAULT_THREAD_POLICY`).
+
+    Returns
+    -------
+    onnxruntime.SessionOptions
+        Warnings-only logging, the threads, and the policy's config entries
+        (``session.intra_op.allow_spinning``, ``session.force_spinning_stop``) or
+        ``use_per_session_threads = False``.
+    """
+    import onnxruntime as ort
+
+    policy = thread_policy(policy)
+    threads = int(num_threads or default_num_threads())
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if policy == "global":
+        _ensure_global_pools(threads)
+        opts.use_per_session_threads = False
+        return opts
+    # Threads matching the machine: the cores this process may use (containers and
+    # affinity masks included), unless the caller says otherwise.
+    opts.intra_op_num_threads = threads
+    if policy == "no-spin" or (policy == "encoder-no-spin" and role == "encoder"):
+        opts.add_session_config_entry(_SPIN_OFF, "0")
+    elif policy == "stop-after-run":
+        opts.add_session_config_entry(_SPIN_STOP, "1")
+    return opts
 
 
 def _describe(args) -> dict[str, tuple[str, tuple]]:
@@ -160,12 +287,38 @@ class EdgeSamModel:
     sha256 : dict, optional
         Known SHA-256 of the files (``{"encoder": ..., "decoder": ...}``) so they need not be
         hashed again.
+    thread_policy : str, optional
+        How the two sessions share the CPU, one of :data:`THREAD_POLICIES`; default: the
+        ``settings.json`` key ``"thread_pool_policy"``, else :data:`DEFAULT_THREAD_POLICY`.
+        Read when a session is created.
 
     Notes
     -----
     Files are checked when first used (or by :meth:`load`): a missing file raises
     :class:`ModelNotAvailableError`, a corrupt or non-ONNX file :class:`ModelError`, a file
     with the wrong inputs/outputs :class:`ModelSignatureError`.
+
+    **Thread pools** (:func:`session_options`, the one place sessions' options are made).
+    Each session has its own intra-op pool whose idle threads spin-wait after a run; with two
+    spinning sessions the run that follows the other session's run competes with its spinning
+    threads. The default policy, ``"encoder-no-spin"``, turns spinning off on the encoder only:
+    the encoder runs once per slice and its run is long, so waking its threads costs nothing
+    measurable, while the decoder, run click after click with many small operators, keeps
+    spinning. Measured with ``benchmarks/bench_threads.py`` on the architecture-faithful
+    random-weight model (2 threads, 2-core shared machine, medians of 15-21 interleaved rounds,
+    each sequence after a 250 ms idle gap, beside raw onnxruntime sessions made in the same
+    run; three runs, one at load average 1, two at 4-6): a decoder run right after an encoder
+    run / the same run alone was 1.74 (quiet) and 1.32-1.34 (loaded) with spinning everywhere
+    (onnxruntime's default, this project's until issue 17), 0.95-1.04 with this policy; an
+    encoder run after a decoder run 1.03-1.07; the isolated runs 0.96-1.06 of today's (the
+    encoder once 0.70, under load; two identically made sessions differ by up to 13 % on this
+    machine). Spinning off everywhere and ``session.force_spinning_stop`` passed the quiet run
+    (0.91, 0.86) but not the loaded ones (1.13-1.18; 1.03-1.20, encoder after decoder
+    1.11-1.15); onnxruntime's global pools gave 0.96-1.08 (encoder after decoder 1.05-1.10)
+    and are shared with every other onnxruntime user of the process (other napari plugins),
+    made once per process, without spin control from Python. Choose another policy with
+    ``thread_policy=`` or the ``settings.json`` key ``"thread_pool_policy"``. See
+    docs/performance.md, "Session tuning".
     """
 
     def __init__(
@@ -177,6 +330,7 @@ class EdgeSamModel:
         providers=None,
         num_threads: int | None = None,
         sha256: dict | None = None,
+        thread_policy: str | None = None,
     ):
         self.encoder_path = Path(encoder)
         self.decoder_path = Path(decoder)
@@ -184,6 +338,10 @@ class EdgeSamModel:
         self.providers = providers
         self.num_threads = num_threads
         self._sha256 = dict(sha256 or {})
+        if thread_policy is not None and thread_policy not in THREAD_POLICIES:
+            raise ValueError(f"unknown thread policy {thread_policy!r}; expected one of "
+                             f"{', '.join(THREAD_POLICIES)}")
+        self.thread_policy = thread_policy
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
 
@@ -215,11 +373,7 @@ class EdgeSamModel:
             raise ModelNotAvailableError(f"{role} file not found: {path}")
         if path.stat().st_size == 0:
             raise ModelError(f"{role} file {path} is empty (an interrupted download?)")
-        opts = ort.SessionOptions()
-        # Threads matching the machine: the cores this process may use (containers and
-        # affinity masks included), unless the caller says otherwise.
-        opts.intra_op_num_threads = int(self.num_threads or default_num_threads())
-        opts.log_severity_level = 3
+        opts = session_options(role, num_threads=self.num_threads, policy=self.thread_policy)
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=resolve_providers(self.providers)
