@@ -56,6 +56,7 @@ HELP_TEXT = (
     "prompts<br><b>Ctrl+Z</b> / <b>Ctrl+Shift+Z</b>: undo / redo<br>"
     "<b>Shift+P</b>: propagate through the stack<br><b>Shift+C</b>: commit the "
     "propagation<br><b>Shift+W</b>: weakest slice<br>"
+    "<b>Shift+N</b> / <b>Shift+B</b>: next / previous image of the folder<br>"
     "Keys work with the mouse over the image or this panel."
 )
 
@@ -94,6 +95,7 @@ class EdgeSamWidget(QWidget):
     def __init__(self, napari_viewer, model=None, parent=None):
         super().__init__(parent)
         from ._batch_panel import BatchPanel
+        from ._folder_panel import FolderPanel
         from ._propagation_panel import PropagationPanel
         from ._segment_all_panel import SegmentAllPanel
         from .model_picker import ModelPicker
@@ -108,9 +110,11 @@ class EdgeSamWidget(QWidget):
         self.propagation = PropagationPanel(self)
         self.batch = BatchPanel(self)
         self.segment_all = SegmentAllPanel(self)
+        self.folder = FolderPanel(self)
         s.overlay = self.propagation.overlay
         s.busy_sources += [lambda: self.propagation.busy, lambda: self.batch.busy,
-                           lambda: self.segment_all.busy, lambda: self.model_picker.busy]
+                           lambda: self.segment_all.busy, lambda: self.folder.busy,
+                           lambda: self.model_picker.busy]
         self._build_ui()
         self._syncing = False
         s.status_changed.connect(self._show_status)
@@ -253,7 +257,7 @@ class EdgeSamWidget(QWidget):
 
         self.tabs = QTabWidget()
         for panel, title in ((self.propagation, "Propagate"), (self.segment_all, "All"),
-                             (self.batch, "Batch")):
+                             (self.batch, "Batch"), (self.folder, "Folder")):
             area = QScrollArea()  # a page scrolls rather than squeezing its rows
             area.setWidgetResizable(True)
             area.setFrameShape(QFrame.Shape.NoFrame)
@@ -264,6 +268,7 @@ class EdgeSamWidget(QWidget):
         self.tabs.setTabToolTip(1, "Segment every object of the slice or stack, then "
                                    "correct by clicks")
         self.tabs.setTabToolTip(2, "Segment whole TIFF files without clicks")
+        self.tabs.setTabToolTip(3, "Annotate a folder image by image (Shift+N, Shift+B)")
         outer.addWidget(self.tabs, 1)
 
         from superqt import QElidingLabel
@@ -483,6 +488,14 @@ class EdgeSamWidget(QWidget):
             returned=lambda out: self.set_status(
                 f"Saved {Path(out[0]).name} and {Path(out[1]).name} "
                 f"({len(log.objects)} object(s) with their prompts)."))
+
+    def next_image(self):
+        """Save this image's labels and open the next image of the folder (Shift+N)."""
+        return self.folder.controller.next()
+
+    def previous_image(self):
+        """Save this image's labels and open the previous image of the folder (Shift+B)."""
+        return self.folder.controller.previous()
 
     def propagate(self):
         """Propagate the current object through the stack (Shift+P)."""

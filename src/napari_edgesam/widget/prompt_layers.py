@@ -124,6 +124,8 @@ KEYS = {
     "Shift-p": "propagate",
     "Shift-c": "commit_propagation",
     "Shift-w": "jump_to_weakest_slice",
+    "Shift-n": "next_image",
+    "Shift-b": "previous_image",
 }
 #: Keys also bound on the box layer (napari uses Escape, Enter and X there for drawing).
 BOX_KEYS = {"c": "commit", "Control-z": "undo", "Control-Shift-z": "redo",

@@ -1,0 +1,117 @@
+"""The "Folder" tab of the dock widget: annotate a folder image by image. A thin view over
+:class:`.dataset.FolderAnnotation`."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .dataset import FolderAnnotation
+
+
+class FolderPanel(QWidget):
+    """Images and labels folders, the list of images (done ones ticked), Previous / Next.
+
+    Parameters
+    ----------
+    dock : EdgeSamWidget
+        Only its ``session`` is used.
+    """
+
+    def __init__(self, dock):
+        super().__init__()
+        self.session = dock.session
+        self.controller = FolderAnnotation(dock.session, self._sync)
+        lay = QVBoxLayout(self)
+        intro = QLabel("Annotate a folder: each image's labels (and prompts) are saved to "
+                       "the labels folder when you leave it, and reopened when you come "
+                       "back.")
+        intro.setWordWrap(True)
+        lay.addWidget(intro)
+        row = QHBoxLayout()
+        self.images_button = QPushButton("Images...")
+        self.images_button.setToolTip("Choose the folder of images (labels go to its "
+                                      "'labels' subfolder unless you choose another)")
+        self.images_button.clicked.connect(lambda: self.choose_images())
+        self.labels_button = QPushButton("Labels...")
+        self.labels_button.setToolTip("Choose the folder the labels are saved to")
+        self.labels_button.clicked.connect(lambda: self.choose_labels())
+        row.addWidget(self.images_button)
+        row.addWidget(self.labels_button)
+        lay.addLayout(row)
+        self.where_label = QLabel("")
+        self.where_label.setWordWrap(True)
+        lay.addWidget(self.where_label)
+        self.list = QListWidget()
+        self.list.itemActivated.connect(lambda item: self.controller.go(self.list.row(item)))
+        lay.addWidget(self.list, 1)
+        nav = QHBoxLayout()
+        self.previous_button = QPushButton("Previous")
+        self.previous_button.setToolTip("Save and open the previous image (Shift+B)")
+        self.previous_button.clicked.connect(lambda: self.controller.previous())
+        self.next_button = QPushButton("Next")
+        self.next_button.setToolTip("Save and open the next image (Shift+N)")
+        self.next_button.clicked.connect(lambda: self.controller.next())
+        nav.addWidget(self.previous_button)
+        nav.addWidget(self.next_button)
+        lay.addLayout(nav)
+        self._sync()
+
+    @property
+    def busy(self) -> bool:
+        """Whether an image is being read."""
+        return self.controller.busy
+
+    def choose_images(self, folder=None):
+        """Annotate ``folder`` (asked for with a dialog when omitted)."""
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Folder of images")
+            if not folder:
+                return None
+        labels = None
+        if self.controller.dataset is not None and \
+                self.controller.dataset.labels_dir.parent != self.controller.dataset.images_dir:
+            labels = self.controller.dataset.labels_dir  # a folder the user chose
+        return self.controller.open(folder, labels)
+
+    def choose_labels(self, folder=None):
+        """Save labels into ``folder`` (asked for with a dialog when omitted)."""
+        ds = self.controller.dataset
+        if ds is None:
+            self.session.set_status("Choose the images folder first.")
+            return None
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Folder for the labels",
+                                                      str(ds.labels_dir))
+            if not folder:
+                return None
+        return self.controller.open(ds.images_dir, folder)
+
+    def _sync(self):
+        c = self.controller
+        ds = c.dataset
+        n = 0 if ds is None else len(ds)
+        self.previous_button.setEnabled(ds is not None and c.index > 0 and not c.busy)
+        self.next_button.setEnabled(ds is not None and 0 <= c.index < n - 1 and not c.busy)
+        self.labels_button.setEnabled(ds is not None)
+        if ds is None:
+            self.where_label.setText("No folder chosen.")
+            self.list.clear()
+            return
+        self.where_label.setText(f"{c.index + 1} of {n} ({ds.done} done); labels in "
+                                 f"{ds.labels_dir}")
+        self.list.blockSignals(True)
+        self.list.clear()
+        for i, path in enumerate(ds.items):
+            mark = "\u2713 " if ds.is_done(i) else "   "
+            self.list.addItem(mark + path.name)
+        if 0 <= c.index < n:
+            self.list.setCurrentRow(c.index)
+        self.list.blockSignals(False)

@@ -1,0 +1,255 @@
+"""Annotating a folder image by image (no Qt widgets).
+
+The user picks a folder of images and a folder for labels. :class:`FolderAnnotation` opens
+the images one at a time (read in a worker, by napari's readers: TIFF and whatever plugins
+read, OME-Zarr with ``napari-ome-zarr``), each with its labels from the labels folder when
+they exist (``<stem>_labels.tif``; a new Labels layer at the first commit otherwise). Leaving
+an image (Next, Previous, another image of the list) saves its labels and their prompt log
+(``<stem>_labels.prompts.json``) atomically, in a worker; coming back reopens them (from the
+save still in flight, if any, so nothing is lost to a race). ``done`` counts the images that
+have a labels file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Dataset", "FolderAnnotation", "read_image_job"]
+
+#: File suffixes listed as images (folders ending in ``.zarr`` are listed too).
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".npy")
+#: Label images are saved as ``<stem>_labels.tif`` in the labels folder.
+LABELS_SUFFIX = "_labels.tif"
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".ome.zarr", ".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES, ".zarr"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+class Dataset:
+    """The images of a folder and where their labels go.
+
+    Parameters
+    ----------
+    images : path-like
+        Folder of images (not searched recursively).
+    labels : path-like, optional
+        Folder for the labels (default: ``<images>/labels``; created when needed).
+    """
+
+    def __init__(self, images, labels=None):
+        self.images_dir = Path(images)
+        if not self.images_dir.is_dir():
+            raise NotADirectoryError(f"not a folder: {self.images_dir}")
+        self.labels_dir = Path(labels) if labels else self.images_dir / "labels"
+        self.items = sorted(
+            (p for p in self.images_dir.iterdir()
+             if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                 and not p.name.endswith(LABELS_SUFFIX))
+             or (p.is_dir() and p.name.lower().endswith(".zarr"))),
+            key=lambda p: p.name.lower())
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def labels_path(self, index: int) -> Path:
+        """Where the labels of image ``index`` are saved."""
+        return self.labels_dir / (_stem(self.items[index]) + LABELS_SUFFIX)
+
+    def is_done(self, index: int) -> bool:
+        """Whether image ``index`` has saved labels."""
+        return self.labels_path(index).is_file()
+
+    @property
+    def done(self) -> int:
+        """Number of images with saved labels."""
+        return sum(self.is_done(i) for i in range(len(self.items)))
+
+
+def read_image_job(path, labels_path):
+    """Read an image with napari's readers and its saved labels (worker thread).
+
+    Returns
+    -------
+    (list of LayerData, ndarray or None)
+        The image's layer data tuples ``(data, kwargs, layer_type)`` and the saved labels
+        (None when there are none).
+    """
+    from npe2 import read
+
+    try:
+        layers = read([str(path)], stack=False)
+    except ValueError:  # no reader plugin for it: plain TIFF or numpy files still open
+        if Path(path).suffix.lower() == ".npy":
+            layers = [(np.load(path, mmap_mode="r"), {}, "image")]
+        else:
+            import tifffile
+
+            layers = [(tifffile.imread(path), {}, "image")]
+    labels = None
+    if labels_path is not None and Path(labels_path).is_file():
+        import tifffile
+
+        labels = tifffile.imread(labels_path)
+    return layers, labels
+
+
+class FolderAnnotation:
+    """Steps through a :class:`Dataset` for an :class:`~.session.AnnotationSession`.
+
+    Parameters
+    ----------
+    session : AnnotationSession
+        Only its public API is used.
+    on_change : callable, optional
+        ``on_change()`` when the position, the busy state or the done count changed.
+    """
+
+    def __init__(self, session, on_change=None):
+        self.session = session
+        self._on_change = on_change or (lambda: None)
+        self.dataset: Dataset | None = None
+        self.index = -1
+        self.worker = None
+        self.image_layers: list = []
+        self.labels_layer = None
+        #: Labels being saved in a worker, by labels path: reopened from here meanwhile.
+        self._saving: dict[Path, np.ndarray] = {}
+
+    @property
+    def busy(self) -> bool:
+        """Whether an image is being read."""
+        return self.worker is not None
+
+    def open(self, images, labels=None):
+        """Annotate the folder ``images`` (labels into ``labels``); opens its first image
+        not done yet (else the first). Returns the reading worker or None."""
+        self.dataset = Dataset(images, labels)
+        self.index = -1
+        if not len(self.dataset):
+            self.session.set_status(f"No image in {self.dataset.images_dir}.")
+            self._on_change()
+            return None
+        first = next((i for i in range(len(self.dataset)) if not self.dataset.is_done(i)), 0)
+        return self.go(first)
+
+    def next(self):
+        """Save this image's labels and open the next image (Shift+N)."""
+        if self.dataset is None or self.index + 1 >= len(self.dataset):
+            return None
+        return self.go(self.index + 1)
+
+    def previous(self):
+        """Save this image's labels and open the previous image (Shift+B)."""
+        if self.dataset is None or self.index <= 0:
+            return None
+        return self.go(self.index - 1)
+
+    def go(self, index: int):
+        """Save the current image's labels and open image ``index``."""
+        s = self.session
+        if self.dataset is None or self.busy or not 0 <= index < len(self.dataset):
+            return None
+        self.save()
+        path = self.dataset.items[index]
+        labels_path = self.dataset.labels_path(index)
+        s.set_status(f"Opening {path.name} ({index + 1} of {len(self.dataset)})...")
+        pending = self._saving.get(labels_path)
+        self.worker = s.start_worker(
+            read_image_job, path, None if pending is not None else labels_path,
+            returned=lambda out, i=index, p=pending: self._on_read(i, out, p),
+            finished=self._on_finished, desc=f"EdgeSAM: opening {path.name}")
+        self._on_change()
+        return self.worker
+
+    def save(self):
+        """Save the current image's labels and prompt log (in a worker); returns the worker
+        or None when there is nothing to save."""
+        from .workers import save_labels_job
+
+        s = self.session
+        layer = self._current_labels()
+        if self.dataset is None or self.index < 0 or layer is None:
+            return None
+        labels = np.array(layer.data)
+        if not labels.any() and not self.dataset.is_done(self.index):
+            return None  # nothing annotated: no empty file
+        path = self.dataset.labels_path(self.index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._saving[path] = labels
+        log = s.prompt_log(layer)
+
+        def saved(_out, p=path):
+            self._saving.pop(p, None)
+            self._on_change()
+
+        return s.start_worker(save_labels_job, path, labels, log, returned=saved,
+                              errored=lambda exc, p=path: (self._saving.pop(p, None),
+                                                           s.notify_error(exc)),
+                              desc=f"EdgeSAM: saving {path.name}")
+
+    def _on_finished(self):
+        self.worker = None
+        self._on_change()
+
+    def _on_read(self, index, out, pending):
+        s = self.session
+        layers, labels = out
+        if pending is not None:
+            labels = pending
+        viewer = s.viewer
+        leaving = [ly for ly in (*self.image_layers, self._current_labels()) if ly is not None]
+        self.image_layers, self.labels_layer = [], None
+        path = self.dataset.items[index]
+        added = []
+        for layer_data in layers:  # napari's LayerData: (data,), (data, kwargs) or 3 items
+            data = layer_data[0]
+            kwargs = layer_data[1] if len(layer_data) > 1 else {}
+            kind = layer_data[2] if len(layer_data) > 2 else "image"
+            if kind != "image":
+                continue
+            kwargs = dict(kwargs or {})
+            kwargs.setdefault("name", _stem(path))
+            added += list(np.atleast_1d(viewer.add_image(data, **kwargs)))
+        self.index = index
+        self.image_layers = added
+        if not added:
+            s.set_status(f"{path.name} holds no image napari can show.")
+            self._on_change()
+            return
+        image = added[0]
+        s.set_image_layer(image)
+        if labels is not None:
+            from .prompt_layers import transform_kwargs
+
+            self.labels_layer = viewer.add_labels(np.asarray(labels),
+                                                  name=f"{_stem(path)} labels",
+                                                  **transform_kwargs(image))
+            s.set_labels_layer(self.labels_layer)
+        else:
+            s.set_labels_layer(None)
+        viewer.layers.selection.active = s.points_layer or image
+        self._on_change()
+        # The previous image and its labels leave once the new ones are shown (removing
+        # them first, in the same event-loop turn, crashed software OpenGL drawing).
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: [viewer.layers.remove(ly) for ly in leaving
+                                      if ly in viewer.layers])
+
+    def _current_labels(self):
+        """This image's Labels layer: the one opened with it, else the one the first
+        commit made (the session's target)."""
+        viewer = self.session.viewer
+        if self.labels_layer is not None and self.labels_layer in viewer.layers:
+            return self.labels_layer
+        target = self.session.target.layer
+        if target is not None and target in viewer.layers and self.image_layers:
+            return target
+        return None
