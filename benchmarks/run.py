@@ -457,44 +457,6 @@ def bench_startup(ctx: Context) -> list[Row]:
     return rows
 
 
-def bench_threads(ctx: Context) -> list[Row]:
-    """Session tuning measured: thread counts, spinning, memory pattern/arena, graph
-    optimisation level; each as a ratio to the engine's default session (interleaved)."""
-    from napari_edgesam.engine.intensity import mapping_from_percentiles
-    from napari_edgesam.engine.session import default_num_threads
-
-    img = _test_image(1024, ctx.rng)
-    from napari_edgesam.engine.transforms import preprocess
-
-    tensor, _ = preprocess(mapping_from_percentiles(img).apply(img))
-    emb = ctx.model.session("encoder").run(None, {"image": tensor})[0]
-    dec_feeds = {"image_embeddings": emb,
-                 "point_coords": np.array([[[400.0, 600.0], [0.0, 0.0]]], np.float32),
-                 "point_labels": np.array([[1.0, -1.0]], np.float32)}
-    cores = default_num_threads()
-    configs = {f"threads={n}": {"threads": n} for n in sorted({1, 2, cores, 2 * cores})}
-    configs.update({
-        "no spinning": {"spinning": False},
-        "no memory pattern": {"mem_pattern": False},
-        "no memory arena": {"arena": False},
-        "graph optimisation basic": {"level": "basic"},
-        "graph optimisation extended": {"level": "extended"},
-    })
-    rows = []
-    for role, path, feeds in (("encoder", ctx.model.encoder_path, {"image": tensor}),
-                              ("decoder", ctx.model.decoder_path, dec_feeds)):
-        sessions = {"default": _session(path)}
-        sessions.update({name: _session(path, **kw) for name, kw in configs.items()})
-        med = interleaved_medians(
-            {name: (lambda s=s: s.run(None, feeds)) for name, s in sessions.items()},
-            ctx.repeats)
-        for name in configs:
-            rows.append(Row(f"{role} {name}", med[name], med["default"],
-                            f"ratio to the default session ({cores} threads, all "
-                            "optimisations, spinning, arena)"))
-    return rows
-
-
 def bench_prefetch(ctx: Context) -> list[Row]:
     """Click latency with a prefetch running in the background: paused() around the click
     (the engine's way: the encoder run in flight is terminated) vs no prefetch at all, and
@@ -549,15 +511,16 @@ def bench_prefetch(ctx: Context) -> list[Row]:
     ]
 
 
-def _workflow(name):
-    """Rows defined in bench_workflows.py (imported lazily: they need more of the package)."""
+def _workflow(name, module="bench_workflows"):
+    """Rows defined in bench_workflows.py or bench_threads.py (imported lazily: they need
+    more of the package)."""
 
     def bench(ctx):
-        import bench_workflows
+        import importlib
 
-        return getattr(bench_workflows, f"bench_{name}")(ctx)
+        return getattr(importlib.import_module(module), f"bench_{name}")(ctx)
 
-    bench.__doc__ = f"see bench_workflows.bench_{name}"
+    bench.__doc__ = f"see {module}.bench_{name}"
     return bench
 
 
@@ -576,7 +539,7 @@ BENCHMARKS = {
     "encoder_int8": bench_encoder_int8,
     "encoder_overhead": bench_encoder_overhead,
     "startup": bench_startup,
-    "threads": bench_threads,
+    "threads": _workflow("threads", "bench_threads"),  # thread-pool policies, options
     "prefetch": bench_prefetch,
     "napari": _workflow("napari_click"),
     "memory": bench_memory,
@@ -603,6 +566,14 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _load_average() -> str | None:
+    """The 1, 5 and 15 minute load averages (``/proc/loadavg``; None elsewhere)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--encoder", type=Path, default=None)
@@ -611,6 +582,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--sizes", default="512,2048,4096")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--thread-policy", default=None,
+                   help="the engine's thread-pool policy for its sessions (default: settings)")
     p.add_argument("--only", default=None, help=f"comma list of {', '.join(BENCHMARKS)}")
     p.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
     p.add_argument("--reoptimize", action="store_true",
@@ -618,19 +591,21 @@ def main(argv=None) -> int:
     p.add_argument("--optimize-images", type=int, default=3,
                    help="synthetic slices for calibrating/checking the variants")
     args = p.parse_args(argv)
+    load_start = _load_average()
 
     from napari_edgesam import __version__
     from napari_edgesam.engine import EdgeSamModel
 
     if args.model:
-        model = EdgeSamModel.from_name(args.model, num_threads=args.threads)
+        model = EdgeSamModel.from_name(args.model, num_threads=args.threads,
+                                       thread_policy=args.thread_policy)
     else:
         enc, dec = args.encoder or DEFAULT_ENCODER, args.decoder or DEFAULT_DECODER
         if not enc.is_file() or not dec.is_file():
             sys.exit(f"model files not found ({enc}, {dec}); run "
                      "benchmarks/make_faithful_model.py first (see benchmarks/README.md)")
         model = EdgeSamModel(enc, dec, name="faithful (random weights)",
-                             num_threads=args.threads)
+                             num_threads=args.threads, thread_policy=args.thread_policy)
     _refuse_test_model(model.encoder_path)
     model.load()
     ctx = Context(model, args.repeats, [int(s) for s in args.sizes.split(",")],
@@ -643,6 +618,8 @@ def main(argv=None) -> int:
         rows.extend(BENCHMARKS[name](ctx))
     import onnxruntime as ort
 
+    from napari_edgesam.engine.session import default_num_threads, thread_policy
+
     machine = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -653,12 +630,17 @@ def main(argv=None) -> int:
         "numpy": np.__version__,
         "napari_edgesam": __version__,
         "model": model.name,
-        "threads": model.session("encoder").get_session_options().intra_op_num_threads,
+        "threads": model.num_threads or default_num_threads(),
+        "thread_policy": thread_policy(model.thread_policy),
+        "load_average_start": load_start,
+        "load_average_end": _load_average(),
         "repeats": args.repeats,
     }
     print(f"model: {model.name} ({model.encoder_path.name}, {model.decoder_path.name})")
     print(f"machine: {machine['processor']}, {machine['cpus_available']} CPUs, "
-          f"onnxruntime {machine['onnxruntime']}, threads {machine['threads']}")
+          f"onnxruntime {machine['onnxruntime']}, threads {machine['threads']}, "
+          f"thread policy {machine['thread_policy']}; load average {load_start} at the "
+          f"start, {machine['load_average_end']} at the end")
     print(format_table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine,
