@@ -59,6 +59,7 @@ class OptimizedEdgeSamModel(EdgeSamModel):
         super().__init__(
             encoder, decoder, name="+".join([source.name, *kinds]),
             providers=source.providers, num_threads=source.num_threads, sha256=sha256,
+            thread_policy=getattr(source, "thread_policy", None),
         )
         self.source = source
         self.variants = dict(variants or {})
@@ -77,12 +78,11 @@ class OptimizedEdgeSamModel(EdgeSamModel):
             return super()._make_session(role)
         import onnxruntime as ort
 
-        from ..session import default_num_threads, resolve_providers
+        from ..session import resolve_providers, session_options
 
         path = self.decoder_parts[0 if role == "decoder_image" else 1]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(self.num_threads or default_num_threads())
-        opts.log_severity_level = 3
+        # the same thread policy as the model's other sessions (engine.session)
+        opts = session_options(role, num_threads=self.num_threads, policy=self.thread_policy)
         try:
             s = ort.InferenceSession(str(path), sess_options=opts,
                                      providers=resolve_providers(self.providers))
