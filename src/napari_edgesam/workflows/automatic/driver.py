@@ -22,6 +22,7 @@ from ...engine.tiling import TiledPredictor, Window, needs_tiling
 from .foreground import _signal, _smooth, foreground_threshold, stack_statistics
 from .linking import _row_blocks, link_ids
 from .overlaps import Candidate, resolve_overlaps
+from .lowres import FullMask, decode_low_res
 from .params import AutoParams
 from .prompting import _check_cancel, _collect_candidates
 from .seeds import _detect, _downscale, detection_factor, grid_seeds
@@ -172,8 +173,7 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
             embedding = predictor.embed(image, mapping, rgb=is_rgb)
 
         def run(points, labels):
-            r = predictor.predict(points=points, labels=labels, embedding=embedding)
-            return r.mask, 0, 0, r.score
+            return decode_low_res(predictor, embedding, points, labels)
 
         candidates, calls = _collect_candidates(
             seeds, run, lambda r0, c0, r1, c1: foreground[r0:r1, c0:c1], params, (h, w),
@@ -237,7 +237,7 @@ def _segment_slice_tiled(predictor, image, *, params: AutoParams, mapping, thres
 
     def run(points, labels):
         r = tp.predict(points=points, labels=labels)
-        return r.mask, r.window.row0, r.window.col0, r.score
+        return FullMask(r.mask, r.window.row0, r.window.col0, r.score)
 
     candidates, calls = _collect_candidates(seeds, run, foreground_crop, params, (h, w),
                                             cancel)

@@ -99,8 +99,10 @@ def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoPar
     ----------
     seeds : ndarray, shape (N, 2)
         ``(x, y)`` pixels of the slice, in the order they are tried.
-    run : callable(points, labels) -> (mask, row0, col0, score)
-        Predicts one mask crop and its ``(row, col)`` offset in the slice.
+    run : callable(points, labels) -> LowResMask or FullMask
+        Predicts one mask (:mod:`.lowres`): its score, its values at seed pixels and its
+        window are asked for only as the filters need them, so rejected masks are not
+        upsampled (or only at a few pixels).
     foreground_crop : callable(row0, col0, row1, col1) -> ndarray of bool
         The foreground of a half-open box of the slice.
     shape : (int, int)
@@ -127,24 +129,32 @@ def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoPar
         if owner is not None and math.hypot(x - candidates[owner].seed[0],
                                             y - candidates[owner].seed[1]) <= far:
             continue  # a second seed of an object already found: its mask would be a duplicate
-        mask, off_r, off_c, score = run([(x, y)], [1])
+        pred = run([(x, y)], [1])
         calls += 1
         if params.split_merged and len(seeds) > 1:
             dist = np.hypot(seeds[:, 0] - x, seeds[:, 1] - y)
-            inside = _values_at(mask, off_r, off_c, rows, cols) & (dist > far)
+            far_ones = dist > far
+            inside = np.zeros(len(seeds), bool)
+            if far_ones.any():
+                inside[far_ones] = pred.values_at(rows[far_ones], cols[far_ones])
             if inside.any():
                 others = seeds[inside][np.argsort(dist[inside], kind="stable")][:8]
                 refined = run([(x, y), *map(tuple, others)], [1] + [0] * len(others))
                 calls += 1
-                if np.isfinite(refined[3]) and refined[3] >= params.min_stability:
-                    mask, off_r, off_c, score = refined
+                if np.isfinite(refined.score) and refined.score >= params.min_stability:
+                    pred = refined
+        score = pred.score
         if not (np.isfinite(score) and score >= params.min_stability):
+            continue  # decided on the low-res logits: never upsampled
+        f_r0, f_c0, f_r1, f_c1 = pred.frame
+        sr = min(h - 1, max(0, int(round(y))))
+        sc = min(w - 1, max(0, int(round(x))))
+        if not (f_r0 <= sr < f_r1 and f_c0 <= sc < f_c1):
             continue
-        seed_rc = (min(h - 1, max(0, int(round(y)))) - off_r,
-                   min(w - 1, max(0, int(round(x)))) - off_c)
-        if not (0 <= seed_rc[0] < mask.shape[0] and 0 <= seed_rc[1] < mask.shape[1]):
-            continue
-        post = _postprocess(mask, seed_rc, params)
+        if params.seed_component and not pred.values_at(np.array([sr]), np.array([sc]))[0]:
+            continue  # _postprocess would drop it: the seed is not covered
+        mask, off_r, off_c = pred.window()
+        post = _postprocess(mask, (sr - off_r, sc - off_c), params)
         if post is None:
             continue
         (r0, c0, r1, c1), crop = post
