@@ -9,19 +9,12 @@ decoder tensors of an embedding, about 10 MiB for EdgeSAM, see
 embeddings. They are not written to disk: recomputing one costs less than reading it back
 (figures in docs/speed.md).
 
-Disk entries (one file per key, named by the SHA-256 of the key) have this layout, format
-version 2::
-
-    b"NESCACHE2\\n" | uint32 LE header length | JSON header | payloads | blake2b-256 digest
-
-The JSON header holds the key and a list of named arrays (``{"name", "dtype", "shape",
-"nbytes"}``, their payloads follow in that order): an entry has room for more arrays than
-the embedding (``"array"``); a split decoder's image part was measured as a candidate and
-stays in memory instead (see above). Arrays are stored exactly as given (float32 embeddings
-stay float32), so a result never depends on whether its embedding came from the encoder,
-the memory cache or the disk. Entries of the
-first format (``NESCACHE1``, float16) are dropped when met and count as misses: their
-rounding would make cached results differ from fresh ones.
+Disk entries (one file per key, named by the SHA-256 of the key) are in the format of
+:mod:`.cache_format` (version 2: a JSON header naming the arrays, their payloads, a BLAKE2b
+digest). Arrays are stored exactly as given (float32 embeddings stay float32), so a result
+never depends on whether its embedding came from the encoder, the memory cache or the disk;
+a split decoder's image part stays in memory (above). Entries of the first format
+(``NESCACHE1``, float16) are dropped when met and count as misses.
 
 The digest covers everything before it, so a truncated or corrupt entry is detected, dropped
 and reported as a miss. Files are written to a temporary name and moved into place with
@@ -29,15 +22,23 @@ and reported as a miss. Files are written to a temporary name and moved into pla
 processes) never see half an entry. Least-recently-used entries are evicted when the folder
 grows past its bound; a read refreshes an entry's modification time. A folder that cannot be
 written (read-only, full, not a folder) degrades the cache to memory only, with one warning.
+
+Disk writes may go through a background writer (``async_writes``, and always inside
+:meth:`EmbeddingCache.run_scope`): a bounded queue of entries, written in order by one
+thread, each still to a temporary name and moved into place; until it is written an entry
+is served from the queue, :meth:`EmbeddingCache.flush` waits for the queue, and pending
+writes are flushed at interpreter exit. A run over many slices (propagation, prefetch) opens
+a :meth:`EmbeddingCache.run_scope`, which also raises the memory bound for that run only,
+within a share of the machine's available memory (:func:`.cache_writer.run_memory_bound`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
+import itertools
 import logging
 import os
-import struct
 import tempfile
 import threading
 import time
@@ -47,14 +48,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache_format import MAGIC, OLD_MAGICS, decode_entry, encode_entry  # noqa: F401
+from .cache_writer import BackgroundWriter, run_memory_bound
+from .cache_writer import available_memory_bytes  # noqa: F401 - re-exported
+
 _log = logging.getLogger(__name__)
 
-MAGIC = b"NESCACHE2\n"
-#: The first format (float16 payload, one array): dropped when met.
-OLD_MAGICS = (b"NESCACHE1\n",)
 SUFFIX = ".nesc"
-_DIGEST_SIZE = 32
-_LEN = struct.Struct("<I")
 #: When evicting, shrink the folder to this fraction of its bound (fewer scans).
 _EVICT_TO = 0.9
 #: Temporary files older than this (seconds) are leftovers of killed writers.
@@ -92,6 +92,12 @@ class EmbeddingCache:
         exactly; ``"float16"`` halves the size (an embedding ``[1, 256, 64, 64]`` takes
         2 MiB instead of 4 MiB) at the price of results that differ slightly from a fresh
         encoder run. :meth:`get` always returns the dtype given to :meth:`put`.
+    async_writes : bool
+        Write disk entries in a background thread (bounded queue of
+        :data:`WRITE_QUEUE_ENTRIES`; :meth:`put` returns before the file exists; readers
+        of this cache are served from the queue meanwhile). Default False: writes happen in
+        :meth:`put`, except inside a :meth:`run_scope`. The process-wide cache writes in the
+        background.
 
     Notes
     -----
@@ -106,8 +112,12 @@ class EmbeddingCache:
         disk_bytes: int = 2 * 2**30,
         disk_dtype: str | None = None,
         part_memory_bytes: int = 64 * 2**20,
+        async_writes: bool = False,
     ):
         self.memory_bytes = max(0, int(memory_bytes))
+        #: The bound outside runs (:meth:`run_scope` raises ``memory_bytes`` above it).
+        self.configured_memory_bytes = self.memory_bytes
+        self.async_writes = bool(async_writes)
         self.part_memory_bytes = max(0, int(part_memory_bytes))
         self.disk_bytes = max(0, int(disk_bytes))
         self.disk_dtype = np.dtype(disk_dtype) if disk_dtype is not None else None
@@ -126,6 +136,10 @@ class EmbeddingCache:
         self._disk_writable = self.disk_dir is not None and self.disk_bytes > 0
         self._disk_used: int | None = None  # estimate; None until the folder is scanned
         self._warned = False
+        self._grants: dict[int, int] = {}  # run scope id -> bytes it raised the bound by
+        self._grant_ids = itertools.count()
+        self._scopes = 0
+        self._writer = BackgroundWriter(self._disk_put_if_writable)
         self._counts = dict.fromkeys(
             ("memory_hits", "disk_hits", "misses", "puts", "memory_evictions",
              "disk_evictions", "corrupt", "disk_errors", "part_hits", "part_misses",
@@ -149,7 +163,9 @@ class EmbeddingCache:
         ``memory_entries``, ``memory_bytes`` (in use), ``disk_bytes`` (estimate of the folder
         size, or None before it was scanned), ``disk_enabled`` (reads), ``disk_writable``;
         for decoder image parts ``part_hits``, ``part_misses``, ``part_evictions``,
-        ``part_entries`` and ``part_bytes`` (in use).
+        ``part_entries`` and ``part_bytes`` (in use); ``async_writes`` (entries written by the
+        background writer), ``pending_writes`` (queued or being written now) and
+        ``memory_bound`` (the bound in force, raised inside a :meth:`run_scope`).
         """
         with self._lock:
             s = dict(self._counts)
@@ -161,6 +177,9 @@ class EmbeddingCache:
                 disk_writable=self._disk_writable,
                 part_entries=len(self._parts),
                 part_bytes=self._parts_used,
+                async_writes=self._writer.written,
+                pending_writes=self._writer.count,
+                memory_bound=self.memory_bytes,
             )
             return s
 
@@ -168,6 +187,8 @@ class EmbeddingCache:
         with self._lock:
             if key in self._mem:
                 return True
+        if self._writer.pending(key) is not None:
+            return True
         return self.disk_dir is not None and self._path(key).is_file()
 
     def get(self, key: str) -> np.ndarray | None:
@@ -187,6 +208,11 @@ class EmbeddingCache:
             if arr is not None:
                 self._mem.move_to_end(key)
                 self._counts["memory_hits"] += 1
+                return arr
+            arr = self._writer.pending(key)  # queued for the disk, not written yet
+            if arr is not None:
+                self._counts["memory_hits"] += 1
+                self._mem_put(key, arr)
                 return arr
         arr = self._disk_get(key) if self.disk_dir is not None else None
         with self._lock:
@@ -208,6 +234,12 @@ class EmbeddingCache:
             Copied; for embeddings float32 ``[1, 256, 64, 64]``.
         memory, disk : bool
             Which levels to fill (a batch job may fill only the disk, or neither).
+
+        Notes
+        -----
+        With ``async_writes``, or inside a :meth:`run_scope`, the disk entry is queued for
+        the background writer (this call waits only when :data:`WRITE_QUEUE_ENTRIES` are
+        already queued); :meth:`flush` waits until it is on disk.
         """
         arr = np.array(array, copy=True, order="C")
         arr.flags.writeable = False
@@ -215,8 +247,12 @@ class EmbeddingCache:
             self._counts["puts"] += 1
             if memory:
                 self._mem_put(key, arr)
+            background = self.async_writes or self._scopes > 0
         if disk and self.disk_dir is not None and self._disk_writable:
-            self._disk_put(key, arr)
+            if background:
+                self._writer.submit(key, arr)
+            else:
+                self._disk_put(key, arr)
 
     def get_part(self, key: str) -> dict | None:
         """The decoder image part stored under ``key`` (memory only), or ``None``.
@@ -283,6 +319,7 @@ class EmbeddingCache:
                 self._mem_used -= arr.nbytes
             for k in [k for k in self._parts if k.startswith(key + "|dec=")]:
                 self._parts_used -= self._parts.pop(k)[1]
+        self._writer.discard(key)  # an entry being written now lands before it is deleted
         if self.disk_dir is not None:
             self._unlink(self._path(key))
 
@@ -295,6 +332,7 @@ class EmbeddingCache:
             self._parts.clear()
             self._parts_used = 0
         if disk and self.disk_dir is not None:
+            self._writer.clear()  # queued entries are not written any more
             for p, _, _ in self._scan():
                 self._unlink(p)
             with self._lock:
@@ -303,6 +341,66 @@ class EmbeddingCache:
     def clear_memory(self) -> None:
         """Empty the memory level only (decoder image parts included)."""
         self.clear(disk=False)
+
+    @contextlib.contextmanager
+    def run_scope(self, needed_bytes: int = 0, *, available: int | None = None):
+        """Context manager for a run over many slices (propagation, prefetch, batch).
+
+        Inside it the memory bound is raised to :func:`run_memory_bound` of
+        ``needed_bytes`` (so that a run's embeddings stay in memory when they fit a share of
+        the available memory) and disk entries are written by the background writer. On
+        exit the writer is flushed, the bound returns to what it was without this run
+        (:attr:`configured_memory_bytes` when no other run is open) and least recently used
+        embeddings beyond it are dropped from memory (they are on disk). Runs may nest or
+        overlap (threads): each adds what it raised.
+
+        Parameters
+        ----------
+        needed_bytes : int
+            Bytes of embeddings the run would like to keep (slices x bytes per embedding:
+            4 MiB for EdgeSAM's float32 ``[1, 256, 64, 64]``).
+        available : int, optional
+            Available memory in bytes (default: :func:`available_memory_bytes` now).
+
+        Yields
+        ------
+        int
+            The memory bound in force for the run, in bytes.
+        """
+        with self._lock:
+            bound = run_memory_bound(needed_bytes, self.configured_memory_bytes, available)
+            grant = bound - self.configured_memory_bytes
+            gid = next(self._grant_ids)
+            self._grants[gid] = grant
+            self._scopes += 1
+            self.memory_bytes = self.configured_memory_bytes + sum(self._grants.values())
+            in_force = self.memory_bytes
+        try:
+            yield in_force
+        finally:
+            try:
+                self.flush()
+            finally:
+                with self._lock:
+                    self._grants.pop(gid, None)
+                    self._scopes -= 1
+                    self.memory_bytes = (self.configured_memory_bytes
+                                         + sum(self._grants.values()))
+                    self._mem_shrink()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the background writer has written every queued entry.
+
+        Returns
+        -------
+        bool
+            True when nothing is left to write, False on timeout.
+        """
+        return self._writer.flush(timeout)
+
+    def _disk_put_if_writable(self, key: str, arr: np.ndarray) -> None:
+        if self.disk_dir is not None and self._disk_writable:
+            self._disk_put(key, arr)
 
     # -- memory level -------------------------------------------------------------------
     def _mem_put(self, key: str, arr: np.ndarray) -> None:
@@ -313,6 +411,9 @@ class EmbeddingCache:
             return
         self._mem[key] = arr
         self._mem_used += arr.nbytes
+        self._mem_shrink()
+
+    def _mem_shrink(self) -> None:
         while self._mem_used > self.memory_bytes and self._mem:
             _, dropped = self._mem.popitem(last=False)
             self._mem_used -= dropped.nbytes
@@ -336,70 +437,21 @@ class EmbeddingCache:
         _log.warning(msg)
         warnings.warn(msg, CacheWarning, stacklevel=4)
 
-    def _encode(self, key: str, arr: np.ndarray) -> bytes:
-        return self.encode_entry(key, {"array": arr})
-
     def encode_entry(self, key: str, arrays: dict) -> bytes:
         """The bytes of a disk entry holding ``arrays`` (name -> ndarray) under ``key``."""
-        specs, payloads = [], []
-        for name, arr in arrays.items():
-            arr = np.asarray(arr)
-            stored = arr
-            if self.disk_dtype is not None and arr.dtype.kind == "f" \
-                    and arr.dtype != self.disk_dtype:
-                limit = np.finfo(self.disk_dtype).max
-                with np.errstate(invalid="ignore"):
-                    overflow = bool(np.any(np.isfinite(arr) & (np.abs(arr) > limit)))
-                if not overflow:  # finite values beyond float16's range would become inf
-                    stored = arr.astype(self.disk_dtype)
-            stored = np.ascontiguousarray(stored)
-            specs.append({"name": str(name), "dtype": stored.dtype.str,
-                          "orig_dtype": arr.dtype.str, "shape": list(arr.shape),
-                          "nbytes": int(stored.nbytes)})
-            payloads.append(stored.tobytes())
-        header = json.dumps({"key": key, "version": 2, "arrays": specs,
-                             "created": time.time()}, separators=(",", ":")).encode("utf-8")
-        body = MAGIC + _LEN.pack(len(header)) + header + b"".join(payloads)
-        return body + hashlib.blake2b(body, digest_size=_DIGEST_SIZE).digest()
+        return encode_entry(key, arrays, self.disk_dtype)
 
     @staticmethod
     def _decode(key: str, data: bytes) -> np.ndarray | None:
         """The entry's ``"array"``; ``None`` when it is corrupt, truncated, of the first
         format or for another key."""
-        arrays = EmbeddingCache.decode_entry(key, data)
+        arrays = decode_entry(key, data)
         return None if arrays is None else arrays.get("array")
 
     @staticmethod
     def decode_entry(key: str, data: bytes) -> dict | None:
         """Parse a disk entry: name -> read-only ndarray, or ``None`` (see :meth:`_decode`)."""
-        n0 = len(MAGIC) + _LEN.size
-        if len(data) < n0 + _DIGEST_SIZE or not data.startswith(MAGIC):
-            return None
-        body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
-        if hashlib.blake2b(body, digest_size=_DIGEST_SIZE).digest() != digest:
-            return None
-        (hlen,) = _LEN.unpack_from(body, len(MAGIC))
-        try:
-            header = json.loads(body[n0:n0 + hlen].decode("utf-8"))
-            if header["key"] != key:
-                return None
-            out, pos = {}, n0 + hlen
-            for spec in header["arrays"]:
-                n = int(spec["nbytes"])
-                payload = body[pos:pos + n]
-                pos += n
-                if len(payload) != n:
-                    return None
-                arr = np.frombuffer(payload, dtype=np.dtype(spec["dtype"]))
-                arr = arr.reshape(tuple(int(s) for s in spec["shape"]))
-                arr = arr.astype(np.dtype(spec["orig_dtype"]), copy=True)
-                arr.flags.writeable = False
-                out[spec["name"]] = arr
-            if pos != len(body):
-                return None
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            return None
-        return out
+        return decode_entry(key, data)
 
     def _disk_get(self, key: str) -> np.ndarray | None:
         path = self._path(key)
@@ -429,7 +481,7 @@ class EmbeddingCache:
         return arr
 
     def _disk_put(self, key: str, arr: np.ndarray) -> None:
-        data = self._encode(key, arr)
+        data = self.encode_entry(key, {"array": arr})
         if len(data) > self.disk_bytes:
             return
         path = self._path(key)
@@ -518,7 +570,8 @@ def default_cache() -> EmbeddingCache:
 
     It lives under ``<user cache>/embeddings``; its bounds come from the settings
     ``cache_memory_bytes`` and ``cache_disk_bytes`` (see :mod:`napari_edgesam.engine.paths`),
-    and ``cache_disk_enabled: false`` keeps it in memory only.
+    and ``cache_disk_enabled: false`` keeps it in memory only. It writes disk entries in the
+    background (``async_writes``), flushed at exit.
     """
     global _default
     with _default_lock:
@@ -532,12 +585,16 @@ def default_cache() -> EmbeddingCache:
                 memory_bytes=int(settings.get("cache_memory_bytes") or 256 * 2**20),
                 disk_dir=disk,
                 disk_bytes=int(settings.get("cache_disk_bytes") or 2 * 2**30),
+                async_writes=True,
             )
         return _default
 
 
 def set_default_cache(cache: EmbeddingCache | None) -> None:
-    """Replace the process-wide cache (``None``: create it again from the settings)."""
+    """Replace the process-wide cache (``None``: create it again from the settings); the
+    previous one's background writes are flushed first."""
     global _default
     with _default_lock:
-        _default = cache
+        old, _default = _default, cache
+    if old is not None and old is not cache:
+        old.flush()

@@ -36,6 +36,7 @@ __all__ = [
     "DecoderPart",
     "Embedding",
     "Prediction",
+    "PreparedSlice",
     "Predictor",
     "choose_mask",
     "prepare_prompts",
@@ -108,6 +109,33 @@ class Embedding:
     key: str | None = None
     cached: bool = False
     decoder_part: DecoderPart | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class PreparedSlice:
+    """Everything :meth:`Predictor.embed` does before the encoder, for one slice
+    (:meth:`Predictor.prepare`): the cache key and either the cached embedding or the
+    encoder's input tensor.
+
+    Attributes
+    ----------
+    original_size : (int, int)
+        ``(H, W)`` of the slice.
+    resized_size : (int, int)
+        ``(new_h, new_w)`` in the 1024 frame.
+    key : str or None
+        Embedding cache key (None without a cache).
+    features : ndarray of float32, shape (1, 256, 64, 64), or None
+        The cached embedding (then ``tensor`` is None).
+    tensor : ndarray of float32, shape (1, 3, 1024, 1024), or None
+        The encoder's input (mapped, resized, normalised, padded) on a cache miss.
+    """
+
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    key: str | None = None
+    features: np.ndarray | None = field(default=None, repr=False)
+    tensor: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -331,6 +359,7 @@ class Predictor:
         fill_cache: bool = True,
         run_options=None,
         tile: str = "full",
+        prepared: PreparedSlice | None = None,
     ) -> Embedding:
         """Compute (or fetch from the cache) the embedding of one 2D slice.
 
@@ -351,12 +380,39 @@ class Predictor:
         tile : str
             Geometry of the window this slice was cut from (see :mod:`.tiling`), part of
             the cache key; ``"full"`` for a whole slice.
+        prepared : PreparedSlice, optional
+            This slice already through :meth:`prepare` (with the same ``mapping``, ``rgb``,
+            ``tile`` and cache flags): ``image`` is then not read and only the encoder (or
+            nothing, on a cache hit) and the decoder's image part run. The pipeline of
+            :mod:`.pipeline` prepares the next slice while the encoder runs.
 
         Returns
         -------
         Embedding
             With its :class:`DecoderPart` when the model's decoder is split (computed here,
             or from the cache's memory store of parts).
+        """
+        if prepared is None:
+            prepared = self.prepare(image, mapping, rgb=rgb, use_cache=use_cache,
+                                    fill_cache=fill_cache, tile=tile)
+        return self._embed_prepared(prepared, run_options, fill_cache)
+
+    def prepare(self, image, mapping: IntensityMapping | None = None, *,
+                rgb: bool | None = None, use_cache: bool = True, fill_cache: bool = True,
+                tile: str = "full") -> PreparedSlice:
+        """The part of :meth:`embed` before the encoder: validation, the cache key, the
+        cache lookup and, on a miss, the intensity mapping and the resize (thread-safe; no
+        onnxruntime run).
+
+        Parameters
+        ----------
+        image, mapping, rgb, use_cache, fill_cache, tile
+            As for :meth:`embed`.
+
+        Returns
+        -------
+        PreparedSlice
+            For :meth:`embed` (``prepared=``).
         """
         image, is_rgb = validate_image(image, rgb=rgb)
         mapping = mapping_for(image, is_rgb, mapping)
@@ -369,17 +425,25 @@ class Predictor:
             if use_cache:
                 hit = self.cache.get(key)
                 if hit is not None:
-                    emb = Embedding(hit.astype(np.float32, copy=False), (h, w),
-                                    resized_shape(h, w), key, cached=True)
-                    return self.with_decoder_part(emb, run_options=run_options,
-                                                  fill_cache=fill_cache)
+                    return PreparedSlice((h, w), resized_shape(h, w), key,
+                                         features=hit.astype(np.float32, copy=False))
         rgb_image, mapping = as_model_image(image, mapping, rgb=is_rgb, expand=False)
         tensor, resized = preprocess(rgb_image)
-        features = self.model.encode(tensor, run_options)
-        if key is not None and fill_cache:
-            self.cache.put(key, features)
-        return self.with_decoder_part(Embedding(features, (h, w), resized, key),
-                                      run_options=run_options, use_cache=False,
+        return PreparedSlice((h, w), resized, key, tensor=tensor)
+
+    def _embed_prepared(self, prepared: PreparedSlice, run_options,
+                        fill_cache: bool) -> Embedding:
+        """The part of :meth:`embed` from the encoder on (the encoder unless the embedding
+        came from the cache, the cache's store, the decoder's image part)."""
+        if prepared.features is not None:
+            emb = Embedding(prepared.features, prepared.original_size, prepared.resized_size,
+                            prepared.key, cached=True)
+            return self.with_decoder_part(emb, run_options=run_options, fill_cache=fill_cache)
+        features = self.model.encode(prepared.tensor, run_options)
+        if prepared.key is not None and fill_cache:
+            self.cache.put(prepared.key, features)
+        emb = Embedding(features, prepared.original_size, prepared.resized_size, prepared.key)
+        return self.with_decoder_part(emb, run_options=run_options, use_cache=False,
                                       fill_cache=fill_cache)
 
     def with_decoder_part(self, embedding: Embedding, *, run_options=None,

@@ -17,6 +17,10 @@ slower, so:
   ``setpriority`` on the thread; onnxruntime's intra-op worker threads keep theirs, which
   is why cancelling, not priority, is what protects the click).
 
+While the encoder runs on one queued slice, the next queued slice is read, mapped and
+resized in a second background thread of the same lowered priority
+(:class:`~.pipeline.SlicePipeline`), so the next encoder run starts at once.
+
 The widget (owned elsewhere) calls :meth:`Prefetcher.prefetch` when the user is idle and
 :meth:`Prefetcher.paused` (or :meth:`Prefetcher.cancel`) around a click.
 
@@ -39,13 +43,14 @@ import threading
 from dataclasses import dataclass
 
 from .cancel import CancelToken
+from .pipeline import Ahead, SlicePipeline
 
 _log = logging.getLogger(__name__)
 
 __all__ = ["Prefetcher"]
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity (the pipeline's tags)
 class _Job:
     image: object  # ndarray or a zero-argument callable returning one (lazy reads)
     mapping: object
@@ -101,6 +106,8 @@ class Prefetcher:
         self._paused = 0
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._pipeline = SlicePipeline(predictor,
+                                       initializer=lambda: _lower_thread_priority(self.nice))
         self.stats = {"done": 0, "cancelled": 0, "failed": 0, "dropped": 0}
 
     # -- public API -----------------------------------------------------------------------
@@ -201,6 +208,7 @@ class Prefetcher:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        self._pipeline.close()
 
     def __enter__(self):
         return self
@@ -226,14 +234,17 @@ class Prefetcher:
                 if self._closed:
                     return
                 job = self._queue.popleft()
+                nxt = self._queue[0] if self._queue else None
                 token = CancelToken()
                 run_options = token.run_options()
                 self._token, self._run_options = token, run_options
                 self._current, self._requeue = job, False
             try:
-                image = job.image() if callable(job.image) else job.image
-                emb = self.predictor.embed(image, job.mapping, rgb=job.rgb,
-                                           run_options=run_options, tile=job.tile)
+                ahead = (None if nxt is None else
+                         Ahead(nxt, nxt.image, nxt.mapping, nxt.rgb, nxt.tile))
+                emb = self._pipeline.embed(job.image, job.mapping, rgb=job.rgb,
+                                           run_options=run_options, tile=job.tile, tag=job,
+                                           ahead=ahead)
             except Exception as exc:  # noqa: BLE001 - a terminated run raises onnxruntime's Fail
                 with self._cond:
                     if token.cancelled:

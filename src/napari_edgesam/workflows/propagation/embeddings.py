@@ -1,18 +1,25 @@
 """The embeddings of a propagation run: :class:`SliceEmbeddings`, one lazily made
 :class:`~napari_edgesam.engine.slice_predictor.SlicePredictor` per slice (a whole-slice
 embedding, or tiles around the object for large slices) behind a small LRU memo and the
-predictor's :class:`~napari_edgesam.engine.cache.EmbeddingCache`."""
+predictor's :class:`~napari_edgesam.engine.cache.EmbeddingCache`. Whole slices go through
+a :class:`~napari_edgesam.engine.pipeline.SlicePipeline`: the slice the run expects next is
+read, mapped and resized while the encoder runs on this one."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+from ...engine.contract import EMBEDDING_SHAPE
 from ...engine.intensity import IntensityMapping
+from ...engine.pipeline import Ahead, SlicePipeline
 from ...engine.predictor import without_decoder_part
 from ...engine.slice_predictor import EmbeddedSlice
 from .slice_source import SliceSource
 
-__all__ = ["SliceEmbeddings"]
+__all__ = ["EMBEDDING_BYTES", "SliceEmbeddings"]
+
+#: Bytes of one whole-slice embedding (float32 ``[1, 256, 64, 64]``: 4 MiB).
+EMBEDDING_BYTES = 4 * int(EMBEDDING_SHAPE[0] * EMBEDDING_SHAPE[1] * EMBEDDING_SHAPE[2])
 
 
 class SliceEmbeddings:
@@ -52,9 +59,22 @@ class SliceEmbeddings:
         self.encoded = 0
         #: onnxruntime RunOptions passed to every encoder run (``terminate`` stops it).
         self.run_options = None
+        #: Prepares the slice expected next while the encoder runs (whole slices only).
+        self.pipeline = SlicePipeline(predictor)
 
-    def get(self, z: int):
+    def close(self) -> None:
+        """Stop the pipeline's background thread (a slice prepared ahead is dropped)."""
+        self.pipeline.close()
+
+    def get(self, z: int, ahead: int | None = None):
         """The slice predictor of slice ``z`` (memo, then cache, then the encoder).
+
+        Parameters
+        ----------
+        z : int
+        ahead : int, optional
+            The slice the run expects to ask for next: prepared (read, mapped, resized, or
+            found in the cache) in the background while the encoder runs on ``z``.
 
         Raises :class:`~napari_edgesam.engine.errors.InvalidInputError` when the model cannot
         take the slice (no finite values, say)."""
@@ -74,7 +94,7 @@ class SliceEmbeddings:
                                  tile_size=self.tile_size, rgb=self.source.rgb)
             self.tiled.append(emb)
         else:
-            emb = self._embed(z)
+            emb = self._embed(z, ahead)
         if self.memo_slices:
             # With a split decoder the embedding carries its decoder image part (about
             # 10 MiB); the memo keeps it without (4 MiB a slice), a hit takes the part
@@ -92,15 +112,14 @@ class SliceEmbeddings:
                     sum(len(t.encoded) for t in self.tiled))
         return self.embeddings, self.encoded
 
-    def _embed(self, z: int):
-        cache = self.predictor.cache
-        before = cache.stats["misses"] if cache is not None and hasattr(cache, "stats") else None
-        emb = self.predictor.embed(self.source[z], self.mapping, rgb=self.source.rgb,
-                                   run_options=self.run_options)
+    def _embed(self, z: int, ahead: int | None):
+        nxt = None
+        if (ahead is not None and ahead not in self.memo and ahead != z
+                and 0 <= ahead < len(self.source)):
+            nxt = Ahead(ahead, lambda: self.source[ahead], self.mapping, self.source.rgb)
+        emb = self.pipeline.embed(lambda: self.source[z], self.mapping, rgb=self.source.rgb,
+                                  run_options=self.run_options, tag=z, ahead=nxt)
         self.embeddings += 1
-        if cache is None:
-            self.encoded += 1
-        elif before is not None:
-            self.encoded += int(cache.stats["misses"] > before)
+        self.encoded += int(not emb.cached)
         return EmbeddedSlice(self.predictor, emb)
 

@@ -10,6 +10,7 @@ Slice indices ``z`` are along the slice axis, from 0; masks are
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from ...engine.cancel import CancelToken
 from ...engine.errors import InvalidInputError
 from ...engine.transforms import MaskCrop
-from .embeddings import SliceEmbeddings
+from .embeddings import EMBEDDING_BYTES, SliceEmbeddings
 from .prompts import as_crop, derive_prompts, keep_touching
 from .records import ChainEnd, PropagationStep, SliceRecord
 from .result import ObjectResult, PropagationResult
@@ -172,18 +173,20 @@ class PropagationRun:
         if self._started:
             raise RuntimeError("a PropagationRun can be iterated only once")
         self._started = True
-        try:
-            yield from self._steps()
-        except GeneratorExit:
-            self._cancel()
-            raise
-        except Exception:
-            if not self.token.cancelled:
-                raise
-            self._cancel()  # cancel() terminated an encoder run: keep the slices done
-        finally:
-            if not self._finished:
+        with self._memory_scope():
+            try:
+                yield from self._steps()
+            except GeneratorExit:
                 self._cancel()
+                raise
+            except Exception:
+                if not self.token.cancelled:
+                    raise
+                self._cancel()  # cancel() terminated an encoder run: keep the slices done
+            finally:
+                if not self._finished:
+                    self._cancel()
+                self._emb.close()
 
     def cancel(self) -> None:
         """Stop the run: an encoder run in progress is terminated, and the run ends before
@@ -240,6 +243,32 @@ class PropagationRun:
                 (zs_up if ch.direction > 0 else zs_down).update(rng)
         return len(ann) + len(zs_up) + len(zs_down)
 
+    def _memory_scope(self):
+        """The cache's :meth:`~napari_edgesam.engine.cache.EmbeddingCache.run_scope` for
+        this run's whole-slice embeddings: they stay in memory while they fit the run's
+        bound (a share of the available memory), disk entries are written in the
+        background and flushed at the end, and the bound comes back afterwards."""
+        cache = getattr(self._p.predictor, "cache", None)
+        if self._p.tiled or not hasattr(cache, "run_scope"):
+            return contextlib.nullcontext()
+        return cache.run_scope(self.total * EMBEDDING_BYTES)
+
+    def _next_slice(self, chains: list, z: int, direction: int) -> int | None:
+        """The slice the run will most likely ask for after ``z`` (prepared ahead while
+        the encoder runs on ``z``): the next one of this sweep while a chain working on
+        ``z`` may go on, else the next chain's slice in this sweep, else the first slice
+        of the down sweep."""
+        n = z + direction
+        if any(ch.active and ch.direction == direction and ch.next_z == z
+               and (ch.bound - n) * direction >= 0 for ch in chains):
+            return n
+        later = [ch.next_z for ch in chains if ch.active and ch.direction == direction
+                 and (ch.next_z - z) * direction > 0]
+        if later:
+            return min(later) if direction > 0 else max(later)
+        downs = [ch.next_z for ch in chains if ch.active and ch.direction < 0]
+        return max(downs) if direction > 0 and downs else None
+
     def _check_cancel(self) -> bool:
         if (not self.token.cancelled and self._should_cancel is not None
                 and self._should_cancel()):
@@ -272,12 +301,17 @@ class PropagationRun:
         for plan in self._plans:
             for z in plan.evaluate:
                 by_z.setdefault(z, []).append(plan)
+        first_up = min((ch.next_z for plan in self._plans for ch in plan.chains
+                        if ch.direction > 0), default=None)  # the up sweep's first slice
+        model_zs = [z for z in sorted(by_z)
+                    if any(not p.annotations[z].is_mask for p in by_z[z])]
         for z in sorted(by_z):
             updates = []
-            needs_model = any(not p.annotations[z].is_mask for p in by_z[z])
+            needs_model = z in model_zs
             if needs_model and self._check_cancel():
                 break
-            emb = self._emb.get(z) if needs_model else None
+            later = [y for y in model_zs if y > z] or [first_up]
+            emb = self._emb.get(z, later[0]) if needs_model else None
             for plan in by_z[z]:
                 ann = plan.annotations[z]
                 if ann.is_mask:
@@ -325,7 +359,7 @@ class PropagationRun:
                     self._cancel()
                     return
                 try:
-                    emb = self._emb.get(z)
+                    emb = self._emb.get(z, self._next_slice(chains, z, direction))
                 except InvalidInputError as exc:  # this slice only: its chains end here
                     self.unusable[z] = str(exc)
                     _log.warning("propagation: slice %d cannot be used (%s); the chains "
