@@ -75,3 +75,12 @@ def test_a_folder_annotated_image_by_image(make_napari_viewer, npe2pm, qtbot, tm
     np.testing.assert_array_equal(np.asarray(s.labels_layer.data) > 0, painted > 0)
     # an image without annotation leaves no empty labels file behind
     assert not (raw / "labels" / "b_labels.tif").exists()
+
+    # leaving a again keeps its prompt log (the log saved before is continued), and an edit
+    # made while the next image is being read is saved too
+    panel.controller.next()
+    s.labels_layer.data[5, 5] = 9  # before the next image arrives
+    wait_on("b")
+    qtbot.waitUntil(lambda: tifffile.imread(saved)[5, 5] == 9, timeout=TIMEOUT)
+    log = json.loads((raw / "labels" / "a_labels.prompts.json").read_text())
+    assert [o["label"] for o in log["objects"]] == [1]

@@ -145,3 +145,25 @@ def test_cli_replay_gives_identical_labels_with_the_logs_model(tmp_path, test_mo
     assert main(["replay", str(tmp_path / "cells.prompts.json"), str(tmp_path / "other.tif"),
                  "-o", str(tmp_path / "o.tif"), *MODEL]) == 2
     assert "the log was made on an image of shape" in capsys.readouterr().err
+
+
+def test_a_channel_axis_is_left_out_of_the_labels(test_model):
+    """A (C, Y, X) image with the panel on channel 1: the log's keys hold the channel, the
+    replayed labels are (Y, X)."""
+    data, disc = _stack()
+    two = np.stack([data[0], data[1]])  # channel 0 empty, channel 1 has the disc
+    log = PromptLog(objects=[LoggedObject(1, (1,), points=((50.0, 40.0),), point_labels=(1,),
+                                          **IDENTITY)],
+                    image={"shape": [2, 120, 160], "channel_axis": 0})
+    labels, objs = replay(log, two, Predictor(test_model, cache=None))
+    assert labels.shape == (120, 160) and objs[0].key == ()
+    got = labels == 1
+    assert (got & disc).sum() / (got | disc).sum() >= 0.9
+    assert agreement(labels, labels.copy(), objs)[0]["iou"] == 1.0
+
+
+def test_dotted_names_get_their_own_log(tmp_path):
+    assert log_path_for(tmp_path / "img.01_labels.tif").name == "img.01_labels.prompts.json"
+    assert log_path_for(tmp_path / "img.02_labels.tif") != \
+        log_path_for(tmp_path / "img.01_labels.tif")
+    assert log_path_for(tmp_path / "a.ome.tif").name == "a.prompts.json"

@@ -62,3 +62,15 @@ def test_gaps_in_ids_are_skipped(test_model, dtype):
     pred = Predictor(test_model, cache=None)
     objs = refine_slice(EmbeddedSlice(pred, pred.embed(img)), labels)
     assert [o.label for o in objs] == [5]
+
+
+def test_huge_and_negative_free_ids_cost_what_the_objects_cost(test_model):
+    """Ids such as 10**9 (another tool's) do not allocate per id up to the largest."""
+    img, _ = disc_image((60, 60), (30, 30), 10)
+    labels = np.zeros((60, 60), np.int64)
+    labels[22:38, 22:38] = 10**9
+    labels[2:6, 2:6] = 7
+    pred = Predictor(test_model, cache=None)
+    objs = refine_slice(EmbeddedSlice(pred, pred.embed(img)), labels)
+    assert [o.label for o in objs] == [7, 10**9]
+    assert objs[1].old_area == 16 * 16

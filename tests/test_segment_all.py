@@ -149,6 +149,8 @@ def test_refine_a_threshold_labels_layer_then_undo(make_napari_viewer, npe2pm, q
     assert panel.ticked() == [1, 2, 3, 4]
     np.testing.assert_array_equal(theirs.data, rough)  # nothing written before Accept
     panel.table.item(3, 0).setCheckState(Qt.CheckState.Unchecked)  # keep the 4th as it was
+    w.session.layers_changed.emit()  # the panel refreshes (a layer added elsewhere...)
+    assert panel.ticked() == [1, 2, 3]  # ...and the user's choice stays
     qtbot.mouseClick(panel.accept_button, Qt.MouseButton.LeftButton)
     yy, xx = np.ogrid[:120, :200]
     for (r, c) in CENTRES[:3]:

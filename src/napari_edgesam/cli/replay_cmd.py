@@ -54,13 +54,17 @@ def _model_for(args, log):
     return model_from_args(args)
 
 
-def _write(out: Path, labels, image) -> None:
+def _write(out: Path, labels, image, channel_axis=None) -> None:
     """Labels with the image's axes and calibration (as batch writes them), or, for axes a
     label image cannot have (channels), a plain grey-level TIFF with its axes named."""
     from ..workflows.labels_tiff import write_labels
     from ..workflows.tiff_io import LazyTiff, write_tiff_atomic
 
-    lead = image.axes[:labels.ndim - 2]
+    n_lead = image.data.ndim - 2 - (1 if image.axes.endswith(("S", "C")) and
+                                    image.data.shape[-1] in (3, 4) else 0)
+    lead = "".join(a for i, a in enumerate(image.axes[:n_lead]) if i != channel_axis)
+    if len(lead) != labels.ndim - 2:  # axes not known well enough: name them plainly
+        lead = "Q" * (labels.ndim - 2)
     if lead in ("", "T", "Z", "TZ"):
         with LazyTiff(image.path) as source:
             meta = source.metadata
@@ -104,7 +108,7 @@ def run(args) -> int:
     used = ModelRecord.of(model)
     diffs = [] if log.model is None else log.model.differences(used)
     labels, objs = replay(log, image.data, Predictor(model))
-    _write(out, labels, image)
+    _write(out, labels, image, log.image.get("channel_axis"))
     print(f"{out}: {len(objs)} object(s) replayed with {model.name}"
           + ("; the log's model exactly (same files, variants and threads)" if not diffs
              else "; another model than the log's: " + "; ".join(diffs)))

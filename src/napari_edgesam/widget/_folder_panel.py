@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -76,9 +78,9 @@ class FolderPanel(QWidget):
             if not folder:
                 return None
         labels = None
-        if self.controller.dataset is not None and \
-                self.controller.dataset.labels_dir.parent != self.controller.dataset.images_dir:
-            labels = self.controller.dataset.labels_dir  # a folder the user chose
+        ds = self.controller.dataset
+        if ds is not None and ds.images_dir.resolve() == Path(folder).resolve():
+            labels = ds.labels_dir  # the same images: keep the labels folder the user chose
         return self.controller.open(folder, labels)
 
     def choose_labels(self, folder=None):

@@ -62,7 +62,7 @@ class SegmentAllPanel(QWidget):
         self.run_button = QPushButton("Segment all")
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.controller.cancel)
+        self.cancel_button.clicked.connect(self.cancel)
         row.addWidget(self.run_button)
         row.addWidget(self.cancel_button)
         lay.addLayout(row)
@@ -73,6 +73,7 @@ class SegmentAllPanel(QWidget):
         intro.setWordWrap(True)
         lay.addWidget(intro)
         self.refiner = RefineLabels(dock.session, self._sync)
+        self._shown = None  # the refine proposal shown in the table
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("The Labels layer whose objects are refined (in place, "
                                     "ids kept)")
@@ -145,6 +146,11 @@ class SegmentAllPanel(QWidget):
         """Whether a run (segment all or refine) is in progress."""
         return self.controller.busy or self.refiner.busy
 
+    def cancel(self):
+        """Stop the running *Segment all* or *Refine* (nothing is written)."""
+        self.controller.cancel()
+        self.refiner.cancel()
+
     def run(self):
         """Start *Segment all* with the tab's settings; returns the worker or None."""
         from napari_edgesam.workflows.automatic import AutoParams
@@ -155,12 +161,15 @@ class SegmentAllPanel(QWidget):
     def _sync(self):
         busy = self.controller.busy
         self.run_button.setEnabled(not busy)
-        self.cancel_button.setEnabled(busy)
+        self.cancel_button.setEnabled(busy or self.refiner.busy)
         self.stack_check.setEnabled(self.controller.stack_keys() is not None)
         pending = self.refiner.pending or []
         self.refine_button.setEnabled(not self.refiner.busy)
         self.accept_button.setEnabled(bool(pending))
         self.discard_button.setEnabled(bool(pending))
+        if self.refiner.pending is self._shown:  # the user's ticks stay as they are
+            return
+        self._shown = self.refiner.pending
         self.table.setRowCount(len(pending))
         for row, o in enumerate(pending):
             cells = (str(o.label), str(o.old_area), str(o.new_area), f"{o.iou:.2f}",

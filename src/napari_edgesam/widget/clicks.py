@@ -333,7 +333,7 @@ class ClickPath:
             low=mapping.low, high=mapping.high, rgb=bool(self.geometry.rgb),
             tiles=self._tiles_used(), background_only=bool(self.paint_background_only))
         self.prompt_recorder.record(layer, obj, self.geometry.labels_index(lead), self.model,
-                                    self.image_layer)
+                                    self.image_layer, self.geometry.channel_axis)
 
     def _tiles_used(self):
         """``(tile_size, halo)`` of the grid that answered (engine defaults resolved), or

@@ -77,9 +77,9 @@ def read_image_job(path, labels_path):
 
     Returns
     -------
-    (list of LayerData, ndarray or None)
-        The image's layer data tuples ``(data, kwargs, layer_type)`` and the saved labels
-        (None when there are none).
+    (list of LayerData, ndarray or None, PromptLog or None)
+        The image's layer data tuples ``(data, kwargs, layer_type)``, the saved labels and
+        their prompt log (None when there are none).
     """
     from npe2 import read
 
@@ -92,12 +92,19 @@ def read_image_job(path, labels_path):
             import tifffile
 
             layers = [(tifffile.imread(path), {}, "image")]
-    labels = None
+    labels = log = None
     if labels_path is not None and Path(labels_path).is_file():
         import tifffile
 
+        from napari_edgesam.engine.errors import InvalidInputError
+        from napari_edgesam.workflows.prompt_log import PromptLog, log_path_for
+
         labels = tifffile.imread(labels_path)
-    return layers, labels
+        try:
+            log = PromptLog.load(log_path_for(labels_path))
+        except InvalidInputError:  # no log (or an unreadable one): a new log starts
+            log = None
+    return layers, labels, log
 
 
 class FolderAnnotation:
@@ -119,8 +126,9 @@ class FolderAnnotation:
         self.worker = None
         self.image_layers: list = []
         self.labels_layer = None
-        #: Labels being saved in a worker, by labels path: reopened from here meanwhile.
-        self._saving: dict[Path, np.ndarray] = {}
+        #: ``(labels, log)`` being saved in a worker (or whose save failed), by labels
+        #: path: reopened from here meanwhile.
+        self._saving: dict[Path, tuple] = {}
 
     @property
     def busy(self) -> bool:
@@ -130,6 +138,7 @@ class FolderAnnotation:
     def open(self, images, labels=None):
         """Annotate the folder ``images`` (labels into ``labels``); opens its first image
         not done yet (else the first). Returns the reading worker or None."""
+        self.save()  # the image open now, before the folder changes
         self.dataset = Dataset(images, labels)
         self.index = -1
         if not len(self.dataset):
@@ -152,11 +161,12 @@ class FolderAnnotation:
         return self.go(self.index - 1)
 
     def go(self, index: int):
-        """Save the current image's labels and open image ``index``."""
+        """Open image ``index``; the current image's labels are saved when the new image
+        is shown (so edits made while it is read are kept)."""
         s = self.session
-        if self.dataset is None or self.busy or not 0 <= index < len(self.dataset):
+        if self.dataset is None or self.busy or not 0 <= index < len(self.dataset) \
+                or index == self.index:
             return None
-        self.save()
         path = self.dataset.items[index]
         labels_path = self.dataset.labels_path(index)
         s.set_status(f"Opening {path.name} ({index + 1} of {len(self.dataset)})...")
@@ -181,18 +191,21 @@ class FolderAnnotation:
         if not labels.any() and not self.dataset.is_done(self.index):
             return None  # nothing annotated: no empty file
         path = self.dataset.labels_path(self.index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._saving[path] = labels
         log = s.prompt_log(layer)
+        self._saving[path] = (labels, log)
 
         def saved(_out, p=path):
             self._saving.pop(p, None)
             self._on_change()
 
+        def failed(exc, p=path):  # kept in memory: reopening the image shows them again
+            s.notify_error(exc, prefix=f"{p.name} was not saved (its labels are kept until "
+                                       "napari closes; fix the folder and visit the image "
+                                       "again): ")
+
+        path.parent.mkdir(parents=True, exist_ok=True)
         return s.start_worker(save_labels_job, path, labels, log, returned=saved,
-                              errored=lambda exc, p=path: (self._saving.pop(p, None),
-                                                           s.notify_error(exc)),
-                              desc=f"EdgeSAM: saving {path.name}")
+                              errored=failed, desc=f"EdgeSAM: saving {path.name}")
 
     def _on_finished(self):
         self.worker = None
@@ -200,9 +213,10 @@ class FolderAnnotation:
 
     def _on_read(self, index, out, pending):
         s = self.session
-        layers, labels = out
+        layers, labels, log = out
         if pending is not None:
-            labels = pending
+            labels, log = pending
+        self.save()  # the image being left, with every edit made while this one was read
         viewer = s.viewer
         leaving = [ly for ly in (*self.image_layers, self._current_labels()) if ly is not None]
         self.image_layers, self.labels_layer = [], None
@@ -232,6 +246,8 @@ class FolderAnnotation:
                                                   name=f"{_stem(path)} labels",
                                                   **transform_kwargs(image))
             s.set_labels_layer(self.labels_layer)
+            if log is not None and log.objects:
+                s.prompt_recorder.adopt(self.labels_layer, log)
         else:
             s.set_labels_layer(None)
         viewer.layers.selection.active = s.points_layer or image

@@ -33,7 +33,7 @@ class PromptRecorder:
         self._entries = weakref.WeakKeyDictionary()
 
     def record(self, layer, obj: LoggedObject, labels_index: tuple[int, ...], model,
-               image_layer) -> None:
+               image_layer, channel_axis: int | None = None) -> None:
         """Remember that ``obj`` was committed into ``layer``.
 
         Parameters
@@ -47,14 +47,32 @@ class PromptRecorder:
         model : EdgeSamModel
             The model that made the mask (its files' SHA-256 are recorded once per layer).
         image_layer : napari.layers.Image
+        channel_axis : int, optional
+            The image's leading axis holding channels (left out of the labels).
         """
         entries = self._entries.setdefault(layer, {"objects": [], "model": None, "image": {}})
         if entries["model"] is None or entries["model"].name != model.name:
             entries["model"] = ModelRecord.of(model)
         data = image_layer.data[0] if image_layer.multiscale else image_layer.data
         entries["image"] = {"name": image_layer.name, "shape": [int(n) for n in data.shape],
-                            "dtype": str(data.dtype)}
+                            "dtype": str(data.dtype), "channel_axis": channel_axis}
         entries["objects"].append((obj, tuple(int(i) for i in labels_index)))
+
+    def adopt(self, layer, log: PromptLog) -> None:
+        """Continue the log saved with ``layer``'s labels (reopened from disk), so that
+        saving it again keeps the objects committed in an earlier visit."""
+        ca = log.image.get("channel_axis")
+        objects = [(o, tuple(k for i, k in enumerate(o.key) if i != ca)) for o in log.objects]
+        self._entries[layer] = {"objects": objects, "model": log.model,
+                                "image": dict(log.image)}
+
+    def forget(self, layer, labels) -> None:
+        """Drop the entries of ``labels`` (ids now painted by something else than clicks,
+        e.g. *Segment all* reusing an undone id)."""
+        entries = self._entries.get(layer)
+        if entries is not None:
+            gone = {int(v) for v in labels}
+            entries["objects"] = [e for e in entries["objects"] if e[0].label not in gone]
 
     def log(self, layer) -> PromptLog:
         """The log of ``layer`` as it stands: entries whose label is on its slice.

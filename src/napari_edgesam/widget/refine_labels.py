@@ -72,8 +72,7 @@ class RefineLabels:
             s.set_status("Refine: wait until the slice is ready (or choose an image).")
             return None
         lead = s.geometry.labels_index(s.lead)
-        if tuple(layer.data.shape[-2:]) != tuple(s.geometry.spatial_shape) or \
-                layer.data.ndim != len(lead) + 2:
+        if tuple(layer.data.shape) != tuple(s.geometry.labels_shape):
             s.set_status(f"Refine: '{layer.name}' (shape {tuple(layer.data.shape)}) does not "
                          f"fit the image '{s.image_layer.name}'.")
             return None

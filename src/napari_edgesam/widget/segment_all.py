@@ -180,6 +180,7 @@ class SegmentAll:
         except ValueError as exc:
             s.notify_error(exc)
             return
+        s.prompt_recorder.forget(layer, range(int(first), int(first) + n))
         s.history_changed.emit()
         s.set_status(f"Segment all: {objects} object(s) ({painted} px) as labels "
                      f"{first}..{first + n - 1}. Ctrl+Z undoes them all.")

@@ -48,7 +48,12 @@ def log_path_for(labels_path) -> Path:
     """Where the prompt log of a label image is saved: ``cells.tif`` ->
     ``cells.prompts.json`` beside it."""
     p = Path(labels_path)
-    return p.with_name(p.name.split(".")[0] + SUFFIX)
+    name = p.name
+    for ext in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return p.with_name(name + SUFFIX)
 
 
 def labels_for_log(log_path) -> Path | None:
@@ -201,7 +206,8 @@ class PromptLog:
     ----------
     model : ModelRecord or None
     image : dict
-        ``{"name", "shape", "dtype"}`` of the image data the keys index.
+        ``{"name", "shape", "dtype", "channel_axis"}`` of the image data the keys index
+        (``channel_axis``: the leading axis holding channels, absent or None when none).
     objects : list of LoggedObject
         In commit order (a later object is painted after an earlier one).
     """
@@ -280,6 +286,7 @@ class ReplayedObject:
     ----------
     label : int
     key : tuple of int
+        The slice's index in the labels (the image's channel axis left out).
     area : int
         Pixels of the predicted mask.
     painted : int
@@ -323,7 +330,8 @@ def replay(log: PromptLog, data, predictor, *, labels: np.ndarray | None = None,
         Its model should be the log's (:meth:`ModelRecord.differences` says what differs).
     labels : ndarray of int, shape (*lead, H, W), optional
         Painted into (default: a new zero array of the smallest unsigned dtype holding the
-        largest label).
+        largest label). ``lead`` leaves out the image's channel axis
+        (``log.image["channel_axis"]``) when it has one.
     progress : callable, optional
         ``progress(done, total)`` after each object.
 
@@ -342,10 +350,15 @@ def replay(log: PromptLog, data, predictor, *, labels: np.ndarray | None = None,
     rgb_axis = 1 if log.objects and log.objects[0].rgb else 0
     plane_shape = shape[len(shape) - 2 - rgb_axis:len(shape) - rgb_axis]
     lead_shape = shape[:len(shape) - 2 - rgb_axis]
+    channel_axis = log.image.get("channel_axis")
+
+    def labels_key(key):  # the slice in the labels: the image's channel axis left out
+        return tuple(k for i, k in enumerate(key) if i != channel_axis)
+
     if labels is None:
         top = max((o.label for o in log.objects), default=0)
         dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32
-        labels = np.zeros(lead_shape + plane_shape, dtype)
+        labels = np.zeros(labels_key(lead_shape) + plane_shape, dtype)
     done: list[ReplayedObject] = []
     predictors: dict = {}
     for i, obj in enumerate(log.objects):
@@ -361,14 +374,15 @@ def replay(log: PromptLog, data, predictor, *, labels: np.ndarray | None = None,
                                 labels=list(obj.point_labels) or None, box=obj.box)
         m = pred.mask
         painted = 0
+        lkey = labels_key(obj.key)
         if m.area:
             h, w = m.crop.shape
-            target = labels[obj.key] if obj.key else labels
+            target = labels[lkey] if lkey else labels
             window = target[m.row0:m.row0 + h, m.col0:m.col0 + w]
             where = m.crop & (window == 0) if obj.background_only else m.crop.copy()
             window[where] = obj.label
             painted = int(np.count_nonzero(where))
-        done.append(ReplayedObject(obj.label, obj.key, m.area, painted, float(pred.score)))
+        done.append(ReplayedObject(obj.label, lkey, m.area, painted, float(pred.score)))
         if progress is not None:
             progress(i + 1, len(log.objects))
     return labels, done

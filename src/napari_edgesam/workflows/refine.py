@@ -122,14 +122,20 @@ def refine_slice(slice_predictor, labels: np.ndarray, *, min_score: float = 0.8,
     labels = np.asarray(labels)
     shape = labels.shape
     wanted = None if ids is None else {int(i) for i in ids}
+    # ids renumbered 1..n first: find_objects makes one entry per id up to the largest
+    values, compact = np.unique(labels, return_inverse=True)
+    compact = compact.reshape(shape)
+    if values[0] != 0:  # no background: ids start at 1 all the same
+        compact = compact + 1
+        values = np.concatenate([[0], values])
     out = []
-    for index, sl in enumerate(ndimage.find_objects(labels)):
-        label = index + 1
+    for index, sl in enumerate(ndimage.find_objects(compact)):
+        label = int(values[index + 1])
         if sl is None or (wanted is not None and label not in wanted):
             continue
         if cancel is not None and cancel.cancelled:
             break
-        old_crop = labels[sl] == label
+        old_crop = compact[sl] == index + 1
         offset = (sl[0].start, sl[1].start)
         point, box = object_prompts(old_crop, offset)
         pred = slice_predictor.predict_slice(points=[point], labels=[1], box=box)
