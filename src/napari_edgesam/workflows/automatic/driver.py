@@ -25,7 +25,7 @@ from .overlaps import Candidate, resolve_overlaps
 from .lowres import FullMask, decode_low_res
 from .params import AutoParams
 from .prompting import _check_cancel, _collect_candidates
-from .seeds import _detect, _downscale, detection_factor, grid_seeds
+from .seeds import _block_signal, _detect, detection_factor, grid_seeds, seed_factor
 
 __all__ = ["SliceSegmentation", "StackSegmentation", "segment_slice", "segment_stack"]
 
@@ -98,6 +98,49 @@ def _slice_result(candidates, seeds, calls, params: AutoParams, shape, out,
                              time.perf_counter() - t0)
 
 
+class _ForegroundCrops:
+    """The foreground of a whole slice, computed box by box when a mask asks for it.
+
+    Equal, pixel for pixel, to the slice-wide foreground: the signal block-averaged by
+    :func:`detection_factor`, smoothed (:func:`_smooth`), above ``threshold`` and repeated
+    back to pixels. A box is computed from its blocks plus a margin wider than the
+    Gaussian's reach (the same float operations per value), clamped at the slice's edges
+    where the slice-wide filter's ``nearest`` mode and edge padding apply as before.
+
+    Parameters
+    ----------
+    mapped : ndarray of uint8, shape (H, W) or (H, W, 3)
+        The slice after the intensity mapping.
+    params : AutoParams
+    threshold : float
+        On the 0..255 polarity-adjusted scale.
+    """
+
+    def __init__(self, mapped: np.ndarray, params: AutoParams, threshold: float):
+        self.mapped = mapped
+        self.params = params
+        self.threshold = threshold
+        h, w = mapped.shape[:2]
+        self.shape = (h, w)
+        self.factor = detection_factor((h, w), params.object_size)
+        sigma = max(1.0, params.object_size / self.factor / 8.0)  # as _smooth
+        self.margin = int(4.0 * sigma + 0.5) + 2  # scipy's truncate=4 radius, plus slack
+
+    def crop(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
+        """Foreground (bool) of the half-open box ``[r0, r1) x [c0, c1)`` of the slice."""
+        f, m = self.factor, self.margin
+        h, w = self.shape
+        nb_r, nb_c = -(-h // f), -(-w // f)
+        b_r0, b_c0 = max(0, r0 // f - m), max(0, c0 // f - m)
+        b_r1, b_c1 = min(nb_r, -(-r1 // f) + m), min(nb_c, -(-c1 // f) + m)
+        win = self.mapped[b_r0 * f:min(h, b_r1 * f), b_c0 * f:min(w, b_c1 * f)]
+        small = _block_signal(win, f, self.params.polarity)
+        fg = _smooth(small, self.params.object_size / f) > self.threshold
+        if f > 1:
+            fg = np.repeat(np.repeat(fg, f, 0), f, 1)
+        return fg[r0 - b_r0 * f:r1 - b_r0 * f, c0 - b_c0 * f:c1 - b_c0 * f]
+
+
 def segment_slice(predictor, image, *, params: AutoParams | None = None,
                   mapping: IntensityMapping | None = None, threshold: float | None = None,
                   embedding=None, cancel: CancelToken | Callable[[], bool] | None = None,
@@ -149,22 +192,19 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
     image, is_rgb = validate_image(image, rgb=rgb)
     if mapping is None:
         mapping = stack_mapping(image, "auto", rgb=is_rgb)
-    signal = _signal(mapping.apply(image, expand=False), params.polarity)
+    mapped = mapping.apply(image, expand=False)
     if threshold is None:
         threshold = params.threshold if params.threshold is not None else \
-            foreground_threshold(signal)
-    h, w = signal.shape
+            foreground_threshold(_signal(mapped, params.polarity))
+    h, w = mapped.shape[:2]
     if params.seeds == "detect":
-        seeds, smoothed, factor = _detect(signal, params, threshold)
+        factor = seed_factor((h, w), params.object_size)
+        seeds, _, _ = _detect(None, params, threshold, factor=factor, shape=(h, w),
+                              small=_block_signal(mapped, factor, params.polarity))
     else:
-        factor = detection_factor((h, w), params.object_size)
-        smoothed = _smooth(_downscale(signal, factor), params.object_size / factor)
         seeds = grid_seeds((h, w), params.grid_spacing or params.object_size / 2.0,
                            params.max_seeds)
-    del signal
-    foreground = smoothed > threshold
-    if factor > 1:
-        foreground = np.repeat(np.repeat(foreground, factor, 0), factor, 1)[:h, :w]
+    foreground = _ForegroundCrops(mapped, params, threshold)
     candidates: list[Candidate] = []
     calls = 0
     if len(seeds):
@@ -176,7 +216,7 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
             return decode_low_res(predictor, embedding, points, labels)
 
         candidates, calls = _collect_candidates(
-            seeds, run, lambda r0, c0, r1, c1: foreground[r0:r1, c0:c1], params, (h, w),
+            seeds, run, foreground.crop, params, (h, w),
             cancel)
     return _slice_result(candidates, seeds, calls, params, (h, w), out, t0)
 
