@@ -12,12 +12,14 @@ Pipeline for one 2D slice (:func:`segment_slice`, module :mod:`.driver`):
    stack-wide for stacks) and embed it once (:meth:`Predictor.embed`); the polarity-adjusted
    signal and its foreground threshold come from :mod:`.foreground`.
 2. Seeds (:func:`detect_seeds` or :func:`grid_seeds`, module :mod:`.seeds`), as
-   ``(x, y) = (column, row)`` pixels.
-3. One :meth:`Predictor.predict` per seed (one positive click), all sharing the embedding
-   (module :mod:`.prompting`). A mask that also covers seeds lying farther than
-   ``0.75 * object_size`` away (probably other objects) is predicted once more with those
-   seeds as negative clicks. A seed already covered by an accepted mask whose seed lies
-   within that distance (a second seed of the same object) is skipped.
+   ``(x, y) = (column, row)`` pixels; slices larger than the model's frame are detected on a
+   block-averaged copy as coarse as the object size allows (:func:`seed_factor`).
+3. One decoder run per seed (one positive click), all sharing the embedding (module
+   :mod:`.prompting`); the mask stays as low-res logits until a filter needs pixels, and is
+   upsampled only inside its box (module :mod:`.lowres`). A mask that also covers seeds
+   lying farther than ``0.75 * object_size`` away (probably other objects) is predicted once
+   more with those seeds as negative clicks. A seed already covered by an accepted mask
+   whose seed lies within that distance (a second seed of the same object) is skipped.
 4. Per mask: keep the connected component under the seed, fill small holes, then filter by
    stability score, area and foreground fraction (also :mod:`.prompting`).
 5. Overlaps (:func:`resolve_overlaps`, module :mod:`.overlaps`): non-maximum suppression on
@@ -45,7 +47,7 @@ from .foreground import foreground_threshold, stack_statistics
 from .linking import label_dtype, link_ids, link_labels
 from .overlaps import Candidate, resolve_overlaps
 from .params import AutoParams
-from .seeds import detect_seeds, detection_factor, grid_seeds
+from .seeds import detect_seeds, detection_factor, grid_seeds, seed_factor
 
 __all__ = [
     "AutoParams",
@@ -61,6 +63,7 @@ __all__ = [
     "link_labels",
     "resolve_overlaps",
     "segment_slice",
+    "seed_factor",
     "segment_stack",
     "stack_statistics",
 ]
