@@ -211,3 +211,44 @@ def test_prefetch_prepares_the_next_queued_slice_while_the_encoder_runs(test_mod
     for z in range(3):  # what the prefetcher stored is what a plain embed gives
         hit = Predictor(test_model, cache=cache).embed(stack[z])
         assert hit.cached and np.array_equal(hit.features, plain.embed(stack[z]).features)
+
+
+# -- batch -----------------------------------------------------------------------------------
+def _scene():
+    from test_automatic import make_scene_3d
+
+    stack, _ = make_scene_3d(dtype=np.uint16, scale=10.0, offset=300.0)
+    stack = stack.copy()
+    stack[:, 0, 0] = np.arange(len(stack))  # names the slice (a background pixel)
+    return stack
+
+
+def test_batch_lookahead_gives_the_same_labels_and_prepares_the_next_plane(test_model):
+    from napari_edgesam.workflows.automatic import AutoParams, segment_stack
+    from napari_edgesam.workflows.batch.lookahead import LookAhead
+
+    stack = _scene()
+    params = AutoParams(object_size=24)
+    plain = segment_stack(Predictor(test_model, cache=None), stack, params=params)
+    log = _Log()
+    model = _WaitingModel(test_model, log)
+    reads = []
+
+    class Planes:  # records each read, as a TIFF's planes would be read
+        def __len__(self):
+            return len(stack)
+
+        def __getitem__(self, z):
+            reads.append(z)
+            return stack[z]
+
+    with LookAhead(_RecordingPredictor(model, log, cache=None), Planes()) as la:
+        got = segment_stack(la.predictor, la.planes, params=params)
+        assert la.pipeline.stats["used"] == len(stack) - 1
+    assert np.array_equal(got.labels, plain.labels) and got.n_objects == plain.n_objects
+    assert got.decoder_calls == plain.decoder_calls
+    assert model.encodes == len(stack)
+    assert _assert_next_prepared_during_encoder(log, len(stack)) == list(range(1, len(stack)))
+    # Every plane was read once (the one prepared ahead is not read again), and only the
+    # statistics pass of segment_stack itself read planes before.
+    assert sorted(reads[-len(stack):]) == list(range(len(stack)))

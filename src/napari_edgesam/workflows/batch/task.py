@@ -32,6 +32,7 @@ from ..axes import Planes, plan_axes
 from ..labels_tiff import IN_MEMORY_LABELS_BYTES, write_labels
 from ..tiff_io import LazyTiff
 from .files import output_paths
+from .lookahead import LookAhead
 from .model import ModelSpec, predictor_for
 from .params import BatchParams
 from .results import FileResult, now, worker_name
@@ -143,11 +144,14 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
             if progress is not None:
                 progress(0, n_slices)
             for t in range(n_t):
-                res = segment_stack(
-                    predictor, Planes(reader, plan, t), params=auto, mapping=mapping,
-                    threshold=threshold, rgb=plan.rgb, link=True, out=buf[t], cancel=token,
-                    progress=(None if progress is None else
-                              lambda done, _n, t=t: progress(t * n_z + done, n_slices)))
+                # The next plane is read, mapped and resized while the encoder runs.
+                with LookAhead(predictor, Planes(reader, plan, t)) as ahead:
+                    res = segment_stack(
+                        ahead.predictor, ahead.planes, params=auto, mapping=mapping,
+                        threshold=threshold, rgb=plan.rgb, link=True, out=buf[t],
+                        cancel=token,
+                        progress=(None if progress is None else
+                                  lambda done, _n, t=t: progress(t * n_z + done, n_slices)))
                 n_objects = max(n_objects, res.n_objects)
                 calls += res.decoder_calls
             meta = reader.metadata
