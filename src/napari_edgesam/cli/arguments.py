@@ -181,6 +181,30 @@ def model_from_args(args):
     return model.load()
 
 
+def check_output(output, inputs: dict, *, overwrite: bool) -> None:
+    """Refuse an ``--output`` that is one of ``inputs`` (``{"image": path, ...}``; also
+    through links or another spelling: inputs are never overwritten), a folder, or an
+    existing file without ``--overwrite``.
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    from pathlib import Path
+
+    from ..engine.errors import InvalidInputError
+
+    out = Path(output)
+    for what, source in inputs.items():
+        if same_file(out, source):
+            raise InvalidInputError(f"the output {out} is the input {what}: choose another "
+                                    "output file (inputs are never overwritten)")
+    if out.is_dir():
+        raise InvalidInputError(f"the output {out} is a folder: give a file name")
+    if out.exists() and not overwrite:
+        raise InvalidInputError(f"{out} exists; pass --overwrite to replace it")
+
+
 def check_prompts_and_output(args) -> tuple[list | None, list | None]:
     """The ``--point``/``--box`` prompts and ``--output`` checks shared by segment and
     propagate; returns ``(points, labels)`` (``(x, y)`` pixels and 1/0 labels, or None).
@@ -190,21 +214,14 @@ def check_prompts_and_output(args) -> tuple[list | None, list | None]:
     InvalidInputError
         No prompt, or an existing output without ``--overwrite``.
     """
-    from pathlib import Path
 
     from ..engine.errors import InvalidInputError
 
     if not args.point and args.box is None:
         raise InvalidInputError("no prompt: give at least one --point or a --box")
-    out = Path(args.output)
     source = getattr(args, "image", None) or getattr(args, "stack", None)
-    if source is not None and same_file(out, source):
-        raise InvalidInputError(f"the output {out} is the input image: choose another "
-                                "output file (the input is never overwritten)")
-    if out.is_dir():
-        raise InvalidInputError(f"the output {out} is a folder: give a file name")
-    if out.exists() and not args.overwrite:
-        raise InvalidInputError(f"{out} exists; pass --overwrite to replace it")
+    check_output(args.output, {"image": source} if source is not None else {},
+                 overwrite=args.overwrite)
     return ([(x, y) for x, y, _ in args.point] or None,
             [lab for _, _, lab in args.point] or None)
 

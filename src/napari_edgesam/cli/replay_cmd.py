@@ -87,17 +87,11 @@ def run(args) -> int:
         replay,
     )
     from ..workflows.tiff_io import read_image
-    from .arguments import same_file
+    from .arguments import check_output, same_file
 
     out = Path(args.output)
-    for source in (args.log, args.image):
-        if same_file(out, source):
-            raise InvalidInputError(f"the output {out} is an input: choose another file "
-                                    "(inputs are never overwritten)")
-    if out.is_dir():
-        raise InvalidInputError(f"the output {out} is a folder: give a file name")
-    if out.exists() and not args.overwrite:
-        raise InvalidInputError(f"{out} exists; pass --overwrite to replace it")
+    check_output(out, {"prompt log": args.log, "image": args.image},
+                 overwrite=args.overwrite)
     log = PromptLog.load(args.log)
     image = read_image(args.image)
     want = log.image.get("shape")
