@@ -491,6 +491,56 @@ class Predictor:
         return self.embedding
 
     # -- decoder ----------------------------------------------------------------------
+    def decode_low_res(self, emb: Embedding, points=None, labels=None, box=None, *,
+                       mask_index: int | None = None):
+        """One decoder run, without upsampling: what :meth:`predict` decides on.
+
+        Parameters
+        ----------
+        emb : Embedding
+            Its :class:`DecoderPart`, when it is this model's, spares the split decoder's
+            image part.
+        points, labels, box, mask_index
+            As for :meth:`predict` (original pixels, ``(x, y)``).
+
+        Returns
+        -------
+        index : int
+            The chosen mask (the contract's rule, or ``mask_index``).
+        scores : ndarray of float32, shape (4,)
+            Stability scores.
+        logits : ndarray of float32, shape (4, 256, 256)
+            Low-res logits (the decoder's frame).
+        file_scores : ndarray, shape (4,)
+            The ``scores`` output of the decoder file.
+
+        Raises
+        ------
+        ModelError
+            The decoder returned NaN or infinite values.
+        """
+        coords, labs, has_box = prepare_prompts(
+            emb.original_size, points, labels, box, emb.resized_size
+        )
+        part = emb.decoder_part
+        if part is not None and part.variant == getattr(self.model, "decoder_part_key", None):
+            file_scores, masks = self.model.decode(emb.features, coords, labs,
+                                                   image_part=part.tensors)
+        else:
+            file_scores, masks = self.model.decode(emb.features, coords, labs)
+        logits = masks[0]
+        if not np.isfinite(logits).all():
+            raise ModelError("the decoder returned values that are not numbers (NaN or "
+                             "infinite): its file is broken or not an EdgeSAM decoder")
+        scores = stability_scores(logits)
+        if mask_index is None:
+            index = choose_mask(scores, has_box)
+        else:
+            if not 0 <= mask_index < logits.shape[0]:
+                raise InvalidInputError(f"mask_index must be in 0..{logits.shape[0] - 1}")
+            index = int(mask_index)
+        return index, scores, logits, np.asarray(file_scores).reshape(-1)
+
     def predict(
         self,
         points=None,
@@ -525,26 +575,8 @@ class Predictor:
         emb = embedding if embedding is not None else self.embedding
         if emb is None:
             raise InvalidInputError("no image: call set_image() first or pass an embedding")
-        coords, labs, has_box = prepare_prompts(
-            emb.original_size, points, labels, box, emb.resized_size
-        )
-        part = emb.decoder_part
-        if part is not None and part.variant == getattr(self.model, "decoder_part_key", None):
-            file_scores, masks = self.model.decode(emb.features, coords, labs,
-                                                   image_part=part.tensors)
-        else:
-            file_scores, masks = self.model.decode(emb.features, coords, labs)
-        logits = masks[0]
-        if not np.isfinite(logits).all():
-            raise ModelError("the decoder returned values that are not numbers (NaN or "
-                             "infinite): its file is broken or not an EdgeSAM decoder")
-        scores = stability_scores(logits)
-        if mask_index is None:
-            index = choose_mask(scores, has_box)
-        else:
-            if not 0 <= mask_index < logits.shape[0]:
-                raise InvalidInputError(f"mask_index must be in 0..{logits.shape[0] - 1}")
-            index = int(mask_index)
+        index, scores, logits, file_scores = self.decode_low_res(
+            emb, points, labels, box, mask_index=mask_index)
         chosen = logits[index]
         mask = upsampler(emb.original_size).mask(chosen)
         return Prediction(
@@ -553,5 +585,5 @@ class Predictor:
             mask_index=index,
             low_res_logits=chosen,
             scores=scores,
-            file_scores=np.asarray(file_scores).reshape(-1),
+            file_scores=file_scores,
         )

@@ -25,8 +25,6 @@ import functools
 import numpy as np
 
 from ...engine import contract
-from ...engine.errors import ModelError
-from ...engine.predictor import choose_mask, prepare_prompts, stability_scores
 from ...engine.contract import MASK_THRESHOLD
 from ...engine.transforms import bilinear_matrix, upsampler
 
@@ -189,19 +187,6 @@ def decode_low_res(predictor, embedding, points, labels) -> LowResMask:
     -------
     LowResMask
     """
-    coords, labs, has_box = prepare_prompts(embedding.original_size, points, labels, None,
-                                            embedding.resized_size)
-    model = predictor.model
-    part = embedding.decoder_part
-    if part is not None and part.variant == getattr(model, "decoder_part_key", None):
-        _, masks = model.decode(embedding.features, coords, labs, image_part=part.tensors)
-    else:
-        _, masks = model.decode(embedding.features, coords, labs)
-    logits = masks[0]
-    if not np.isfinite(logits).all():
-        raise ModelError("the decoder returned values that are not numbers (NaN or "
-                         "infinite): its file is broken or not an EdgeSAM decoder")
-    scores = stability_scores(logits)
-    index = choose_mask(scores, has_box)
+    index, scores, logits, _ = predictor.decode_low_res(embedding, points, labels)
     return LowResMask(logits[index], embedding.original_size, embedding.resized_size,
                       scores[index])
