@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_automatic import make_scene_2d
 
-from napari_edgesam.engine.transforms import resized_shape, upsampler
+from napari_edgesam.engine.transforms import upsampler
 from napari_edgesam.workflows.automatic import AutoParams, segment_slice
 from napari_edgesam.workflows.automatic import driver as driver_module
 from napari_edgesam.workflows.automatic import lowres
@@ -38,11 +38,10 @@ def test_low_res_mask_equals_the_upsampled_mask(size):
     """window() is the full-frame mask inside the box, every positive lies in the box, and
     values_at() equals the mask pixel by pixel: bit for bit what MaskUpsampler.mask gives."""
     rng = np.random.default_rng(sum(size))
-    resized = resized_shape(*size)
     for kind in ("empty", "blob", "blob", "blob", "edge", "large"):
         low = _logits(kind, rng)
         full = upsampler(size).mask(low)
-        lr = LowResMask(low, size, resized, 0.9)
+        lr = LowResMask(low, size, 0.9)
         crop, r0, c0 = lr.window()
         r1, c1 = r0 + crop.shape[0], c0 + crop.shape[1]
         assert np.array_equal(crop, full[r0:r1, c0:c1]), kind
@@ -60,7 +59,7 @@ def test_low_res_mask_equals_the_upsampled_mask(size):
             pick = rng.integers(0, len(pr), 100)
             rows = np.concatenate([rows, pr[pick], np.clip(pr[pick] + 2, 0, size[0] - 1)])
             cols = np.concatenate([cols, pc[pick], np.clip(pc[pick] - 2, 0, size[1] - 1)])
-        fresh = LowResMask(low, size, resized, 0.9)
+        fresh = LowResMask(low, size, 0.9)
         assert np.array_equal(fresh.values_at(rows, cols), full[rows, cols]), kind
         assert not fresh.upsampled
         assert np.array_equal(lr.values_at(rows, cols), full[rows, cols]), kind

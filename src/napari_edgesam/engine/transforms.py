@@ -304,6 +304,30 @@ class MaskUpsampler:
         idx = np.minimum(a[:, None] + np.arange(span)[None, :], b[:, None])
         return edges, idx
 
+    def box(self, low_res: np.ndarray, threshold: float = MASK_THRESHOLD):
+        """Where the upsampled mask can be positive: the output pixels whose low-res support
+        meets a low-res logit above ``threshold``.
+
+        Parameters
+        ----------
+        low_res : ndarray of float32, shape (256, 256)
+        threshold : float
+
+        Returns
+        -------
+        (int, int, int, int) or None
+            ``(row0, col0, row1, col1)``, half-open, original pixels; None when no pixel
+            can be positive.
+        """
+        pos = np.asarray(low_res) > threshold
+        rows_any = np.nonzero(pos.any(axis=1))[0]
+        if rows_any.size == 0:
+            return None
+        cols_any = np.nonzero(pos.any(axis=0))[0]
+        r0, r1 = self._range(self._rows[2], int(rows_any[0]), int(rows_any[-1]))
+        c0, c1 = self._range(self._cols[2], int(cols_any[0]), int(cols_any[-1]))
+        return (r0, c0, r1, c1) if r1 > r0 and c1 > c0 else None
+
     def mask(self, low_res: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
         """Boolean mask ``upsampled_logits > threshold`` in the original frame.
 
@@ -332,15 +356,10 @@ class MaskUpsampler:
         h, w = self.original_size
         out = np.zeros((h, w), dtype=bool)
         low = np.asarray(low_res, dtype=np.float32)
-        pos = low > threshold
-        rows_any = np.nonzero(pos.any(axis=1))[0]
-        if rows_any.size == 0:
+        box = self.box(low, threshold)
+        if box is None:
             return out
-        cols_any = np.nonzero(pos.any(axis=0))[0]
-        r0, r1 = self._range(self._rows[2], int(rows_any[0]), int(rows_any[-1]))
-        c0, c1 = self._range(self._cols[2], int(cols_any[0]), int(cols_any[-1]))
-        if r1 <= r0 or c1 <= c0:
-            return out
+        r0, c0, r1, c1 = box
         if (r1 - r0) * (c1 - c0) <= self.DIRECT_PIXELS:
             out[r0:r1, c0:c1] = self._window(low, r0, r1, c0, c1) > threshold
             return out

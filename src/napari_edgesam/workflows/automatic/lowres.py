@@ -9,7 +9,7 @@ mask and offers what the filters of :mod:`.prompting` ask for:
 - :meth:`LowResMask.values_at`, the full-resolution mask at a few pixels (seeds), computed
   pixel by pixel;
 - :meth:`LowResMask.window`, the full-resolution mask inside a box that contains every pixel
-  that can be positive (the low-res positives' support, see :func:`axis_support`).
+  that can be positive (the low-res positives' support, :meth:`MaskUpsampler.box`).
 
 Every value is bit-identical to :meth:`~napari_edgesam.engine.transforms.MaskUpsampler.mask`
 of the same logits (the same float32 operations through the upsampler's public
@@ -20,50 +20,12 @@ interface. Frames: masks ``(row, col)``, slice pixels.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from ...engine import contract
 from ...engine.contract import MASK_THRESHOLD
-from ...engine.transforms import bilinear_matrix, upsampler
+from ...engine.transforms import upsampler
 
-__all__ = ["FullMask", "LowResMask", "axis_support", "decode_low_res"]
-
-
-@functools.lru_cache(maxsize=16)
-def axis_support(original: int, resized: int) -> tuple[np.ndarray, np.ndarray]:
-    """Which low-res indices each original index of one axis draws on.
-
-    The contract's postprocessing along one axis is ``bilinear(256 -> 1024)``, crop to
-    ``resized``, ``bilinear(resized -> original)``: a convex combination of low-res logits.
-
-    Parameters
-    ----------
-    original : int
-        Length of the axis in pixels of the slice.
-    resized : int
-        Its length in the 1024 frame (``new_h`` or ``new_w``).
-
-    Returns
-    -------
-    first, last : ndarray of int, shape (original,)
-        Smallest and largest low-res index (0..255) with a non-zero weight; both
-        non-decreasing along the axis.
-    """
-    up = bilinear_matrix(contract.LOW_RES_SIZE, contract.IMAGE_SIZE)[:resized]
-    dense = bilinear_matrix(resized, original) @ up  # (original, 256), non-negative
-    nz = dense > 0
-    first = nz.argmax(axis=1)
-    last = nz.shape[1] - 1 - nz[:, ::-1].argmax(axis=1)
-    return first, last
-
-
-def _output_range(first: np.ndarray, last: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
-    """Half-open range of output indices whose support meets low-res ``[lo, hi]``."""
-    start = int(np.searchsorted(last, lo, side="left"))
-    stop = int(np.searchsorted(first, hi, side="right"))
-    return start, max(start, stop)
+__all__ = ["FullMask", "LowResMask", "decode_low_res"]
 
 
 class FullMask:
@@ -107,32 +69,19 @@ class LowResMask:
     low_res : ndarray of float32, shape (256, 256)
         Logits of the chosen mask in the low-res frame.
     original_size : (int, int)
-        ``(H, W)`` of the slice.
-    resized_size : (int, int)
-        ``(new_h, new_w)`` in the 1024 frame.
+        ``(H, W)`` of the slice (its 1024-frame size follows from it, as in the contract).
     score : float
         Stability score of the chosen mask.
     """
 
-    def __init__(self, low_res: np.ndarray, original_size: tuple[int, int],
-                 resized_size: tuple[int, int], score: float):
+    def __init__(self, low_res: np.ndarray, original_size: tuple[int, int], score: float):
         self.low_res = np.asarray(low_res, dtype=np.float32)
         self.score = float(score)
         h, w = (int(v) for v in original_size)
         self.frame = (0, 0, h, w)
         self._up = upsampler((h, w))
         self._crop: tuple[np.ndarray, int, int] | None = None
-        pos = self.low_res > MASK_THRESHOLD
-        rows_any = np.nonzero(pos.any(axis=1))[0]
-        if rows_any.size == 0:
-            self.box = (0, 0, 0, 0)
-            return
-        cols_any = np.nonzero(pos.any(axis=0))[0]
-        r0, r1 = _output_range(*axis_support(h, int(resized_size[0])),
-                               int(rows_any[0]), int(rows_any[-1]))
-        c0, c1 = _output_range(*axis_support(w, int(resized_size[1])),
-                               int(cols_any[0]), int(cols_any[-1]))
-        self.box = (r0, c0, r1, c1) if r1 > r0 and c1 > c0 else (0, 0, 0, 0)
+        self.box = self._up.box(self.low_res) or (0, 0, 0, 0)
 
     @property
     def upsampled(self) -> bool:
@@ -188,5 +137,4 @@ def decode_low_res(predictor, embedding, points, labels) -> LowResMask:
     LowResMask
     """
     index, scores, logits, _ = predictor.decode_low_res(embedding, points, labels)
-    return LowResMask(logits[index], embedding.original_size, embedding.resized_size,
-                      scores[index])
+    return LowResMask(logits[index], embedding.original_size, scores[index])
