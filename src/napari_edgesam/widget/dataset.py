@@ -191,7 +191,7 @@ class FolderAnnotation:
         if not labels.any() and not self.dataset.is_done(self.index):
             return None  # nothing annotated: no empty file
         path = self.dataset.labels_path(self.index)
-        log = s.prompt_log(layer)
+        log, indices = s.prompt_recorder.candidates(layer)  # checked in the worker
         self._saving[path] = (labels, log)
 
         def saved(_out, p=path):
@@ -204,7 +204,7 @@ class FolderAnnotation:
                                        "again): ")
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        return s.start_worker(save_labels_job, path, labels, log, returned=saved,
+        return s.start_worker(save_labels_job, path, labels, log, indices, returned=saved,
                               errored=failed, desc=f"EdgeSAM: saving {path.name}")
 
     def _on_finished(self):

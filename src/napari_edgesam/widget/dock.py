@@ -480,14 +480,14 @@ class EdgeSamWidget(QWidget):
                                                   "TIFF files (*.tif *.tiff)")
             if not path:
                 return None
-        log = self.session.prompt_log(layer)
+        log, indices = self.session.prompt_recorder.candidates(layer)
         labels = np.array(layer.data[0] if layer.multiscale else layer.data)  # a snapshot
         self.set_status(f"Saving '{layer.name}'...")
         return self.start_worker(
-            save_labels_job, path, labels, log, desc="EdgeSAM: saving labels",
+            save_labels_job, path, labels, log, indices, desc="EdgeSAM: saving labels",
             returned=lambda out: self.set_status(
                 f"Saved {Path(out[0]).name} and {Path(out[1]).name} "
-                f"({len(log.objects)} object(s) with their prompts)."))
+                f"({out[2]} object(s) with their prompts)."))
 
     def next_image(self):
         """Save this image's labels and open the next image of the folder (Shift+N)."""

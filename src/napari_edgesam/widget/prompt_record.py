@@ -23,7 +23,7 @@ from napari_edgesam.workflows.prompt_log import (
     log_path_for,
 )
 
-__all__ = ["PromptRecorder", "save_labels_and_log"]
+__all__ = ["PromptRecorder", "present", "save_labels_and_log"]
 
 
 class PromptRecorder:
@@ -74,6 +74,21 @@ class PromptRecorder:
             gone = {int(v) for v in labels}
             entries["objects"] = [e for e in entries["objects"] if e[0].label not in gone]
 
+    def candidates(self, layer) -> tuple[PromptLog, list]:
+        """The latest entry of each label committed into ``layer``, unchecked (cheap: no
+        pixel is read), and each one's slice index in the layer; :func:`present` keeps
+        those whose label is still there (in a worker, on a snapshot)."""
+        entries = self._entries.get(layer)
+        if entries is None:
+            return PromptLog(), []
+        last: dict[int, int] = {}
+        for i, (obj, _) in enumerate(entries["objects"]):
+            last[obj.label] = i
+        chosen = [e for i, e in enumerate(entries["objects"]) if last[e[0].label] == i]
+        return (PromptLog(model=entries["model"], image=dict(entries["image"]),
+                          objects=[obj for obj, _ in chosen]),
+                [index for _, index in chosen])
+
     def log(self, layer) -> PromptLog:
         """The log of ``layer`` as it stands: entries whose label is on its slice.
 
@@ -82,20 +97,24 @@ class PromptRecorder:
         PromptLog
             Empty (no model) when nothing was committed into ``layer`` from clicks.
         """
-        entries = self._entries.get(layer)
-        if entries is None:
-            return PromptLog()
-        last: dict[int, int] = {}
-        for i, (obj, _) in enumerate(entries["objects"]):
-            last[obj.label] = i
-        kept = []
-        for i, (obj, index) in enumerate(entries["objects"]):
-            if last[obj.label] != i:
-                continue
-            plane = np.asarray(layer.data[index] if index else layer.data)
-            if np.any(plane == obj.label):
-                kept.append(obj)
-        return PromptLog(model=entries["model"], image=dict(entries["image"]), objects=kept)
+        log, indices = self.candidates(layer)
+        return present(log, indices, layer.data)
+
+
+def present(log: PromptLog, indices, labels) -> PromptLog:
+    """``log`` without the objects whose label is no longer on their slice of ``labels``.
+
+    Parameters
+    ----------
+    log : PromptLog
+    indices : list of tuple of int
+        Each object's slice index in ``labels`` (:meth:`PromptRecorder.candidates`).
+    labels : array-like of int, shape (*lead, H, W)
+        The Labels layer's data, or a snapshot of it.
+    """
+    kept = [obj for obj, index in zip(log.objects, indices, strict=True)
+            if np.any(np.asarray(labels[index] if index else labels) == obj.label)]
+    return PromptLog(model=log.model, image=dict(log.image), objects=kept)
 
 
 def save_labels_and_log(path, labels: np.ndarray, log: PromptLog) -> tuple[Path, Path]:

@@ -559,12 +559,15 @@ def propagation_steps_job(run, z: int, seed, oid, previous_crops):
 # ---------------------------------------------------------------------------------------
 # Labels layers
 # ---------------------------------------------------------------------------------------
-def save_labels_job(path, labels, log):
+def save_labels_job(path, labels, log, indices):
     """Write a label image and its prompt log beside it (see
-    :func:`~.prompt_record.save_labels_and_log`); returns ``(labels_path, log_path)``."""
-    from .prompt_record import save_labels_and_log
+    :func:`~.prompt_record.save_labels_and_log`), keeping only the log's objects still in
+    ``labels`` (:func:`~.prompt_record.present`: read here, not on the GUI thread);
+    returns ``(labels_path, log_path, objects_logged)``."""
+    from .prompt_record import present, save_labels_and_log
 
-    return save_labels_and_log(path, labels, log)
+    log = present(log, indices, labels)
+    return (*save_labels_and_log(path, labels, log), len(log.objects))
 
 
 def max_label_job(data, token=None) -> int:
