@@ -167,10 +167,19 @@ class SegmentAll:
             s.set_status("Segment all found no object (try another object size).")
             return
         layer = s.ensure_labels_layer()
-        first = s.target.label_ids.next_id(layer)
-        if first is None:
-            s.set_status("Segment all: the Labels layer is still being scanned for its "
-                         "largest id; run it again in a moment.")
+        if s.target.label_ids.next_id(layer) is None:
+            s.set_status(f"Segment all: {n} object(s) found; waiting for the largest id of "
+                         f"'{layer.name}' (a large layer is being scanned)...")
+        # at once when the layer's next free id is known, else when its scan ends
+        s.target.label_ids.when_known(
+            layer, lambda first: self._write(job, labels, layer, n, int(first)))
+
+    def _write(self, job, labels, layer, n: int, first: int) -> None:
+        """Paint the objects into ``layer`` with ids ``first..first + n - 1``."""
+        s = self.session
+        if layer not in s.viewer.layers or s.image_layer is not job["image"]:
+            s.set_status("Segment all: the image or its Labels layer went away; nothing was "
+                         "written.")
             return
         edits = [(job["geometry"].labels_index(lead), plane)
                  for lead, plane in zip(job["leads"], labels, strict=True)]
