@@ -7,6 +7,7 @@ faster is measured by ``benchmarks/bench_threads.py``, never asserted here.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -137,3 +138,22 @@ def test_global_pools_in_a_process_of_their_own():
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_batch_workers_use_the_models_thread_policy():
+    """A batch run's worker builds its sessions with the panel model's thread policy (the
+    spec carried only paths and threads before, so workers fell back to the settings)."""
+    from conftest import TEST_DECODER, TEST_ENCODER
+
+    from napari_edgesam.engine import EdgeSamModel
+    from napari_edgesam.workflows.batch.model import ModelSpec, predictor_for
+
+    model = EdgeSamModel(TEST_ENCODER, TEST_DECODER, name="test double", num_threads=1,
+                         thread_policy="no-spin")
+    spec = ModelSpec.from_model(model)
+    assert spec.thread_policy == "no-spin"
+    assert spec.with_threads(2).thread_policy == "no-spin"
+    pred = predictor_for(spec.with_threads(1))
+    assert pred.model.thread_policy == "no-spin"
+    other = predictor_for(dataclasses.replace(spec.with_threads(1), thread_policy="spin"))
+    assert other is not pred and other.model.thread_policy == "spin"

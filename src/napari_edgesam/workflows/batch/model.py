@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,9 @@ class ModelSpec:
     num_threads : int or None
         onnxruntime threads per worker process; default: the cores of the worker divided by
         its concurrent tasks.
+    thread_policy : str or None
+        The sessions' thread-pool policy (a name of
+        :data:`napari_edgesam.engine.session.THREAD_POLICIES`); None: the worker's settings.
     """
 
     encoder: str
@@ -41,6 +45,7 @@ class ModelSpec:
     decoder_sha256: str = ""
     providers: str | None = None
     num_threads: int | None = None
+    thread_policy: str | None = None
 
     @classmethod
     def from_model(cls, model, *, num_threads: int | None = None) -> ModelSpec:
@@ -66,12 +71,12 @@ class ModelSpec:
             encoder_sha256=model.identity, decoder_sha256=file_sha256(dec),
             providers=providers,
             num_threads=num_threads if num_threads is not None else model.num_threads,
+            thread_policy=getattr(model, "thread_policy", None),
         )
 
     def with_threads(self, num_threads: int | None) -> ModelSpec:
         """A copy with another thread count."""
-        return ModelSpec(self.encoder, self.decoder, self.name, self.encoder_sha256,
-                         self.decoder_sha256, self.providers, num_threads)
+        return dataclasses.replace(self, num_threads=num_threads)
 
     def to_dict(self) -> dict:
         """For the sidecar (file names, not the machine-specific folders)."""
@@ -108,11 +113,12 @@ def predictor_for(spec: ModelSpec):
     """This process's :class:`Predictor` for a model, created on first use and kept.
 
     The onnxruntime sessions are created here, in the process that uses them (a dask
-    worker), never pickled. Keyed by the model's paths, providers and threads.
+    worker), never pickled. Keyed by the model's paths, providers, threads and thread
+    policy.
     """
     from ...engine import EdgeSamModel, Predictor
 
-    key = (spec.encoder, spec.decoder, spec.providers, spec.num_threads)
+    key = (spec.encoder, spec.decoder, spec.providers, spec.num_threads, spec.thread_policy)
     with _PREDICTORS_LOCK:
         pred = _PREDICTORS.get(key)
         if pred is None:
@@ -120,7 +126,8 @@ def predictor_for(spec: ModelSpec):
                                      ("decoder", spec.decoder_sha256)) if v}
             model = EdgeSamModel(spec.encoder, spec.decoder, name=spec.name,
                                  providers=spec.providers,
-                                 num_threads=spec.num_threads or _worker_threads(), sha256=sha)
+                                 num_threads=spec.num_threads or _worker_threads(), sha256=sha,
+                                 thread_policy=spec.thread_policy)
             model.load()
             pred = _PREDICTORS[key] = Predictor(model, cache=None)
     return pred
