@@ -16,7 +16,8 @@ Where the plugin differs from EdgeSAM's reference ONNX predictor it is the more 
 With a split decoder (an optimised variant, see :mod:`.optimize`) the prompt-independent
 *image part* of the decoder runs in :meth:`Predictor.embed`, right after the encoder (or the
 cache hit), and travels with the :class:`Embedding` as its :class:`DecoderPart`: the first
-click on a slice then costs what later clicks cost.
+click on a slice then costs what later clicks cost. :meth:`Predictor.decode_low_res_batch`
+decodes many prompt sets per run with the prompt-batched decoder (``decoder-batch``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import contract
-from .errors import InvalidInputError, ModelError
+from .errors import InvalidInputError
 from .intensity import IntensityMapping, as_model_image, mapping_for, validate_image
+from .mask_choice import choose_mask, low_res_choice, stability_scores
 from .session import EdgeSamModel
 from .transforms import coords_to_model, preprocess, resized_shape, upsampler
 
@@ -169,39 +171,6 @@ class Prediction:
     def area(self) -> int:
         """Number of mask pixels."""
         return int(np.count_nonzero(self.mask))
-
-
-def stability_scores(logits: np.ndarray, offset: float = contract.STABILITY_OFFSET) -> np.ndarray:
-    """Stability score per mask: ``count(logit > +offset) / count(logit > -offset)``.
-
-    Parameters
-    ----------
-    logits : ndarray, shape (K, h, w)
-        Mask logits (the decoder's 256 x 256 low-res logits, as the published export uses).
-
-    Returns
-    -------
-    ndarray of float32, shape (K,)
-        NaN where the denominator is 0 (no logit above ``-offset``).
-    """
-    logits = np.asarray(logits)
-    flat = logits.reshape(logits.shape[0], -1)
-    num = np.count_nonzero(flat > offset, axis=1).astype(np.float64)
-    den = np.count_nonzero(flat > -offset, axis=1).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (num / den).astype(np.float32)
-
-
-def choose_mask(scores: np.ndarray, has_box: bool) -> int:
-    """Index of the mask to use, as EdgeSAM's authors' demo does.
-
-    A box (with or without clicks) uses mask 0 (the single-output token); clicks alone use
-    the best stability score, NaN-safely (NaN never wins; all NaN gives 0).
-    """
-    if has_box:
-        return 0
-    s = np.where(np.isnan(scores), -np.inf, scores)
-    return int(np.argmax(s))
 
 
 def _check_point(x: float, y: float, size: tuple[int, int], what: str) -> None:
@@ -528,18 +497,48 @@ class Predictor:
                                                    image_part=part.tensors)
         else:
             file_scores, masks = self.model.decode(emb.features, coords, labs)
-        logits = masks[0]
-        if not np.isfinite(logits).all():
-            raise ModelError("the decoder returned values that are not numbers (NaN or "
-                             "infinite): its file is broken or not an EdgeSAM decoder")
-        scores = stability_scores(logits)
-        if mask_index is None:
-            index = choose_mask(scores, has_box)
-        else:
-            if not 0 <= mask_index < logits.shape[0]:
-                raise InvalidInputError(f"mask_index must be in 0..{logits.shape[0] - 1}")
-            index = int(mask_index)
-        return index, scores, logits, np.asarray(file_scores).reshape(-1)
+        return low_res_choice(masks[0], file_scores, has_box, mask_index)
+
+    def decode_low_res_batch(self, emb: Embedding, prompts, *, batch_decoder=None,
+                             batch_size: int = 16) -> list:
+        """:meth:`decode_low_res` for many prompt sets on one embedding, batched.
+
+        Parameters
+        ----------
+        emb : Embedding
+        prompts : sequence of dict
+            Keyword arguments of :meth:`decode_low_res` (``points``, ``labels``, ``box``,
+            ``mask_index``), original pixels, ``(x, y)``.
+        batch_decoder : BatchDecoder, optional
+            The checked ``decoder-batch`` variant
+            (:func:`~.optimize.prompt_batch_runtime.batch_decoder_for`): prompt sets of one
+            length (after the contract's padding point) run together, ``batch_size`` per
+            ``session.run``, never padded further (a -1 point is a token the model attends
+            to). None: one :meth:`decode_low_res` per prompt set.
+
+        Returns
+        -------
+        list of tuple
+            One :meth:`decode_low_res` result per prompt set, in order.
+        """
+        if batch_decoder is None:
+            return [self.decode_low_res(emb, **p) for p in prompts]
+        prep = [prepare_prompts(emb.original_size, p.get("points"), p.get("labels"),
+                                p.get("box"), emb.resized_size) for p in prompts]
+        groups: dict[int, list[int]] = {}
+        for k, (coords, _, _) in enumerate(prep):
+            groups.setdefault(coords.shape[1], []).append(k)
+        out: list = [None] * len(prep)
+        for ks in groups.values():
+            for start in range(0, len(ks), max(1, int(batch_size))):
+                chunk = ks[start:start + max(1, int(batch_size))]
+                file_scores, masks = batch_decoder.decode(
+                    emb.features, np.concatenate([prep[k][0] for k in chunk]),
+                    np.concatenate([prep[k][1] for k in chunk]))
+                for row, k in enumerate(chunk):
+                    out[k] = low_res_choice(masks[row], file_scores[row], prep[k][2],
+                                            prompts[k].get("mask_index"))
+        return out
 
     def predict(
         self,

@@ -23,6 +23,13 @@ Variants (see :data:`VARIANTS`):
     identity, summed; BatchNorms left on them folded too) becomes one 3x3 depthwise
     convolution. The build reports how many it folded (23 on EdgeSAM's architecture); a
     graph with nothing to fold gives no variant (``skipped``, "0 folds").
+``decoder-batch`` (not built by default: ``variants=["decoder-batch"]``)
+    The float32 decoder rewritten to take a batch of prompt sets of one length in one
+    ``session.run`` (:mod:`.prompt_batch`); the image side stays batch 1 and broadcasts.
+    Used beside the decoder variant by batch work (automatic segmentation's seeds, through
+    :func:`batch_decoder_for`), checked against one-by-one runs of the original decoder
+    (:func:`check_batch_agreement`). A decoder graph it does not recognise gives no variant
+    (``skipped``, naming the node and why).
 ``encoder-int8``
     The folded encoder, then static int8 QDQ quantisation calibrated on the user's own slices, fed
     through the engine's own preprocessing (``quantize_static`` with a
@@ -53,11 +60,13 @@ Package layout (one concept per module; the package re-exports their public name
     rewrites         the exact graph rewrites (upscaling, counts, pooling, GELU fusion)
     decoder_split    splitting a decoder into image and prompt parts, and merging them
     reparam          folding parallel depthwise branches (encoder-fold)
+    prompt_batch     the prompt-batch rewrite (decoder-batch)
     variants         the variant kinds (VARIANTS) and their builders
     agreement        the agreement check (prompt sampling, mask IoU)
     records          the store on disk: folders, JSON records, VariantResult
     runtime          what the predictor loads (OptimizedEdgeSamModel, load_optimized, ...)
     orchestration    optimize_model: build, check, record, report
+    prompt_batch_runtime  BatchDecoder, batch_decoder_for: running decoder-batch
 
 Examples
 --------
@@ -70,8 +79,10 @@ Examples
 from __future__ import annotations
 
 from ..errors import OptimizationUnavailableError
-from .agreement import Agreement, Thresholds, check_agreement
+from .agreement import Agreement, Thresholds, check_agreement, check_batch_agreement
 from .orchestration import OptimizationReport, optimize_model
+from .prompt_batch import PromptBatchSummary, PromptBatchUnavailable, batch_prompts
+from .prompt_batch_runtime import BatchDecoder, batch_decoder_for
 from .records import VariantResult, find_variants
 from .runtime import (
     OptimizedEdgeSamModel,
@@ -104,6 +115,12 @@ __all__ = [
     "DEFAULT_VARIANTS",
     "VARIANTS",
     "Agreement",
+    "BatchDecoder",
+    "PromptBatchSummary",
+    "PromptBatchUnavailable",
+    "batch_decoder_for",
+    "batch_prompts",
+    "check_batch_agreement",
     "OptimizationReport",
     "OptimizationUnavailableError",
     "OptimizedEdgeSamModel",

@@ -2,7 +2,9 @@
 float32 original, and the IoU of their masks.
 
 :func:`sample_prompts` draws the clicks and boxes (original pixels, (x, y)),
-:func:`check_agreement` compares the final boolean masks in the original frame, and
+:func:`check_agreement` compares the final boolean masks in the original frame,
+:func:`check_batch_agreement` does the same for the prompt-batched decoder against one-by-one
+runs of the original, and
 :class:`Thresholds`/:class:`Agreement` say when a variant counts as agreeing.
 """
 
@@ -193,6 +195,85 @@ def check_agreement(reference: EdgeSamModel, candidate: EdgeSamModel, images, *,
             done += 1
             if progress is not None:
                 progress("checking agreement", done, total)
+    if not ious:
+        raise ModelError("agreement check without prompts: give at least one image")
+    mean, low = float(np.mean(ious)), float(np.min(ious))
+    return Agreement(
+        mean_iou=mean, min_iou=low, same_choice=float(np.mean(same)), n_prompts=len(ious),
+        n_images=len(ref.images),
+        passed=bool(mean >= thresholds.mean_iou and low >= thresholds.min_iou),
+        thresholds=asdict(thresholds),
+    )
+
+
+def _mixed_prompts(prompts: list[dict]) -> list[dict]:
+    """Prompt sets of other lengths made from the sampled ones, so that a batched check sees
+    several lengths: a click with the next click as a negative (3 points with the padding
+    point), and a box with a click (3 points)."""
+    clicks = [p["points"][0] for p in prompts if "points" in p]
+    boxes = [p["box"] for p in prompts if "box" in p]
+    out = [{"points": [a, b], "labels": [1, 0]} for a, b in zip(clicks, clicks[1:])]
+    for x0, y0, x1, y1 in boxes:
+        out.append({"points": [((x0 + x1) / 2, (y0 + y1) / 2)], "labels": [1],
+                    "box": (x0, y0, x1, y1)})
+    return out
+
+
+def check_batch_agreement(batch_decoder, images, *, reference: EdgeSamModel | None = None,
+                          mapping=None, n_clicks: int = 8, n_boxes: int = 4, seed: int = 0,
+                          thresholds: Thresholds | None = None, batch_size: int = 16,
+                          progress=None, _ref: _Reference | None = None) -> Agreement:
+    """Compare a prompt-batched decoder with one-by-one runs of the reference's decoder.
+
+    On each image the reference embeds the slice; the sampled prompts (:func:`sample_prompts`)
+    and prompt sets of other lengths made from them (a click and a negative click, a box and
+    its centre) are decoded by the reference one prompt set per run (:meth:`Predictor.predict`)
+    and by ``batch_decoder`` in batches (:meth:`Predictor.decode_low_res_batch`, prompt sets
+    of one length together). IoU is computed on the final boolean masks in the original
+    frame, the batched mask taken at the index the reference chose.
+
+    Parameters
+    ----------
+    batch_decoder : BatchDecoder
+        See :mod:`.prompt_batch_runtime`.
+    images : sequence of ndarray, each (H, W), (H, W, 3) or (H, W, 4)
+    reference : EdgeSamModel, optional
+        The float32 original (needed unless ``_ref`` is given).
+    mapping, n_clicks, n_boxes, seed, thresholds, progress
+        As for :func:`check_agreement`.
+    batch_size : int
+        Prompt sets per batched run.
+
+    Returns
+    -------
+    Agreement
+    """
+    from ..transforms import upsampler
+
+    thresholds = thresholds or Thresholds()
+    if _ref is None:
+        if reference is None:
+            raise ModelError("check_batch_agreement needs the reference model")
+        _ref = _Reference(reference, list(images), mapping, n_clicks, n_boxes, seed)
+    ref = _ref
+    ious, same = [], []
+    for i in range(len(ref.images)):
+        emb = ref.embedding(i)
+        extra = _mixed_prompts(ref.prompts[i])
+        prompts = list(ref.prompts[i]) + extra
+        got = ref.predictor.decode_low_res_batch(emb, prompts, batch_decoder=batch_decoder,
+                                                 batch_size=batch_size)
+        for j, (own, _, logits, _) in enumerate(got):
+            if j < len(ref.prompts[i]):
+                ref_mask, ref_index = ref.mask(i, j)
+            else:
+                r = ref.predictor.predict(embedding=emb, **prompts[j])
+                ref_mask, ref_index = r.mask, r.mask_index
+            mask = upsampler(emb.original_size).mask(logits[ref_index])
+            ious.append(mask_iou(mask, ref_mask, empty=1.0))
+            same.append(own == ref_index)
+        if progress is not None:
+            progress("checking the batched decoder", i + 1, len(ref.images))
     if not ious:
         raise ModelError("agreement check without prompts: give at least one image")
     mean, low = float(np.mean(ious)), float(np.min(ious))

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import CancelledError, ModelError, OptimizationUnavailableError
 from ..session import EdgeSamModel
-from .agreement import Agreement, Thresholds, _Reference, check_agreement
+from .agreement import Agreement, Thresholds, _Reference, check_agreement, check_batch_agreement
 from .decoder_split import _split_files
 from .dependencies import _import_onnx, _ort_version
 from .records import (
@@ -209,6 +209,7 @@ def optimize_model(
     # the encoder and decoder variant load_optimized would pick
     enabled.sort(key=lambda r: PREFERENCE.index(r.kind) if r.kind in PREFERENCE
                  else len(PREFERENCE))
+    enabled = [r for r in enabled if r.role in ("encoder", "decoder")]
     if check and {r.role for r in enabled} == {"encoder", "decoder"}:
         try:
             both = _model_with(source, enabled)
@@ -261,38 +262,11 @@ def _build_and_check(source: EdgeSamModel, spec: Variant, get_ref, calibration, 
     files = _file_list(folder, kind)
     result = VariantResult(kind, role, "unchecked", "built; not checked", folder=folder,
                            files=files, details=details)
-    # the variant must load and honour the contract
-    candidate = _model_with(source, [result])
-    candidate.load()
-    if check:
-        ref = get_ref()
-        say(f"checking {kind} against the original")
-        ag = check_agreement(source, candidate, ref.images, thresholds=thresholds,
-                             _ref=ref, progress=progress)
-        if files.get("image"):
-            # The one-file variant (used by other processes, e.g. batch workers) is the same
-            # graph, but onnxruntime fuses across the split differently, and with int8 the
-            # tiny float differences can flip quantisation steps: check it too.
-            say(f"checking the one-file {kind} against the original")
-            one = check_agreement(source, _model_with(source, [result], use_split=False),
-                                  ref.images, thresholds=thresholds, _ref=ref,
-                                  progress=progress)
-            details["agreement_split"] = asdict(ag)
-            details["agreement_one_file"] = asdict(one)
-            ag = Agreement(
-                mean_iou=min(ag.mean_iou, one.mean_iou), min_iou=min(ag.min_iou, one.min_iou),
-                same_choice=min(ag.same_choice, one.same_choice), n_prompts=ag.n_prompts,
-                n_images=ag.n_images, passed=ag.passed and one.passed,
-                thresholds=ag.thresholds)
-        result.agreement = ag
-        if ag.passed:
-            result.status, result.reason = "enabled", f"agrees with the original: {ag.describe()}"
-        else:
-            result.status = "refused"
-            result.reason = (
-                f"does not agree closely enough with the original ({ag.describe()}; needs "
-                f"mean >= {thresholds.mean_iou}, min >= {thresholds.min_iou}); the original "
-                "is used")
+    if role == "prompt-batch":
+        _check_prompt_batch(source, result, get_ref, check, thresholds, say, progress)
+    else:
+        _check_variant(source, result, files, details, get_ref, check, thresholds, say,
+                       progress)
     from ..models import file_sha256
 
     rec = {
@@ -325,3 +299,62 @@ def _package_version() -> str:
         return __version__
     except Exception:  # noqa: BLE001
         return "?"
+
+
+def _check_variant(source, result: VariantResult, files, details, get_ref, check, thresholds,
+                   say, progress) -> None:
+    """Load an encoder or decoder variant (it must honour the contract) and check it."""
+    kind = result.kind
+    # the variant must load and honour the contract
+    candidate = _model_with(source, [result])
+    candidate.load()
+    if check:
+        ref = get_ref()
+        say(f"checking {kind} against the original")
+        ag = check_agreement(source, candidate, ref.images, thresholds=thresholds,
+                             _ref=ref, progress=progress)
+        if files.get("image"):
+            # The one-file variant (used by other processes, e.g. batch workers) is the same
+            # graph, but onnxruntime fuses across the split differently, and with int8 the
+            # tiny float differences can flip quantisation steps: check it too.
+            say(f"checking the one-file {kind} against the original")
+            one = check_agreement(source, _model_with(source, [result], use_split=False),
+                                  ref.images, thresholds=thresholds, _ref=ref,
+                                  progress=progress)
+            details["agreement_split"] = asdict(ag)
+            details["agreement_one_file"] = asdict(one)
+            ag = Agreement(
+                mean_iou=min(ag.mean_iou, one.mean_iou), min_iou=min(ag.min_iou, one.min_iou),
+                same_choice=min(ag.same_choice, one.same_choice), n_prompts=ag.n_prompts,
+                n_images=ag.n_images, passed=ag.passed and one.passed,
+                thresholds=ag.thresholds)
+        result.agreement = ag
+        _verdict(result, ag, thresholds)
+
+
+def _check_prompt_batch(source, result: VariantResult, get_ref, check, thresholds, say,
+                        progress) -> None:
+    """Load the batched decoder and check it against one-by-one runs of the original."""
+    from .prompt_batch_runtime import BatchDecoder
+
+    bd = BatchDecoder(result.path("model"), source)
+    bd.session  # noqa: B018 - it must load
+    if not check:
+        return
+    ref = get_ref()
+    say(f"checking {result.kind} against the original, one prompt set per run")
+    ag = check_batch_agreement(bd, ref.images, thresholds=thresholds, _ref=ref,
+                               progress=progress)
+    result.agreement = ag
+    _verdict(result, ag, thresholds)
+
+
+def _verdict(result: VariantResult, ag: Agreement, thresholds: Thresholds) -> None:
+    if ag.passed:
+        result.status, result.reason = "enabled", f"agrees with the original: {ag.describe()}"
+    else:
+        result.status = "refused"
+        result.reason = (
+            f"does not agree closely enough with the original ({ag.describe()}; needs "
+            f"mean >= {thresholds.mean_iou}, min >= {thresholds.min_iou}); the original "
+            "is used")

@@ -11,6 +11,11 @@ on the folded graph). Both are built by default; int8 comes first in :data:`PREF
 (about twice as fast), so ``encoder-fold`` runs when int8 did not pass its check (or was
 not built). A graph with nothing to fold gives ``encoder-fold`` no file: the builder raises
 :class:`NotApplicable` ("0 folds ..."), reported as ``skipped`` with that reason.
+
+``decoder-batch`` (role ``prompt-batch``, not built by default) is the float32 decoder
+rewritten to take a batch of prompt sets (:mod:`.prompt_batch`); it is used beside the
+decoder variant by batch work (:mod:`.prompt_batch_runtime`), never in its place. A decoder
+graph the rewrite does not recognise gives no file (``skipped``, with the node and why).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..errors import ModelError
 from .decoder_split import merge_parts, split_decoder
 from .dependencies import _import_onnx, _import_quantization
 from .graph_matching import _remove_dead
+from .prompt_batch import PromptBatchUnavailable, batch_prompts
 from .reparam import fold_parallel_depthwise
 from .rewrites import (
     _ort_offline,
@@ -88,7 +94,7 @@ class Variant:
     ----------
     kind : str
         Name, used for files and records (``"decoder-int8"``).
-    role : {"encoder", "decoder"}
+    role : {"encoder", "decoder", "prompt-batch"}
     build : callable
         ``build(ctx: BuildContext) -> dict`` writes ``ctx.output`` and returns details for
         the record.
@@ -237,6 +243,22 @@ def _build_encoder_int8(ctx: BuildContext) -> dict:
     }
 
 
+def _build_prompt_batch(ctx: BuildContext) -> dict:
+    """The prompt-batched decoder (:func:`~.prompt_batch.batch_prompts`) of the float32
+    original; a graph that does not match gives no variant, with the reason
+    (``skipped``)."""
+    onnx = _import_onnx()
+    try:
+        model, summary = batch_prompts(onnx.load(str(ctx.source)))
+    except PromptBatchUnavailable as exc:
+        raise NotApplicable(str(exc)) from exc
+    text = summary.describe()
+    ctx.log(text)
+    onnx.save(model, str(ctx.output))
+    return {"rewrites": [text], "reshapes": summary.reshapes, "expanded": summary.expanded,
+            "batched_nodes": summary.batched_nodes, "shared_nodes": summary.shared_nodes}
+
+
 #: The built-in variants, by kind.
 VARIANTS: dict[str, Variant] = {
     "decoder-fast": Variant(
@@ -257,5 +279,12 @@ VARIANTS: dict[str, Variant] = {
         "encoder-int8", "encoder", _build_encoder_int8, split=False,
         description="static int8 (QDQ) quantisation, calibrated on your own images, of the "
                     "encoder with its parallel depthwise branches folded",
+    ),
+    # role "prompt-batch": used beside the decoder variant, by batch work (automatic
+    # segmentation's seeds), never in its place; see .prompt_batch_runtime
+    "decoder-batch": Variant(
+        "decoder-batch", "prompt-batch", _build_prompt_batch, split=False,
+        description="the float32 decoder rewritten to take many prompt sets of one length "
+                    "in one run, the image side computed once per run",
     ),
 }

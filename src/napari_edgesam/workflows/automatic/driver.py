@@ -2,7 +2,8 @@
 
 Runs the steps of :mod:`napari_edgesam.workflows.automatic` in order: intensity mapping and
 foreground (:mod:`.foreground`), seeds (:mod:`.seeds`), one decoder call per seed
-(:mod:`.prompting`), overlaps (:mod:`.overlaps`) and, for stacks, 3D linking
+(:mod:`.prompting`; many seeds per run with the ``decoder-batch`` variant), overlaps
+(:mod:`.overlaps`) and, for stacks, 3D linking
 (:mod:`.linking`); whole slices through one embedding, large slices tile by tile. Images are
 indexed ``(row, col)``; seeds and clicks are ``(x, y) = (col, row)``, in pixels of the slice.
 """
@@ -22,12 +23,26 @@ from ...engine.tiling import TiledPredictor, Window, needs_tiling
 from .foreground import _signal, _smooth, foreground_threshold, stack_statistics
 from .linking import _row_blocks, link_ids
 from .overlaps import Candidate, resolve_overlaps
-from .lowres import FullMask, decode_low_res
+from .lowres import FullMask, LowResMask, decode_low_res
 from .params import AutoParams
 from .prompting import _check_cancel, _collect_candidates
 from .seeds import _block_signal, _detect, detection_factor, grid_seeds, seed_factor
 
 __all__ = ["SliceSegmentation", "StackSegmentation", "segment_slice", "segment_stack"]
+
+#: Seeds decoded per run by the prompt-batched decoder (``decoder-batch``) when it is there.
+PROMPT_BATCH = 16
+
+
+def _batch_decoder(predictor, batch_decoder):
+    """The batched decoder to use: ``batch_decoder`` itself, or for ``"auto"`` the model's
+    checked ``decoder-batch`` variant (None when it has none: one run per seed)."""
+    if not (isinstance(batch_decoder, str) and batch_decoder == "auto"):
+        return batch_decoder
+    from ...engine.optimize.prompt_batch_runtime import batch_decoder_for
+
+    model = getattr(predictor, "model", None)
+    return None if model is None else batch_decoder_for(model)
 
 
 @dataclass
@@ -144,7 +159,8 @@ class _ForegroundCrops:
 def segment_slice(predictor, image, *, params: AutoParams | None = None,
                   mapping: IntensityMapping | None = None, threshold: float | None = None,
                   embedding=None, cancel: CancelToken | Callable[[], bool] | None = None,
-                  rgb: bool | None = None, out: np.ndarray | None = None) -> SliceSegmentation:
+                  rgb: bool | None = None, out: np.ndarray | None = None,
+                  batch_decoder="auto") -> SliceSegmentation:
     """Segment all objects of one 2D slice without clicks.
 
     Slices larger than :data:`~napari_edgesam.engine.tiling.TILING_THRESHOLD` (or any, with
@@ -174,6 +190,12 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
         Force the reading of a last axis of size 3 or 4 (default: colour).
     out : ndarray of uint32, shape (H, W), optional
         Where to write the labels (zeroed first), e.g. a slice of a disk memmap.
+    batch_decoder : BatchDecoder, None or "auto"
+        Decodes the seeds' clicks :data:`PROMPT_BATCH` per ``session.run`` (whole slices;
+        tiles run one per seed). ``"auto"``: the model's ``decoder-batch`` variant when it
+        passed its check (:func:`~napari_edgesam.engine.optimize.batch_decoder_for`);
+        None: one decoder run per seed. The objects are the same within the variant's
+        agreement check (the same graph, batched).
 
     Returns
     -------
@@ -215,9 +237,19 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
         def run(points, labels):
             return decode_low_res(predictor, embedding, points, labels)
 
+        run_batch = None
+        bd = _batch_decoder(predictor, batch_decoder)
+        if bd is not None:
+            def run_batch(prompts):
+                got = predictor.decode_low_res_batch(
+                    embedding, [{"points": p, "labels": lab} for p, lab in prompts],
+                    batch_decoder=bd, batch_size=PROMPT_BATCH)
+                return [LowResMask(logits[k], embedding.original_size, scores[k])
+                        for k, scores, logits, _ in got]
+
         candidates, calls = _collect_candidates(
-            seeds, run, foreground.crop, params, (h, w),
-            cancel)
+            seeds, run, foreground.crop, params, (h, w), cancel, run_batch=run_batch,
+            batch_size=PROMPT_BATCH)
     return _slice_result(candidates, seeds, calls, params, (h, w), out, t0)
 
 
@@ -288,7 +320,8 @@ def segment_stack(predictor, planes, *, params: AutoParams | None = None,
                   mapping: IntensityMapping | None = None, threshold: float | None = None,
                   rgb: bool = False, link: bool = True, out: np.ndarray | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  cancel: CancelToken | Callable[[], bool] | None = None) -> StackSegmentation:
+                  cancel: CancelToken | Callable[[], bool] | None = None,
+                  batch_decoder="auto") -> StackSegmentation:
     """Segment every slice of a stack and link instances into 3D objects.
 
     Parameters
@@ -312,6 +345,8 @@ def segment_stack(predictor, planes, *, params: AutoParams | None = None,
     progress : callable(done, total), optional
         Called after each slice.
     cancel : CancelToken or callable returning bool, optional
+    batch_decoder : BatchDecoder, None or "auto"
+        See :func:`segment_slice`.
 
     Returns
     -------
@@ -337,7 +372,8 @@ def segment_stack(predictor, planes, *, params: AutoParams | None = None,
         if out is None:
             out = np.zeros((n, *tuple(plane.shape)[:2]), dtype=np.uint32)
         res = segment_slice(predictor, plane, params=params, mapping=mapping,
-                            threshold=threshold, cancel=cancel, rgb=rgb, out=out[z])
+                            threshold=threshold, cancel=cancel, rgb=rgb, out=out[z],
+                            batch_decoder=batch_decoder)
         calls += res.decoder_calls
         per_slice.append(res.n_objects)
         if link:

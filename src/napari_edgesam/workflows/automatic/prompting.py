@@ -1,11 +1,15 @@
-"""Prompting: one decoder call per seed, and the filters each predicted mask must pass.
+"""Prompting: one decoder prediction per seed, and the filters each predicted mask must pass.
 
 Steps 3 and 4 of :mod:`napari_edgesam.workflows.automatic`: a seed is one positive click;
 a mask that also covers distant seeds is predicted again with them as negative clicks; the
 mask keeps the component under its seed, small holes are filled, and stability, area and
 foreground filters decide whether it becomes a :class:`~.overlaps.Candidate`. The decoder
-itself is behind a callable, so whole-slice and tiled prediction share this code. Seeds are
-``(x, y) = (col, row)``; masks and boxes ``(row, col)``, in pixels of the slice.
+itself is behind a callable, so whole-slice and tiled prediction share this code. With a
+batched decoder (``run_batch``), the seeds' first predictions are decoded ahead, up to
+``batch_size`` seeds per run: the seeds not yet covered by an accepted object, in order; each
+is then taken through the same sequential filters as before (a seed covered meanwhile is
+skipped as before, its prediction unused), so the objects are those of one run per seed.
+Seeds are ``(x, y) = (col, row)``; masks and boxes ``(row, col)``, in pixels of the slice.
 """
 
 from __future__ import annotations
@@ -92,8 +96,9 @@ def _fill_small_holes(mask: np.ndarray, max_hole: int) -> np.ndarray:
 
 
 def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoParams,
-                        shape: tuple[int, int], cancel) -> tuple[list[Candidate], int]:
-    """Steps 3-4 of the module docstring: one decoder call per seed, then the filters.
+                        shape: tuple[int, int], cancel, run_batch=None,
+                        batch_size: int = 16) -> tuple[list[Candidate], int]:
+    """Steps 3-4 of the module docstring: one decoder prediction per seed, then the filters.
 
     Parameters
     ----------
@@ -107,11 +112,15 @@ def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoPar
         The foreground of a half-open box of the slice.
     shape : (int, int)
         ``(H, W)`` of the slice.
+    run_batch : callable(list of (points, labels)) -> list of LowResMask, optional
+        Predicts several single-click prompts at once (one batched decoder run); the seeds'
+        first predictions then come from it, ``batch_size`` at a time.
 
     Returns
     -------
     candidates : list of Candidate
     decoder_calls : int
+        Prompt sets whose prediction was used (as with one run per seed).
     """
     h, w = shape
     min_area, max_area = params.area_limits
@@ -121,15 +130,33 @@ def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoPar
     rows = np.clip(np.round(seeds[:, 1]).astype(int), 0, h - 1)
     cols = np.clip(np.round(seeds[:, 0]).astype(int), 0, w - 1)
     calls = 0
-    for i, (x, y) in enumerate(seeds):
-        _check_cancel(cancel)
+    ahead: dict[int, object] = {}  # seed index -> its first prediction, decoded in a batch
+
+    def duplicate(i: int) -> bool:
+        """Seed ``i`` is a second seed of an object already found (its mask would be a
+        duplicate)."""
+        x, y = seeds[i]
         owner = next((k for k in covered.at(rows[i], cols[i])
                       if _values_at(candidates[k].mask, *candidates[k].bbox[:2],
                                     rows[i:i + 1], cols[i:i + 1])[0]), None)
-        if owner is not None and math.hypot(x - candidates[owner].seed[0],
-                                            y - candidates[owner].seed[1]) <= far:
-            continue  # a second seed of an object already found: its mask would be a duplicate
-        pred = run([(x, y)], [1])
+        return owner is not None and math.hypot(x - candidates[owner].seed[0],
+                                                y - candidates[owner].seed[1]) <= far
+
+    for i, (x, y) in enumerate(seeds):
+        _check_cancel(cancel)
+        if duplicate(i):
+            ahead.pop(i, None)
+            continue
+        if run_batch is not None and i not in ahead:
+            batch = [i]
+            for j in range(i + 1, len(seeds)):
+                if len(batch) >= batch_size:
+                    break
+                if not duplicate(j):
+                    batch.append(j)
+            preds = run_batch([([tuple(seeds[j])], [1]) for j in batch])
+            ahead.update(zip(batch, preds, strict=True))
+        pred = ahead.pop(i) if run_batch is not None else run([(x, y)], [1])
         calls += 1
         if params.split_merged and len(seeds) > 1:
             dist = np.hypot(seeds[:, 0] - x, seeds[:, 1] - y)
