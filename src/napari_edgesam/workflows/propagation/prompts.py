@@ -1,7 +1,9 @@
 """Prompt derivation: the next slice's prompts from the previous slice's mask
 (:func:`derive_prompts`: a box grown from its bounding box, clicks at its deepest points,
-negative clicks on neighbouring objects), and :func:`keep_touching`, which trims the
-predicted mask to the parts that touch the previous mask grown by the same margin.
+negative clicks on neighbouring objects), :func:`keep_touching`, which trims the
+predicted mask to the parts that touch the previous mask grown by the same margin, and
+:func:`deepest_point`, the distance transform's maximum found from a coarse transform
+(the deepest point of a large mask, exactly, at a fraction of the full transform's cost).
 
 All masks are bool ``(Y, X)`` slices indexed ``[row, col]`` (or
 :class:`~napari_edgesam.engine.transforms.MaskCrop` s of them); points are
@@ -19,7 +21,7 @@ from ...engine.errors import InvalidInputError
 from ...engine.transforms import MaskCrop
 from .settings import PropagationSettings
 
-__all__ = ["as_crop", "derive_prompts", "keep_touching"]
+__all__ = ["as_crop", "deepest_point", "derive_prompts", "keep_touching"]
 
 
 def _ndi():
@@ -46,6 +48,140 @@ def _last_pixels(mask: MaskCrop) -> tuple[int, int, int, int] | None:
     return None if bb is None else (bb[0], bb[2] - 1, bb[1], bb[3] - 1)
 
 
+#: :func:`deepest_point` works on masks of at least this many pixels (padded crop; smaller
+#: ones get the full transform, which is cheap there), through a mask this many times
+#: coarser per axis; masks it finds no deeper than :data:`SHALLOW_DEPTH` pixels are searched
+#: ring by ring instead.
+COARSE_MIN_PIXELS = 192 * 192
+COARSE_FACTOR = 4
+SHALLOW_DEPTH = 8.5
+
+
+def deepest_point(padded: np.ndarray,
+                  factor: int = COARSE_FACTOR) -> tuple[int, int, float] | None:
+    """The first maximum, in row-major order, of the Euclidean distance transform of a mask,
+    without computing the transform at full resolution.
+
+    Exactly what ``d = scipy.ndimage.distance_transform_edt(padded); i = argmax(d)`` gives
+    (the same pixel, ties included, and the same float64 depth), for masks of
+    :data:`COARSE_MIN_PIXELS` pixels or more:
+
+    1. the transform of a ``factor``-times coarser mask (a block is inside when all its
+       pixels are) bounds every pixel's depth ``d(p)`` by ``factor * D(block) +- 2r``, where
+       ``r = (factor - 1) / sqrt(2)`` is the farthest a pixel centre lies from its block's
+       centre (a block outside the coarse mask holds a background pixel, so its pixels
+       are at most ``2r`` deep);
+    2. deep masks: only pixels whose upper bound reaches the largest lower bound can hold
+       the maximum; their exact depths are their distances to the nearest background pixel
+       that touches the mask (a nearest background pixel always does), found with a k-d
+       tree among those within reach, and compared as integer squared distances;
+    3. shallow masks (every pixel at most :data:`SHALLOW_DEPTH` deep by the bound: random
+       weights' fine-grained masks): every inside pixel looks for background at the integer
+       offsets of each squared distance in turn (1, 2, 4, 5, 8, ...); the pixels still
+       without background when the last ones find it are the deepest.
+
+    Parameters
+    ----------
+    padded : ndarray of bool, shape (H, W)
+        A mask whose outer rows and columns are all False (a crop padded by one pixel),
+        indexed ``[row, col]``.
+    factor : int
+        Block size of the coarse mask.
+
+    Returns
+    -------
+    (int, int, float) or None
+        ``(row, col, depth)`` in ``padded``'s pixels; None when the mask is small, or deep
+        and thin in the coarse mask (no coarse block deep enough to bound the others): the
+        caller computes the transform then.
+    """
+    h, w = padded.shape
+    if h * w < COARSE_MIN_PIXELS or not padded.any():
+        return None
+    f = int(factor)
+    hc, wc = -(-h // f), -(-w // f)
+    # Zeros added beyond the zero border are never nearer to an inside pixel than the
+    # border itself (or its projection on it), so they change no depth.
+    ext = np.zeros((hc * f, wc * f), bool)
+    ext[:h, :w] = padded
+    rows_in = np.logical_and.reduce([ext[i::f] for i in range(f)])
+    coarse = np.logical_and.reduce([rows_in[:, j::f] for j in range(f)])
+    dc = _ndi().distance_transform_edt(coarse)
+    dmax = float(dc.max())
+    reach = 2 * (f - 1) / math.sqrt(2)  # 2r, in fine pixels
+    if f * dmax - reach > reach:  # blocks outside the coarse mask cannot hold the maximum
+        return _deep_from_candidates(padded, ext, dc, f, reach)
+    if f * dmax + reach <= SHALLOW_DEPTH:
+        return _deep_by_rings(padded, f * dmax + reach)
+    return None
+
+
+def _deep_from_candidates(padded, ext, dc, f: int, reach: float):
+    """Step 2 of :func:`deepest_point`."""
+    h, w = padded.shape
+    dmax = float(dc.max())
+    # Blocks whose upper bound reaches the best lower bound; their inside pixels.
+    br, bc = np.nonzero(f * dc + reach >= f * dmax - reach - 1e-9)
+    off = np.arange(f)
+    rows = (br[:, None, None] * f + off[None, :, None]).repeat(f, 2).ravel()
+    cols = (bc[:, None, None] * f + off[None, None, :]).repeat(f, 1).ravel()
+    inside = ext[rows, cols]
+    rows, cols = rows[inside], cols[inside]
+    # Background pixels touching the mask, within reach of every candidate.
+    far = int(math.ceil(f * dmax + reach)) + 1
+    y0, y1 = max(0, int(rows.min()) - far), min(h, int(rows.max()) + far + 1)
+    x0, x1 = max(0, int(cols.min()) - far), min(w, int(cols.max()) + far + 1)
+    win = padded[y0:y1, x0:x1]
+    grown = np.zeros_like(win)
+    grown[1:] |= win[:-1]
+    grown[:-1] |= win[1:]
+    grown[:, 1:] |= win[:, :-1]
+    grown[:, :-1] |= win[:, 1:]
+    by, bx = np.nonzero(grown & ~win)
+    edge = np.column_stack((by + y0, bx + x0))
+    from scipy.spatial import cKDTree
+
+    _, nearest = cKDTree(edge).query(np.column_stack((rows, cols)))
+    d2 = (rows - edge[nearest, 0]) ** 2 + (cols - edge[nearest, 1]) ** 2
+    best = d2 == d2.max()
+    i = np.flatnonzero(best)[np.argmin((rows * w + cols)[best])]  # first in row-major order
+    return int(rows[i]), int(cols[i]), float(np.sqrt(np.float64(d2[i])))
+
+
+def _ring_offsets(bound: float) -> list[tuple[int, list[tuple[int, int]]]]:
+    """``[(d2, [(dy, dx), ...]), ...]``: the integer offsets with ``0 < dy^2 + dx^2 = d2 <=
+    bound^2``, grouped by ``d2``, ascending."""
+    m = int(math.floor(bound))
+    groups: dict = {}
+    for dy in range(-m, m + 1):
+        for dx in range(-m, m + 1):
+            d2 = dy * dy + dx * dx
+            if 0 < d2 <= bound * bound + 1e-9:
+                groups.setdefault(d2, []).append((dy, dx))
+    return sorted(groups.items())
+
+
+def _deep_by_rings(padded, bound: float):
+    """Step 3 of :func:`deepest_point` (every depth is at most ``bound``)."""
+    m = max(1, int(math.floor(bound)))
+    big = np.pad(padded, m)  # more zeros beyond the border: no depth changes
+    # Squared distance 1 on whole arrays: the pixels whose four neighbours are inside.
+    core = big.copy()
+    core[1:-1, 1:-1] &= big[:-2, 1:-1] & big[2:, 1:-1] & big[1:-1, :-2] & big[1:-1, 2:]
+    if not core.any():
+        rows, cols = np.nonzero(big)
+        return int(rows[0]) - m, int(cols[0]) - m, 1.0
+    rows, cols = np.nonzero(core)  # row-major
+    for d2, offsets in _ring_offsets(bound)[1:]:
+        hit = np.zeros(len(rows), bool)
+        for dy, dx in offsets:
+            hit |= ~big[rows + dy, cols + dx]
+        if hit.all():  # the last pixels to find background are the deepest
+            return int(rows[0]) - m, int(cols[0]) - m, float(np.sqrt(np.float64(d2)))
+        rows, cols = rows[~hit], cols[~hit]
+    raise AssertionError("a pixel deeper than its bound")  # pragma: no cover
+
+
 def _deep_points(mask: np.ndarray, n: int, min_depth: float = 0.0) -> list[tuple[float, float]]:
     """Up to ``n`` points deep inside ``mask`` as ``(x, y)``: the distance-transform maximum,
     then maxima farthest from the points already chosen (spread over the object). Points
@@ -57,6 +193,11 @@ def _deep_points(mask: np.ndarray, n: int, min_depth: float = 0.0) -> list[tuple
         return []
     r0, r1, c0, c1 = bb
     crop = np.pad(mask[r0:r1 + 1, c0:c1 + 1], 1)
+    if n == 1:  # the default: only the deepest point, found without the full transform
+        found = deepest_point(crop)
+        if found is not None:
+            r, c, depth = found
+            return [] if depth < min_depth else [(float(c - 1 + c0), float(r - 1 + r0))]
     dist = _ndi().distance_transform_edt(crop)
     points = []
     score = dist.copy()
