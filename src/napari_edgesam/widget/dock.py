@@ -19,6 +19,7 @@ Public API (also used by the tests)::
     w.commit(); w.undo(); w.redo(); w.clear_prompts()
     w.propagate(); w.commit_propagation(); w.jump_to_weakest_slice()   # Shift+P/C/W
     w.busy, w.status, w.model_picker, w.propagation, w.batch
+    w.autosave                     # AutosaveController: autosave_now(), offer, restore
 """
 
 from __future__ import annotations
@@ -135,6 +136,11 @@ class EdgeSamWidget(QWidget):
         self.shortcuts = PanelShortcuts(self.viewer, self,
                                         {k: getattr(self, m) for k, m in KEYS.items()},
                                         enabled=lambda: s.image_layer is not None)
+        from .autosave import AutosaveController
+
+        # autosave of the target Labels layers, and the restore offer on reopening
+        self.autosave = AutosaveController(s, self, self.start_worker,
+                                           lambda: self.folder.controller)
         if model is not None:
             s.set_model(model)
         else:
@@ -483,11 +489,14 @@ class EdgeSamWidget(QWidget):
         log, indices = self.session.prompt_recorder.candidates(layer)
         labels = np.array(layer.data[0] if layer.multiscale else layer.data)  # a snapshot
         self.set_status(f"Saving '{layer.name}'...")
-        return self.start_worker(
-            save_labels_job, path, labels, log, indices, desc="EdgeSAM: saving labels",
-            returned=lambda out: self.set_status(
-                f"Saved {Path(out[0]).name} and {Path(out[1]).name} "
-                f"({out[2]} object(s) with their prompts)."))
+
+        def saved(out):
+            self.set_status(f"Saved {Path(out[0]).name} and {Path(out[1]).name} "
+                            f"({out[2]} object(s) with their prompts).")
+            self.autosave.saved(layer)  # its autosave is no longer needed
+
+        return self.start_worker(save_labels_job, path, labels, log, indices,
+                                 desc="EdgeSAM: saving labels", returned=saved)
 
     def next_image(self):
         """Save this image's labels and open the next image of the folder (Shift+N)."""
@@ -519,6 +528,7 @@ class EdgeSamWidget(QWidget):
         if not self._alive["alive"]:
             return
         self._alive["alive"] = False
+        self.autosave.close()  # writes the last changes (napari is closing)
         self.session.close()
         self.shortcuts.close()
         self.model_picker.shutdown()
