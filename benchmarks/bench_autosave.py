@@ -17,6 +17,23 @@ reading the history, copying the changed chunks), the GUI-thread cost of noticin
 pixels), and the worker part (the store's
 write, ``WriteReport.seconds``), with chunks and bytes written; the first (full) write of
 each layer is printed once. Budget: the GUI part under 16 ms (one frame at 60 Hz).
+
+Measured (2 cores shared with other work, load average 6.4-7.1, 15-21 rounds, uint32
+labels; wall median / max, CPU max of the GUI part):
+
+- one object on the 50 x 2048 x 2048 stack: 0.2-3.5 / 9.6-17 ms wall, 1.3 ms CPU; the
+  worker's write 8-17 ms median (one 5 KiB chunk file); the first, full write of the stack
+  117-520 ms in the worker;
+- a whole slice (16 chunks, in 4 autosaves of 4 MiB copies): 0.8-1.1 / 7-24 ms wall, 5 ms
+  CPU per autosave;
+- one object on 8192 x 8192: 0.6-3.4 / 12-21 ms wall, 4.6 ms CPU;
+- noticing an edit (the history scan on ``paint``): 0.05 ms; 19-33 ms for one commit of
+  4.2 M pixels (min/max of its indices), against 0.5-1 s that napari's ``data_setitem``
+  takes for that commit.
+
+The wall maxima over 16 ms are time spent waiting for a core (the CPU time stays under
+5 ms) and for the GIL handed to the worker just started; on an idle machine they are not
+expected, but that was not measured here.
 """
 
 from __future__ import annotations
