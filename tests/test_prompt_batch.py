@@ -233,11 +233,16 @@ def test_predictor_batch_equals_decode_low_res(fixture_model):
     prompts = [{"points": [(60, 50)]}, {"box": (30, 30, 90, 80)},
                {"points": [(190, 60), (60, 50)], "labels": [1, 0]},
                {"points": [(128, 128)]}, {"points": [(70, 180)], "box": (40, 150, 100, 210)}]
-    prompts = prompts * 4  # 20 prompt sets, three lengths
+    # 20 prompt sets of lengths 2 and 3, and one of length 4 (alone: the plain decoder)
+    prompts = prompts * 4 + [{"points": [(60, 50), (190, 60), (128, 128)]}]
     bd._session = counting = CountingSession(bd.session)
+    fixture_model.session("decoder")
+    fixture_model._sessions["decoder"] = single = CountingSession(
+        fixture_model._sessions["decoder"])
     got = pred.decode_low_res_batch(emb, prompts, batch_decoder=bd, batch_size=6)
-    # lengths 2 (12 sets: 2 runs of 6), 3 (8 sets: 6 + 2)
+    # lengths 2 (12 sets: 2 runs of 6), 3 (8 sets: 6 + 2), 4 (1 set, one plain run)
     assert counting.runs == 4 and sorted(counting.batch_sizes) == [2, 6, 6, 6]
+    assert single.runs == 1
     for p, (index, scores, logits, file_scores) in zip(prompts, got, strict=True):
         i1, s1, l1, f1 = pred.decode_low_res(emb, **p)
         assert index == i1
@@ -270,5 +275,31 @@ def test_automatic_segmentation_runs_one_session_run_per_batch(fixture_model):
     # one by one: the same objects, one run per seed
     ref = segment_slice(pred, _scene(), params=params, batch_decoder=None)
     assert single_runs.runs == ref.decoder_calls == res.decoder_calls
+    assert ref.n_objects == res.n_objects
+    assert np.mean(ref.labels == res.labels) > 0.99
+
+
+def test_automatic_refinements_are_batched_too(fixture_model):
+    """With split_merged, each seed whose first mask covers distant seeds is predicted again
+    with them as negatives; those prompt sets depend only on that seed's first mask, so they
+    are decoded in batches as well (one run per prompt length)."""
+    opt.optimize_model(fixture_model, [_scene()], variants=["decoder-batch"], n_clicks=2,
+                       n_boxes=1)
+    bd = opt.batch_decoder_for(fixture_model)
+    bd._session = batch_runs = CountingSession(bd.session)
+    fixture_model.session("decoder")
+    fixture_model._sessions["decoder"] = single_runs = CountingSession(
+        fixture_model._sessions["decoder"])
+    pred = Predictor(fixture_model, cache=None)
+    params = AutoParams(object_size=40, seeds="grid", grid_spacing=24, min_stability=0.0,
+                        min_foreground=0.0)
+    res = segment_slice(pred, _scene(), params=params)
+    batched_sets, singles = sum(batch_runs.batch_sizes), single_runs.runs
+    refinements = res.decoder_calls - len(res.seeds)
+    assert refinements > 16  # the random-weight masks cover distant seeds
+    assert batch_runs.runs + singles < res.decoder_calls / 3
+    ref = segment_slice(pred, _scene(), params=params, batch_decoder=None)
+    assert single_runs.runs - singles == ref.decoder_calls == res.decoder_calls
+    assert batched_sets + singles >= res.decoder_calls
     assert ref.n_objects == res.n_objects
     assert np.mean(ref.labels == res.labels) > 0.99

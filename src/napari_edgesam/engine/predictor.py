@@ -514,7 +514,8 @@ class Predictor:
             (:func:`~.optimize.prompt_batch_runtime.batch_decoder_for`): prompt sets of one
             length (after the contract's padding point) run together, ``batch_size`` per
             ``session.run``, never padded further (a -1 point is a token the model attends
-            to). None: one :meth:`decode_low_res` per prompt set.
+            to); a prompt set alone in its length runs through :meth:`decode_low_res`.
+            None: one :meth:`decode_low_res` per prompt set.
 
         Returns
         -------
@@ -532,6 +533,9 @@ class Predictor:
         for ks in groups.values():
             for start in range(0, len(ks), max(1, int(batch_size))):
                 chunk = ks[start:start + max(1, int(batch_size))]
+                if len(chunk) == 1:  # alone: the plain decoder is cheaper than a batch of 1
+                    out[chunk[0]] = self.decode_low_res(emb, **prompts[chunk[0]])
+                    continue
                 file_scores, masks = batch_decoder.decode(
                     emb.features, np.concatenate([prep[k][0] for k in chunk]),
                     np.concatenate([prep[k][1] for k in chunk]))

@@ -9,6 +9,8 @@ batched decoder (``run_batch``), the seeds' first predictions are decoded ahead,
 ``batch_size`` seeds per run: the seeds not yet covered by an accepted object, in order; each
 is then taken through the same sequential filters as before (a seed covered meanwhile is
 skipped as before, its prediction unused), so the objects are those of one run per seed.
+The refinements with negative clicks depend only on each seed's own first mask, so they are
+decoded ahead too, after the batch's first predictions (prompt sets of one length per run).
 Seeds are ``(x, y) = (col, row)``; masks and boxes ``(row, col)``, in pixels of the slice.
 """
 
@@ -131,6 +133,7 @@ def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoPar
     cols = np.clip(np.round(seeds[:, 0]).astype(int), 0, w - 1)
     calls = 0
     ahead: dict[int, object] = {}  # seed index -> its first prediction, decoded in a batch
+    refined_ahead: dict[int, object] = {}  # seed index -> its refined prediction
 
     def duplicate(i: int) -> bool:
         """Seed ``i`` is a second seed of an object already found (its mask would be a
@@ -142,10 +145,27 @@ def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoPar
         return owner is not None and math.hypot(x - candidates[owner].seed[0],
                                                 y - candidates[owner].seed[1]) <= far
 
+    def refinement(i: int, pred):
+        """The prompt predicting seed ``i`` again with the distant seeds its first mask
+        covers as negative clicks, or None when it covers none."""
+        if not (params.split_merged and len(seeds) > 1):
+            return None
+        x, y = seeds[i]
+        dist = np.hypot(seeds[:, 0] - x, seeds[:, 1] - y)
+        far_ones = dist > far
+        inside = np.zeros(len(seeds), bool)
+        if far_ones.any():
+            inside[far_ones] = pred.values_at(rows[far_ones], cols[far_ones])
+        if not inside.any():
+            return None
+        others = seeds[inside][np.argsort(dist[inside], kind="stable")][:8]
+        return [(x, y), *map(tuple, others)], [1] + [0] * len(others)
+
     for i, (x, y) in enumerate(seeds):
         _check_cancel(cancel)
         if duplicate(i):
             ahead.pop(i, None)
+            refined_ahead.pop(i, None)
             continue
         if run_batch is not None and i not in ahead:
             batch = [i]
@@ -156,20 +176,20 @@ def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoPar
                     batch.append(j)
             preds = run_batch([([tuple(seeds[j])], [1]) for j in batch])
             ahead.update(zip(batch, preds, strict=True))
+            # the refinements depend only on each seed's own first mask: decoded together
+            # too (prompt sets of one length per run)
+            again = {j: refinement(j, ahead[j]) for j in batch}
+            again = {j: r for j, r in again.items() if r is not None}
+            if again:
+                refined_ahead.update(zip(again, run_batch(list(again.values())), strict=True))
         pred = ahead.pop(i) if run_batch is not None else run([(x, y)], [1])
         calls += 1
-        if params.split_merged and len(seeds) > 1:
-            dist = np.hypot(seeds[:, 0] - x, seeds[:, 1] - y)
-            far_ones = dist > far
-            inside = np.zeros(len(seeds), bool)
-            if far_ones.any():
-                inside[far_ones] = pred.values_at(rows[far_ones], cols[far_ones])
-            if inside.any():
-                others = seeds[inside][np.argsort(dist[inside], kind="stable")][:8]
-                refined = run([(x, y), *map(tuple, others)], [1] + [0] * len(others))
-                calls += 1
-                if np.isfinite(refined.score) and refined.score >= params.min_stability:
-                    pred = refined
+        prompt = None if i in refined_ahead else refinement(i, pred)
+        if i in refined_ahead or prompt is not None:
+            refined = refined_ahead.pop(i) if prompt is None else run(*prompt)
+            calls += 1
+            if np.isfinite(refined.score) and refined.score >= params.min_stability:
+                pred = refined
         score = pred.score
         if not (np.isfinite(score) and score >= params.min_stability):
             continue  # decided on the low-res logits: never upsampled
