@@ -11,7 +11,9 @@ prompts; it uses the session's state (image, geometry, slice, encoder, layers).
   result older than what is shown is dropped; a request made while the decoder runs waits
   for it (one run at a time), a tile no longer needed is cancelled;
 - the answer becomes the :class:`~.preview.Preview` (yellow), and :meth:`ClickPath.commit`
-  paints it into the target Labels layer as one undo step (:mod:`.commit`).
+  paints it into the target Labels layer as one undo step (:mod:`.commit`); while an
+  object is being re-segmented or split (:mod:`.corrections`) the commit corrects that
+  object instead of adding a new one.
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ class ClickPath:
             shapes.remove_selected()
 
     def clear_prompts(self) -> None:
-        """Remove all prompts (points and boxes) and the preview."""
+        """Remove all prompts (points and boxes) and the preview; a correction waiting for
+        clicks is cancelled, or else the selected objects are deselected (Escape)."""
+        self.corrections.cancel()
         self.clear_prompt_data()
         self.clear_preview()
         self.update_status()
@@ -189,7 +193,7 @@ class ClickPath:
         if result.window is not None:
             where += f" (tile at rows {result.window.row0}.., columns {result.window.col0}..)"
         self.set_status(f"Preview on {where}: {result.area} px, stability "
-                        f"{result.score:.2f}. C: commit, Esc: clear.")
+                        f"{result.score:.2f}. {self.corrections.commit_hint()}, Esc: clear.")
         if self._commit_when_ready and gen == self.generation:
             self._commit_when_ready = False
             if self._last_request is not None and self._last_request[1] == \
@@ -234,6 +238,7 @@ class ClickPath:
             shown = self.overlay(self.image_layer, self.lead)
             if shown is not None:
                 (mask, offset), value = shown, 2
+        mask, offset, value = self.corrections.overlay(mask, offset, value)
         view = self.preview_view
         if not view.exists():
             if mask is None:
@@ -300,6 +305,8 @@ class ClickPath:
                 layer, lambda nid, g=gen: self.commit() if nid and self.alive
                 and self.shown_generation == g else None)
             return None
+        if self.corrections.pending is not None:  # re-segment or split the selected object
+            return self.corrections.commit_preview(layer, p.lead, crop, p.bbox[:2], label_id)
         edit = SliceEdit(self.geometry.labels_index(p.lead), paint=(crop, p.bbox[:2]))
         try:
             painted, _ = self.commit_edits(layer, label_id, [edit])
@@ -310,30 +317,49 @@ class ClickPath:
             show_info("EdgeSAM: nothing to paint: the preview lies on existing labels "
                       "(untick 'paint only on background' to overwrite them).")
             return None
-        self._record_commit(layer, label_id, p.lead)
+        self.record_prompts(layer, label_id, p.lead)
         self.clear_prompt_data()
         self.clear_preview()
         self.set_status(f"Committed label {label_id} ({painted} px) on "
                         f"{self.slice_text(p.lead)}. Ctrl+Z undoes it.")
         return label_id
 
-    def _record_commit(self, layer, label_id: int, lead) -> None:
-        """Add the committed object's prompts to ``layer``'s prompt log."""
+    def record_prompts(self, layer, label_id: int, lead, *, token=None, replace=False,
+                       background_only: bool | None = None) -> None:
+        """Add the prompts of the preview just committed as ``label_id`` to ``layer``'s
+        prompt log (:class:`~.prompt_record.PromptRecorder`).
+
+        Parameters
+        ----------
+        layer : napari.layers.Labels
+        label_id : int
+        lead : tuple of int
+            The slice's leading indices in the image data.
+        token : object, optional
+            The correction's undo step (:func:`.history.last_step`).
+        replace : bool
+            The entry replaces the label's entries on that slice (re-segmented object).
+        background_only : bool, optional
+            The painting mode logged (default: the panel's "paint only on background").
+        """
         from napari_edgesam.workflows.prompt_log import LoggedObject
 
         prompts = None if self._last_request is None else self._last_request[1]
         mapping = self.current_mapping
         if prompts is None or prompts.empty or mapping is None or self.model is None:
             return
+        if background_only is None:
+            background_only = self.paint_background_only
         obj = LoggedObject(
             int(label_id), tuple(int(k) for k in self.slice_key(lead)),
             points=tuple((float(x), float(y)) for x, y in prompts.points),
             point_labels=tuple(int(v) for v in prompts.labels),
             box=None if prompts.box is None else tuple(float(v) for v in prompts.box),
             low=mapping.low, high=mapping.high, rgb=bool(self.geometry.rgb),
-            tiles=self._tiles_used(), background_only=bool(self.paint_background_only))
+            tiles=self._tiles_used(), background_only=bool(background_only))
         self.prompt_recorder.record(layer, obj, self.geometry.labels_index(lead), self.model,
-                                    self.image_layer, self.geometry.channel_axis)
+                                    self.image_layer, self.geometry.channel_axis,
+                                    token=token, replace=replace)
 
     def _tiles_used(self):
         """``(tile_size, halo)`` of the grid that answered (engine defaults resolved), or

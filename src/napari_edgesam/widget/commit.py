@@ -1,14 +1,16 @@
 """How a mask reaches a napari Labels layer: the one commit path, with undo.
 
 Clicks (one slice) and propagation (many slices) both commit through
-:meth:`LabelsTarget.write`: every pixel of one commit is written inside one
-``block_history()`` with ``data_setitem``, so napari's own undo (Ctrl+Z, or the panel's
-Undo) reverts exactly one commit. Only the masks' bounding boxes are read and written, so
-commits stay cheap on big images.
+:meth:`LabelsTarget.write`; *Segment all*, *Refine* and the corrections (:mod:`.corrections`:
+re-segment, delete, merge, split on one slice) have their own methods, each ONE step too:
+every pixel of one commit is written inside one ``block_history()`` with ``data_setitem``,
+so napari's own undo (Ctrl+Z, or the panel's Undo) reverts exactly one commit. Only the
+masks' bounding boxes are read and written, so commits stay cheap on big images.
 
 napari 0.9 has no public history API or event: :func:`can_undo` / :func:`can_redo` read
-the Labels layer's private undo and redo queues (``_undo_history``, ``_redo_history``);
-``tests/test_commit.py`` pins them so that a napari change is noticed.
+the Labels layer's private undo and redo queues (``_undo_history``, ``_redo_history``), as
+:mod:`.history` does to follow one step; ``tests/test_commit.py`` and
+``tests/test_corrections.py`` pin them so that a napari change is noticed.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def can_undo(layer) -> bool:
 def can_redo(layer) -> bool:
     """Whether napari's redo of the Labels ``layer`` has a step to bring back."""
     return layer is not None and bool(getattr(layer, "_redo_history", ()))
+
+
+def _plane(layer, lead) -> np.ndarray:
+    """Slice ``lead`` (leading indices) of the Labels layer's data, as numpy ``(H, W)``."""
+    return np.asarray(layer.data[tuple(lead)] if lead else layer.data)
 
 
 class LabelsTarget:
@@ -250,7 +257,7 @@ class LabelsTarget:
         return painted, len(seen)
 
     @staticmethod
-    def replace_objects(layer, lead, objects) -> int:
+    def replace_objects(layer, lead, objects, background_only: bool = True) -> int:
         """Replace objects of one slice by new masks, keeping their ids, as ONE undo step
         (refining existing labels).
 
@@ -263,7 +270,10 @@ class LabelsTarget:
         objects : iterable of (int, MaskCrop, MaskCrop)
             ``(label, old, new)``: the object's pixels before and its new mask (slice
             pixels). Old pixels outside the new mask are cleared; the new mask is painted
-            where the layer holds 0 or this label (neighbours are never taken).
+            where the layer holds 0 or this label (neighbours are never taken), or
+            everywhere with ``background_only`` False (re-segmenting an object with
+            "paint only on background" unticked).
+        background_only : bool
 
         Returns
         -------
@@ -283,8 +293,10 @@ class LabelsTarget:
                     if value == 0:
                         keep = new.window(r0, c0, r0 + h, c0 + w)
                         where = crop.crop & (cur == label) & ~keep
-                    else:
+                    elif background_only:
                         where = crop.crop & ((cur == 0) | (cur == label))
+                    else:
+                        where = crop.crop & (cur != label)
                     rows, cols = np.nonzero(where)
                     if rows.size:
                         idx = tuple(np.full(rows.shape, i, np.intp) for i in lead) + (
@@ -293,6 +305,77 @@ class LabelsTarget:
                         changed += int(rows.size)
         layer.refresh()
         return changed
+
+    @staticmethod
+    def relabel(layer, lead, labels, value: int) -> int:
+        """Give ``value`` to every pixel of one slice whose label is in ``labels``, as ONE
+        undo step (delete: ``value`` 0; merge: the id kept).
+
+        Parameters
+        ----------
+        layer : napari.layers.Labels
+        lead : tuple of int
+            The slice's leading indices in ``layer`` (other slices are not touched).
+        labels : iterable of int
+        value : int
+
+        Returns
+        -------
+        int
+            Pixels changed (0: nothing recorded).
+        """
+        plane = _plane(layer, lead)
+        rows, cols = np.nonzero(np.isin(plane, [int(v) for v in labels if int(v) != value]))
+        return LabelsTarget._set(layer, lead, rows, cols, value)
+
+    @staticmethod
+    def split_object(layer, lead, label: int, part, value: int) -> int:
+        """Give ``value`` to the pixels of object ``label`` that lie in ``part``, as ONE
+        undo step (splitting an object: ``value`` is a new id).
+
+        Parameters
+        ----------
+        layer : napari.layers.Labels
+        lead : tuple of int
+            The slice's leading indices in ``layer``.
+        label : int
+        part : MaskCrop
+            The part's mask in slice pixels ``(row, col)``; pixels of other labels or of
+            the background in it are not changed.
+        value : int
+
+        Returns
+        -------
+        int
+            Pixels changed.
+
+        Raises
+        ------
+        ValueError
+            ``value`` does not fit the layer's dtype.
+        """
+        dtype = layer.data.dtype
+        if np.issubdtype(dtype, np.integer) and value > np.iinfo(dtype).max:
+            raise ValueError(f"no free label id left in the {dtype} Labels layer")
+        if not part.area:
+            return 0
+        h, w = part.crop.shape
+        r0, c0 = part.row0, part.col0
+        plane = _plane(layer, lead)
+        rows, cols = np.nonzero(part.crop & (plane[r0:r0 + h, c0:c0 + w] == label))
+        return LabelsTarget._set(layer, lead, rows + r0, cols + c0, value)
+
+    @staticmethod
+    def _set(layer, lead, rows, cols, value) -> int:
+        """``data_setitem`` of slice pixels ``(rows, cols)`` inside one history step."""
+        if not rows.size:
+            return 0
+        idx = tuple(np.full(rows.shape, i, np.intp) for i in lead) + (
+            rows.astype(np.intp), cols.astype(np.intp))
+        with layer.block_history():
+            layer.data_setitem(idx, value, refresh=False)
+        layer.refresh()
+        return int(rows.size)
 
     def undo(self) -> bool:
         """Undo the target layer's last change; True when there was one."""

@@ -58,6 +58,8 @@ HELP_TEXT = (
     "<b>Shift+P</b>: propagate through the stack<br><b>Shift+C</b>: commit the "
     "propagation<br><b>Shift+W</b>: weakest slice<br>"
     "<b>Shift+N</b> / <b>Shift+B</b>: next / previous image of the folder<br>"
+    "<b>E</b>: edit mode (click: select an object, Shift+click: more; <b>Del</b>: delete, "
+    "<b>M</b>: merge, <b>R</b>: re-segment, <b>Shift+M</b>: split, <b>Esc</b>: cancel)<br>"
     "Keys work with the mouse over the image or this panel."
 )
 
@@ -129,12 +131,15 @@ class EdgeSamWidget(QWidget):
         # viewer.close() destroys the window and this widget without a closeEvent: stop
         # the running work then (children such as timers are deleted after this signal)
         self.destroyed.connect(lambda *_: self._shutdown())
-        from .prompt_layers import KEYS
+        from .prompt_layers import CORRECTION_KEYS, KEYS
         from .shortcuts import PanelShortcuts
 
-        # keys with the mouse over the canvas or the panel, whatever has Qt focus
-        self.shortcuts = PanelShortcuts(self.viewer, self,
-                                        {k: getattr(self, m) for k, m in KEYS.items()},
+        # keys with the mouse over the canvas or the panel, whatever has Qt focus (Delete
+        # and Backspace of the corrections only over the canvas: napari's in the panel)
+        keys = {k: getattr(self, m) for k, m in KEYS.items()}
+        keys.update({k: getattr(s.corrections, m) for k, m in CORRECTION_KEYS.items()
+                     if m != "delete"})
+        self.shortcuts = PanelShortcuts(self.viewer, self, keys,
                                         enabled=lambda: s.image_layer is not None)
         from .autosave import AutosaveController
 
@@ -243,7 +248,18 @@ class EdgeSamWidget(QWidget):
         self.background_only_check.setChecked(True)
         self.background_only_check.toggled.connect(
             lambda v: setattr(self.session, "paint_background_only", bool(v)))
-        form.addRow(self.background_only_check)
+        # corrections (widget/corrections.py): the edit mode's toggle, E over the canvas
+        self.edit_button = QToolButton()  # as tall as the check box: the tabs keep room
+        self.edit_button.setText("Edit (E)")
+        self.edit_button.setCheckable(True)
+        self.edit_button.setToolTip(
+            "Edit mode: a click selects an object of the target Labels layer (Shift+click: "
+            "more); Del deletes, M merges, R re-segments, Shift+M splits (see ?)")
+        self.edit_button.clicked.connect(lambda: self.session.corrections.toggle())
+        self.session.corrections.changed.connect(
+            lambda: self.edit_button.setChecked(self.session.corrections.active))
+        form.addRow(self._row(self.background_only_check, self.edit_button,
+                              first_stretch=True))
         self.commit_button = QPushButton("Commit (C)")
         self.commit_button.clicked.connect(self.commit)
         self.clear_button = QPushButton("Clear")

@@ -10,6 +10,10 @@ Mouse (on the "EdgeSAM points" layer, in its default *add* mode):
 
 On the "EdgeSAM box" Shapes layer any rectangle drawn with napari's own tools is a box too.
 
+In the edit mode (:mod:`.corrections`, key E) the points layer is in napari's pan/zoom
+mode and a left click selects the object under the cursor instead (Shift or Ctrl + click:
+add to or remove from the selection); :data:`CORRECTION_KEYS` act on the selection.
+
 :func:`gather` reads the prompts of one slice from the two layers, in the image's data
 coordinates.
 """
@@ -33,6 +37,8 @@ NEGATIVE = "negative"
 PROMPT_COLOURS = {POSITIVE: "lime", NEGATIVE: "magenta"}
 BOX_COLOUR = "orange"
 PREVIEW_COLOUR = "yellow"
+#: Outline of the objects selected in the edit mode (value 3 on the preview layer).
+SELECTION_COLOUR = "white"
 
 #: Mouse buttons (vispy numbering).
 LEFT, RIGHT = 1, 2
@@ -127,6 +133,17 @@ KEYS = {
     "Shift-n": "next_image",
     "Shift-b": "previous_image",
 }
+#: Keys of the corrections (:class:`.corrections.Corrections` method names), bound on the
+#: points layer; Delete and Backspace keep napari's meaning (delete the selected points)
+#: outside the edit mode.
+CORRECTION_KEYS = {
+    "e": "toggle",
+    "Delete": "delete",
+    "Backspace": "delete",
+    "m": "merge",
+    "r": "resegment",
+    "Shift-m": "split",
+}
 #: Keys also bound on the box layer (napari uses Escape, Enter and X there for drawing).
 BOX_KEYS = {"c": "commit", "Control-z": "undo", "Control-Shift-z": "redo",
             "Shift-c": "commit_propagation"}
@@ -219,7 +236,8 @@ def make_boxes_layer(image_layer, viewer):
 
 def make_preview_layer(image_layer, viewer, shape_hw):
     """A 2D Labels layer showing the preview mask (value 1) over the current slice, or the
-    pending propagation result on that slice (value 2)."""
+    pending propagation result on that slice (value 2), and the outline of the objects
+    selected in the edit mode (value 3)."""
     from napari.utils.colormaps import DirectLabelColormap
 
     nd = image_layer.ndim
@@ -227,7 +245,8 @@ def make_preview_layer(image_layer, viewer, shape_hw):
         np.zeros(shape_hw, dtype=np.uint8),
         name=PREVIEW_NAME,
         colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent",
-                                                 1: PREVIEW_COLOUR, 2: PROPAGATION_COLOUR}),
+                                                 1: PREVIEW_COLOUR, 2: PROPAGATION_COLOUR,
+                                                 3: SELECTION_COLOUR}),
         opacity=0.5,
         **transform_kwargs(image_layer, axes=list(range(nd - 2, nd))),
     )
@@ -237,12 +256,18 @@ def make_preview_layer(image_layer, viewer, shape_hw):
 
 def install_points_bindings(layer, session, actions) -> None:
     """Mouse and key bindings of the points layer: Shift+drag draws a box through
-    ``session.draw_box`` and the :data:`KEYS` call ``actions`` (an object with those
-    method names); both are held weakly."""
+    ``session.draw_box``, a click in the edit mode selects an object through
+    ``session.corrections.select_at``, the :data:`KEYS` call ``actions`` (an object with
+    those method names) and the :data:`CORRECTION_KEYS` ``session.corrections``; all are
+    held weakly."""
     ref = weakref.ref(session)
 
     def on_press(layer, event):
         w = ref()
+        corrections = getattr(w, "corrections", None)
+        if corrections is not None and corrections.selecting:
+            yield from _select_click(weakref.ref(corrections), event)
+            return
         if w is None or layer.mode != "add":
             return
         negative = is_negative_click(event)
@@ -280,6 +305,32 @@ def install_points_bindings(layer, session, actions) -> None:
 
     layer.mouse_drag_callbacks.insert(0, on_press)
     _bind_keys(layer, weakref.ref(actions), KEYS)
+    for key, method in CORRECTION_KEYS.items():
+        def call(_layer, _method=method):
+            corrections = getattr(ref(), "corrections", None)
+            if corrections is not None:
+                getattr(corrections, _method)()
+
+        layer.bind_key(key, call, overwrite=True)
+
+
+def _select_click(ref, event):
+    """A left click (press and release without a drag) selects the object under the
+    press; Shift/Ctrl/Alt toggles it in the selection. A drag pans (napari's pan/zoom)."""
+    if getattr(event, "button", LEFT) != LEFT:
+        return
+    start_world = np.asarray(event.position, dtype=float)
+    start_pos = np.asarray(event.pos, dtype=float)
+    mods = event.modifiers or ()
+    add = any(m in mods for m in ("Shift", *NEGATIVE_MODIFIERS))
+    moved = False
+    yield
+    while event.type == "mouse_move":
+        moved = moved or np.linalg.norm(np.asarray(event.pos) - start_pos) >= DRAG_THRESHOLD
+        yield
+    corrections = ref()
+    if not moved and corrections is not None:
+        corrections.select_at(start_world, add=add)
 
 
 def _reset_default(layer) -> None:

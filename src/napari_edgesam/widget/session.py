@@ -32,6 +32,7 @@ from ._geometry import ImageGeometry, image_data
 from ._prefetch import PrefetchController, plan_prefetch
 from .clicks import ClickPath
 from .commit import LabelsTarget, can_redo, can_undo
+from .corrections import Corrections
 from .encoding import SliceEncoder
 from .model_input import MAPPING_MODES, ModelInput
 from .preview import Preview, PreviewLayer
@@ -103,6 +104,7 @@ class AnnotationSession(ModelInput, ClickPath):
         self.target = LabelsTarget(viewer, start_worker, self.history_changed.emit)
         #: The prompts of every object committed from clicks, per Labels layer.
         self.prompt_recorder = PromptRecorder()
+        self.corrections = Corrections(self)  # select, re-segment, delete, merge, split
         self.encoder = SliceEncoder(self)
         #: Callables saying that other work of the panel runs (propagation, batch, model
         #: loading): prefetching waits for them too.
@@ -560,6 +562,8 @@ class AnnotationSession(ModelInput, ClickPath):
         if self.encoder.busy:
             self.set_status(f"Encoding {self.slice_text()}...")
             return
+        if text := self.corrections.status_line():  # the edit mode: what is selected, keys
+            return self.set_status(text)
         problem = self.clicks_problem()
         if problem:
             self.set_status(problem)
