@@ -259,6 +259,41 @@ def batch_screenshot():
         viewer.close()
 
 
+def corrections_screenshot():
+    """The edit mode after *Segment all* on the coins: two objects selected (outlined in
+    white), the status line saying which keys apply (M merges them)."""
+    viewer, widget = open_napari("corrections")
+    layer = open_sample(viewer, widget, "coins")
+    widget.tabs.setCurrentIndex(1)  # the All tab
+    panel = widget.segment_all
+    panel.size_spin.setValue(50)
+    panel.run()
+    t0 = time.time()
+    while (panel.busy or "Segment all:" not in widget.status) and time.time() - t0 < 300:
+        app().processEvents()
+        time.sleep(0.01)
+    wait(widget)
+    cor = widget.session.corrections
+    cor.start()  # E
+    labels = widget.session.labels_layer.data
+    ids = [int(v) for v in np.unique(labels) if v]
+    # two neighbouring objects, as a user about to merge them (a click, a Shift+click)
+    rows, cols = np.nonzero(labels == ids[0])
+    first = (rows.mean(), cols.mean())
+    centres = {}
+    for i in ids[1:]:
+        r, c = np.nonzero(labels == i)
+        centres[i] = (r.mean(), c.mean())
+    second = min(centres, key=lambda i: np.hypot(centres[i][0] - first[0],
+                                                 centres[i][1] - first[1]))
+    for label in (ids[0], second):
+        r, c = np.argwhere(labels == label)[len(np.argwhere(labels == label)) // 2]
+        cor.select_at(layer.data_to_world((r, c)), add=label != ids[0])
+    settle()
+    save(viewer, "corrections.png")
+    viewer.close()
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as home:
         # the remembered model and the caches of this run stay out of the user's folders
@@ -267,6 +302,7 @@ def main() -> int:
         coins_screenshots()
         nuclei_screenshots()
         batch_screenshot()
+        corrections_screenshot()
     return 0
 
 

@@ -446,9 +446,9 @@ class Corrections:
             return ("Edit mode: click an object to select it (Shift+click: several). "
                     "E: leave.")
         if len(sel) == 1:
-            return (f"Edit mode: label {sel[0]} selected. Del: delete, R: re-segment, "
-                    "Shift+M: split, Shift+click: select more, Esc: deselect, E: leave.")
-        return (f"Edit mode: {_names(sel)} selected. M: merge into {min(sel)}, Del: delete, "
+            return (f"Edit: label {sel[0]} selected. Del: delete, R: re-segment, Shift+M: "
+                    "split, Shift+click: select more, Esc: deselect, E: leave.")
+        return (f"Edit: {_names(sel)} selected. M: merge into {min(sel)}, Del: delete, "
                 "Esc: deselect, E: leave.")
 
     def overlay(self, mask, offset, value):
@@ -506,7 +506,7 @@ class Corrections:
             else:
                 r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
                 ids = np.where(sel[r0:r1, c0:c1], plane[r0:r1, c0:c1], 0)
-                width = max(1, int(np.ceil(max(plane.shape) / 400)))
+                width = max(2, int(np.ceil(max(plane.shape) / 150)))  # seen when zoomed out
                 self._outline = (outline(ids, width), (int(r0), int(c0)))
         return self._outline
 
