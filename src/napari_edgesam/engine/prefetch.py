@@ -21,6 +21,10 @@ While the encoder runs on one queued slice, the next queued slice is read, mappe
 resized in a second background thread of the same lowered priority
 (:class:`~.pipeline.SlicePipeline`), so the next encoder run starts at once.
 
+A slice's intensity mapping may be lazy too (a zero-argument callable): the stack-wide
+mapping of an image not read yet (the next image of a folder) is then computed in the
+worker thread, right before the slice; such a slice is not prepared ahead.
+
 The widget (owned elsewhere) calls :meth:`Prefetcher.prefetch` when the user is idle and
 :meth:`Prefetcher.paused` (or :meth:`Prefetcher.cancel`) around a click.
 
@@ -53,7 +57,7 @@ __all__ = ["Prefetcher"]
 @dataclass(eq=False)  # jobs are compared by identity (the pipeline's tags)
 class _Job:
     image: object  # ndarray or a zero-argument callable returning one (lazy reads)
-    mapping: object
+    mapping: object  # IntensityMapping, None or a zero-argument callable returning one
     rgb: bool | None
     tile: str
 
@@ -121,9 +125,11 @@ class Prefetcher:
             Slices, each an array ``(H, W)``/``(H, W, 3)`` or a zero-argument callable that
             returns one (read lazily in the worker thread, e.g. from a dask or memory-mapped
             stack).
-        mapping : IntensityMapping, optional
+        mapping : IntensityMapping or callable, optional
             The stack-wide intensity mapping (the same one the interactive predictor uses,
-            so the cache keys match).
+            so the cache keys match), or a zero-argument callable returning it, called in
+            the worker thread before the slice is read (for an image that is read there
+            too); an error it raises counts as a failed slice.
         rgb : bool, optional
         tile : str
             See :meth:`Predictor.embed`.
@@ -240,7 +246,9 @@ class Prefetcher:
                 self._token, self._run_options = token, run_options
                 self._current, self._requeue = job, False
             try:
-                ahead = (None if nxt is None else
+                if callable(job.mapping):  # lazy: computed here, once (kept if requeued)
+                    job.mapping = job.mapping()
+                ahead = (None if nxt is None or callable(nxt.mapping) else
                          Ahead(nxt, nxt.image, nxt.mapping, nxt.rgb, nxt.tile))
                 emb = self._pipeline.embed(job.image, job.mapping, rgb=job.rgb,
                                            run_options=run_options, tile=job.tile, tag=job,

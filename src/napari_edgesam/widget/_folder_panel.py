@@ -1,11 +1,15 @@
 """The "Folder" tab of the dock widget: annotate a folder image by image. A thin view over
-:class:`.dataset.FolderAnnotation`."""
+:class:`.dataset.FolderAnnotation`.
+
+"Prefetch next image" (on by default) is remembered in ``settings.json`` (key
+:data:`PREFETCH_SETTING`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from qtpy.QtWidgets import (
+    QCheckBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -16,6 +20,28 @@ from qtpy.QtWidgets import (
 )
 
 from .dataset import FolderAnnotation
+
+#: ``settings.json`` key remembering the "Prefetch next image" checkbox (bool).
+PREFETCH_SETTING = "folder_prefetch_next_image"
+
+
+def _remembered_prefetch() -> bool:
+    from napari_edgesam.engine.paths import get_setting
+
+    value = get_setting(PREFETCH_SETTING, True)
+    return value if isinstance(value, bool) else True
+
+
+def _remember_prefetch(value: bool) -> None:
+    import logging
+
+    from napari_edgesam.engine.paths import set_setting, settings_path
+
+    try:
+        set_setting(PREFETCH_SETTING, bool(value))
+    except OSError as exc:  # a read-only config folder: the choice lasts this session
+        logging.getLogger(__name__).info("Cannot remember %s in %s: %s", PREFETCH_SETTING,
+                                         settings_path(), exc)
 
 
 class FolderPanel(QWidget):
@@ -30,7 +56,8 @@ class FolderPanel(QWidget):
     def __init__(self, dock):
         super().__init__()
         self.session = dock.session
-        self.controller = FolderAnnotation(dock.session, self._sync)
+        self.controller = FolderAnnotation(dock.session, self._sync,
+                                           prefetch_next=_remembered_prefetch())
         lay = QVBoxLayout(self)
         intro = QLabel("Annotate a folder: each image's labels (and prompts) are saved to "
                        "the labels folder when you leave it, and reopened when you come "
@@ -64,12 +91,24 @@ class FolderPanel(QWidget):
         nav.addWidget(self.previous_button)
         nav.addWidget(self.next_button)
         lay.addLayout(nav)
+        self.prefetch_check = QCheckBox("Prefetch next image")
+        self.prefetch_check.setChecked(self.controller.prefetch_next)
+        self.prefetch_check.setToolTip(
+            "While you are idle, read the next image and encode the slice it opens on, so "
+            "that after Next the first click runs only the decoder. Stopped at once when "
+            "you click; holds at most one image beside this one.")
+        self.prefetch_check.toggled.connect(self._on_prefetch_toggled)
+        lay.addWidget(self.prefetch_check)
         self._sync()
 
     @property
     def busy(self) -> bool:
         """Whether an image is being read."""
         return self.controller.busy
+
+    def _on_prefetch_toggled(self, value: bool) -> None:
+        self.controller.prefetch_next = bool(value)
+        _remember_prefetch(bool(value))
 
     def choose_images(self, folder=None):
         """Annotate ``folder`` (asked for with a dialog when omitted)."""

@@ -13,7 +13,10 @@ flight at once (onnxruntime's ``RunOptions.terminate``). This controller decides
   (stacks and movies), or the tiles around the last prompt (tiled images: nearest first,
   a few only; the rest of the image is never touched until used).
 
-The "prefetch" checkbox of the panel turns it off.
+The "prefetch" checkbox of the panel turns that off. Other parts of the panel add their
+own wishes with :meth:`PrefetchController.add_source` (the Folder tab: the next image's
+first slice, :mod:`.next_image`); they are planned after the current image's, under the
+same rules (idle only, stopped by any activity), each switched by its own checkbox.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class PrefetchController:
         self._prefetcher = None
         self._predictor = None
         self._enabled = True
+        self._sources: list = []
         self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.setInterval(IDLE_MS)
@@ -116,10 +120,23 @@ class PrefetchController:
     def enabled(self, value: bool) -> None:
         self._enabled = bool(value)
         if not self._enabled:
-            self._timer.stop()
             self.cancel()
-        else:
-            self._timer.start()
+        self._restart()
+
+    def add_source(self, jobs) -> None:
+        """Also plan ``jobs()`` when the user is idle, after the current image's own jobs,
+        whether or not :attr:`enabled` (the source has its own switch: it returns ``[]``
+        when off).
+
+        Parameters
+        ----------
+        jobs : callable
+            ``jobs() -> list`` of job dicts as :func:`plan_prefetch` makes them; a job's
+            ``"mapping"`` may be a zero-argument callable (computed in the prefetch thread,
+            see :meth:`~napari_edgesam.engine.prefetch.Prefetcher.prefetch`).
+        """
+        self._sources.append(jobs)
+        self._restart()
 
     @property
     def prefetcher(self):
@@ -137,8 +154,7 @@ class PrefetchController:
         """The user needs the model now: stop prefetching at once; look again when idle."""
         if self._prefetcher is not None:
             self._prefetcher.cancel()
-        if self._enabled:
-            self._timer.start()
+        self._restart()
 
     def cancel(self) -> None:
         if self._prefetcher is not None:
@@ -156,17 +172,25 @@ class PrefetchController:
         return pf is not None and (pf.busy or pf.pending > 0)
 
     # -- internals ------------------------------------------------------------------------
+    def _restart(self) -> None:
+        """Look again after :data:`IDLE_MS` when anything may be prefetched."""
+        if self._enabled or self._sources:
+            self._timer.start()
+        else:
+            self._timer.stop()
+
     def _on_idle(self) -> None:
-        if not self._enabled or self._predictor is None:
+        if not (self._enabled or self._sources) or self._predictor is None:
             return
         if not self._idle():
             self._timer.start()  # not idle yet: look again later
             return
-        try:
-            jobs = self._jobs()
-        except Exception:  # noqa: BLE001 - prefetching is optional; never disturb the user
-            _log.debug("no prefetch", exc_info=True)
-            return
+        jobs = []
+        for plan in ([self._jobs] if self._enabled else []) + self._sources:
+            try:
+                jobs += plan()
+            except Exception:  # noqa: BLE001 - prefetching is optional; never disturb the user
+                _log.debug("no prefetch", exc_info=True)
         if not jobs:
             return
         from napari_edgesam.engine.prefetch import Prefetcher

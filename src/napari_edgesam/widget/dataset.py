@@ -7,7 +7,14 @@ they exist (``<stem>_labels.tif``; a new Labels layer at the first commit otherw
 an image (Next, Previous, another image of the list) saves its labels and their prompt log
 (``<stem>_labels.prompts.json``) atomically, in a worker; coming back reopens them (from the
 save still in flight, if any, so nothing is lost to a race). ``done`` counts the images that
-have a labels file.
+have a labels file. Each image opens on its middle slice (:func:`.next_image.first_slice`).
+
+OME-Zarr images (``*.zarr`` / ``*.ome.zarr`` folders, read by ``napari-ome-zarr``) are
+listed beside the files; their multiscale layers stay lazy (the model reads the current
+slice of the full-resolution level only); their labels are saved as TIFF like any image's.
+
+While the user works on an image, the next one is read and its first slice encoded ahead
+when the user is idle (:mod:`.next_image`; :attr:`FolderAnnotation.prefetch_next`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from .next_image import NextImage, first_slice, read_layers
 
 __all__ = ["Dataset", "FolderAnnotation", "read_image_job"]
 
@@ -72,8 +81,17 @@ class Dataset:
         return sum(self.is_done(i) for i in range(len(self.items)))
 
 
-def read_image_job(path, labels_path):
+def read_image_job(path, labels_path, layers=None):
     """Read an image with napari's readers and its saved labels (worker thread).
+
+    Parameters
+    ----------
+    path : path-like
+        The image file or OME-Zarr folder.
+    labels_path : path-like or None
+        Its saved labels (``<stem>_labels.tif``; not read when None or missing).
+    layers : list of LayerData, optional
+        The image as read ahead (:meth:`.next_image.NextImage.take`): not read again.
 
     Returns
     -------
@@ -81,17 +99,8 @@ def read_image_job(path, labels_path):
         The image's layer data tuples ``(data, kwargs, layer_type)``, the saved labels and
         their prompt log (None when there are none).
     """
-    from npe2 import read
-
-    try:
-        layers = read([str(path)], stack=False)
-    except ValueError:  # no reader plugin for it: plain TIFF or numpy files still open
-        if Path(path).suffix.lower() == ".npy":
-            layers = [(np.load(path, mmap_mode="r"), {}, "image")]
-        else:
-            import tifffile
-
-            layers = [(tifffile.imread(path), {}, "image")]
+    if layers is None:
+        layers = read_layers(path)
     labels = log = None
     if labels_path is not None and Path(labels_path).is_file():
         import tifffile
@@ -116,9 +125,12 @@ class FolderAnnotation:
         Only its public API is used.
     on_change : callable, optional
         ``on_change()`` when the position, the busy state or the done count changed.
+    prefetch_next : bool
+        Read the next image and encode its first slice while the user is idle (see
+        :attr:`prefetch_next`).
     """
 
-    def __init__(self, session, on_change=None):
+    def __init__(self, session, on_change=None, prefetch_next: bool = True):
         self.session = session
         self._on_change = on_change or (lambda: None)
         self.dataset: Dataset | None = None
@@ -129,11 +141,47 @@ class FolderAnnotation:
         #: ``(labels, log)`` being saved in a worker (or whose save failed), by labels
         #: path: reopened from here meanwhile.
         self._saving: dict[Path, tuple] = {}
+        self._prefetch_next = bool(prefetch_next)
+        #: The next image as read ahead (None: not planned yet, or handed to the read).
+        self.next_image: NextImage | None = None
+        session.prefetcher.add_source(self.prefetch_jobs)
 
     @property
     def busy(self) -> bool:
         """Whether an image is being read."""
         return self.worker is not None
+
+    @property
+    def prefetch_next(self) -> bool:
+        """Whether the next image is read and its first slice encoded while the user is
+        idle (the Folder tab's "Prefetch next image"); off drops what was read ahead."""
+        return self._prefetch_next
+
+    @prefetch_next.setter
+    def prefetch_next(self, value: bool) -> None:
+        self._prefetch_next = bool(value)
+        if not self._prefetch_next:
+            self.next_image = None
+        self.session.prefetcher.activity()  # stop what runs; plan again when idle
+
+    def prefetch_jobs(self) -> list:
+        """The prefetch job of the next image (for the session's PrefetchController):
+        none when switched off, at the last image, while an image is read, without a
+        model, or with the "layer contrast limits" mapping (napari chooses the limits when
+        the layer is made, so the embedding's key cannot be known ahead)."""
+        s = self.session
+        ds = self.dataset
+        if not self._prefetch_next or ds is None or self.busy or s.model is None \
+                or s.mapping_mode == "contrast" or not 0 <= self.index < len(ds) - 1:
+            return []
+        index = self.index + 1
+        spec = (s.mapping_mode,)
+        nxt = self.next_image
+        if nxt is None or nxt.index != index or nxt.path != ds.items[index] \
+                or nxt.spec != spec:
+            nxt = self.next_image = NextImage(ds.items[index], index, spec)
+        job = nxt.job()
+        return [] if job is None else [job]
 
     def open(self, images, labels=None):
         """Annotate the folder ``images`` (labels into ``labels``); opens its first image
@@ -171,9 +219,14 @@ class FolderAnnotation:
         labels_path = self.dataset.labels_path(index)
         s.set_status(f"Opening {path.name} ({index + 1} of {len(self.dataset)})...")
         pending = self._saving.get(labels_path)
+        nxt, self.next_image = self.next_image, None  # at most one image read ahead
+        ahead = nxt.take() if nxt is not None and nxt.index == index \
+            and nxt.path == path else None
+        s.prefetcher.activity()  # the image asked for comes first
         self.worker = s.start_worker(
-            read_image_job, path, None if pending is not None else labels_path,
+            read_image_job, path, None if pending is not None else labels_path, ahead,
             returned=lambda out, i=index, p=pending: self._on_read(i, out, p),
+            errored=lambda exc, p=path: s.notify_error(exc, f"cannot open {p.name}: "),
             finished=self._on_finished, desc=f"EdgeSAM: opening {path.name}")
         self._on_change()
         return self.worker
@@ -222,15 +275,19 @@ class FolderAnnotation:
         self.image_layers, self.labels_layer = [], None
         path = self.dataset.items[index]
         added = []
-        for layer_data in layers:  # napari's LayerData: (data,), (data, kwargs) or 3 items
-            data = layer_data[0]
-            kwargs = layer_data[1] if len(layer_data) > 1 else {}
-            kind = layer_data[2] if len(layer_data) > 2 else "image"
-            if kind != "image":
-                continue
-            kwargs = dict(kwargs or {})
-            kwargs.setdefault("name", _stem(path))
-            added += list(np.atleast_1d(viewer.add_image(data, **kwargs)))
+        follow, s.follow_new_images = s.follow_new_images, False  # set below, once centred
+        try:
+            for layer_data in layers:  # napari's LayerData: (data,), (data, kwargs) or 3
+                data = layer_data[0]
+                kwargs = layer_data[1] if len(layer_data) > 1 else {}
+                kind = layer_data[2] if len(layer_data) > 2 else "image"
+                if kind != "image":
+                    continue
+                kwargs = dict(kwargs or {})
+                kwargs.setdefault("name", _stem(path))
+                added += list(np.atleast_1d(viewer.add_image(data, **kwargs)))
+        finally:
+            s.follow_new_images = follow
         self.index = index
         self.image_layers = added
         if not added:
@@ -238,6 +295,7 @@ class FolderAnnotation:
             self._on_change()
             return
         image = added[0]
+        _centre(viewer, image)  # the slice the next image's prefetch encoded
         s.set_image_layer(image)
         if labels is not None:
             from .prompt_layers import transform_kwargs
@@ -250,6 +308,7 @@ class FolderAnnotation:
                 s.prompt_recorder.adopt(self.labels_layer, log)
         else:
             s.set_labels_layer(None)
+        s.take_clicks()  # the prompt layers on top, the points layer active
         viewer.layers.selection.active = s.points_layer or image
         self._on_change()
         # The previous image and its labels leave once the new ones are shown (removing
@@ -269,3 +328,23 @@ class FolderAnnotation:
         if target is not None and target in viewer.layers and self.image_layers:
             return target
         return None
+
+
+def _centre(viewer, layer) -> None:
+    """Move the sliders of ``layer``'s leading axes to its middle slice
+    (:func:`.next_image.first_slice`), whatever the previous image left them at."""
+    from ._geometry import ImageGeometry, image_data
+
+    try:
+        lead = first_slice(ImageGeometry(tuple(image_data(layer).shape),
+                                         rgb=bool(layer.rgb)))
+    except ValueError:  # not an image the panel segments: the session says why
+        return
+    if not lead:
+        return
+    pos = np.zeros(layer.ndim)
+    pos[:len(lead)] = lead
+    world = np.asarray(layer.data_to_world(pos), dtype=float)
+    first = viewer.dims.ndim - layer.ndim
+    viewer.dims.set_point([first + i for i in range(len(lead))],
+                          [float(world[i]) for i in range(len(lead))])

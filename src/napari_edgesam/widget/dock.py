@@ -108,6 +108,7 @@ class EdgeSamWidget(QWidget):
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         alive = self._alive = {"alive": True}
         self._workers = workers.WorkerRunner(lambda: alive["alive"])
+        self._starting = 0  # start_worker calls in progress
         self.session = s = AnnotationSession(self.viewer, self.start_worker, self, self)
         self.model_picker = ModelPicker(self.start_worker, s.notify_error)
         self.propagation = PropagationPanel(self)
@@ -118,6 +119,9 @@ class EdgeSamWidget(QWidget):
         s.busy_sources += [lambda: self.propagation.busy, lambda: self.batch.busy,
                            lambda: self.segment_all.busy, lambda: self.folder.busy,
                            lambda: self.model_picker.busy]
+        # a worker being started is not idle yet (napari's progress bar processes events
+        # while it is made, before the caller holds its worker): no prefetch then
+        s.busy_sources.append(lambda: self._starting > 0)
         self._build_ui()
         self._syncing = False
         s.status_changed.connect(self._show_status)
@@ -335,9 +339,13 @@ class EdgeSamWidget(QWidget):
                      desc=None, yielded=None, total=0):
         """Run ``func(*args)`` in a worker thread (see :meth:`.workers.WorkerRunner.start`);
         errors go to ``errored``, else to a notification."""
-        return self._workers.start(func, *args, returned=returned,
-                                   errored=errored or self.notify_error,
-                                   finished=finished, desc=desc, yielded=yielded, total=total)
+        self._starting += 1
+        try:
+            return self._workers.start(func, *args, returned=returned,
+                                       errored=errored or self.notify_error, finished=finished,
+                                       desc=desc, yielded=yielded, total=total)
+        finally:
+            self._starting -= 1
 
     def notify_error(self, exc, prefix: str = ""):
         """An error notification, and the status line."""
