@@ -234,10 +234,13 @@ def test_builtin_int8_variants_run_on_the_test_double(model, images):
     """Mechanism only: calibration on the user's slices, quantisation, check, record."""
     report = opt.optimize_model(model, images, n_clicks=2, n_boxes=1)
     by_kind = {r.kind: r for r in report.results}
-    assert set(by_kind) == {"decoder-int8", "encoder-fold", "encoder-int8"}
+    assert set(by_kind) == {"decoder-int8", "decoder-batch", "encoder-fold", "encoder-int8"}
     # the test double has no parallel depthwise branches: no fold variant, and it says so
     fold = by_kind.pop("encoder-fold")
     assert fold.status == "skipped" and fold.reason.startswith("0 folds"), fold.reason
+    # its hand-built mask branch cannot take a prompt batch: no batch variant, with the node
+    batch = by_kind.pop("decoder-batch")
+    assert batch.status == "skipped" and "t12_reshape" in batch.reason, batch.reason
     for r in by_kind.values():
         assert r.status in ("enabled", "refused"), r.reason
         assert (r.folder / f"{r.kind}.json").is_file()

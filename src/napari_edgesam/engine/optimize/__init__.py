@@ -23,7 +23,7 @@ Variants (see :data:`VARIANTS`):
     identity, summed; BatchNorms left on them folded too) becomes one 3x3 depthwise
     convolution. The build reports how many it folded (23 on EdgeSAM's architecture); a
     graph with nothing to fold gives no variant (``skipped``, "0 folds").
-``decoder-batch`` (not built by default: ``variants=["decoder-batch"]``)
+``decoder-batch`` (built by default)
     The float32 decoder rewritten to take a batch of prompt sets of one length in one
     ``session.run`` (:mod:`.prompt_batch`); the image side stays batch 1 and broadcasts.
     Used beside the decoder variant by batch work (automatic segmentation's seeds, through

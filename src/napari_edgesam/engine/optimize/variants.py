@@ -12,7 +12,7 @@ on the folded graph). Both are built by default; int8 comes first in :data:`PREF
 not built). A graph with nothing to fold gives ``encoder-fold`` no file: the builder raises
 :class:`NotApplicable` ("0 folds ..."), reported as ``skipped`` with that reason.
 
-``decoder-batch`` (role ``prompt-batch``, not built by default) is the float32 decoder
+``decoder-batch`` (role ``prompt-batch``, built by default) is the float32 decoder
 rewritten to take a batch of prompt sets (:mod:`.prompt_batch`); it is used beside the
 decoder variant by batch work (:mod:`.prompt_batch_runtime`), never in its place. A decoder
 graph the rewrite does not recognise gives no file (``skipped``, with the node and why).
@@ -42,7 +42,7 @@ from .rewrites import (
 )
 
 #: Variants built by default.
-DEFAULT_VARIANTS = ("decoder-int8", "encoder-fold", "encoder-int8")
+DEFAULT_VARIANTS = ("decoder-int8", "decoder-batch", "encoder-fold", "encoder-int8")
 #: When several variants of one role passed, the first one of this order is used: int8
 #: (built on the folded encoder, so it has the fold's gain too) before the exact fold.
 PREFERENCE = ("decoder-int8", "decoder-fast", "encoder-int8", "encoder-fold")
