@@ -55,6 +55,51 @@ def scene(size: int, object_size: float, n: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 65535).astype(np.uint16)
 
 
+def seed_inputs(image: np.ndarray, object_size: float):
+    """``(params, mapping, threshold)`` for :func:`detect_seeds` on ``image`` (uint16
+    ``(Y, X)``): the automatic parameters, the stack's intensity mapping and the foreground
+    threshold, computed once per stack as the batch does (not timed)."""
+    from napari_edgesam.engine.intensity import stack_mapping
+    from napari_edgesam.workflows.automatic import AutoParams
+    from napari_edgesam.workflows.automatic.foreground import _signal, foreground_threshold
+
+    params = AutoParams(object_size=object_size)
+    mapping = stack_mapping(image, "auto")
+    mapped = mapping.apply(image, expand=False)
+    return params, mapping, foreground_threshold(_signal(mapped, "bright")[::4, ::4])
+
+
+def detect_seeds(image: np.ndarray, params, mapping, threshold) -> np.ndarray:
+    """Seed detection of one slice as ``segment_slice`` does it (the mapping, then
+    ``seed_factor`` blocks of the uint8 image); seeds ``(N, 2)`` as ``(x, y)``."""
+    from napari_edgesam.workflows.automatic import seeds
+
+    m = mapping.apply(image, expand=False)
+    f = seeds.seed_factor(m.shape, params.object_size)
+    return seeds._detect(None, params, threshold, factor=f, shape=m.shape,
+                         small=seeds._block_signal(m, f, "bright"))[0]
+
+
+def seed_row(model, rounds: int, object_size: float = 140.0, objects: int = 40):
+    """The harness row (``run.Row``) of issue 17's seed figure: seed detection per
+    2048 x 2048 uint16 slice of :func:`scene` against one raw encoder run of ``model``,
+    interleaved over ``rounds`` rounds (medians)."""
+    from run import Row, interleaved_medians
+
+    image = scene(2048, object_size, objects)
+    params, mapping, threshold = seed_inputs(image, object_size)
+    session = model.session("encoder")
+    tensor = np.random.default_rng(1).normal(0, 1, (1, 3, 1024, 1024)).astype(np.float32)
+    feeds = {session.get_inputs()[0].name: tensor}
+    n = len(detect_seeds(image, params, mapping, threshold))
+    med = interleaved_medians({
+        "raw": lambda: session.run(None, feeds),
+        "seeds": lambda: detect_seeds(image, params, mapping, threshold)}, rounds)
+    return Row("seed detection per 2048x2048 slice", med["seeds"], med["raw"],
+               f"{objects} discs of {object_size:g} px, {n} seeds; ratio to one raw "
+               "encoder run", {"seeds": n})
+
+
 def match(a: np.ndarray, b: np.ndarray, min_iou: float = 0.5) -> tuple[int, int, int, float]:
     """Objects of labels ``a`` and ``b`` matched one to one by IoU > ``min_iou``.
 
@@ -86,11 +131,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     from napari_edgesam.engine import EdgeSamModel, Predictor
-    from napari_edgesam.engine.intensity import stack_mapping
     from napari_edgesam.engine.transforms import MaskUpsampler
-    from napari_edgesam.workflows.automatic import AutoParams, segment_slice
-    from napari_edgesam.workflows.automatic import driver, lowres, seeds
-    from napari_edgesam.workflows.automatic.foreground import _signal, foreground_threshold
+    from napari_edgesam.workflows.automatic import driver, lowres, segment_slice, seeds
+    from napari_edgesam.workflows.automatic.foreground import _signal
 
     enc, dec = MODELS[args.model]
     if not enc.exists():
@@ -99,10 +142,7 @@ def main(argv=None) -> int:
     model = EdgeSamModel(enc, dec, num_threads=args.threads).load()
     predictor = Predictor(model, cache=None)
     image = scene(2048, args.object_size, args.objects)
-    params = AutoParams(object_size=args.object_size)
-    mapping = stack_mapping(image, "auto")
-    mapped = mapping.apply(image, expand=False)
-    threshold = foreground_threshold(_signal(mapped, "bright")[::4, ::4])
+    params, mapping, threshold = seed_inputs(image, args.object_size)
     emb = predictor.embed(image, mapping)
     tensor = np.zeros((1, 3, 1024, 1024), np.float32)
     tensor[:] = np.random.default_rng(1).normal(0, 1, tensor.shape).astype(np.float32)
@@ -121,10 +161,7 @@ def main(argv=None) -> int:
         return s
 
     def seeds_after():
-        m = mapping.apply(image, expand=False)
-        f = seeds.seed_factor(m.shape, params.object_size)
-        return seeds._detect(None, params, threshold, factor=f, shape=m.shape,
-                             small=seeds._block_signal(m, f, "bright"))[0]
+        return detect_seeds(image, params, mapping, threshold)
 
     # time spent inside the upsampling and the decoder, per segment_slice
     spent = {"up": 0.0, "dec": 0.0, "calls": 0}

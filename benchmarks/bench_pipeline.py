@@ -1,16 +1,20 @@
 """Propagation over 100 slices, cold and warm, as ratios to raw onnxruntime (issue 17, 3-4).
 
 Rows: cold cache per run / (N x (raw encoder + raw decoder)) and warm cache per run /
-(N x raw decoder), on the faithful random-weight benchmark model (benchmarks/models/, not
-EdgeSAM). Raw costs are measured in the same process right before each propagation
-(medians), so the ratios survive a loaded machine better than times do. Stop rules are off
-so every slice is propagated.
+(N x raw decoder), on a benchmark model (benchmarks/models/, not EdgeSAM): the faithful
+random-weight one (default) or the realistic-mask one (``--model realistic``). Raw costs
+are measured in the same process right before each propagation (medians), so the ratios
+survive a loaded machine better than times do. Stop rules are off so every slice is
+propagated.
 
 To compare two trees of the package (say the last commit before a change and after it),
 pass ``--src`` several times: each repeat runs every tree once, in turn, each in a fresh
 process (interleaved), and the medians of the ratios are printed per tree::
 
     python benchmarks/bench_pipeline.py --src /tmp/before/src --src src --repeats 3
+    python benchmarks/bench_pipeline.py --src /tmp/before/src --src src --model realistic
+
+``run.py --only goals`` calls :func:`measure` for its propagation rows.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ENC = HERE / "models" / "edgesam_faithful_encoder.onnx"
-DEC = HERE / "models" / "edgesam_faithful_decoder.onnx"
+#: The benchmark models (benchmarks/README.md; not EdgeSAM): ``--model`` picks one.
+MODELS = {name: (HERE / "models" / f"edgesam_{name}_encoder.onnx",
+                 HERE / "models" / f"edgesam_{name}_decoder.onnx")
+          for name in ("faithful", "realistic")}
 
 
 def _stack(n: int, size: int) -> np.ndarray:
@@ -50,9 +56,29 @@ def _median(fn, n: int) -> float:
     return float(np.median(ts))
 
 
-def child(n: int, size: int, threads: int) -> dict:
-    """One cold and one warm propagation over ``n`` slices, with raw costs around them."""
-    from napari_edgesam.engine import EdgeSamModel, Predictor
+def child(n: int, size: int, threads: int, model: str = "faithful") -> dict:
+    """:func:`measure` on a benchmark model (``"faithful"`` or ``"realistic"``) loaded here."""
+    from napari_edgesam.engine import EdgeSamModel
+
+    enc, dec = MODELS[model]
+    loaded = EdgeSamModel(enc, dec, name=model, num_threads=threads)
+    return measure(loaded.load(), n, size)
+
+
+def measure(model, n: int, size: int) -> dict:
+    """One cold and one warm propagation over ``n`` slices of ``size`` x ``size`` with
+    ``model`` (a loaded :class:`EdgeSamModel`), with raw costs around them.
+
+    Returns
+    -------
+    dict
+        ``{"cold" | "warm": {"seconds", "slices", "raw_encoder", "raw_decoder", "ratio",
+        "stats", "cache"}}``: the run's wall time, slices propagated, the raw medians
+        (seconds; before and after the run, averaged), the run over ``slices`` x (raw
+        encoder + raw decoder) cold or ``slices`` x raw decoder warm, the run's stats and
+        the cache's hits.
+    """
+    from napari_edgesam.engine import Predictor
     from napari_edgesam.engine.cache import EmbeddingCache
     from napari_edgesam.workflows.propagation import (
         PropagationSettings,
@@ -60,8 +86,6 @@ def child(n: int, size: int, threads: int) -> dict:
         propagate,
     )
 
-    model = EdgeSamModel(ENC, DEC, name="faithful (random weights)", num_threads=threads)
-    model.load()
     enc, dec = model.session("encoder"), model.session("decoder")
     rng = np.random.default_rng(1)
     tensor = rng.normal(0, 1, (1, 3, 1024, 1024)).astype(np.float32)
@@ -108,11 +132,12 @@ def main(argv=None) -> int:
     p.add_argument("--slices", type=int, default=100)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", choices=sorted(MODELS), default="faithful")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.slices, args.size, args.threads)))
+        print(json.dumps(child(args.slices, args.size, args.threads, args.model)))
         return 0
     srcs = args.src or [""]
     results = {s: [] for s in srcs}
@@ -123,7 +148,8 @@ def main(argv=None) -> int:
             if s:
                 env["PYTHONPATH"] = str(Path(s).resolve())
             cmd = [sys.executable, __file__, "--child", "--slices", str(args.slices),
-                   "--size", str(args.size), "--threads", str(args.threads)]
+                   "--size", str(args.size), "--threads", str(args.threads),
+                   "--model", args.model]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             res = json.loads(done.stdout.strip().splitlines()[-1])
             results[s].append(res)
@@ -131,7 +157,7 @@ def main(argv=None) -> int:
             print(f"repeat {r} {s or 'installed'}: cold {res['cold']['ratio']:.3f} "
                   f"warm {res['warm']['ratio']:.3f} ({res['warm']['cache']}) load "
                   f"{loads[-1][0]:.2f}", flush=True)
-    print(f"\n{args.slices} slices {args.size}x{args.size}, faithful random-weight model, "
+    print(f"\n{args.slices} slices {args.size}x{args.size}, {args.model} benchmark model, "
           f"{args.threads} threads; medians of {args.repeats} interleaved runs")
     for s in srcs:
         cold = np.median([x["cold"]["ratio"] for x in results[s]])

@@ -111,7 +111,7 @@ def _sequences(enc, dec, enc_feeds, dec_feeds) -> dict:
 
 
 def measure(policies, encoder: Path, decoder: Path, threads: int, repeats: int,
-            seed: int = 0) -> dict:
+            seed: int = 0, figures=FIGURES) -> dict:
     """Medians of every figure for each policy and for the raw sessions, in this process.
 
     Parameters
@@ -124,6 +124,11 @@ def measure(policies, encoder: Path, decoder: Path, threads: int, repeats: int,
         Intra-op threads of every session.
     repeats : int
         Rounds; every sequence runs once per round.
+    seed : int
+        Seed of the shuffles.
+    figures : sequence of str
+        The figures of :data:`FIGURES` to time (default all); the raw sessions time the
+        "alone" ones among them.
 
     Returns
     -------
@@ -133,10 +138,11 @@ def measure(policies, encoder: Path, decoder: Path, threads: int, repeats: int,
     enc_feeds, dec_feeds = _feeds(threads, encoder, decoder)
     raw_enc, raw_dec = raw_session(encoder, threads), raw_session(decoder, threads)
     seqs = {"raw": {k: v for k, v in _sequences(raw_enc, raw_dec, enc_feeds, dec_feeds).items()
-                    if k.endswith("alone")}}
+                    if k.endswith("alone") and k in figures}}
     for policy in policies:
-        seqs[policy] = _sequences(*policy_sessions(policy, encoder, decoder, threads),
-                                  enc_feeds, dec_feeds)
+        seqs[policy] = {k: v for k, v in _sequences(
+            *policy_sessions(policy, encoder, decoder, threads), enc_feeds, dec_feeds).items()
+            if k in figures}
     tasks = [(name, fig) for name, figs in seqs.items() for fig in figs]
     for name, fig in tasks:  # warm-up: first runs allocate
         seqs[name][fig]()

@@ -293,6 +293,74 @@ def bench_batch(ctx):
     return rows
 
 
+def batch_per_slice(ctx, slices: int):
+    """Batch wall time per slice against the raw model work it needs, in this process.
+
+    ``run_batch`` (``scheduler="synchronous"``, as ``napari-edgesam batch`` runs by default:
+    the model's own files, no ``--optimized``; object size 140) over one ``slices`` x
+    2048 x 2048 uint16 stack of bright blobs (a TIFF in a temporary folder). Every
+    ``session.run`` fed ``point_coords`` is counted (at onnxruntime's
+    ``InferenceSession.run``, so a split or prompt-batched decoder is counted too), with
+    its prompt sets (the batch axis of ``point_coords``).
+
+    Returns
+    -------
+    Row
+        seconds: the run's wall time over ``slices``; raw_seconds: one raw encoder run plus
+        one raw decoder run (one prompt set) per prompt set decoded per slice. ``extra``
+        has the counts and the steady-state time per slice (between the first and the last
+        slice done).
+    """
+    Row = _rows()
+    import onnxruntime as ort
+    import tifffile
+
+    from napari_edgesam.workflows.automatic import AutoParams
+    from napari_edgesam.workflows.batch import BatchParams, ModelSpec, run_batch
+
+    raw_enc, raw_dec = _raw_costs(ctx.model, ctx.rng)
+    stack = _blob_stack(slices, 2048, ctx.rng)
+    counts = {"runs": 0, "prompt_sets": 0}
+    real_run = ort.InferenceSession.run
+
+    def counting_run(self, output_names, input_feed, *args, **kwargs):
+        if "point_coords" in input_feed:
+            counts["runs"] += 1
+            counts["prompt_sets"] += int(np.shape(input_feed["point_coords"])[0])
+        return real_run(self, output_names, input_feed, *args, **kwargs)
+
+    done_at = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stack.tif"
+        tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZYX"})
+        ort.InferenceSession.run = counting_run
+        try:
+            t0 = time.perf_counter()
+            summary = run_batch(path, Path(tmp) / "out", ModelSpec.from_model(ctx.model),
+                                BatchParams(automatic=AutoParams(object_size=140)),
+                                scheduler="synchronous",
+                                slice_progress=lambda _i, done, _n: done_at.setdefault(
+                                    done, time.perf_counter()))
+            wall = time.perf_counter() - t0
+        finally:
+            ort.InferenceSession.run = real_run
+    per_slice = wall / slices
+    sets = counts["prompt_sets"] / slices
+    base = raw_enc + sets * raw_dec
+    steady = ((done_at[slices] - done_at[1]) / (slices - 1)
+              if slices > 1 and 1 in done_at and slices in done_at else None)
+    return Row("batch, 2048x2048 uint16, wall per slice", per_slice, base,
+               f"{slices} slices, {sets:.1f} prompt sets ({counts['runs'] / slices:.1f} "
+               f"decoder runs) per slice; raw encoder {raw_enc * 1e3:.0f} ms + "
+               f"{sets:.1f} x raw decoder {raw_dec * 1e3:.0f} ms; steady state "
+               + (f"{steady / base:.2f}x" if steady else "-")
+               + f"; {masks_kind(ctx.model)}; {'ok' if summary.ok else 'FAILED'}",
+               {"slices": slices, "wall_seconds": wall, "raw_encoder": raw_enc,
+                "raw_decoder": raw_dec, "prompt_sets_per_slice": sets,
+                "decoder_runs_per_slice": counts["runs"] / slices,
+                "steady_seconds_per_slice": steady, "ok": summary.ok})
+
+
 def bench_batch_large(ctx):
     """Batch on one 10000 x 10000 slice, memory-mapped (an uncompressed TIFF): tiled
     automatic segmentation reads it window by window; peak private memory next to the

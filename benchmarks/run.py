@@ -14,6 +14,9 @@ Usage::
     python benchmarks/run.py                      # faithful model in benchmarks/models/
     python benchmarks/run.py --model edgesam-3x   # the real weights, if downloaded
     python benchmarks/run.py --only encoder,click --repeats 10 --json out.json
+    xvfb-run -a python benchmarks/run.py --only goals           # issue 17's goal table
+    xvfb-run -a python benchmarks/run.py --only goals --quick   # its smoke run
+    python benchmarks/run.py --only goals --goals click,propagation   # parts of it
 
 Adding a row: write ``def bench_<name>(ctx) -> list[Row]`` and register it in ``BENCHMARKS``.
 """
@@ -281,11 +284,11 @@ def _variant(ctx: Context, kind: str, **kw):
     return load_variant(ctx.model, kind, require_passed=False, **kw), res
 
 
-def _verdict(res) -> str:
+def _verdict(res, masks: str = "random weights") -> str:
     if res.agreement is None:
         return res.status
     return (f"check: {res.status}, IoU mean {res.agreement.mean_iou:.3f} / min "
-            f"{res.agreement.min_iou:.3f} (random weights)")
+            f"{res.agreement.min_iou:.3f} ({masks})")
 
 
 def bench_optimize(ctx: Context) -> list[Row]:
@@ -329,25 +332,31 @@ def bench_click_optimized(ctx: Context) -> list[Row]:
         # A newly encoded slice: its decoder part was made by embed (untimed, as in the
         # encode worker), so the first click runs the prompt part only (issue 17, point 2;
         # benchmarks/bench_first_click.py times the before/after in detail).
-        fresh = preds["decoder-int8"].with_decoder_part(emb)
-
-        def first_click(p=preds["decoder-int8"], e=fresh, pt=point):
+        def first_click(p, e, pt=point):
             p.model._memo.clear()  # no per-array memo to help: only the stored part
             return p.predict(points=pt, embedding=e)
 
         fns = {"raw": lambda f=feeds: sess.run(None, f)}
         for name, p in preds.items():
             fns[name] = lambda p=p, e=emb, pt=point: p.predict(points=pt, embedding=e)
-        fns["decoder-int8, first click on a slice"] = first_click
+        first_of = {}
+        for kind in ("decoder-fast", "decoder-int8"):
+            name = f"{kind}, first click on a slice"
+            fresh = preds[kind].with_decoder_part(emb)
+            fns[name] = lambda p=preds[kind], e=fresh: first_click(p, e)
+            first_of[name] = kind
         med = interleaved_medians(fns, ctx.repeats)
         area = preds["decoder-int8"].predict(points=point, embedding=emb).area / size**2
+        masks = _masks(model)
         for name in fns:
             if name == "raw":
                 continue
-            note = {"decoder-fast": _verdict(fast_res), "decoder-int8": _verdict(int8_res)}
+            note = {"decoder-fast": _verdict(fast_res, masks),
+                    "decoder-int8": _verdict(int8_res, masks)}
             rows.append(Row(f"click to mask {size}x{size}, {name}", med[name], med["raw"],
-                            note.get(name, f"mask {area:.0%} of the image ({_masks(model)})"),
-                            {"size": size, "variant": name}))
+                            note.get(name, f"mask {area:.0%} of the image ({masks})"),
+                            {"size": size, "variant": name,
+                             "first_click_of": first_of.get(name), "mask_fraction": area}))
     return rows
 
 
@@ -564,6 +573,7 @@ BENCHMARKS = {
     "threads": _workflow("threads", "bench_threads"),  # thread-pool policies, options
     "prefetch": bench_prefetch,
     "napari": _workflow("napari_click"),
+    "goals": _workflow("goals", "bench_goals"),  # issue 17's goal table (bench_goals.py)
     "memory": bench_memory,
 }
 
@@ -601,7 +611,7 @@ def main(argv=None) -> int:
     p.add_argument("--encoder", type=Path, default=None)
     p.add_argument("--decoder", type=Path, default=None)
     p.add_argument("--model", default=None, help="a published model name, if downloaded")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=None, help="default 7 (3 with --quick)")
     p.add_argument("--sizes", default="512,2048,4096")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--thread-policy", default=None,
@@ -612,8 +622,17 @@ def main(argv=None) -> int:
                    help="rebuild and re-check the optimised variants (else remembered)")
     p.add_argument("--optimize-images", type=int, default=3,
                    help="synthetic slices for calibrating/checking the variants")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: 3 repeats, and fewer slices in the goals rows")
+    p.add_argument("--goals", default=None,
+                   help="comma list of the goals rows' parts (see bench_goals.PARTS)")
+    p.add_argument("--torch-python", default=None,
+                   help="a Python with torch for the SAM ViT-B row (bench_peers.py)")
     args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 7
     load_start = _load_average()
+    t_start = time.perf_counter()
 
     from napari_edgesam import __version__
     from napari_edgesam.engine import EdgeSamModel
@@ -659,6 +678,8 @@ def main(argv=None) -> int:
         "load_average_start": load_start,
         "load_average_end": _load_average(),
         "repeats": args.repeats,
+        "quick": args.quick,
+        "seconds": time.perf_counter() - t_start,
     }
     print(f"model: {model.name} ({model.encoder_path.name}, {model.decoder_path.name})")
     print(f"machine: {machine['processor']}, {machine['cpus_available']} CPUs, "
@@ -666,6 +687,12 @@ def main(argv=None) -> int:
           f"thread policy {machine['thread_policy']}; load average {load_start} at the "
           f"start, {machine['load_average_end']} at the end")
     print(format_table(rows))
+    if any(r.extra.get("goal_key") for r in rows):
+        from bench_goals import format_goals
+
+        print(f"\n{format_goals(rows)}\n(load average {load_start} at the start, "
+              f"{machine['load_average_end']} at the end; {machine['seconds']:.0f} s"
+              f"{'; --quick: a smoke run, not the figures' if args.quick else ''})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine,
                "rows": [dict(asdict(r), ratio=r.ratio) for r in rows]}
