@@ -48,8 +48,11 @@ def test_segment_all_then_undo_then_again_over_an_existing_object(
     panel = w.segment_all
     assert not panel.stack_check.isEnabled()  # a 2D image
     panel.size_spin.setValue(22)
+    stopped = []  # a prefetch in flight is stopped: the run needs the cores
+    w.session.prefetcher.activity = lambda: stopped.append(True)
     qtbot.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
     assert panel.busy and not panel.run_button.isEnabled()
+    assert stopped
     qtbot.waitUntil(lambda: not panel.busy and "Segment all:" in w.status, timeout=60_000)
     assert "Ctrl+Z undoes them all" in w.status, w.status
     ids = _ids_at(labels.data, CENTRES)

@@ -130,6 +130,7 @@ class SegmentAll:
             pairs = [(tuple(s.lead), s.slice_key())]
         layer = s.image_layer
         data = layer.data[0] if layer.multiscale else layer.data
+        s.prefetcher.activity()  # a prefetch in flight would take the cores from the run
         self._token = token = CancelToken()
         self._job = {"image": layer, "leads": [lead for lead, _ in pairs],
                      "geometry": s.geometry}
