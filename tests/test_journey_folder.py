@@ -54,11 +54,19 @@ def test_a_folder_annotated_image_by_image(make_napari_viewer, npe2pm, qtbot, tm
     qtbot.keyClick(canvas, Qt.Key.Key_C)
     qtbot.waitUntil(lambda: "Committed label 1" in w.status, timeout=TIMEOUT)
     painted = s.labels_layer.data.copy()
+    # the commit is autosaved (2 s after the last edit)...
+    tracker = w.autosave.tracker(s.labels_layer)
+    qtbot.waitUntil(lambda: tracker.store.info() is not None and not tracker.pending(),
+                    timeout=TIMEOUT)
+    autosaved = tracker.store.folder
+    assert autosaved.is_dir()
 
     qtbot.keyClick(canvas, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier)  # Next
     wait_on("b")
     saved = raw / "labels" / "a_labels.tif"
     qtbot.waitUntil(saved.is_file, timeout=TIMEOUT)
+    # ... and that autosave is discarded once the labels are saved on leaving the image
+    qtbot.waitUntil(lambda: not autosaved.exists(), timeout=TIMEOUT)
     np.testing.assert_array_equal(tifffile.imread(saved), painted)
     log = json.loads((raw / "labels" / "a_labels.prompts.json").read_text())
     assert [o["label"] for o in log["objects"]] == [1]

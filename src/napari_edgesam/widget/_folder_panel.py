@@ -50,14 +50,20 @@ class FolderPanel(QWidget):
     Parameters
     ----------
     dock : EdgeSamWidget
-        Only its ``session`` is used.
+        Its ``session`` is used, and its ``autosave`` (once made) is told when an image's
+        labels were saved.
     """
 
     def __init__(self, dock):
         super().__init__()
         self.session = dock.session
+        def saved(layer):  # the dock makes its autosave after this panel
+            autosave = getattr(dock, "autosave", None)
+            if autosave is not None:
+                autosave.saved(layer)
+
         self.controller = FolderAnnotation(dock.session, self._sync,
-                                           prefetch_next=_remembered_prefetch())
+                                           prefetch_next=_remembered_prefetch(), on_saved=saved)
         lay = QVBoxLayout(self)
         intro = QLabel("Annotate a folder: each image's labels (and prompts) are saved to "
                        "the labels folder when you leave it, and reopened when you come "

@@ -128,11 +128,15 @@ class FolderAnnotation:
     prefetch_next : bool
         Read the next image and encode its first slice while the user is idle (see
         :attr:`prefetch_next`).
+    on_saved : callable, optional
+        ``on_saved(labels_layer)`` once an image's labels were written (the autosave of
+        that layer is then obsolete).
     """
 
-    def __init__(self, session, on_change=None, prefetch_next: bool = True):
+    def __init__(self, session, on_change=None, prefetch_next: bool = True, on_saved=None):
         self.session = session
         self._on_change = on_change or (lambda: None)
+        self._on_saved = on_saved or (lambda layer: None)
         self.dataset: Dataset | None = None
         self.index = -1
         self.worker = None
@@ -247,8 +251,9 @@ class FolderAnnotation:
         log, indices = s.prompt_recorder.candidates(layer)  # checked in the worker
         self._saving[path] = (labels, log)
 
-        def saved(_out, p=path):
+        def saved(_out, p=path, saved_layer=layer):
             self._saving.pop(p, None)
+            self._on_saved(saved_layer)
             self._on_change()
 
         def failed(exc, p=path):  # kept in memory: reopening the image shows them again
