@@ -208,3 +208,203 @@ def test_what_is_not_read_ahead(tmp_path, monkeypatch):
     assert mapping.key() and nxt.ready and nxt.nbytes == 5 * 100 * 140 * 2
     tifffile.imwrite(path, _stack(4, [2]))  # changed on disk meanwhile: read again at Next
     assert nxt.take() is None and nxt.nbytes == 0
+
+
+class _Decodes:
+    """Counts napari reads (``npe2.read``) and Pillow decodes (``ImageFile.load``)."""
+
+    def __init__(self, monkeypatch):
+        import npe2
+        from PIL import ImageFile
+
+        self.reads = self.decodes = 0
+        read, load = npe2.read, ImageFile.ImageFile.load
+
+        def counted_read(*args, **kwargs):
+            self.reads += 1
+            return read(*args, **kwargs)
+
+        def counted_load(im, *args, **kwargs):
+            self.decodes += 1
+            return load(im, *args, **kwargs)
+
+        monkeypatch.setattr(npe2, "read", counted_read)
+        monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
+
+
+def _sparse(shape, dtype=np.uint8):
+    """Mostly zeros (a few KiB as PNG however large), one bright square."""
+    img = np.zeros(shape, dtype)
+    img[10:60, 10:60] = 200
+    return img
+
+
+def test_a_large_png_is_judged_from_its_header_and_never_decoded(tmp_path, monkeypatch,
+                                                                  npe2pm):
+    """9000 x 9000 uint8 (77 MiB decoded, a few KiB on disk): tiled, so not read ahead;
+    2000 x 2000 RGBA (15 MiB decoded) over a 8 MiB bound: not read ahead. Neither file is
+    decoded to find out."""
+    from PIL import Image
+
+    from napari_edgesam.widget import next_image
+    from napari_edgesam.widget.next_image import NextImage, NotPrefetched
+
+    npe2pm.register("napari")  # napari's own readers, as in the viewer
+    big = tmp_path / "big.png"
+    Image.fromarray(_sparse((9000, 9000))).save(big)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(_sparse((2000, 2000, 4))).save(rgba)
+    assert big.stat().st_size < 2**20 and rgba.stat().st_size < 2**20
+    counts = _Decodes(monkeypatch)
+    nxt = NextImage(big, 1, ("auto",))
+    with pytest.raises(NotPrefetched, match="tiled"):
+        nxt.job()["mapping"]()
+    assert counts.reads == 0 and counts.decodes == 0
+    monkeypatch.setattr(next_image, "MAX_BYTES", 8 * 2**20)
+    nxt = NextImage(rgba, 1, ("auto",))
+    with pytest.raises(NotPrefetched, match="15 MiB"):
+        nxt.job()["mapping"]()
+    assert counts.reads == 0 and counts.decodes == 0
+    assert nxt.nbytes == 0 and nxt.take() is None
+    assert next_image.image_header(big) == ((9000, 9000), 9000 * 9000)
+    assert next_image.image_header(rgba) == ((2000, 2000, 4), 2000 * 2000 * 4)
+    assert counts.reads == 0 and counts.decodes == 0
+
+
+def test_headers_tell_the_size_napari_reads(tmp_path, monkeypatch, npe2pm):
+    """The header's shape is what napari's reader gives and its size bounds what it holds
+    (PNG grey and palette, JPEG, BMP, animated GIF, .npy, TIFF, OME-Zarr v3 with a channel
+    axis: lazy, 0 bytes); a small PNG is read ahead, once."""
+    import zarr
+    from PIL import Image
+
+    from napari_edgesam.widget.next_image import NextImage, image_header, read_layers
+
+    npe2pm.register("napari")  # napari's own readers, as in the viewer
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    files = {"grey.png": Image.fromarray(_sparse((100, 140))),
+             "palette.png": Image.fromarray(rgb).convert("P"),
+             "photo.jpg": Image.fromarray(rgb), "photo.bmp": Image.fromarray(rgb)}
+    for name, im in files.items():
+        im.save(tmp_path / name)
+    frames = [Image.fromarray(_sparse((50, 70)) // (i + 1)) for i in range(3)]
+    frames[0].save(tmp_path / "movie.gif", save_all=True, append_images=frames[1:])
+    np.save(tmp_path / "arr.npy", _sparse((3, 64, 80), np.uint16))
+    tifffile.imwrite(tmp_path / "stack.tif", _stack(4, [1]))
+    for path in sorted(tmp_path.iterdir()):
+        shape, nbytes = image_header(path)
+        (data, *_), *_ = read_layers(path)
+        palette = path.name in ("palette.png", "movie.gif")  # RGB or RGBA: 4 counted
+        assert shape == data.shape or (palette and shape[:-1] == data.shape[:-1]), path.name
+        assert data.nbytes <= nbytes, path.name
+    root = zarr.open_group(str(tmp_path / "cells.ome.zarr"), mode="w", zarr_format=3)
+    root.create_array("0", shape=(2, 5, 3000, 200), dtype="uint16", chunks=(1, 1, 64, 64))
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": "c", "type": "channel"}, {"name": "z", "type": "space"},
+                 {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0, 1.0, 1.0]}]}]}]}
+    assert image_header(tmp_path / "cells.ome.zarr") == ((5, 3000, 200), 0)
+
+    counts = _Decodes(monkeypatch)
+    nxt = NextImage(tmp_path / "grey.png", 1, ("auto",))
+    nxt.job()["mapping"]()
+    assert nxt.ready and counts.reads == 1
+    np.testing.assert_array_equal(nxt.take()[0][0], _sparse((100, 140)))
+
+
+def test_next_during_the_read_ahead_waits_for_it_instead_of_reading_again(tmp_path,
+                                                                          monkeypatch):
+    """Next while the prefetch thread reads the next image: take() does not wait (GUI
+    thread), the read after Next (read_layers, in the Folder tab's worker) waits for the
+    read ahead and uses its pixels: one read, one copy."""
+    import npe2
+
+    from napari_edgesam.widget.next_image import NextImage, NotPrefetched, read_layers
+
+    path = tmp_path / "b.tif"
+    tifffile.imwrite(path, _stack(3, [1]))
+    started, release = threading.Event(), threading.Event()
+    reads = []
+    real = npe2.read
+
+    def slow_read(*args, **kwargs):
+        reads.append(threading.current_thread().name)
+        started.set()
+        assert release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(npe2, "read", slow_read)
+    nxt = NextImage(path, 1, ("auto",))
+    job = nxt.job()
+    prefetch_error = []
+
+    def prefetch():
+        try:
+            job["mapping"]()
+        except Exception as exc:  # noqa: BLE001
+            prefetch_error.append(exc)
+
+    threading.Thread(target=prefetch, name="edgesam-prefetch").start()
+    assert started.wait(10)
+    t0 = time.perf_counter()
+    assert nxt.take() is None  # GUI thread: does not wait for the read
+    assert time.perf_counter() - t0 < 0.5
+    got = []
+    worker = threading.Thread(target=lambda: got.append(read_layers(path)), name="worker")
+    worker.start()
+    worker.join(0.3)
+    assert worker.is_alive()  # waits for the read ahead instead of reading again
+    release.set()
+    worker.join(10)
+    assert not worker.is_alive() and reads == ["edgesam-prefetch"]
+    np.testing.assert_array_equal(got[0][0][0], _stack(3, [1]))
+    assert nxt.nbytes == 0  # handed over: the read-ahead holds nothing now
+    assert isinstance(prefetch_error[0], NotPrefetched)  # its encoding is not needed now
+    assert nxt.job() is None
+
+
+def test_a_dropped_read_ahead_is_not_kept_alive_by_its_prefetch_job(tmp_path, monkeypatch,
+                                                                      npe2pm):
+    """The engine's Prefetcher may keep a finished job; the Folder tab dropping its
+    NextImage (Next to another image, prefetch off) frees the pixels all the same. Pixels
+    over the bound after reading (a header that said less) are not kept either."""
+    import gc
+    import weakref
+
+    from napari_edgesam.widget import next_image
+    from napari_edgesam.widget.next_image import NextImage, NotPrefetched
+
+    npe2pm.register("napari")  # napari's own readers, as in the viewer
+    path = tmp_path / "b.tif"
+    tifffile.imwrite(path, _stack(3, [1]))
+    nxt = NextImage(path, 1, ("auto",))
+    job = nxt.job()
+    job["mapping"]()
+    job["image"]()
+    pixels = weakref.ref(nxt._layers[0][0])
+    del nxt
+    gc.collect()
+    assert pixels() is None
+    with pytest.raises(NotPrefetched):
+        job["image"]()
+
+    import npe2
+
+    read, reads = npe2.read, []
+
+    def watched(*args, **kwargs):
+        out = read(*args, **kwargs)
+        reads.append(weakref.ref(out[0][0]))
+        return out
+
+    monkeypatch.setattr(npe2, "read", watched)
+    monkeypatch.setattr(next_image, "image_header", lambda p: ((3, 100, 140), 0))
+    monkeypatch.setattr(next_image, "MAX_BYTES", 3 * 100 * 140 * 2 - 1)
+    nxt = NextImage(path, 1, ("auto",))
+    with pytest.raises(NotPrefetched, match="MiB"):
+        nxt.job()["mapping"]()
+    assert nxt.nbytes == 0 and nxt.take() is None
+    gc.collect()
+    assert len(reads) == 1 and reads[0]() is None  # not even through nxt.failed's traceback

@@ -12,18 +12,32 @@ mapping), so after Next the encoder is not run and the first click needs only th
 The pixels read are kept for the read after Next (:meth:`NextImage.take`).
 
 Memory: at most one image beside the open one, and only one whose pixels (as napari's
-reader returns them: a TIFF decoded in memory, an OME-Zarr lazily, only the chunks that the
-first slice and the intensity sample touch) take at most :data:`MAX_BYTES`; larger images
-are not read ahead. Not prefetched either: the "layer contrast limits" mapping (napari
-chooses them when the layer is made), and images tiled by default (over 2048 pixels: their
-tiles are encoded where the prompts fall).
+reader returns them: a TIFF, PNG, JPEG, BMP, GIF or ``.npy`` decoded in memory, an OME-Zarr
+lazily, only the chunks that the first slice and the intensity sample touch) take at most
+:data:`MAX_BYTES`. Both that size and the tiling rule are decided from the file's header
+(:func:`image_header`: TIFF tags, Pillow's lazy ``Image.open``, the ``.npy`` header, the
+OME-Zarr array metadata) *before* anything is decoded; larger or tiled images are not read
+ahead, and a format whose size cannot be told without decoding is not either. Not
+prefetched either: the "layer contrast limits" mapping (napari chooses them when the layer
+is made), and images tiled by default (over 2048 pixels: their tiles are encoded where the
+prompts fall).
+
+Next pressed while the next image is still being read ahead: :meth:`NextImage.take` does
+not wait (GUI thread); the read after Next (:func:`read_layers`, in the Folder tab's worker)
+waits for that read to end and takes its pixels, so the image is read once and never held
+twice. The prefetch job holds the :class:`NextImage` only weakly: once the Folder tab drops
+it (Next, prefetch switched off) the prefetch thread keeps none of its pixels.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import threading
+import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +47,7 @@ from ._geometry import ImageGeometry
 _log = logging.getLogger(__name__)
 
 __all__ = ["MAX_BYTES", "NextImage", "NotPrefetched", "decoded_bytes", "first_slice",
-           "read_layers"]
+           "image_header", "read_layers"]
 
 #: Images whose pixels (decoded) take more than this are not read ahead (bytes).
 MAX_BYTES = 512 * 2**20
@@ -61,7 +75,24 @@ def read_layers(path) -> list:
     ------
     InvalidInputError
         When no reader opens a folder (OME-Zarr needs ``napari-ome-zarr``).
+
+    Notes
+    -----
+    When Next came while this image was being read ahead (:meth:`NextImage.take` returned
+    None), this waits for that read (in the calling thread, the Folder tab's worker) and
+    returns its layer data instead of reading the file a second time.
     """
+    nxt = _claim_handover()
+    if nxt is not None and nxt.path == Path(path):
+        layers = nxt._wait_take()
+        if layers is not None:
+            return layers
+    del nxt
+    return _read(path)
+
+
+def _read(path) -> list:
+    """:func:`read_layers` without the hand-over: napari's readers, now."""
     from npe2 import read
 
     path = Path(path)
@@ -114,17 +145,160 @@ def _first_image(layers):
 
 
 def decoded_bytes(path) -> int:
-    """The size of ``path``'s pixels once read (bytes): a TIFF's first series from its
-    header, a folder (OME-Zarr, read lazily) 0, any other file its size on disk."""
+    """The size of ``path``'s pixels once napari's reader has read them (bytes), from the
+    header (see :func:`image_header`); 0 for a folder (OME-Zarr, read lazily)."""
+    return image_header(path)[1]
+
+
+#: Bytes per pixel of a Pillow mode once imageio has made it a numpy array (palette
+#: images become RGB or RGBA: 4 counted; 32-bit integer PNGs may become uint16: 4 counted).
+_PIL_BYTES = {"1": 1, "L": 1, "P": 4, "PA": 4, "LA": 2, "La": 2, "RGB": 3, "YCbCr": 3,
+              "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4,
+              "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+#: Suffixes whose header Pillow reads without decoding.
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def _pillow_header(path: Path) -> tuple[tuple[int, ...], int]:
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)  # lazy: reads the header, decodes nothing
+        except Image.DecompressionBombError as exc:
+            raise NotPrefetched(f"{path.name} is not read ahead: {exc}") from exc
+    with im:
+        w, h = im.size
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        per_pixel = _PIL_BYTES.get(im.mode, 4 * len(im.getbands()))
+        bands = 4 if im.mode in ("P", "PA") else len(im.getbands())
+    shape = ((frames,) if frames > 1 else ()) + (h, w) + ((bands,) if bands > 1 else ())
+    return shape, frames * h * w * per_pixel
+
+
+def _zarr_json(path: Path) -> dict | None:
+    for name in ("zarr.json", ".zattrs", ".zarray"):
+        f = path / name
+        if f.is_file():
+            with open(f, encoding="utf-8") as fh:
+                return json.load(fh)
+    return None
+
+
+def _ome_zarr_shape(path: Path) -> tuple[int, ...] | None:
+    """Level 0's shape from the OME-Zarr metadata (zarr v2 or v3), channel axis left out
+    as napari-ome-zarr splits it; None when the layout is not a plain multiscale image."""
+    try:
+        group = _zarr_json(path) or {}
+        attrs = group.get("attributes", group)
+        ms = (attrs.get("ome", attrs).get("multiscales") or [None])[0]
+        if not ms:
+            return None
+        level = path / ms["datasets"][0]["path"]
+        meta = (json.loads((level / "zarr.json").read_text(encoding="utf-8"))
+                if (level / "zarr.json").is_file()
+                else json.loads((level / ".zarray").read_text(encoding="utf-8")))
+        shape = [int(n) for n in meta["shape"]]
+        axes = ms.get("axes") or []
+        if len(axes) == len(shape):
+            shape = [n for n, ax in zip(shape, axes, strict=True)
+                     if not (isinstance(ax, dict) and (ax.get("type") == "channel"
+                                                      or ax.get("name") == "c"))
+                     and ax != "c"]
+        return tuple(shape)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def image_header(path) -> tuple[tuple[int, ...] | None, int]:
+    """Shape and decoded size of an image of the Folder tab, read from its header only
+    (nothing is decoded).
+
+    Parameters
+    ----------
+    path : path-like
+        A TIFF (first series, as read), a PNG/JPEG/BMP/GIF (Pillow's lazy ``Image.open``:
+        size, mode and frames), a ``.npy`` (its header), or an OME-Zarr folder (level 0's
+        array metadata).
+
+    Returns
+    -------
+    shape : tuple of int or None
+        The array shape napari's reader gives (``(..., H, W[, C])``; an OME-Zarr's without
+        its channel axis); None for a folder whose metadata is not a plain multiscale image.
+    nbytes : int
+        Bytes of the pixels once read (an upper bound for palette images); 0 for a folder
+        (read lazily).
+
+    Raises
+    ------
+    NotPrefetched
+        A format whose size cannot be told without decoding, or a Pillow decompression bomb.
+    """
     path = Path(path)
     if path.is_dir():
-        return 0
-    if path.suffix.lower() in (".tif", ".tiff"):
+        return _ome_zarr_shape(path), 0
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            return int(tif.series[0].nbytes) if tif.series else 0
-    return path.stat().st_size
+            if not tif.series:
+                return (), 0
+            series = tif.series[0]
+            return tuple(int(n) for n in series.shape), int(series.nbytes)
+    if suffix == ".npy":
+        arr = np.load(path, mmap_mode="r")  # the header; nothing read
+        shape, nbytes = tuple(int(n) for n in arr.shape), int(arr.nbytes)
+        del arr
+        return shape, nbytes
+    if suffix in _PIL_SUFFIXES:
+        return _pillow_header(path)
+    raise NotPrefetched(f"{path.name} is not read ahead: its size is not known before "
+                        "decoding it")
+
+
+def _check_header(path: Path) -> None:
+    """Raise :class:`NotPrefetched` when ``path`` is over :data:`MAX_BYTES` decoded or
+    tiled by default, from its header alone."""
+    from napari.layers.image._image_utils import guess_rgb
+
+    from napari_edgesam.engine.tiling import needs_tiling
+
+    shape, size = image_header(path)
+    if size > MAX_BYTES:
+        raise NotPrefetched(f"{path.name} is not read ahead: its pixels take "
+                            f"{size / 2**20:.0f} MiB (more than {MAX_BYTES / 2**20:.0f} MiB)")
+    if shape is not None and len(shape) >= 2:
+        geom = ImageGeometry(tuple(shape), rgb=bool(guess_rgb(tuple(shape))))
+        if needs_tiling(geom.spatial_shape):
+            raise NotPrefetched(f"{path.name} is tiled: its tiles are encoded where the "
+                                "prompts fall")
+
+
+#: The read-ahead asked for by Next while it was still reading (see :func:`read_layers`).
+_handover: list = [None]
+_handover_lock = threading.Lock()
+
+
+def _hand_over(nxt) -> None:
+    with _handover_lock:
+        _handover[0] = nxt
+
+
+def _claim_handover():
+    with _handover_lock:
+        nxt, _handover[0] = _handover[0], None
+    return nxt
+
+
+def _call(ref, name):
+    """``getattr(ref(), name)()``, for a prefetch job that must not keep its NextImage."""
+    obj = ref()
+    if obj is None:
+        raise NotPrefetched("the Folder tab no longer reads this image ahead")
+    return getattr(obj, name)()
 
 
 def _stamp(path: Path) -> tuple:
@@ -174,6 +348,10 @@ class NextImage:
         self._slice = None
         self._mapping = None
         self._stamp = None
+        #: Handed over (take() ran): a read that starts now must not hold pixels.
+        self._taken = False
+        #: Next came while it was being read: the read after Next takes the pixels.
+        self._wanted = False
 
     @property
     def ready(self) -> bool:
@@ -189,30 +367,49 @@ class NextImage:
 
     def job(self) -> dict | None:
         """The prefetch job (see :func:`~._prefetch.plan_prefetch`): image and mapping are
-        made lazily, in the prefetch thread. None once reading it ahead failed."""
+        made lazily, in the prefetch thread. The job refers to this object weakly (the
+        engine's Prefetcher may keep a finished job a while: it must not keep the pixels).
+        None once reading it ahead failed."""
         if self.failed is not None:
             return None
-        return {"image": self._first_slice, "mapping": self._first_mapping, "rgb": None,
+        ref = weakref.ref(self)
+        return {"image": functools.partial(_call, ref, "_first_slice"),
+                "mapping": functools.partial(_call, ref, "_first_mapping"), "rgb": None,
                 "what": ("next image", self.path.name)}
 
     def take(self):
         """The reader output for the read after Next (GUI thread; never waits): the layer
         data when the image was read and the file has not changed since, else None. The
-        pixels are handed over (this object no longer holds them)."""
+        pixels are handed over (this object no longer holds them). While the image is being
+        read ahead it returns None at once and hands this object to the next
+        :func:`read_layers` of the same path, which waits for that read (in its worker) and
+        uses it: the image is read once, and no second copy is made beside it."""
         if not self._lock.acquire(blocking=False):
-            return None  # being read right now: the Next read reads it again
+            self._wanted = True
+            _hand_over(self)
+            return None
         try:
-            layers, self._layers = self._layers, None
-            self._slice = self._mapping = None
-            if layers is None:
-                return None
-            try:
-                fresh = _stamp(self.path) == self._stamp
-            except OSError:
-                fresh = False
-            return layers if fresh else None
+            return self._hand()
         finally:
             self._lock.release()
+
+    def _hand(self):
+        """The body of :meth:`take` (``self._lock`` held)."""
+        self._taken = True
+        layers, self._layers = self._layers, None
+        self._slice = self._mapping = None
+        if layers is None:
+            return None
+        try:
+            fresh = _stamp(self.path) == self._stamp
+        except OSError:
+            fresh = False
+        return layers if fresh else None
+
+    def _wait_take(self):
+        """:meth:`take` after the read ahead in progress has ended (worker thread)."""
+        with self._lock:
+            return self._hand()
 
     # -- in the prefetch thread -----------------------------------------------------------
     def _first_mapping(self):
@@ -234,13 +431,20 @@ class NextImage:
             if self._slice is not None:
                 return
             try:
+                if self._taken:
+                    raise NotPrefetched(f"{self.path.name} was opened meanwhile")
                 stamp = _stamp(self.path)
-                size = decoded_bytes(self.path)
-                if size > MAX_BYTES:
+                _check_header(self.path)  # size and tiling, before anything is decoded
+                layers = _read(self.path)
+                held = _in_memory_bytes(layers)
+                if held > MAX_BYTES:  # the header said less: drop them at once
+                    del layers
                     raise NotPrefetched(f"{self.path.name} is not read ahead: its pixels "
-                                        f"take {size / 2**20:.0f} MiB (more than "
+                                        f"take {held / 2**20:.0f} MiB (more than "
                                         f"{MAX_BYTES / 2**20:.0f} MiB)")
-                layers = read_layers(self.path)
+                if self._wanted:  # Next came meanwhile: for the read after Next only
+                    self._layers, self._stamp = layers, stamp
+                    raise NotPrefetched(f"{self.path.name} is opened now")
                 first = _first_image(layers)
                 if first is None:
                     raise NotPrefetched(f"{self.path.name} holds no image napari shows")
@@ -255,5 +459,7 @@ class NextImage:
                 self._mapping = mapping
                 self._layers, self._stamp = layers, stamp
             except Exception as exc:
+                # the traceback kept in ``failed`` holds this frame: it must not hold pixels
+                layers = first = level0 = None  # noqa: F841
                 self.failed = exc
                 raise
