@@ -96,6 +96,41 @@ def test_the_log_round_trips_through_json_and_refuses_what_it_is_not(tmp_path, t
         LoggedObject(1, (0,), **IDENTITY)
 
 
+def test_a_split_entry_is_replayed_on_the_object_it_came_from_only(tmp_path, test_model):
+    """``within`` (a split's parent id) survives JSON, is absent from older logs, and
+    restricts the split's new id to the parent's pixels replayed so far; a parent that is
+    not there leaves other objects alone (background only)."""
+    data, disc = _stack()
+    pred = Predictor(test_model, cache=None)
+    parent = LoggedObject(1, (1,), points=((50.0, 40.0),), point_labels=(1,), **IDENTITY)
+    square = LoggedObject(2, (1,), box=(98.0, 68.0, 141.0, 101.0), **IDENTITY)
+    # the split's box covers the disc and the square: its mask is both
+    split = LoggedObject(3, (1,), box=(30.0, 20.0, 150.0, 110.0), background_only=False,
+                         within=1, **IDENTITY)
+    log = PromptLog(objects=[parent, square, split])
+    again = PromptLog.load(log.save(tmp_path / "s.prompts.json"))
+    assert again == log and again.objects[2].within == 1
+    saved = json.loads((tmp_path / "s.prompts.json").read_text())["objects"]
+    assert "within" not in saved[0] and saved[2]["within"] == 1
+    older = {k: v for k, v in split.to_dict().items() if k != "within"}
+    assert LoggedObject.from_dict(older).within is None
+    with pytest.raises(InvalidInputError, match="within"):
+        LoggedObject(3, (1,), box=(0.0, 0.0, 5.0, 5.0), within=0, **IDENTITY)
+
+    plain, _ = replay(PromptLog(objects=[parent, square]), data, pred)
+    labels, objs = replay(log, data, pred)
+    mask = replay(PromptLog(objects=[split]), data, pred)[0][1] == 3
+    assert (mask & (plain[1] == 2)).any() and (mask & (plain[1] == 1)).any()
+    want = plain.copy()
+    want[1][mask & (plain[1] == 1)] = 3
+    np.testing.assert_array_equal(labels, want)  # the square kept, the disc split
+    assert objs[2].painted == int((mask & (plain[1] == 1)).sum()) < objs[2].area
+    # the parent not replayed (Segment all's, deleted): background only
+    gone, _ = replay(PromptLog(objects=[square, split]), data, pred)
+    np.testing.assert_array_equal(gone[1] == 2, plain[1] == 2)
+    np.testing.assert_array_equal(gone[1] == 3, mask & (plain[1] != 2))
+
+
 def test_the_log_lives_beside_its_labels(tmp_path):
     assert log_path_for(tmp_path / "cells.tif") == tmp_path / "cells.prompts.json"
     assert labels_for_log(tmp_path / "cells.prompts.json") is None

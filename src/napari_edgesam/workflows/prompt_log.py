@@ -20,6 +20,12 @@ The file (``FORMAT``, version ``VERSION``)::
      "objects": [{"label": 3, "key": [12], "points": [[140.0, 88.0]], "point_labels": [1],
                   "box": null, "mapping": {"low": [0.0], "high": [255.0]}, "rgb": false,
                   "tiles": null, "background_only": true}, ...]}
+
+An object split off another one (the panel's split correction) also has ``"within": 4``,
+the id of the object it came from: replay gives its label only to the pixels that carry
+``within`` in the labels replayed so far, as the split did (its mask may reach over the
+background and neighbours). Logs without the field (older ones, and every other object)
+are replayed as before; see :func:`replay` for a ``within`` object not there.
 """
 
 from __future__ import annotations
@@ -93,6 +99,9 @@ class LoggedObject:
         ``(tile_size, halo)`` when the slice was answered from full-resolution tiles.
     background_only : bool
         Whether the mask was painted only on background (unlabelled) pixels.
+    within : int or None
+        The object it was split off (> 0): painted only on that object's pixels. None (the
+        default, and in logs without the field): painted as ``background_only`` says.
     """
 
     label: int
@@ -105,10 +114,14 @@ class LoggedObject:
     rgb: bool = False
     tiles: tuple[int, int] | None = None
     background_only: bool = True
+    within: int | None = None
 
     def __post_init__(self):
         if int(self.label) <= 0:
             raise InvalidInputError(f"a logged object needs a label id > 0, got {self.label}")
+        if self.within is not None and int(self.within) <= 0:
+            raise InvalidInputError(f"object {self.label}: 'within' must be a label id > 0, "
+                                    f"got {self.within}")
         if len(self.points) != len(self.point_labels):
             raise InvalidInputError(f"object {self.label}: {len(self.points)} points but "
                                     f"{len(self.point_labels)} point labels")
@@ -121,15 +134,18 @@ class LoggedObject:
         return IntensityMapping(self.low, self.high)
 
     def to_dict(self) -> dict:
-        """Plain JSON values (see the module docstring)."""
-        return {"label": int(self.label), "key": [int(k) for k in self.key],
-                "points": [[float(x), float(y)] for x, y in self.points],
-                "point_labels": [int(v) for v in self.point_labels],
-                "box": None if self.box is None else [float(v) for v in self.box],
-                "mapping": {"low": list(self.low), "high": list(self.high)},
-                "rgb": bool(self.rgb),
-                "tiles": None if self.tiles is None else [int(v) for v in self.tiles],
-                "background_only": bool(self.background_only)}
+        """Plain JSON values (see the module docstring; ``within`` only when set)."""
+        d = {"label": int(self.label), "key": [int(k) for k in self.key],
+             "points": [[float(x), float(y)] for x, y in self.points],
+             "point_labels": [int(v) for v in self.point_labels],
+             "box": None if self.box is None else [float(v) for v in self.box],
+             "mapping": {"low": list(self.low), "high": list(self.high)},
+             "rgb": bool(self.rgb),
+             "tiles": None if self.tiles is None else [int(v) for v in self.tiles],
+             "background_only": bool(self.background_only)}
+        if self.within is not None:
+            d["within"] = int(self.within)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> LoggedObject:
@@ -144,7 +160,8 @@ class LoggedObject:
                 high=tuple(float(v) for v in d["mapping"]["high"]),
                 rgb=bool(d.get("rgb", False)),
                 tiles=None if d.get("tiles") is None else tuple(int(v) for v in d["tiles"]),
-                background_only=bool(d.get("background_only", True)))
+                background_only=bool(d.get("background_only", True)),
+                within=None if d.get("within") is None else int(d["within"]))
         except InvalidInputError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
@@ -291,7 +308,7 @@ class ReplayedObject:
         Pixels of the predicted mask.
     painted : int
         Pixels written into the labels (fewer than ``area`` where ``background_only`` kept
-        earlier objects).
+        earlier objects, or ``within`` kept the split to its object).
     score : float
         Stability score of the chosen mask.
     """
@@ -341,6 +358,17 @@ def replay(log: PromptLog, data, predictor, *, labels: np.ndarray | None = None,
     objects : list of ReplayedObject
         One per logged object, in order.
 
+    Notes
+    -----
+    Objects are painted in log order, each over the labels painted so far. An object with
+    ``within`` (a split) takes only the pixels of its mask that carry ``within`` at that
+    point, as the split did live: exact when the object it came from is replayed before it
+    (its entries precede the split in the log). When no pixel of ``within`` is on the slice
+    at that point (that object was made by *Segment all*, or deleted since: not in the log;
+    or re-segmented since: its new entry comes later), the mask is painted on background
+    only: it never takes another object's pixels, and may cover background the split did
+    not.
+
     Raises
     ------
     InvalidInputError
@@ -379,7 +407,12 @@ def replay(log: PromptLog, data, predictor, *, labels: np.ndarray | None = None,
             h, w = m.crop.shape
             target = labels[lkey] if lkey else labels
             window = target[m.row0:m.row0 + h, m.col0:m.col0 + w]
-            where = m.crop & (window == 0) if obj.background_only else m.crop.copy()
+            if obj.within is not None and np.any(target == obj.within):
+                where = m.crop & (window == obj.within)
+            elif obj.background_only or obj.within is not None:
+                where = m.crop & (window == 0)
+            else:
+                where = m.crop.copy()
             window[where] = obj.label
             painted = int(np.count_nonzero(where))
         done.append(ReplayedObject(obj.label, lkey, m.area, painted, float(pred.score)))
