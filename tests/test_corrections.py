@@ -66,6 +66,47 @@ def test_a_step_is_followed_through_undo_and_redo(viewer):
     assert step_state(layer, token) is None
 
 
+def test_a_correction_undone_unseen_then_dropped_from_redo_is_undone(viewer):
+    """napari's own undo on a hidden layer emits nothing; a new edit then drops the redo:
+    the log still knows the merge was undone. A merge that fell off napari's 100-step
+    history stays applied."""
+    from napari_edgesam.widget.commit import LabelsTarget
+    from napari_edgesam.widget.history import last_step, step_state
+    from napari_edgesam.widget.prompt_record import PromptRecorder
+    from napari_edgesam.workflows.prompt_log import LoggedObject
+
+    def made():  # two logged objects on a hidden Labels layer
+        layer = viewer.add_labels(np.zeros((10, 10), np.uint8))
+        layer.visible = False  # napari's refresh, hence undo, emits nothing now
+        layer.data[1:3, 1:3] = 1
+        layer.data[5:7, 5:7] = 2
+        rec = PromptRecorder()
+        for v in (1, 2):
+            rec.record(layer, LoggedObject(v, (), points=((float(v), 0.0),),
+                                           point_labels=(1,)), (), None, None)
+        return layer, rec
+
+    def logged():
+        return [o.label for o in rec.log(layer).objects]
+
+    def merge():
+        LabelsTarget.relabel(layer, (), [1, 2], 1)
+        rec.merge(layer, (), [1, 2], 1, last_step(layer))
+        assert logged() == [1, 1]
+        return last_step(layer)
+
+    layer, rec = made()
+    token = merge()
+    layer.undo()  # napari's own (no panel signal), on a hidden layer: no event
+    layer.data_setitem((np.array([9]), np.array([9])), 3)  # drops the redo
+    assert step_state(layer, token) is None and logged() == [1, 2]
+
+    token = merge()
+    for i in range(layer._history_limit):
+        layer.data_setitem((np.array([9]), np.array([0])), 4 + i % 2)  # a step each
+    assert step_state(layer, token) is None and logged() == [1, 1]
+
+
 @pytest.fixture
 def corrected(viewer, test_model, qtbot):
     """The panel on the discs: A and B committed by clicks (labels 1, 2, logged), then
@@ -152,6 +193,22 @@ def test_delete_and_merge_are_one_undo_step_each(corrected, qtbot):
     assert not (s.preview_view.layer.data == 3).any()
 
 
+def test_the_log_follows_the_panels_undo_on_a_hidden_layer(corrected):
+    """The reviewer's sequence: merge 1 and 2, hide the layer, the panel's Undo (napari's
+    refresh does nothing for a hidden layer: no paint or data event), a new edit (the
+    redo dropped): each object is logged under its own id again."""
+    w, layer, labels = corrected
+    cor = w.session.corrections
+    cor.start()
+    _select(w, layer, "B")
+    _select(w, layer, "A", add=True)
+    assert cor.merge() == 1
+    labels.visible = False
+    w.undo()
+    labels.data_setitem((np.array([0]), np.array([0])), 9)
+    assert _logged(w) == [(1, ((40.0, 30.0),)), (2, ((120.0, 30.0),))]
+
+
 def test_resegment_keeps_the_id_and_split_gives_a_new_one(corrected, qtbot):
     w, layer, labels = corrected
     s, cor = w.session, w.session.corrections
@@ -195,7 +252,7 @@ def test_resegment_keeps_the_id_and_split_gives_a_new_one(corrected, qtbot):
     assert cor.selected == [4, 6] and "Split label 4" in w.status
     entry = [o for o in s.prompt_log().objects if o.label == 6]
     assert len(entry) == 1 and entry[0].points == ((132.0, 90.0),)
-    assert entry[0].background_only is False  # replayed over the object it came from
+    assert entry[0].background_only is False and entry[0].within == 4  # replayed inside 4
     w.undo()
     assert not (labels.data == 6).any() and (labels.data == 4).sum() == (before == 4).sum()
     assert 6 not in [v for v, _ in _logged(w)]
@@ -241,3 +298,54 @@ def test_selection_belongs_to_its_slice_and_esc_cancels(viewer, test_model, qtbo
     qtbot.waitUntil(lambda: s.lead == (others[0],) and not w.busy, timeout=TIMEOUT)
     assert "Edit mode: click an object" in w.status
     assert cor.selected == [] and cor.delete() == 0 and (labels.data[z] == 8).any()
+
+
+def test_a_split_replays_as_it_was_made(viewer, test_model, qtbot, tmp_path, capsys):
+    """A split whose preview reaches over the background and a neighbour: live, only the
+    object's pixels take the new id; 'napari-edgesam replay' of the saved log gives the
+    same labels, pixel for pixel."""
+    import tifffile
+    from conftest import TEST_DECODER, TEST_ENCODER
+
+    from napari_edgesam.cli.main import main
+    from napari_edgesam.widget.prompt_record import save_labels_and_log
+
+    img = np.full((120, 400), 20, np.uint8)
+    img[40:80, 20:380] = 200  # one bright bar: two objects boxed on it, a gap between
+    w = make_widget(viewer, test_model, prefetch=False)
+    layer = viewer.add_image(img, name="bar")
+    s, cor = w.session, w.session.corrections
+    qtbot.waitUntil(lambda: s.image_layer is layer and s.embedding is not None
+                    and not w.busy, timeout=TIMEOUT)
+
+    def preview():
+        qtbot.waitUntil(lambda: not w.busy and s.preview_mask is not None, timeout=TIMEOUT)
+        return np.asarray(s.preview_mask, bool).copy()
+
+    for c0, c1, label in ((20, 300, 1), (306, 380, 2)):
+        s.set_box(layer.data_to_world((34, c0)), layer.data_to_world((86, c1)))
+        preview()
+        assert w.commit() == label
+    labels = s.labels_layer
+    before = np.asarray(labels.data).copy()
+    assert (before[60, 303] == 0) and before[60, 40] == 1 and before[60, 340] == 2
+
+    cor.start()
+    cor.select_at(layer.data_to_world((60, 40)))
+    cor.split()
+    s.add_point(layer.data_to_world((60, 290)))  # the right end of 1, near the gap and 2
+    part = preview()
+    assert (part & (before == 0)).any() and (part & (before == 2)).any()  # it leaks
+    assert (before == 1).sum() > (part & (before == 1)).sum() > 0  # a part of 1
+    assert w.commit() == 3
+    np.testing.assert_array_equal(labels.data == 3, part & (before == 1))
+    np.testing.assert_array_equal(labels.data == 2, before == 2)
+
+    tifffile.imwrite(tmp_path / "bar.tif", img)
+    saved, log_path = save_labels_and_log(tmp_path / "bar_labels.tif",
+                                          np.asarray(labels.data), s.prompt_log())
+    out = tmp_path / "again.tif"
+    assert main(["replay", str(log_path), str(tmp_path / "bar.tif"), "-o", str(out),
+                 "--encoder", str(TEST_ENCODER), "--decoder", str(TEST_DECODER)]) == 0
+    assert "min IoU 1.000 over 3 object(s)" in capsys.readouterr().out
+    np.testing.assert_array_equal(tifffile.imread(out), labels.data)

@@ -21,10 +21,11 @@ The gestures (docs/user-guide.md, "Correcting objects"):
 
 Each correction is ONE undo step of the Labels layer (:class:`.commit.LabelsTarget`) and
 changes the prompt log with that step (:class:`.prompt_record.PromptRecorder`: undoing
-the correction undoes its log change). Corrections act on the slice shown, in the Labels
-layer's data pixels ``(row, col)`` of that slice: a 2D image, or one slice of a stack (a
-3D object's pixels on other slices are not changed). Outside the edit mode nothing
-changes: a left click adds a point.
+the correction undoes its log change). A split's new id is logged with the object it came
+from (``within``), so that replay gives it only that object's pixels, as the split did.
+Corrections act on the slice shown, in the Labels layer's data pixels ``(row, col)`` of
+that slice: a 2D image, or one slice of a stack (a 3D object's pixels on other slices are
+not changed). Outside the edit mode nothing changes: a left click adds a point.
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ class Corrections:
         self.changed.emit()
 
     def _on_labels_changed(self) -> None:
+        # the panel's undo/redo: on a hidden layer napari emits nothing the log could see
+        self.session.prompt_recorder.observe()
         self._outline = None
         if self.selected:
             self.session.render_preview()
@@ -394,11 +397,13 @@ class Corrections:
             s.set_status(f"{_KINDS[kind]} label {label}: nothing would change (the preview "
                          "is its pixels, or misses it). Click again, or Esc to cancel.")
             return None
-        # split: replayed over the original object (a split's part may cover neighbours)
-        s.record_prompts(layer, done, lead, token=last_step(layer),
-                         replace=kind == "resegment",
+        # split: replayed on the pixels of the object it came from only (``within``), as
+        # split_object gave the new id only to them (its preview may cover neighbours)
+        token = last_step(layer)
+        s.record_prompts(layer, done, lead, token=token, replace=kind == "resegment",
                          background_only=None if kind == "resegment" else False)
         if kind == "split":
+            s.prompt_recorder.split(layer, done, label, token)
             s.target.label_ids.note(layer, done)
         self.mode, self.selected = "select", selected
         self._points_mode("pan_zoom")  # first: the status read while clearing sees it

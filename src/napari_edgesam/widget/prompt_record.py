@@ -26,6 +26,8 @@ from napari_edgesam.workflows.prompt_log import (
     log_path_for,
 )
 
+from .history import StepWatch
+
 __all__ = ["PromptRecorder", "present", "save_labels_and_log"]
 
 
@@ -35,9 +37,11 @@ class _Step:
 
     ``kind``: ``"commit"`` (new objects; earlier entries of their labels are superseded),
     ``"replace"`` (a re-segmented object: its entries on ``index`` replaced), ``"relabel"``
-    (merged objects: entries of ``labels`` on ``index`` get ``into``), ``"forget"``
-    (``labels`` dropped). A step with a ``token`` (:func:`.history.last_step`) counts only
-    while napari's undo history holds it applied; ``applied`` is its last seen state.
+    (merged objects: entries of ``labels`` on ``index`` get ``into``, and so does a split
+    entry's ``within`` among them), ``"forget"`` (``labels`` dropped). A step with a
+    ``token`` (:func:`.history.last_step`) counts only while napari's undo history holds it
+    applied, followed by ``watch`` (:class:`.history.StepWatch`); ``applied`` is its last
+    seen state.
     """
 
     kind: str
@@ -47,6 +51,7 @@ class _Step:
     into: int = 0
     token: object = None
     applied: bool = True
+    watch: object = None
 
 
 class PromptRecorder:
@@ -58,8 +63,11 @@ class PromptRecorder:
     made a part of it, each painted at its place in the log on replay), a split's new id
     gets its own entry; a deleted object drops out because its label is gone. Undoing a
     correction (Ctrl+Z, the panel's Undo or napari's own) takes its log change back, redo
-    brings it back: the recorder follows the step in the layer's undo and redo queues,
-    watching the layer's paint and data events.
+    brings it back: the recorder follows the step in the layer's undo and redo queues
+    (:class:`.history.StepWatch`), observing them on the layer's paint and data events, on
+    :meth:`observe` (the session's ``history_changed``: the panel's Undo and Redo) and
+    whenever the log is asked for, so an undo that emitted nothing (a hidden layer) is
+    still seen after a new edit dropped its redo.
     """
 
     def __init__(self):
@@ -118,8 +126,22 @@ class PromptRecorder:
                                         index=tuple(int(i) for i in labels_index),
                                         into=int(into), token=token))
 
+    def split(self, layer, label: int, within: int, token) -> None:
+        """The entry just recorded for ``label`` (with the undo step ``token``) is a part
+        split off object ``within``: replay gives ``label`` only to pixels of ``within``
+        (:attr:`~napari_edgesam.workflows.prompt_log.LoggedObject.within`), as the split
+        did. Nothing happens when that entry was not recorded (no prompts)."""
+        entries = self._entries.get(layer)
+        step = entries["steps"][-1] if entries and entries["steps"] else None
+        if step is None or step.token is not token or step.kind != "commit":
+            return
+        step.entries = [(replace(o, within=int(within)) if o.label == int(label) else o, i)
+                        for o, i in step.entries]
+
     def _add(self, layer, entries: dict, step: _Step) -> None:
         entries["steps"].append(step)
+        if step.token is not None:
+            step.watch = StepWatch(layer, step.token)
         if step.token is not None and not entries["watched"]:
             entries["watched"] = True
             for ev in (layer.events.paint, layer.events.set_data):
@@ -131,16 +153,20 @@ class PromptRecorder:
             self._observe(layer)
 
     def _observe(self, layer) -> None:
-        """Read where each correction's step is in napari's history (kept when it is in
-        neither queue: dropped from redo by a new edit = undone, fallen off the oldest end
-        of the undo history = applied)."""
-        from .history import step_state
-
+        """Read where each correction's step is in napari's history (in neither queue:
+        dropped from redo by a new edit = undone, fallen off the oldest end of the undo
+        history = applied; :class:`.history.StepWatch`)."""
         for step in self._entries[layer]["steps"]:
-            if step.token is not None:
-                state = step_state(layer, step.token)
-                if state is not None:
-                    step.applied = state == "applied"
+            if step.watch is not None:
+                step.applied = step.watch.observe(layer)
+
+    def observe(self, layer=None) -> None:
+        """Follow the corrections' steps of ``layer`` (default: every layer with a log)
+        through napari's history now: call it after an undo or redo that the layer may not
+        have announced (connected to the session's ``history_changed``)."""
+        for lay in [layer] if layer is not None else list(self._entries.keys()):
+            if lay in self._entries:
+                self._observe(lay)
 
     def adopt(self, layer, log: PromptLog) -> None:
         """Continue the log saved with ``layer``'s labels (reopened from disk), so that
@@ -177,9 +203,9 @@ class PromptRecorder:
             elif step.kind == "replace":
                 cur = [e for e in cur if not (e[1] == step.index and e[0].label in step.labels)]
                 cur += step.entries
-            else:  # relabel
-                cur = [(replace(o, label=step.into), i) if i == step.index and
-                       o.label in step.labels else (o, i) for o, i in cur]
+            else:  # relabel (a split entry's parent too: replay finds it under ``into``)
+                cur = [(_relabel(o, step.labels, step.into), i) if i == step.index else (o, i)
+                       for o, i in cur]
         return (PromptLog(model=entries["model"], image=dict(entries["image"]),
                           objects=[obj for obj, _ in cur]),
                 [index for _, index in cur])
@@ -194,6 +220,16 @@ class PromptRecorder:
         """
         log, indices = self.candidates(layer)
         return present(log, indices, layer.data)
+
+
+def _relabel(obj: LoggedObject, labels: frozenset, into: int) -> LoggedObject:
+    # a split's parent merged after the split: replay finds its pixels under ``into`` (with
+    # those of the objects merged with it, which the split's mask should not reach)
+    label = into if obj.label in labels else obj.label
+    within = into if obj.within in labels else obj.within
+    if (label, within) == (obj.label, obj.within):
+        return obj
+    return replace(obj, label=label, within=within)
 
 
 def present(log: PromptLog, indices, labels) -> PromptLog:
