@@ -258,6 +258,33 @@ def test_resegment_keeps_the_id_and_split_gives_a_new_one(corrected, qtbot):
     assert 6 not in [v for v, _ in _logged(w)]
 
 
+def test_resegment_puts_the_logged_prompts_back_for_editing(corrected, qtbot):
+    """R on an object committed from clicks shows its logged prompts again (the log "shows
+    the prompts again for editing"); a negative click added to them and C re-segment it
+    with its id kept. An object without log entries (Segment all) starts from no prompts."""
+    w, layer, labels = corrected
+    s, cor = w.session, w.session.corrections
+    cor.start()
+    _select(w, layer, "A")
+    cor.resegment()
+    assert cor.pending == ("resegment", 1)
+    (r, c), _, _ = DISCS["A"]
+    assert len(s.points_layer.data) == 1  # A's own click, where it was made
+    np.testing.assert_allclose(s.points_layer.data[0][-2:], (r, c))
+    assert s.gather_prompts().points == ((float(c), float(r)),)
+    assert "logged prompt" in w.status
+    qtbot.waitUntil(lambda: not w.busy and s.preview_mask is not None, timeout=TIMEOUT)
+    s.add_point(layer.data_to_world((r, c + 8)), positive=False)  # trim its right side
+    qtbot.waitUntil(lambda: not w.busy and s.preview_mask is not None
+                    and s.gather_prompts().labels == (1, 0), timeout=TIMEOUT)
+    assert w.commit() == 1
+    assert (1, ((float(c), float(r)), (float(c + 8), float(r)))) in _logged(w)
+
+    _select(w, layer, "F")  # from 'Segment all': nothing logged, no prompts put back
+    cor.resegment()
+    assert cor.pending == ("resegment", 5) and not len(s.points_layer.data)
+
+
 def test_selection_belongs_to_its_slice_and_esc_cancels(viewer, test_model, qtbot):
     """On a stack a selection is on the slice shown: another slice drops it; Esc goes
     from re-segmenting back to selecting, then deselects; Delete outside the mode removes

@@ -323,8 +323,52 @@ class Corrections:
 
     def resegment(self) -> None:
         """Re-segment the selected object with new clicks (R): the next commit replaces
-        its pixels on this slice, its id kept."""
+        its pixels on this slice, its id kept. When the prompt log has the clicks and box
+        that made the object on this slice, they are put back on the prompt layers (the
+        newest entry's), so that the object is edited from its own prompts."""
         self._begin("resegment", "Re-segment")
+        if self.mode == "resegment":
+            self.load_logged_prompts()
+
+    def load_logged_prompts(self) -> int:
+        """Put the prompt log's newest entry for the selected object on this slice back on
+        the points and box layers (its decoder run follows as for clicks).
+
+        The log holds ``(x, y)`` image pixels of the slice (original frame); they are placed
+        at the viewer's current position on the leading axes.
+
+        Returns
+        -------
+        int
+            The number of prompts put back (points plus box), 0 when the log has none.
+        """
+        s = self.session
+        layer, image = s.labels_layer, s.image_layer
+        if len(self.selected) != 1 or layer is None or image is None or s.lead is None:
+            return 0
+        label, lead = self.selected[0], tuple(s.lead)
+        log, _ = s.prompt_recorder.candidates(layer)
+        entries = [o for o in log.objects if o.label == label and tuple(o.key) == lead]
+        if not entries:
+            return 0
+        obj = entries[-1]
+        here = np.asarray(image.world_to_data(s.viewer.dims.point), dtype=float)
+
+        def world(x, y):
+            d = here.copy()
+            d[-2], d[-1] = y, x
+            return np.asarray(image.data_to_world(d), dtype=float)
+
+        if obj.box is not None:
+            x0, y0, x1, y1 = obj.box
+            s.set_box(world(x0, y0), world(x1, y1))
+        for (x, y), v in zip(obj.points, obj.point_labels, strict=True):
+            s.add_point(world(x, y), positive=v == 1)
+        n = len(obj.points) + (obj.box is not None)
+        more = f" (the newest of {len(entries)} entries)" if len(entries) > 1 else ""
+        self._changed(f"Re-segment label {label}: its {n} logged prompt(s){more} are back; "
+                      "edit them and press C (its id is kept), Esc cancels.")
+        return n
 
     def split(self) -> None:
         """Split the selected object (Shift+M): the next commit gives the part of it
