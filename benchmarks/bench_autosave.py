@@ -132,7 +132,7 @@ def run_case(app, viewer, widget, name, shape, edit, rounds):
     print(f"  per edit: {statistics.median(parts):.0f} autosave(s), "
           f"{statistics.median(chunks):.0f} chunk file(s) written or removed, "
           f"{statistics.median(nbytes) / 1024:.0f} KiB")
-    widget.autosave.saved(labels)  # discard this case's autosave
+    ctl.saved(ctl.save_started(labels))  # discard this case's autosave (as a save)
     viewer.layers.remove(labels)
     viewer.layers.remove(image)
     return {"gui": gui, "cpu": cpu, "scan": detect, "worker": work}

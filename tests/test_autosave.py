@@ -1,8 +1,12 @@
 """The autosave store (workflows.autosave) and the panel's controller (widget.autosave):
 round trip, incremental writes (files and bytes counted), a write killed in the middle
 (raised inside the chunk writer, and a real SIGKILL of a writing process), a read-only
-folder, listing and discarding; in napari: edits, undo (also of a hidden layer) and a
-failed write found and written, Save... discarding the autosave."""
+folder, a failed manifest write, a listing testing the lock, listing and discarding; in
+napari: edits, undo (also of a hidden layer) and a failed write found and written, Save...
+discarding the autosave (and keeping it for an edit made while the save runs), data
+replaced during a full write, closing (every change written, a write in flight redone),
+Restore after the image was closed or the session moved on. Jobs are held and run by the
+test (HeldWorkers) where the order of a worker and an event matters."""
 
 from __future__ import annotations
 
@@ -233,11 +237,56 @@ def test_chunks_of_a_box():
     assert len(list(store_mod.chunk_keys(shape))) == 3 * 2 * 3
 
 
+def test_a_manifest_write_failing_does_not_keep_the_old_prompt_log(tmp_path, monkeypatch):
+    """The log written by a write whose manifest failed is not the one the store holds:
+    the next write with that log writes it again (else the manifest would name the
+    previous generation's log beside the new labels)."""
+    from napari_edgesam.engine import paths
+
+    lab = labels_with_objects()
+    store = new_store(tmp_path)
+    store.write({}, log=log_of(1), source=lab)
+    real = paths.atomic_write_text
+
+    def refuse(path, *a, **k):
+        raise PermissionError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(paths, "atomic_write_text", refuse)
+    with pytest.raises(AutosaveError, match="No space"):
+        store.write({}, log=log_of(1, 2))
+    monkeypatch.setattr(paths, "atomic_write_text", real)
+    rep = store.write({}, log=log_of(1, 2))
+    assert rep.log_written
+    _, log = AutosaveStore.open(store.folder).read()
+    assert [o.label for o in log.objects] == [1, 2]
+
+
+def test_a_listing_testing_the_lock_does_not_fail_the_first_write(tmp_path):
+    """list_autosaves (any process) takes an unowned store's lock for a moment; the
+    owner's first write waits for it instead of reporting another napari."""
+    import threading
+
+    from napari_edgesam.engine import paths
+
+    store = new_store(tmp_path)
+    store.folder.mkdir(parents=True)
+    probe = paths.FileLock(store.folder / store_mod.LOCK)
+    assert probe.acquire(wait=False)  # as _owned_elsewhere does
+    threading.Timer(0.15, probe.release).start()
+    store.write({}, source=labels_with_objects())  # waits, then owns it
+    assert store_mod.list_autosaves(IDENTITY, root=tmp_path) == []  # owned: not listed
+    other = AutosaveStore.open(store.folder)
+    t0 = time.monotonic()
+    with pytest.raises(AutosaveError, match="another napari"):  # a real owner: refused
+        other.write({}, source=labels_with_objects())
+    assert time.monotonic() - t0 < 5
+
+
 def test_an_autosave_is_offered_only_when_newer_than_the_saved_labels_and_different(
         tmp_path):
     import tifffile
 
-    from napari_edgesam.widget.autosave import find_job
+    from napari_edgesam.widget.autosave_restore import find_job
 
     lab = np.zeros((2, 40, 50), np.uint32)
     lab[1, 5:9, 7:30] = 3
@@ -263,6 +312,33 @@ def test_an_autosave_is_offered_only_when_newer_than_the_saved_labels_and_differ
     info = find_job(identity, saved)
     assert info is not None and info.folder == newer.folder and not older.folder.exists()
     assert find_job(identity, None).folder == newer.folder  # no labels file (viewer.open)
+
+
+def test_saved_labels_newer_than_an_autosave_discard_only_that_layers_autosaves(tmp_path):
+    """Another Labels layer of the same image keeps its unsaved autosave when the Folder
+    tab's labels file is newer than the newest autosave (of its own labels layer)."""
+    import tifffile
+
+    from napari_edgesam.widget.autosave_restore import find_job
+
+    identity = dict(IDENTITY, shape=[2, 40, 50])
+    lab = np.zeros((2, 40, 50), np.uint32)
+    lab[0, 3:9, 4:20] = 2
+
+    def autosave(name):
+        s = AutosaveStore.create(identity, name, lab.shape, np.uint32)
+        s.write({}, source=lab)
+        s.close()
+        return s
+
+    scratch = autosave("scratch")
+    time.sleep(0.01)
+    autosave("x labels")
+    saved = tmp_path / "x_labels.tif"
+    tifffile.imwrite(saved, lab + 1)
+    os.utime(saved, (time.time() + 5,) * 2)
+    assert find_job(identity, saved) is None
+    assert [i.folder for i in store_mod.list_autosaves(identity)] == [scratch.folder]
 
 
 # ------------------------------------------------------------------ the controller ----
@@ -368,3 +444,152 @@ def test_save_discards_the_autosave(panel_on_file, qtbot, tmp_path):
     identity = w.autosave.tracker(labels).identity
     w.autosave.close(flush=False)
     assert store_mod.list_autosaves(identity) == []
+
+
+class HeldWorkers:
+    """A ``start_worker`` that keeps the jobs it is given; :meth:`run` runs one (in this
+    thread) and calls its ``returned`` callback: the test orders workers and events."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def __call__(self, func, *args, returned=None, errored=None, **kwargs):
+        self.jobs.append((func, args, returned, errored))
+
+    def run(self, i=0):
+        func, args, returned, errored = self.jobs.pop(i)
+        out = func(*args)
+        if returned is not None:
+            returned(out)
+        return out
+
+
+@pytest.mark.gui
+def test_an_edit_made_while_save_runs_stays_autosaved(panel_on_file, qtbot, tmp_path,
+                                                      monkeypatch):
+    """Save... snapshots; the user paints E; the autosave writes E; the save ends: E is
+    not in the saved file, so the autosave keeps it and is written again after the
+    save (newer than the file)."""
+    import tifffile
+
+    viewer, w, image, labels = panel_on_file
+    paint(labels, 0, (5, 9), (5, 9), 1)
+    settle(qtbot, w, labels)
+    saves = HeldWorkers()
+    monkeypatch.setattr(w, "start_worker", saves)
+    path = tmp_path / "saved.tif"
+    w.save_labels(path)
+    paint(labels, 1, (40, 50), (40, 50), 2)  # E, after the snapshot
+    settle(qtbot, w, labels)
+    saves.run()
+    assert not (tifffile.imread(path) == 2).any()  # E is not in the saved file
+    t = w.autosave.tracker(labels)
+    settle(qtbot, w, labels)
+    info = t.store.info()
+    assert info is not None and info.written >= path.stat().st_mtime
+    np.testing.assert_array_equal(stored(w, labels), labels.data)  # E included
+
+
+@pytest.mark.gui
+def test_data_replaced_during_a_full_write_is_written_whole_again(panel_on_file, qtbot,
+                                                                  monkeypatch):
+    viewer, w, image, labels = panel_on_file
+    held = HeldWorkers()
+    monkeypatch.setattr(w.autosave, "start_worker", held)
+    paint(labels, 0, (5, 9), (5, 9), 1)
+    w.autosave.autosave_now()  # the first write: the whole layer, read in the worker
+    assert len(held.jobs) == 1
+    new = np.zeros_like(labels.data)
+    new[1, 100:140, 200:260] = 7
+    labels.data = new  # replaced while the full write runs
+    held.run()  # it wrote the old data
+    t = w.autosave.tracker(labels)
+    assert t.pending()
+    monkeypatch.undo()
+    w.autosave._timer.start(0)
+    settle(qtbot, w, labels)
+    np.testing.assert_array_equal(stored(w, labels), new)
+
+
+@pytest.mark.gui
+def test_closing_writes_every_change(panel_on_file, qtbot):
+    """At closing all changed chunks are written (no budget), also the whole layer when
+    nothing was written yet."""
+    viewer, w, image, labels = panel_on_file
+    paint(labels, 0, (5, 9), (5, 9), 1)
+    settle(qtbot, w, labels)
+    w.autosave.copy_budget = 1  # one chunk per autosave
+    w.autosave.idle_ms = 10**8
+    for z in range(2):
+        for r, c in ((10, 10), (10, 600), (550, 10), (550, 600)):
+            paint(labels, z, (r, r + 20), (c, c + 20), 3 + z)
+    other = viewer.add_labels(np.zeros((2, 600, 700), np.uint32), name="second")
+    w.session.set_labels_layer(other)
+    paint(other, 1, (300, 340), (300, 340), 9)  # never autosaved before closing
+    t, t2 = w.autosave.tracker(labels), w.autosave.tracker(other)
+    assert t2 is not None and t2.store.info() is None
+    w.autosave.close(flush=True)
+    np.testing.assert_array_equal(t.store.read()[0], labels.data)
+    np.testing.assert_array_equal(t2.store.read()[0], other.data)
+
+
+@pytest.mark.gui
+def test_closing_redoes_a_write_in_flight_and_a_queued_one_does_nothing(
+        panel_on_file, qtbot, monkeypatch):
+    viewer, w, image, labels = panel_on_file
+    held = HeldWorkers()
+    monkeypatch.setattr(w.autosave, "start_worker", held)
+    paint(labels, 0, (5, 9), (5, 9), 1)
+    w.autosave.autosave_now()  # queued, not run
+    t = w.autosave.tracker(labels)
+    w.autosave.close(flush=True)
+    np.testing.assert_array_equal(t.store.read()[0], labels.data)
+    paint(labels, 0, (5, 9), (5, 9), 0)  # after closing: not followed any more
+    func, args, returned, errored = held.jobs.pop()
+    assert func(*args) is None  # the queued write runs late and writes nothing
+    assert (t.store.read()[0] == 1).sum() == 16
+
+
+def autosave_of(image, labels_value, name="ann"):
+    """A closed autosave of ``image``'s labels (another napari's, killed)."""
+    from napari_edgesam.widget.autosave_restore import image_identity_of
+
+    identity = image_identity_of(image)
+    lab = np.zeros(image.data.shape, np.uint32)
+    lab[0, 20:30, 40:60] = labels_value
+    s = AutosaveStore.create(identity, name, lab.shape, np.uint32)
+    s.write({}, source=lab)
+    s.close()
+    return s.info(), lab
+
+
+@pytest.mark.gui
+def test_restore_after_the_image_was_closed_keeps_the_autosave(panel_on_file, qtbot):
+    viewer, w, image, labels = panel_on_file
+    info, _ = autosave_of(image, 6)
+    viewer.layers.remove(image)
+    before = len(viewer.layers)
+    w.autosave.restore(image, info)
+    qtbot.wait(100)
+    assert len(viewer.layers) == before  # nothing added for an image that is gone
+    assert "no longer open" in w.status
+    assert [i.folder for i in store_mod.list_autosaves(info.identity)] == [info.folder]
+
+
+@pytest.mark.gui
+def test_restore_into_an_image_that_is_no_longer_the_sessions_is_followed(
+        panel_on_file, qtbot):
+    viewer, w, image, labels = panel_on_file
+    info, lab = autosave_of(image, 6)
+    second = viewer.add_image(np.zeros((2, 600, 700), np.uint8), name="other")
+    w.session.set_image_layer(second)  # the user moved on before pressing Restore
+    w.autosave.restore(image, info)
+    qtbot.waitUntil(lambda: "Restored" in w.status, timeout=10_000)
+    restored = [ly for ly in viewer.layers if ly.name.startswith("ann") and ly is not labels]
+    assert len(restored) == 1 and (restored[0].data == lab).all()
+    t = w.autosave.tracker(restored[0])
+    assert t is not None and t.store.folder == info.folder  # goes on in that store
+    assert info.folder.is_dir()
+    paint(restored[0], 1, (5, 9), (5, 9), 8)
+    settle(qtbot, w, restored[0])
+    np.testing.assert_array_equal(stored(w, restored[0]), restored[0].data)

@@ -22,7 +22,8 @@ def _disc(centre, shape=(100, 140)):
     return img
 
 
-def test_a_folder_annotated_image_by_image(make_napari_viewer, npe2pm, qtbot, tmp_path):
+def test_a_folder_annotated_image_by_image(make_napari_viewer, npe2pm, qtbot, tmp_path,
+                                           monkeypatch):
     from qtpy.QtCore import Qt
 
     raw = tmp_path / "raw"
@@ -60,6 +61,22 @@ def test_a_folder_annotated_image_by_image(make_napari_viewer, npe2pm, qtbot, tm
                     timeout=TIMEOUT)
     autosaved = tracker.store.folder
     assert autosaved.is_dir()
+    # (the save on leaving the image is held until its labels layer left the viewer: the
+    # order in which the save ends after the layer is gone, made sure, not left to timing)
+    import threading
+
+    from napari_edgesam.widget import workers
+
+    leaving, left = s.labels_layer, threading.Event()
+    viewer.layers.events.removed.connect(
+        lambda e: left.set() if e.value is leaving else None)
+    real_save = workers.save_labels_job
+
+    def save_once_removed(*args):
+        assert left.wait(TIMEOUT / 1000), "the left image's labels layer was not removed"
+        return real_save(*args)
+
+    monkeypatch.setattr(workers, "save_labels_job", save_once_removed)
 
     qtbot.keyClick(canvas, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier)  # Next
     wait_on("b")
@@ -67,6 +84,7 @@ def test_a_folder_annotated_image_by_image(make_napari_viewer, npe2pm, qtbot, tm
     qtbot.waitUntil(saved.is_file, timeout=TIMEOUT)
     # ... and that autosave is discarded once the labels are saved on leaving the image
     qtbot.waitUntil(lambda: not autosaved.exists(), timeout=TIMEOUT)
+    monkeypatch.undo()
     np.testing.assert_array_equal(tifffile.imread(saved), painted)
     log = json.loads((raw / "labels" / "a_labels.prompts.json").read_text())
     assert [o["label"] for o in log["objects"]] == [1]

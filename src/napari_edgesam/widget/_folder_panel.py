@@ -57,13 +57,14 @@ class FolderPanel(QWidget):
     def __init__(self, dock):
         super().__init__()
         self.session = dock.session
-        def saved(layer):  # the dock makes its autosave after this panel
+        def saving(layer):  # the dock makes its autosave after this panel
             autosave = getattr(dock, "autosave", None)
-            if autosave is not None:
-                autosave.saved(layer)
+            mark = autosave.save_started(layer) if autosave is not None else None
+            return lambda: autosave.saved(mark) if autosave is not None else None
 
         self.controller = FolderAnnotation(dock.session, self._sync,
-                                           prefetch_next=_remembered_prefetch(), on_saved=saved)
+                                           prefetch_next=_remembered_prefetch(),
+                                           on_saving=saving)
         lay = QVBoxLayout(self)
         intro = QLabel("Annotate a folder: each image's labels (and prompts) are saved to "
                        "the labels folder when you leave it, and reopened when you come "

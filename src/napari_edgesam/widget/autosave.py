@@ -22,18 +22,18 @@ first write of a store (a new layer, after a save, after replaced data) reads th
 layer in the worker, skipping chunks of 0; a chunk edited during that read is written again
 by the next autosave.
 
-When an image is opened (``viewer.open``, the sample menu, the Folder tab) and an autosave
-of it exists that is newer than its saved labels (the Folder tab's labels file) and differs
-from them, a napari notification offers **Restore** (the labels into the target Labels
-layer as one undo step, or a new Labels layer; the prompt log adopted) and **Discard**.
-A normal save (the panel's *Save...*) discards the layer's autosaves.
+When an image is opened, an autosave of it may be offered for restore (see
+:mod:`.autosave_restore`). A normal save (the panel's *Save...*, the Folder tab's save on
+leaving an image) marks when its snapshot is taken (:meth:`AutosaveController.save_started`)
+and, once written (:meth:`AutosaveController.saved`), discards the layer's autosaves if
+nothing was edited since the mark, else keeps the autosave and writes it whole again.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -41,105 +41,47 @@ from qtpy.QtCore import QTimer
 from napari_edgesam.workflows import autosave as store_mod
 from napari_edgesam.workflows.autosave import AutosaveError, AutosaveStore
 
+from .autosave_restore import image_identity_of
+
 _log = logging.getLogger(__name__)
 
-__all__ = ["AutosaveController", "atom_box", "find_job", "image_identity_of",
-           "restore_job", "write_job"]
+__all__ = ["AutosaveController", "SaveMark", "atom_box", "write_job"]
 
 
 # ------------------------------------------------------------------ jobs (workers) -----
-def write_job(store: AutosaveStore, changed: dict, log, source):
+class _Gate:
+    """Orders one store's writes: a write in a worker runs under :attr:`lock`, and none
+    runs once :attr:`closed` (set at closing, after the write in flight ended)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.closed = False
+
+
+def write_job(store: AutosaveStore, changed: dict, log, source, gate=None):
     """Write changed chunks (and the log; the whole labels when ``source`` is given) into
     ``store`` (see :meth:`~napari_edgesam.workflows.autosave.AutosaveStore.write`);
-    returns its WriteReport."""
-    return store.write(changed, log=log, source=source)
-
-
-def find_job(identity: dict, labels_path):
-    """The newest autosave of an image worth offering, or None (worker thread).
-
-    Autosaves older than the image's saved labels (``labels_path``, the Folder tab's
-    labels file), or holding the same labels, are discarded; so are older autosaves of
-    the same Labels layer name.
-    """
-    found = store_mod.list_autosaves(identity)
-    if not found:
-        return None
-    best = found[0]
-    if labels_path is not None and Path(labels_path).is_file():
-        if Path(labels_path).stat().st_mtime >= best.written:
-            store_mod.discard_autosaves(identity)
+    returns its WriteReport, or None when ``gate`` was closed first (the controller
+    closed and wrote the changes itself)."""
+    if gate is None:
+        return store.write(changed, log=log, source=source)
+    with gate.lock:
+        if gate.closed:
             return None
-        try:
-            import tifffile
-
-            saved = tifffile.imread(labels_path)
-            labels, _log_ = AutosaveStore.open(best.folder).read()
-            if saved.shape == labels.shape and np.array_equal(saved, labels):
-                store_mod.discard_autosaves(identity)
-                return None
-        except (OSError, ValueError, AutosaveError):
-            pass
-    store_mod.discard_autosaves(identity, labels_name=best.labels_name, keep=[best.folder])
-    return best
+        return store.write(changed, log=log, source=source)
 
 
-def restore_job(folder, target):
-    """Read an autosave and compare it with ``target`` (the Labels layer's data, shape
-    ``(*lead, H, W)``), chunk by chunk (worker thread).
+class SaveMark:
+    """A normal save of a followed Labels layer that started (see
+    :meth:`AutosaveController.save_started`): the layer's tracker and how many edits it
+    had noticed when the saved snapshot was taken."""
 
-    Returns
-    -------
-    (list, PromptLog or None, int)
-        The edits ``(index, values)``: ``index`` a tuple of int arrays into the layer
-        (data coordinates), ``values`` the restored labels there; the prompt log; the
-        largest label restored.
-    """
-    labels, log = AutosaveStore.open(folder).read()
-    if tuple(target.shape) != labels.shape:
-        raise AutosaveError(f"the autosave's labels have shape {labels.shape}, the layer "
-                            f"{tuple(target.shape)}")
-    edits = []
-    for key in store_mod.chunk_keys(labels.shape):
-        index = store_mod.chunk_index(labels.shape, key)
-        new = labels[index]
-        cur = np.asarray(target[index])
-        rows, cols = np.nonzero(cur != new)
-        if rows.size:
-            lead = index[:-2]
-            r0, c0 = index[-2].start, index[-1].start
-            idx = tuple(np.full(rows.shape, i, np.intp) for i in lead) + (rows + r0,
-                                                                           cols + c0)
-            edits.append((idx, new[rows, cols]))
-    return edits, log, int(labels.max()) if labels.size else 0
+    def __init__(self, tracker, edits: int):
+        self.tracker = tracker
+        self.edits = edits
 
 
 # ------------------------------------------------------------------ helpers ------------
-def image_identity_of(layer, folder=None) -> dict | None:
-    """:func:`~napari_edgesam.workflows.autosave.image_identity` of a napari Image layer:
-    its source file (``viewer.open``, drag and drop), its sample name (File > Open
-    Sample), or the Folder tab's file for the image it opened (``folder``: the
-    :class:`~.dataset.FolderAnnotation`). None for an array added by a script."""
-    data = layer.data[0] if layer.multiscale else layer.data
-    src = getattr(layer, "source", None)
-    path = getattr(src, "path", None)
-    sample = getattr(src, "sample", None)
-    where = _folder_item(layer, folder)
-    if where is not None:
-        path = where[0]
-    return store_mod.image_identity(shape=data.shape, dtype=data.dtype, path=path,
-                                    sample=sample)
-
-
-def _folder_item(layer, folder):
-    """``(image path, labels path)`` of the Folder tab's image shown in ``layer``."""
-    if folder is None or folder.dataset is None or folder.index < 0:
-        return None
-    if not any(x is layer for x in folder.image_layers):
-        return None
-    return folder.dataset.items[folder.index], folder.dataset.labels_path(folder.index)
-
-
 def atom_box(atom, ndim: int):
     """The bounding box ``[(start, stop)] * ndim`` (data coordinates) of one napari Labels
     history atom: a ``_MaskedPaintAtom`` (its ``slice_key``) or the ``(indices, old, new)``
@@ -159,19 +101,23 @@ def atom_box(atom, ndim: int):
 class _Tracker:
     """One followed Labels layer: its store, changed chunks, what its history held."""
 
-    def __init__(self, layer, identity):
+    def __init__(self, layer, identity, store=None):
         self.layer = layer
         self.identity = identity
-        self.store = AutosaveStore.create(identity, layer.name, layer.data.shape,
-                                          layer.data.dtype)
+        self.store = store or AutosaveStore.create(identity, layer.name, layer.data.shape,
+                                                   layer.data.dtype)
         self.dirty: set = set()
         self.complete = False  # whether the store holds the layer's whole labels
         self.known = self._items()
         self.since: float | None = None  # first change not written yet
+        self.edits = 0  # changes noticed (new history items, replaced data)
+        self.data_gen = 0  # times the layer's data was replaced
         self.writing = False
+        self.inflight = None  # (changed, source) of the write in a worker
+        self.gate = _Gate()
         self.again = False
         self.warned = False
-        self.discard_after = False
+        self.discard_after: SaveMark | None = None  # a save written during a write
 
     def _items(self) -> dict:
         lay = self.layer
@@ -186,6 +132,7 @@ class _Tracker:
         self.known = items
         if not new:
             return False
+        self.edits += 1
         shape = tuple(self.layer.data.shape)
         for item in new:
             for atom in item:
@@ -218,10 +165,13 @@ class AutosaveController:
     """
 
     def __init__(self, session, timer_parent, start_worker, folder=None):
+        from .autosave_restore import RestoreOffer
+
         self.session = session
         self.viewer = session.viewer
         self.start_worker = start_worker
-        self._folder = folder or (lambda: None)
+        #: ``folder() -> FolderAnnotation or None``: the Folder tab.
+        self.folder = folder or (lambda: None)
         #: Idle time before an autosave (ms), and the longest wait after a first change.
         self.idle_ms = 2000
         self.max_delay_s = 30.0
@@ -231,12 +181,11 @@ class AutosaveController:
         #: Seconds the GUI thread spent in the last autosave, and its worker's report.
         self.last_gui_seconds: float | None = None
         self.last_report = None
-        #: The last restore offer shown (a napari Notification with its actions).
-        self.offer = None
         self.enabled = True
+        #: The restore offer (:class:`~.autosave_restore.RestoreOffer`).
+        self.restoring = RestoreOffer(self)
         self._trackers: dict[int, _Tracker] = {}
         self._untracked: set[int] = set()
-        self._offered: set = set()
         self._timer = QTimer(timer_parent)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.autosave_now)
@@ -252,10 +201,18 @@ class AutosaveController:
             emitter.connect(cb)
         self._sync()
 
+    @property
+    def offer(self):
+        """The last restore offer shown (a napari Notification with its actions)."""
+        return self.restoring.offer
+
     # ------------------------------------------------------------------ following ---
     def tracker(self, layer) -> _Tracker | None:
         """The state kept for ``layer`` (None when it is not followed)."""
         return self._trackers.get(id(layer))
+
+    def _live(self, tracker: _Tracker) -> bool:
+        return self._trackers.get(id(tracker.layer)) is tracker
 
     def _sync(self, *_):
         """Follow the session's target layer (called on its history and layer events)."""
@@ -271,16 +228,40 @@ class AutosaveController:
         identity = None
         if image is not None and not layer.multiscale:
             try:
-                identity = image_identity_of(image, self._folder())
+                identity = image_identity_of(image, self.folder())
             except (AttributeError, TypeError, ValueError):
                 identity = None
         if identity is None:
             self._untracked.add(id(layer))
             return
-        tracker = self._trackers[id(layer)] = _Tracker(layer, identity)
+        self._follow(layer, identity)
+
+    def _follow(self, layer, identity, store=None) -> _Tracker:
+        tracker = self._trackers[id(layer)] = _Tracker(layer, identity, store)
         layer.events.paint.connect(self._on_layer_event)
         layer.events.set_data.connect(self._on_layer_event)
         layer.events.data.connect(self._on_layer_data)
+        return tracker
+
+    def continue_in(self, layer, info) -> None:
+        """Go on autosaving ``layer`` (a Labels layer just restored from the autosave
+        ``info``, an AutosaveInfo) into that autosave's store, followed from now on even
+        when it is not the session's target; its next write is a whole one."""
+        tracker = self._trackers.get(id(layer))
+        if tracker is None:
+            self._sync()
+            tracker = self._trackers.get(id(layer))
+        store = AutosaveStore.open(info.folder)
+        if tracker is None:
+            self._untracked.discard(id(layer))
+            tracker = self._follow(layer, info.identity, store)
+        elif tracker.store.folder != store.folder:
+            if not tracker.writing:  # else discarded once its write ended
+                tracker.store.discard()
+            tracker.store = store
+        tracker.complete = False
+        tracker.dirty.clear()
+        tracker.known = tracker._items()
 
     def _on_layer_event(self, event=None):
         tracker = self._trackers.get(id(getattr(event, "source", None)))
@@ -301,6 +282,8 @@ class AutosaveController:
         tracker.known = tracker._items()
         tracker.complete = False
         tracker.dirty.clear()
+        tracker.edits += 1
+        tracker.data_gen += 1  # a full write in flight reads the data replaced
         self._changed(tracker)
 
     def _scan_all(self):
@@ -334,19 +317,21 @@ class AutosaveController:
                 tracker.again = True
                 continue
             job = self._prepare(tracker)
-            started.append((tracker, job))
-        for tracker, (changed, log, source) in started:
+            started.append((tracker, job, tracker.data_gen))
+        for tracker, (changed, log, source), gen in started:
             tracker.writing = True
-            self.start_worker(write_job, tracker.store, changed, log, source,
-                              returned=lambda rep, t=tracker, c=changed, s=source:
-                              self._written(t, rep, c, s),
-                              errored=lambda exc, t=tracker, c=changed, s=source:
-                              self._failed(t, exc, c, s))
+            tracker.inflight = (changed, source)
+            self.start_worker(write_job, tracker.store, changed, log, source, tracker.gate,
+                              returned=lambda rep, t=tracker, s=source, g=gen,
+                              st=tracker.store: self._written(t, rep, s, g, st),
+                              errored=lambda exc, t=tracker, c=changed, s=source,
+                              st=tracker.store: self._failed(t, exc, c, s, st))
         self.last_gui_seconds = time.perf_counter() - t0
         return len(started)
 
-    def _prepare(self, tracker: _Tracker):
-        """The GUI-thread part: the log's entries and copies of the changed chunks."""
+    def _prepare(self, tracker: _Tracker, everything: bool = False):
+        """The GUI-thread part: the log's entries and copies of the changed chunks (at
+        most :attr:`copy_budget` bytes, unless ``everything``)."""
         layer = tracker.layer
         log, _indices = self.session.prompt_recorder.candidates(layer)
         tracker.since = None
@@ -360,25 +345,28 @@ class AutosaveController:
             block = np.array(layer.data[index])
             changed[key] = block
             budget -= block.nbytes
-            if budget <= 0:
+            if budget <= 0 and not everything:
                 break
         tracker.dirty.difference_update(changed)
         if tracker.dirty:
             tracker.since = time.monotonic()
         return changed, log, None
 
-    def _written(self, tracker: _Tracker, report, changed, source):
+    def _written(self, tracker: _Tracker, report, source, gen, store):
         tracker.writing = False
-        self.last_report = report
-        if source is not None:
-            tracker.complete = True
+        tracker.inflight = None
+        if report is not None:
+            self.last_report = report
+        if source is not None and report is not None and gen == tracker.data_gen:
+            tracker.complete = True  # (data replaced meanwhile: the next write is whole)
         if tracker.warned:
             tracker.warned = False
             self.session.set_status(f"Autosave of '{tracker.layer.name}' works again.")
-        self._after_write(tracker)
+        self._after_write(tracker, store)
 
-    def _failed(self, tracker: _Tracker, exc, changed, source):
+    def _failed(self, tracker: _Tracker, exc, changed, source, store):
         tracker.writing = False
+        tracker.inflight = None
         tracker.dirty.update(changed)  # nothing is lost: written at the next change
         if source is not None:
             tracker.complete = False
@@ -391,13 +379,16 @@ class AutosaveController:
             show_warning(f"EdgeSAM: autosave of '{tracker.layer.name}' failed: {exc}. Your "
                          "labels in napari are unchanged; it is tried again at your next "
                          "edit (Save... writes them elsewhere).")
-        self._after_write(tracker, retry=False)
+        self._after_write(tracker, store, retry=False)
 
-    def _after_write(self, tracker: _Tracker, retry: bool = True):
-        if tracker.discard_after:
-            tracker.discard_after = False
-            self._restart_store(tracker)
-        if id(tracker.layer) not in self._trackers:
+    def _after_write(self, tracker: _Tracker, store, retry: bool = True):
+        live = self._live(tracker)
+        if store is not tracker.store:  # replaced while it was written (a restore)
+            store.discard()
+        if tracker.discard_after is not None:
+            mark, tracker.discard_after = tracker.discard_after, None
+            self.saved(mark)
+        if not live:
             tracker.store.close()
             return
         if retry and (tracker.again or tracker.dirty):
@@ -411,20 +402,46 @@ class AutosaveController:
                                              tracker.store.shape, tracker.store.dtype)
         tracker.complete = False
         tracker.dirty.clear()
+        tracker.since = None  # nothing left unsaved: no new autosave until an edit
 
-    def saved(self, layer) -> None:
-        """``layer``'s labels were saved normally: its autosaves are discarded (the next
-        change starts a new one)."""
+    # ------------------------------------------------------------------ saving ------
+    def save_started(self, layer) -> SaveMark | None:
+        """A normal save of ``layer``'s labels starts: call this when its snapshot is
+        taken (GUI thread) and give the mark to :meth:`saved` once the file is written.
+        None when ``layer`` is not followed."""
         tracker = self._trackers.get(id(layer))
         if tracker is None:
+            return None
+        if tracker.scan():  # edits made before the snapshot are in the saved file
+            self._changed(tracker)
+        return SaveMark(tracker, tracker.edits)
+
+    def saved(self, mark: SaveMark | None) -> None:
+        """The save of :meth:`save_started`'s ``mark`` was written. When nothing was edited
+        since its snapshot the layer's autosaves are discarded (also when the layer was
+        closed meanwhile); else the autosave is kept and written whole again, so that it
+        is newer than the saved file and holds the edits the file lacks."""
+        if mark is None:
+            return
+        tracker = mark.tracker
+        live = self._live(tracker)
+        if live and tracker.scan():
+            self._changed(tracker)
+        if tracker.edits != mark.edits:
+            if live:
+                tracker.complete = False
+                self._changed(tracker)
             return
         if tracker.writing:
-            tracker.discard_after = True
-        else:
+            tracker.discard_after = mark  # decided again once the write ended
+        elif live:
             self._restart_store(tracker)
+        else:
+            tracker.store.discard()
 
     def _retire(self, tracker: _Tracker, discard: bool = False):
-        self._trackers.pop(id(tracker.layer), None)
+        if self._live(tracker):
+            self._trackers.pop(id(tracker.layer), None)
         for ev, cb in ((tracker.layer.events.paint, self._on_layer_event),
                        (tracker.layer.events.set_data, self._on_layer_event),
                        (tracker.layer.events.data, self._on_layer_data)):
@@ -447,102 +464,18 @@ class AutosaveController:
         from napari.layers import Image
 
         if isinstance(event.value, Image):  # once the opener (the Folder tab) is done
-            QTimer.singleShot(0, lambda layer=event.value: self.check(layer))
-
-    def check(self, layer):
-        """Look for an autosave of the image ``layer`` (in a worker) and offer it."""
-        if not self.enabled or layer not in self.viewer.layers:
-            return None
-        folder = self._folder()
-        identity = image_identity_of(layer, folder)
-        if identity is None:
-            return None
-        where = _folder_item(layer, folder)
-        return self.start_worker(find_job, identity, where[1] if where else None,
-                                 returned=lambda info, lay=layer: self._offer(lay, info),
-                                 errored=lambda exc: _log.info("autosave lookup: %s", exc))
-
-    def _offer(self, layer, info):
-        if info is None or info.folder in self._offered or layer not in self.viewer.layers:
-            return
-        self._offered.add(info.folder)
-        from napari.utils.notifications import (
-            Notification,
-            NotificationSeverity,
-            notification_manager,
-        )
-
-        when = time.strftime("%H:%M:%S %d %b", time.localtime(info.written))
-        message = (f"EdgeSAM: '{layer.name}' has labels autosaved at {when} "
-                   f"('{info.labels_name}', {info.objects} object(s) with prompts) that "
-                   "were not saved. Restore them?")
-        self.offer = Notification(
-            message, NotificationSeverity.INFO,
-            actions=[("Restore", lambda *_: self.restore(layer, info)),
-                     ("Discard", lambda *_: self.discard(info))])
-        notification_manager.dispatch(self.offer)
-        self.session.set_status(f"An autosave of '{layer.name}' can be restored "
-                                "(see the notification).")
-
-    def discard(self, info) -> None:
-        """Delete the autosaves of the image ``info`` (an AutosaveInfo) describes."""
-        self.start_worker(store_mod.discard_autosaves, info.identity,
-                          errored=lambda exc: _log.info("autosave discard: %s", exc))
-        self.session.set_status("Autosave discarded.")
+            QTimer.singleShot(0, lambda layer=event.value: self.restoring.check(layer))
 
     def restore(self, image_layer, info):
-        """Put the autosave ``info`` into the target Labels layer of ``image_layer`` (a new
-        Labels layer when there is none of its shape) as one undo step, and adopt its
-        prompt log; returns the worker."""
-        from .prompt_layers import transform_kwargs
-
-        s = self.session
-        layer = s.target.layer
-        if s.image_layer is not image_layer or layer is None or \
-                tuple(layer.data.shape) != info.shape or layer not in self.viewer.layers:
-            layer = self.viewer.add_labels(np.zeros(info.shape, np.dtype(info.dtype)),
-                                           name=info.labels_name,
-                                           **transform_kwargs(image_layer))
-            if s.image_layer is image_layer:
-                s.set_labels_layer(layer)
-        s.set_status(f"Restoring the autosave of '{image_layer.name}'...")
-        return self.start_worker(
-            restore_job, info.folder, layer.data,
-            returned=lambda out, lay=layer: self._restored(lay, info, *out),
-            errored=lambda exc: s.notify_error(exc, "autosave not restored: "),
-            desc="EdgeSAM: restoring the autosave")
-
-    def _restored(self, layer, info, edits, log, top):
-        s = self.session
-        if layer not in self.viewer.layers:
-            return
-        with layer.block_history():
-            for idx, values in edits:
-                layer.data_setitem(idx, values, refresh=False)
-        layer.refresh()
-        if log is not None and log.objects:
-            s.prompt_recorder.adopt(layer, log)
-        if top:
-            layer.selected_label = top + 1
-        tracker = self._trackers.get(id(layer))
-        if tracker is None:
-            self._sync()
-            tracker = self._trackers.get(id(layer))
-        if tracker is not None:  # go on in the restored store (the next write: whole)
-            tracker.store.discard()
-            tracker.store = AutosaveStore.open(info.folder)
-            tracker.complete = False
-            tracker.dirty.clear()
-            tracker.known = tracker._items()
-        else:
-            store_mod.discard_autosaves(info.identity)
-        s.set_status(f"Restored the autosave of '{info.labels_name}' "
-                     f"({sum(len(v) for _, v in edits)} pixels; Ctrl+Z takes it back).")
+        """Restore the autosave ``info`` into ``image_layer``'s labels (see
+        :meth:`~.autosave_restore.RestoreOffer.restore`); returns the worker or None."""
+        return self.restoring.restore(image_layer, info)
 
     # ------------------------------------------------------------------ closing -----
     def close(self, flush: bool = True) -> None:
-        """Stop following (the panel closes). With ``flush`` the changes of complete
-        stores are written now, on this thread (napari is closing: no worker runs)."""
+        """Stop following (the panel closes). With ``flush`` every change not yet in an
+        autosave is written now, on this thread, after any write in flight ended (napari
+        is closing: no worker may run later); a write still queued then does nothing."""
         self.enabled = False
         for t in (self._timer, self._poll):
             try:
@@ -555,11 +488,35 @@ class AutosaveController:
             except (TypeError, ValueError, RuntimeError):
                 pass
         for tracker in list(self._trackers.values()):
-            tracker.scan()
-            if flush and tracker.complete and tracker.dirty and not tracker.writing:
-                try:
-                    changed, log, _ = self._prepare(tracker)
-                    tracker.store.write(changed, log=log)
-                except (AutosaveError, RuntimeError) as exc:
-                    _log.warning("autosave at closing failed: %s", exc)
+            with tracker.gate.lock:  # waits for the write in flight
+                tracker.gate.closed = True
+            try:
+                if flush:
+                    self._flush(tracker)
+            except (AutosaveError, RuntimeError) as exc:
+                _log.warning("autosave at closing failed: %s", exc)
+            tracker.writing = False
             self._retire(tracker)
+
+    def _flush(self, tracker: _Tracker) -> None:
+        """Write all of ``tracker``'s changes (no budget; the layer whole when the store
+        is not complete), redoing a write whose worker's result is not known."""
+        tracker.scan()
+        if tracker.writing and tracker.inflight is not None:
+            changed, source = tracker.inflight
+            tracker.dirty.update(changed)
+            if source is not None:
+                tracker.complete = False
+            if tracker.dirty or not tracker.complete:
+                tracker.since = tracker.since or time.monotonic()
+            if tracker.discard_after is not None:
+                mark, tracker.discard_after = tracker.discard_after, None
+                if mark.edits == tracker.edits:
+                    self._restart_store(tracker)
+                else:
+                    tracker.complete = False
+        if not tracker.pending():
+            return
+        changed, log, source = self._prepare(tracker, everything=True)
+        tracker.store.write(changed, log=log, source=source)
+        tracker.complete = True

@@ -128,15 +128,17 @@ class FolderAnnotation:
     prefetch_next : bool
         Read the next image and encode its first slice while the user is idle (see
         :attr:`prefetch_next`).
-    on_saved : callable, optional
-        ``on_saved(labels_layer)`` once an image's labels were written (the autosave of
-        that layer is then obsolete).
+    on_saving : callable, optional
+        ``on_saving(labels_layer) -> done`` when an image's labels are saved (called as
+        their snapshot is taken); ``done()`` is then called once they were written (the
+        autosave of that layer is obsolete unless it was edited after the snapshot).
     """
 
-    def __init__(self, session, on_change=None, prefetch_next: bool = True, on_saved=None):
+    def __init__(self, session, on_change=None, prefetch_next: bool = True,
+                 on_saving=None):
         self.session = session
         self._on_change = on_change or (lambda: None)
-        self._on_saved = on_saved or (lambda layer: None)
+        self._on_saving = on_saving or (lambda layer: lambda: None)
         self.dataset: Dataset | None = None
         self.index = -1
         self.worker = None
@@ -250,10 +252,11 @@ class FolderAnnotation:
         path = self.dataset.labels_path(self.index)
         log, indices = s.prompt_recorder.candidates(layer)  # checked in the worker
         self._saving[path] = (labels, log)
+        done = self._on_saving(layer)  # the snapshot is taken now
 
-        def saved(_out, p=path, saved_layer=layer):
+        def saved(_out, p=path):
             self._saving.pop(p, None)
-            self._on_saved(saved_layer)
+            done()
             self._on_change()
 
         def failed(exc, p=path):  # kept in memory: reopening the image shows them again

@@ -512,12 +512,13 @@ class EdgeSamWidget(QWidget):
                 return None
         log, indices = self.session.prompt_recorder.candidates(layer)
         labels = np.array(layer.data[0] if layer.multiscale else layer.data)  # a snapshot
+        mark = self.autosave.save_started(layer)  # edits after it keep the autosave
         self.set_status(f"Saving '{layer.name}'...")
 
         def saved(out):
             self.set_status(f"Saved {Path(out[0]).name} and {Path(out[1]).name} "
                             f"({out[2]} object(s) with their prompts).")
-            self.autosave.saved(layer)  # its autosave is no longer needed
+            self.autosave.saved(mark)  # its autosave is no longer needed (if not edited)
 
         return self.start_worker(save_labels_job, path, labels, log, indices,
                                  desc="EdgeSAM: saving labels", returned=saved)

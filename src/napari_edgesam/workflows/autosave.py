@@ -49,6 +49,8 @@ VERSION = 1
 TILE = 512
 MANIFEST = "manifest.json"
 LOCK = "owner.lock"
+#: Seconds a first write waits for a store's lock (a listing tests it by taking it briefly).
+OWN_WAIT_S = 1.0
 
 __all__ = ["FORMAT", "TILE", "VERSION", "AutosaveError", "AutosaveInfo", "AutosaveStore",
            "WriteReport", "autosave_root", "chunk_index", "chunk_keys", "chunks_in_box",
@@ -302,8 +304,13 @@ class AutosaveStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self._lock is None:
             lock = paths.FileLock(self.folder / LOCK)
-            if not lock.acquire(wait=False):
-                raise AutosaveError(f"{self.folder} is written by another napari")
+            # A listing (:func:`list_autosaves`, any process) holds an unowned store's lock
+            # for a moment to test it: only a lock held for OWN_WAIT_S is another owner's.
+            deadline = time.monotonic() + OWN_WAIT_S
+            while not lock.acquire(wait=False):
+                if time.monotonic() >= deadline:
+                    raise AutosaveError(f"{self.folder} is written by another napari")
+                time.sleep(0.01)
             self._lock = lock
 
     def close(self) -> None:
@@ -387,6 +394,7 @@ class AutosaveStore:
         prompts = old.get("prompts") if old else None
         objects = int(old.get("objects", 0)) if old else 0
         log_written = False
+        text = None
         if log is not None:
             text = json.dumps(log.to_dict(), indent=1) + "\n"
             if text != self._log_text or prompts is None:
@@ -394,7 +402,6 @@ class AutosaveStore:
                 _write_chunk(self.folder / prompts, text.encode("utf-8"))
                 nbytes += len(text.encode("utf-8"))
                 log_written = True
-            self._log_text = text
             objects = len(log.objects)
         paths.fsync_dir(self.folder)
         manifest = {"format": FORMAT, "version": VERSION, "identity": self.identity,
@@ -403,6 +410,8 @@ class AutosaveStore:
                     "written": time.time(), "pid": os.getpid(), "chunks": chunks,
                     "prompts": prompts, "objects": objects}
         paths.atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=0))
+        if text is not None:  # only now is it the log the manifest names
+            self._log_text = text
         self._sweep(manifest)
         return WriteReport(written, dropped, nbytes, log_written, time.perf_counter() - t0)
 
