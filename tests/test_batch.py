@@ -469,3 +469,59 @@ def test_rgb_input_and_output_folder_inside_input_folder(tmp_path, spec):
     second = run_batch(folder, out, spec, BatchParams(automatic=AutoParams(object_size=24)),
                        scheduler="synchronous")
     assert [r.status for r in second.results] == ["skipped"]
+
+
+def test_decoder_batch_runs_only_with_the_optimised_model_and_the_sidecar_says_so(
+        tmp_path, monkeypatch):
+    """The prompt-batched decoder is an optimised variant: a batch of the plain model (no
+    --optimized) decodes one seed per run although a passing decoder-batch is recorded
+    here; with the optimised model the seeds are batched, the sidecar names decoder-batch
+    and its file's SHA-256, and a rerun with the other choice into the same folder is a
+    conflict, not a silent mix. Published-style random-weight decoder (NOT EdgeSAM)."""
+    import shutil
+
+    from conftest import MODELS
+
+    from napari_edgesam.engine import optimize as opt
+    from napari_edgesam.engine.models import file_sha256
+    from napari_edgesam.engine.optimize import prompt_batch_runtime
+
+    shutil.copy(TEST_ENCODER, tmp_path / "enc.onnx")
+    shutil.copy(MODELS / "published_style_decoder.onnx", tmp_path / "dec.onnx")
+    plain = EdgeSamModel(tmp_path / "enc.onnx", tmp_path / "dec.onnx", name="fixture",
+                         num_threads=1)
+    scene, _ = make_scene_2d(seed=10)
+    (res,) = opt.optimize_model(plain, [scene], variants=["decoder-batch"], n_clicks=2,
+                                n_boxes=1).results
+    assert res.status == "enabled", res.reason
+    batched = []
+    decode = prompt_batch_runtime.BatchDecoder.decode
+    monkeypatch.setattr(prompt_batch_runtime.BatchDecoder, "decode",
+                        lambda self, *a: batched.append(len(a[1])) or decode(self, *a))
+    write_inputs(tmp_path / "in", which=("flat2d",))
+    params = BatchParams(automatic=AutoParams(object_size=24, seeds="grid", grid_spacing=16,
+                                              split_merged=False), channel=0)
+
+    plain_spec = ModelSpec.from_model(plain)
+    assert plain_spec.variants == () and plain_spec.decoder_batch is None
+    summary = run_batch(tmp_path / "in", tmp_path / "plain", plain_spec, params,
+                        scheduler="synchronous")
+    assert summary.ok and batched == []  # one decoder run per seed
+    side = sidecar(tmp_path / "plain", "flat2d")
+    assert side["model"]["variants"] == [] and side["model"]["decoder_batch"] is None
+    assert side["run"]["decoder_calls"] > 16
+
+    fast_spec = ModelSpec.from_model(opt.load_optimized(plain))  # what --optimized passes
+    assert fast_spec.variants == ("decoder-batch",)
+    summary = run_batch(tmp_path / "in", tmp_path / "fast", fast_spec, params,
+                        scheduler="synchronous")
+    assert summary.ok and max(batched) == 16
+    side = sidecar(tmp_path / "fast", "flat2d")
+    assert side["model"]["variants"] == ["decoder-batch"]
+    assert side["model"]["decoder_batch"] == {
+        "file": res.path("model").name, "sha256": file_sha256(res.path("model"))}
+
+    for spec_, out in ((fast_spec, "plain"), (plain_spec, "fast")):
+        mixed = run_batch(tmp_path / "in", tmp_path / out, spec_, params,
+                          scheduler="synchronous")
+        assert not mixed.ok and "--overwrite" in mixed.failed[0].error

@@ -218,16 +218,23 @@ def test_variant_is_checked_and_found(fixture_model):
     # 9 sampled prompts and 5 + 3 of other lengths, against one-by-one runs
     assert res.agreement.n_prompts == 17 and res.agreement.min_iou >= 0.99
     assert res.details["reshapes"] and res.details["expanded"]
-    bd = opt.batch_decoder_for(fixture_model)
+    # an optimised variant like the others: only the optimised model uses it
+    assert opt.batch_decoder_for(fixture_model) is None
+    fast = opt.load_optimized(fixture_model)
+    assert isinstance(fast, opt.OptimizedEdgeSamModel) and list(fast.variants) == [
+        "decoder-batch"]
+    bd = opt.batch_decoder_for(fast)
     assert isinstance(bd, opt.BatchDecoder) and bd.path == res.path("model")
-    # not in the way of the decoder variants: nothing else is loaded
-    assert opt.load_optimized(fixture_model) is fixture_model
+    # not in the way of the decoder variants: the original files run the clicks
+    assert fast.encoder_path == fixture_model.encoder_path and fast.decoder_parts is None
+    assert fast.decoder_path == fixture_model.decoder_path
+    assert fast.identity == fixture_model.identity  # the same embeddings in the cache
 
 
 def test_predictor_batch_equals_decode_low_res(fixture_model):
     opt.optimize_model(fixture_model, [_scene()], variants=["decoder-batch"], n_clicks=2,
                        n_boxes=1)
-    bd = opt.batch_decoder_for(fixture_model)
+    bd = opt.batch_decoder_for(opt.load_optimized(fixture_model))
     pred = Predictor(fixture_model, cache=None)
     emb = pred.embed(_scene())
     prompts = [{"points": [(60, 50)]}, {"box": (30, 30, 90, 80)},
@@ -255,13 +262,13 @@ def test_predictor_batch_equals_decode_low_res(fixture_model):
 def test_automatic_segmentation_runs_one_session_run_per_batch(fixture_model):
     opt.optimize_model(fixture_model, [_scene()], variants=["decoder-batch"], n_clicks=2,
                        n_boxes=1)
-    bd = opt.batch_decoder_for(fixture_model)
+    fast = opt.load_optimized(fixture_model)  # the user asked for the optimised variants
+    bd = opt.batch_decoder_for(fast)
     assert bd is not None
     bd._session = batch_runs = CountingSession(bd.session)
-    fixture_model.session("decoder")
-    fixture_model._sessions["decoder"] = single_runs = CountingSession(
-        fixture_model._sessions["decoder"])
-    pred = Predictor(fixture_model, cache=None)
+    fast.session("decoder")
+    fast._sessions["decoder"] = single_runs = CountingSession(fast._sessions["decoder"])
+    pred = Predictor(fast, cache=None)
     params = AutoParams(object_size=40, seeds="grid", grid_spacing=24, split_merged=False,
                         min_stability=0.0, min_foreground=0.0)
     res = segment_slice(pred, _scene(), params=params)  # "auto": the checked variant
@@ -285,12 +292,12 @@ def test_automatic_refinements_are_batched_too(fixture_model):
     are decoded in batches as well (one run per prompt length)."""
     opt.optimize_model(fixture_model, [_scene()], variants=["decoder-batch"], n_clicks=2,
                        n_boxes=1)
-    bd = opt.batch_decoder_for(fixture_model)
+    fast = opt.load_optimized(fixture_model)
+    bd = opt.batch_decoder_for(fast)
     bd._session = batch_runs = CountingSession(bd.session)
-    fixture_model.session("decoder")
-    fixture_model._sessions["decoder"] = single_runs = CountingSession(
-        fixture_model._sessions["decoder"])
-    pred = Predictor(fixture_model, cache=None)
+    fast.session("decoder")
+    fast._sessions["decoder"] = single_runs = CountingSession(fast._sessions["decoder"])
+    pred = Predictor(fast, cache=None)
     params = AutoParams(object_size=40, seeds="grid", grid_spacing=32, min_stability=0.0,
                         min_foreground=0.0)
     res = segment_slice(pred, _scene(), params=params)
@@ -303,3 +310,26 @@ def test_automatic_refinements_are_batched_too(fixture_model):
     assert batched_sets + singles >= res.decoder_calls
     assert ref.n_objects == res.n_objects
     assert np.mean(ref.labels == res.labels) > 0.99
+
+
+def test_the_plain_model_never_batches_even_with_a_passing_variant(fixture_model,
+                                                                   monkeypatch):
+    """decoder-batch is an optimised variant: without the "optimised" box / --optimized
+    (the plain model), Segment all runs one decoder run per seed although the variant
+    passed its check here."""
+    from napari_edgesam.engine.optimize import prompt_batch_runtime
+
+    report = opt.optimize_model(fixture_model, [_scene()], variants=["decoder-batch"],
+                                n_clicks=2, n_boxes=1)
+    assert report.results[0].status == "enabled"
+    batched = []
+    monkeypatch.setattr(prompt_batch_runtime.BatchDecoder, "decode",
+                        lambda self, *a: batched.append(a) or (_ for _ in ()).throw(
+                            AssertionError("batched decoder used")))
+    fixture_model.session("decoder")
+    fixture_model._sessions["decoder"] = single_runs = CountingSession(
+        fixture_model._sessions["decoder"])
+    params = AutoParams(object_size=40, seeds="grid", grid_spacing=32, split_merged=False,
+                        min_stability=0.0, min_foreground=0.0)
+    res = segment_slice(Predictor(fixture_model, cache=None), _scene(), params=params)
+    assert batched == [] and single_runs.runs == res.decoder_calls > 30

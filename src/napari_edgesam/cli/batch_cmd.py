@@ -124,7 +124,9 @@ def run(args) -> int:
                          t_axis=args.t_axis, contrast=args.contrast)
     # Resolve and check the model here (exit 3 if unusable); workers get only its paths.
     # With --optimized those are the variant files that passed their agreement check
-    # (contract-compatible ONNX files; the sidecar names them), so every worker runs them.
+    # (contract-compatible ONNX files; the sidecar names them), so every worker runs them,
+    # and the prompt-batched decoder when it passed (ModelSpec.decoder_batch); without it,
+    # one decoder run per seed.
     model = model_from_args(args)
     spec = ModelSpec.from_model(model)
     scheduler = args.scheduler

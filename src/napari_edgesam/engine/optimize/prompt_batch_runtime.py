@@ -2,9 +2,13 @@
 
 The ``decoder-batch`` variant (:mod:`.prompt_batch`, built and checked by
 :func:`~.orchestration.optimize_model`) is a decoder file that takes B prompt sets of one
-length in one ``session.run``. :func:`batch_decoder_for` returns it for a model when its
-record says it passed its agreement check, else None (the caller then runs one prompt set
-per call); only the record is read (no ``onnx``).
+length in one ``session.run``. It is an optimised variant like the others: used only when
+the user asked for them (the panel's "optimised" box, ``--optimized``), i.e. for an
+:class:`~.runtime.OptimizedEdgeSamModel` that :func:`~.runtime.load_optimized` made with
+``decoder-batch`` among its ``variants``. :func:`batch_decoder_for` returns it for such a
+model when its record still says it passed its agreement check, else None (the caller then
+runs one prompt set per call); for the plain model always None. Only the record is read
+(no ``onnx``).
 """
 
 from __future__ import annotations
@@ -105,22 +109,28 @@ class BatchDecoder:
 
 
 def batch_decoder_for(model: EdgeSamModel, *, refresh: bool = False) -> BatchDecoder | None:
-    """The ``decoder-batch`` variant of ``model``'s decoder if it passed its check here.
+    """The ``decoder-batch`` variant of an optimised model, if it passed its check here.
 
     Parameters
     ----------
     model : EdgeSamModel
-        The original, or an :class:`~.runtime.OptimizedEdgeSamModel` (its source's variant
-        is used; it was checked against the float32 original, as the other variants).
+        An :class:`~.runtime.OptimizedEdgeSamModel` with ``"decoder-batch"`` in its
+        ``variants`` (what :func:`~.runtime.load_optimized` gives when the user asked for
+        the optimised variants; its source's variant is used, checked against the float32
+        original as the other variants). Any other model, the plain original included,
+        gets None: the variant is used only when asked for.
     refresh : bool
         Read the record again (after building the variant in this process).
 
     Returns
     -------
     BatchDecoder or None
-        None when never built, stale, refused or not applicable (logged at INFO with the
-        reason): the caller decodes one prompt set per call. Remembered per model object.
+        None for a model without the variant, or when never built, stale, refused or not
+        applicable (logged at INFO with the reason): the caller decodes one prompt set per
+        call. Remembered per model object.
     """
+    if _KIND not in (getattr(model, "variants", None) or {}):
+        return None  # the plain model, or optimised variants without decoder-batch
     with _lock:
         try:
             if model in _found and not refresh:

@@ -46,7 +46,10 @@ class OptimizedEdgeSamModel(EdgeSamModel):
     decoder_parts : (path, path), optional
         ``(image part, prompt part)`` of the split decoder.
     variants : dict, optional
-        kind -> :class:`VariantResult` of the variants in use.
+        kind -> :class:`VariantResult` of the variants in use; ``"decoder-batch"`` (role
+        ``prompt-batch``) among them means automatic segmentation decodes its seeds in
+        batches with it (:func:`~.prompt_batch_runtime.batch_decoder_for`); the plain
+        :class:`EdgeSamModel` never does.
     memo_size : int
         How many embeddings' image parts :meth:`decode` remembers for embedding arrays that
         come without theirs (each about 10 MiB for EdgeSAM); the predictor's path never
@@ -222,6 +225,10 @@ def _model_with(source: EdgeSamModel, results: Sequence[VariantResult],
             if use_split and r.path("image") and r.path("prompt"):
                 parts = (r.path("image"), r.path("prompt"))
             used[r.kind] = r
+        elif r.role == "prompt-batch" and r.kind not in used:
+            # run beside the decoder by batch work (see prompt_batch_runtime): named in
+            # ``variants`` so that only an optimised model uses it
+            used[r.kind] = r
     if not used:
         return source
     if enc is None:
@@ -280,7 +287,9 @@ def load_optimized(model: EdgeSamModel, kinds: Sequence[str] | None = None, *,
     EdgeSamModel
         An :class:`OptimizedEdgeSamModel` (its ``identity``, the SHA-256 of its encoder
         file, differs from the original's when the encoder variant is used, so cached
-        embeddings never mix), or ``model`` when nothing passed.
+        embeddings never mix), or ``model`` when nothing passed. A passing ``decoder-batch``
+        is in its ``variants`` too (alone, it gives an OptimizedEdgeSamModel running the
+        original files, whose automatic segmentation is batched).
     """
     model = getattr(model, "source", None) or model
     found = find_variants(model, kinds)

@@ -2,7 +2,7 @@
 
 Runs the steps of :mod:`napari_edgesam.workflows.automatic` in order: intensity mapping and
 foreground (:mod:`.foreground`), seeds (:mod:`.seeds`), one decoder call per seed
-(:mod:`.prompting`; many seeds per run with the ``decoder-batch`` variant), overlaps
+(:mod:`.prompting`; many seeds per run with an optimised model's ``decoder-batch``), overlaps
 (:mod:`.overlaps`) and, for stacks, 3D linking
 (:mod:`.linking`); whole slices through one embedding, large slices tile by tile. Images are
 indexed ``(row, col)``; seeds and clicks are ``(x, y) = (col, row)``, in pixels of the slice.
@@ -35,8 +35,9 @@ PROMPT_BATCH = 16
 
 
 def _batch_decoder(predictor, batch_decoder):
-    """The batched decoder to use: ``batch_decoder`` itself, or for ``"auto"`` the model's
-    checked ``decoder-batch`` variant (None when it has none: one run per seed)."""
+    """The batched decoder to use: ``batch_decoder`` itself, or for ``"auto"`` the checked
+    ``decoder-batch`` variant of an optimised model that carries it (None for the plain
+    model or without it: one run per seed)."""
     if not (isinstance(batch_decoder, str) and batch_decoder == "auto"):
         return batch_decoder
     from ...engine.optimize.prompt_batch_runtime import batch_decoder_for
@@ -192,10 +193,11 @@ def segment_slice(predictor, image, *, params: AutoParams | None = None,
         Where to write the labels (zeroed first), e.g. a slice of a disk memmap.
     batch_decoder : BatchDecoder, None or "auto"
         Decodes the seeds' clicks :data:`PROMPT_BATCH` per ``session.run`` (whole slices;
-        tiles run one per seed). ``"auto"``: the model's ``decoder-batch`` variant when it
-        passed its check (:func:`~napari_edgesam.engine.optimize.batch_decoder_for`);
-        None: one decoder run per seed. The objects are the same within the variant's
-        agreement check (the same graph, batched).
+        tiles run one per seed). ``"auto"``: the ``decoder-batch`` variant when the
+        predictor's model is an optimised model carrying it (the user asked for the
+        optimised variants; :func:`~napari_edgesam.engine.optimize.batch_decoder_for`),
+        never for the plain model; None: one decoder run per seed. The objects are the
+        same within the variant's agreement check (the same graph, batched).
 
     Returns
     -------

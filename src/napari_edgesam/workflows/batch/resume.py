@@ -44,9 +44,11 @@ def _fingerprint(obj) -> str:
 
 def params_fingerprint(params: BatchParams, model: ModelSpec) -> str:
     """SHA-256 (hex) of everything that makes an output: the parameters, the model files'
-    hashes and the sidecar format. Outputs of another fingerprint are a conflict."""
+    hashes (and the prompt-batched decoder's when the seeds are decoded with it, see
+    :meth:`ModelSpec.fingerprint_parts`) and the sidecar format. Outputs of another
+    fingerprint are a conflict."""
     return _fingerprint({"parameters": params.to_dict(),
-                         "model": [model.encoder_sha256, model.decoder_sha256],
+                         "model": model.fingerprint_parts(),
                          "format": SIDECAR_FORMAT})
 
 

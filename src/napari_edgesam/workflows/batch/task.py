@@ -33,7 +33,7 @@ from ..labels_tiff import IN_MEMORY_LABELS_BYTES, write_labels
 from ..tiff_io import LazyTiff
 from .files import output_paths
 from .lookahead import LookAhead
-from .model import ModelSpec, predictor_for
+from .model import ModelSpec, batch_decoder_for_spec, predictor_for
 from .params import BatchParams
 from .results import FileResult, now, worker_name
 from .resume import (
@@ -116,6 +116,7 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
         started = now()
         identity = input_identity(path)
         predictor = predictor_for(model)
+        batch_decoder = batch_decoder_for_spec(model)  # None for the original model
         with LazyTiff(path) as reader:
             plan = plan_axes(reader.axes, reader.shape,
                              channel=params.channel, z_axis=params.z_axis,
@@ -149,7 +150,7 @@ def process_file(path, out_dir, model: ModelSpec, params: BatchParams, *,
                     res = segment_stack(
                         ahead.predictor, ahead.planes, params=auto, mapping=mapping,
                         threshold=threshold, rgb=plan.rgb, link=True, out=buf[t],
-                        cancel=token,
+                        cancel=token, batch_decoder=batch_decoder,
                         progress=(None if progress is None else
                                   lambda done, _n, t=t: progress(t * n_z + done, n_slices)))
                 n_objects = max(n_objects, res.n_objects)
