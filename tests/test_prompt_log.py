@@ -202,3 +202,17 @@ def test_dotted_names_get_their_own_log(tmp_path):
     assert log_path_for(tmp_path / "img.02_labels.tif") != \
         log_path_for(tmp_path / "img.01_labels.tif")
     assert log_path_for(tmp_path / "a.ome.tif").name == "a.prompts.json"
+
+
+def test_the_model_record_lists_the_variants_that_shape_a_click(test_model):
+    """The prompt-batched decoder runs batch work only: a log made with it among the
+    optimised model's variants records (and replays as) the click variants alone."""
+    import types
+
+    model = types.SimpleNamespace(
+        name="opt", encoder_path=test_model.encoder_path, decoder_path=test_model.decoder_path,
+        num_threads=1, source=test_model,
+        variants={"decoder-int8": object(), "decoder-batch": object()})
+    record = ModelRecord.of(model)
+    assert record.variants == ("decoder-int8",)
+    assert record.name == test_model.name

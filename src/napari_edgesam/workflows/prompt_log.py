@@ -180,7 +180,8 @@ class ModelRecord:
     encoder_sha256, decoder_sha256 : str
         SHA-256 of the files that ran (an optimised variant's own files when one ran).
     variants : tuple of str
-        Optimised variants in use (empty for the original model).
+        Optimised variants in use for clicks (empty for the original model; the
+        prompt-batched ``decoder-batch``, used by batch work only, is not listed).
     threads : int or None
         onnxruntime intra-op threads (results can differ in the last bits between thread
         counts).
@@ -203,7 +204,10 @@ class ModelRecord:
         return cls(name=str(source.name),
                    encoder_sha256=file_sha256(model.encoder_path),
                    decoder_sha256=file_sha256(model.decoder_path),
-                   variants=tuple(sorted(getattr(model, "variants", {}) or ())),
+                   # the prompt-batched decoder runs batch work only, never a click's
+                   # prompts: it does not shape a logged object's mask
+                   variants=tuple(sorted(v for v in getattr(model, "variants", {}) or ()
+                                         if v != "decoder-batch")),
                    threads=int(model.num_threads or default_num_threads()))
 
     def differences(self, other: ModelRecord) -> list[str]:
