@@ -294,6 +294,47 @@ def corrections_screenshot():
     viewer.close()
 
 
+def folder_screenshot():
+    """The Folder tab on a folder of three images: the first annotated and saved (ticked,
+    "1 done"), the second open with a preview, the next one read ahead."""
+    import tifffile
+    from skimage import data
+
+    viewer, widget = open_napari("annotating a folder")
+    coins = data.coins()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "coins"
+        raw.mkdir()
+        for name, image in (("coins_left", coins[:, :200]), ("coins_right", coins[:, 184:]),
+                            ("coins_flipped", coins[::-1, :200])):
+            tifffile.imwrite(raw / f"{name}.tif", image)
+        widget.tabs.setCurrentIndex(3)  # the Folder tab
+        panel = widget.folder
+        panel.choose_images(str(raw))
+        t0 = time.time()
+        while widget.session.image_layer is None and time.time() - t0 < 60:
+            app().processEvents()
+            time.sleep(0.01)
+        wait(widget)
+        layer = widget.session.image_layer
+        click(widget, layer, (45, 50))
+        widget.commit()
+        wait(widget)
+        panel.controller.next()
+        t0 = time.time()
+        while (widget.session.image_layer is layer or widget.session.image_layer is None
+               or panel.controller.busy) and time.time() - t0 < 60:
+            app().processEvents()
+            time.sleep(0.01)
+        wait(widget)
+        layer = widget.session.image_layer
+        viewer.reset_view()
+        click(widget, layer, (195, 44))  # a coin of the third row
+        settle()
+        save(viewer, "folder.png")
+    viewer.close()
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as home:
         # the remembered model and the caches of this run stay out of the user's folders
@@ -303,6 +344,7 @@ def main() -> int:
         nuclei_screenshots()
         batch_screenshot()
         corrections_screenshot()
+        folder_screenshot()
     return 0
 
 
