@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 MODELS = Path(__file__).parent / "models"
+#: Generator scripts that need PyTorch (not a test dependency): their output is committed and
+#: they are run by hand; --doctest-modules would import them.
+collect_ignore = ["models/make_published_style_decoder.py"]
 TEST_ENCODER = MODELS / "test_encoder.onnx"
 TEST_DECODER = MODELS / "test_decoder.onnx"
 TEST_DECODER_IOU = MODELS / "test_decoder_iou.onnx"
