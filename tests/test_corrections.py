@@ -258,6 +258,27 @@ def test_resegment_keeps_the_id_and_split_gives_a_new_one(corrected, qtbot):
     assert 6 not in [v for v, _ in _logged(w)]
 
 
+def test_the_edit_mode_toggles_on_and_off_again_and_again(corrected, qtbot):
+    """E (and the Edit button) on, off, on, off, on...: each E turns the mode on again (the
+    third E used to leave it off with the points layer in pan/zoom, clicks doing nothing)."""
+    from qtpy.QtCore import Qt
+
+    w, layer, labels = corrected
+    s, cor = w.session, w.session.corrections
+    for i in range(3):
+        cor.toggle()  # E
+        assert cor.active and s.points_layer.mode == "pan_zoom", (i, w.status)
+        assert "Edit mode: click an object" in w.status, (i, w.status)
+        assert _select(w, layer, "A") == 1 and cor.selected == [1]
+        cor.toggle()
+        assert not cor.active and s.points_layer.mode == "add", (i, w.status)
+    for i in range(2):  # the panel's button goes the same way
+        qtbot.mouseClick(w.edit_button, Qt.MouseButton.LeftButton)
+        assert cor.active and w.edit_button.isChecked() and s.points_layer.mode == "pan_zoom"
+        qtbot.mouseClick(w.edit_button, Qt.MouseButton.LeftButton)
+        assert not cor.active and not w.edit_button.isChecked()
+
+
 def test_resegment_puts_the_logged_prompts_back_for_editing(corrected, qtbot):
     """R on an object committed from clicks shows its logged prompts again (the log "shows
     the prompts again for editing"); a negative click added to them and C re-segment it

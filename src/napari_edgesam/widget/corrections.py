@@ -191,6 +191,9 @@ class Corrections:
             s.set_status("Edit mode needs an image.")
             return
         self.mode = "select"
+        # the points layer is switched to pan/zoom below: what stop() switched back to "add"
+        # must not read as the user's choice of another mode (status_line) meanwhile
+        self._points = None
         s.take_clicks()  # the points layer active (its callback sees the clicks)
         self._points_mode("pan_zoom")
         self._changed()
