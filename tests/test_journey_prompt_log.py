@@ -58,9 +58,11 @@ def test_commits_are_saved_with_their_prompts_and_replay_gives_the_same_labels(
     assert set(np.unique(labels.data)) == {0, 1, 2}
 
     out = tmp_path / "cells_labels.tif"
-    monkeypatch.setattr(QFileDialog, "getSaveFileName",
-                        staticmethod(lambda *a, **k: (str(out), "TIFF files (*.tif *.tiff)")))
+    suggested = []  # the dialog opens beside the image, named as the Folder tab names labels
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(
+        lambda *a, **k: (suggested.append(a[2]), (str(out), "TIFF files (*.tif *.tiff)"))[1]))
     qtbot.mouseClick(w.save_button, Qt.MouseButton.LeftButton)
+    assert suggested == [str(tmp_path / "cells_labels.tif")]
     qtbot.waitUntil(lambda: "Saved cells_labels.tif" in w.status, timeout=TIMEOUT)
     assert "2 object(s)" in w.status
     np.testing.assert_array_equal(tifffile.imread(out), labels.data)

@@ -154,10 +154,14 @@ class RestoreOffer:
             notification_manager,
         )
 
-        when = time.strftime("%H:%M:%S %d %b", time.localtime(info.written))
-        message = (f"EdgeSAM: '{layer.name}' has labels autosaved at {when} "
-                   f"('{info.labels_name}', {info.objects} object(s) with prompts) that "
-                   "were not saved. Restore them?")
+        when = time.strftime("%H:%M", time.localtime(info.written))
+        day = time.strftime("%d %b", time.localtime(info.written))
+        # napari's toast shows the first line, elided: the question and the time come first
+        message = (f"Restore unsaved labels of '{layer.name}' (autosaved {when})?\n"
+                   f"EdgeSAM autosaved the Labels layer '{info.labels_name}' of this image at "
+                   f"{when} on {day}, with {info.objects} object(s) and their prompts, and "
+                   "they were not saved. Restore puts them back (Ctrl+Z undoes it); Discard "
+                   "deletes the autosave.")
         self.offer = Notification(
             message, NotificationSeverity.INFO,
             actions=[("Restore", lambda *_: self.restore(layer, info)),

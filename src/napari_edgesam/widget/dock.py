@@ -504,10 +504,14 @@ class EdgeSamWidget(QWidget):
         if path is None:
             image = self.session.image_layer
             src = getattr(getattr(image, "source", None), "path", None)
-            folder = Path(src).parent if src else Path.home()
+            if src:  # beside the image, named as the Folder tab names labels
+                from .dataset import _stem
+
+                suggested = Path(src).parent / f"{_stem(Path(src))}_labels.tif"
+            else:
+                suggested = Path.home() / f"{layer.name}.tif"
             path, _ = QFileDialog.getSaveFileName(self, "Save labels (and their prompts)",
-                                                  str(folder / f"{layer.name}.tif"),
-                                                  "TIFF files (*.tif *.tiff)")
+                                                  str(suggested), "TIFF files (*.tif *.tiff)")
             if not path:
                 return None
         log, indices = self.session.prompt_recorder.candidates(layer)
