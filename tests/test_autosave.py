@@ -215,6 +215,10 @@ def test_listing_skips_stores_a_live_process_writes_and_discard_removes(tmp_path
     assert store_mod.discard_autosaves(IDENTITY, root=tmp_path, keep=[b.folder]) == 1
     assert [i.folder for i in store_mod.list_autosaves(IDENTITY, root=tmp_path)] == [
         b.folder]
+    image_folder = b.folder.parent
+    assert image_folder.is_dir()  # b is still in it
+    b.discard()  # the last store of the image: its folder goes too, the root stays
+    assert not image_folder.exists() and tmp_path.is_dir()
 
 
 def test_an_image_file_changed_on_disk_has_another_identity(tmp_path):

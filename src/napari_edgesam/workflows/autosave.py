@@ -27,6 +27,7 @@ key is ``(*lead_index, tile_row, tile_col)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -474,7 +475,7 @@ class AutosaveStore:
     def discard(self) -> None:
         """Delete the store (its folder), giving up its lock first."""
         self.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        _remove(self.folder)
 
 
 # ------------------------------------------------------------------ listing ------------
@@ -539,6 +540,13 @@ def discard_autosaves(identity: dict, *, labels_name: str | None = None, root=No
     for info in list_autosaves(identity, root=root):
         if info.folder in keep or (labels_name is not None and info.labels_name != labels_name):
             continue
-        shutil.rmtree(info.folder, ignore_errors=True)
+        _remove(info.folder)
         n += 1
     return n
+
+
+def _remove(folder: Path) -> None:
+    """Delete a store's folder, and its image's folder once no store is left in it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()  # only when empty (another store of the image may be there)
