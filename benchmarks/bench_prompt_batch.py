@@ -82,24 +82,13 @@ def mac_split(decoder_path: Path) -> tuple[float, float]:
     return per, shared
 
 
-def _median_rounds(fns: dict, rounds: int) -> dict:
-    for fn in fns.values():  # warm-up
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
 def measure(threads: int = 2, rounds: int = 7, slice_rounds: int = 3,
             slices: bool = True) -> dict:
     """Every figure of this benchmark, as a dict (seconds, ratios, counts)."""
     sys.path.insert(0, str(ROOT / "src"))
     sys.path.insert(0, str(HERE))
     import onnx
+    from run import interleaved_medians
 
     from napari_edgesam.engine import EdgeSamModel, Predictor
     from napari_edgesam.engine.optimize.prompt_batch import batch_prompts
@@ -126,7 +115,7 @@ def measure(threads: int = 2, rounds: int = 7, slice_rounds: int = 3,
     diff = max(float(np.abs(masks[k] - dec.run(["masks"], feeds[k])[0][0]).max())
                for k in range(BATCH))
     enc_in = np.zeros((1, 3, 1024, 1024), np.float32)
-    med = _median_rounds({
+    med = interleaved_medians({
         "one_by_one": lambda: [dec.run(["scores", "masks"], f) for f in feeds],
         "batched": lambda: bd.decode(emb, coords, labels),
         "batched_1": lambda: bd.decode(emb, coords[:1], labels[:1]),
@@ -161,30 +150,14 @@ def measure(threads: int = 2, rounds: int = 7, slice_rounds: int = 3,
                                                threshold=threshold, batch_decoder=b)
             return run
 
-        sl = _median_rounds({"with": slice_with(bd), "without": slice_with(None)},
-                            slice_rounds)
+        sl = interleaved_medians({"with": slice_with(bd), "without": slice_with(None)},
+                                 slice_rounds)
         a, b = res[False], res[True]
         out.update(slice_with_batch=sl["with"], slice_without=sl["without"],
                    slice_ratio=sl["with"] / sl["without"], slice_rounds=slice_rounds,
                    slice_calls=b.decoder_calls, slice_objects=(b.n_objects, a.n_objects),
                    slice_labels_equal=float(np.mean(a.labels == b.labels)))
     return out
-
-
-def _row_class():
-    try:
-        from run import Row
-    except ImportError:  # run.py not importable: a plain stand-in with the same fields
-        from dataclasses import dataclass, field
-
-        @dataclass
-        class Row:
-            name: str
-            seconds: float
-            raw_seconds: float | None = None
-            note: str = ""
-            extra: dict = field(default_factory=dict)
-    return Row
 
 
 def rows(ctx_or_args=None) -> list:
@@ -209,7 +182,8 @@ def rows(ctx_or_args=None) -> list:
     slice_rounds = getattr(ctx_or_args, "slice_rounds", 3)
     m = measure(threads=threads, rounds=max(3, int(n)), slice_rounds=slice_rounds or 1,
                 slices=slice_rounds != 0)
-    Row = _row_class()
+    from run import Row  # benchmarks/ is on sys.path (measure put it there)
+
     note = (f"goal <= 0.5; MAC bound {m['mac_bound']:.2f} ({m['macs_per_prompt'] / 1e9:.2f} "
             f"GMAC per prompt set, {m['macs_shared'] / 1e9:.2f} shared); faithful random "
             "weights")
