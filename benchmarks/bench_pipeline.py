@@ -47,15 +47,6 @@ def _stack(n: int, size: int) -> np.ndarray:
         for k in range(n)])
 
 
-def _median(fn, n: int) -> float:
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
-
-
 def child(n: int, size: int, threads: int, model: str = "faithful") -> dict:
     """:func:`measure` on a benchmark model (``"faithful"`` or ``"realistic"``) loaded here."""
     from napari_edgesam.engine import EdgeSamModel
@@ -78,6 +69,8 @@ def measure(model, n: int, size: int) -> dict:
         encoder + raw decoder) cold or ``slices`` x raw decoder warm, the run's stats and
         the cache's hits.
     """
+    from run import median_time
+
     from napari_edgesam.engine import Predictor
     from napari_edgesam.engine.cache import EmbeddingCache
     from napari_edgesam.workflows.propagation import (
@@ -95,8 +88,8 @@ def measure(model, n: int, size: int) -> dict:
              "point_labels": np.array([[1, 1, -1]], np.float32)}
 
     def raw():
-        return _median(lambda: enc.run(None, {"image": tensor}), 3), \
-            _median(lambda: dec.run(None, feeds), 7)
+        return (median_time(lambda: enc.run(None, {"image": tensor}), 3, warmup=0),
+                median_time(lambda: dec.run(None, feeds), 7, warmup=0))
 
     stack = _stack(n, size)
     settings = PropagationSettings(min_area=0, min_score=0.0, min_overlap=0.0,
