@@ -32,16 +32,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_workflows import MODELS as BENCHMARK_MODELS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MODELS = {
-    "realistic": (HERE / "models/edgesam_realistic_encoder.onnx",
-                  HERE / "models/edgesam_realistic_decoder.onnx"),
-    "faithful": (HERE / "models/edgesam_faithful_encoder.onnx",
-                 HERE / "models/edgesam_faithful_decoder.onnx"),
-    "double": (ROOT / "tests/models/test_encoder.onnx", ROOT / "tests/models/test_decoder.onnx"),
-}
+#: The benchmark models (bench_workflows.MODELS) and the test double.
+MODELS = {**BENCHMARK_MODELS, "double": (ROOT / "tests/models/test_encoder.onnx",
+                                         ROOT / "tests/models/test_decoder.onnx")}
 
 
 def scene(size: int, object_size: float, n: int, seed: int = 0) -> np.ndarray:

@@ -47,12 +47,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-MODELS = {
-    "realistic": (HERE / "models/edgesam_realistic_encoder.onnx",
-                  HERE / "models/edgesam_realistic_decoder.onnx"),
-    "faithful": (HERE / "models/edgesam_faithful_encoder.onnx",
-                 HERE / "models/edgesam_faithful_decoder.onnx"),
-}
+from bench_workflows import MODELS  # noqa: E402 (benchmarks/ is on sys.path now)
+
+#: ``--model both`` runs these, in this order.
+BOTH = ("realistic", "faithful")
 SIZE = 2048
 
 
@@ -244,7 +242,7 @@ def report(res: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=[*MODELS, "both"], default="both")
+    ap.add_argument("--model", choices=[*BOTH, "both"], default="both")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
@@ -259,7 +257,7 @@ def main(argv=None) -> int:
     os.environ["NAPARI_EDGESAM_CONFIG_DIR"] = str(Path(tmp) / "config")
     os.environ["NAPARI_EDGESAM_CACHE_DIR"] = str(Path(tmp) / "cache")
     start = _load()
-    kinds = list(MODELS) if args.model == "both" else [args.model]
+    kinds = list(BOTH) if args.model == "both" else [args.model]
     results = []
     for kind in kinds:
         results.append(run_model(kind, args))

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from bench_workflows import MODELS
 
 HERE = Path(__file__).resolve().parent
 #: Where a Python with torch is looked for, in order (after --torch-python).
@@ -160,10 +161,8 @@ def peer_rows(ctx, Row) -> list:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--encoder", type=Path, default=HERE / "models"
-                    / "edgesam_faithful_encoder.onnx")
-    ap.add_argument("--decoder", type=Path, default=HERE / "models"
-                    / "edgesam_faithful_decoder.onnx")
+    ap.add_argument("--encoder", type=Path, default=MODELS["faithful"][0])
+    ap.add_argument("--decoder", type=Path, default=MODELS["faithful"][1])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--peer-runs", type=int, default=3)

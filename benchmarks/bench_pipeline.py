@@ -29,12 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-#: The benchmark models (benchmarks/README.md; not EdgeSAM): ``--model`` picks one.
-MODELS = {name: (HERE / "models" / f"edgesam_{name}_encoder.onnx",
-                 HERE / "models" / f"edgesam_{name}_decoder.onnx")
-          for name in ("faithful", "realistic")}
+from bench_workflows import MODELS  # the benchmark models (not EdgeSAM): --model picks one
 
 
 def _stack(n: int, size: int) -> np.ndarray:

@@ -34,11 +34,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_workflows import MODELS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ENCODER = HERE / "models/edgesam_faithful_encoder.onnx"
-DECODER = HERE / "models/edgesam_faithful_decoder.onnx"
+ENCODER, DECODER = MODELS["faithful"]
 BATCH = 16
 
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_workflows import MODELS
 
 HERE = Path(__file__).resolve().parent
 #: Seconds between sequences: long enough for every pool's threads to stop spinning.
@@ -262,10 +263,8 @@ def bench_threads(ctx) -> list:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--encoder", type=Path, default=HERE / "models"
-                   / "edgesam_faithful_encoder.onnx")
-    p.add_argument("--decoder", type=Path, default=HERE / "models"
-                   / "edgesam_faithful_decoder.onnx")
+    p.add_argument("--encoder", type=Path, default=MODELS["faithful"][0])
+    p.add_argument("--decoder", type=Path, default=MODELS["faithful"][1])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--json", type=Path, default=None)
