@@ -56,6 +56,12 @@ def can_redo(layer) -> bool:
     return layer is not None and bool(getattr(layer, "_redo_history", ()))
 
 
+def _check_id(dtype, label_id: int) -> None:
+    """Raise ValueError when ``label_id`` does not fit a Labels layer of ``dtype``."""
+    if np.issubdtype(dtype, np.integer) and label_id > np.iinfo(dtype).max:
+        raise ValueError(f"no free label id left in the {dtype} Labels layer")
+
+
 def _plane(layer, lead) -> np.ndarray:
     """Slice ``lead`` (leading indices) of the Labels layer's data, as numpy ``(H, W)``."""
     return np.asarray(layer.data[tuple(lead)] if lead else layer.data)
@@ -167,9 +173,7 @@ class LabelsTarget:
         """
         from napari_edgesam.engine.transforms import MaskCrop
 
-        dtype = layer.data.dtype
-        if np.issubdtype(dtype, np.integer) and label_id > np.iinfo(dtype).max:
-            raise ValueError(f"no free label id left in the {dtype} Labels layer")
+        _check_id(layer.data.dtype, label_id)
         painted = erased = 0
         with layer.block_history():
             for e in edits:
@@ -297,12 +301,11 @@ class LabelsTarget:
                         where = crop.crop & ((cur == 0) | (cur == label))
                     else:
                         where = crop.crop & (cur != label)
-                    rows, cols = np.nonzero(where)
-                    if rows.size:
-                        idx = tuple(np.full(rows.shape, i, np.intp) for i in lead) + (
-                            rows + r0, cols + c0)
+                    idx = commit_indices(where, lead, only_background=False,
+                                         offset=(r0, c0))
+                    if idx[0].size:
                         layer.data_setitem(idx, value, refresh=False)
-                        changed += int(rows.size)
+                        changed += int(idx[0].size)
         layer.refresh()
         return changed
 
@@ -325,8 +328,8 @@ class LabelsTarget:
             Pixels changed (0: nothing recorded).
         """
         plane = _plane(layer, lead)
-        rows, cols = np.nonzero(np.isin(plane, [int(v) for v in labels if int(v) != value]))
-        return LabelsTarget._set(layer, lead, rows, cols, value)
+        return LabelsTarget._set(layer, lead, np.isin(plane, [int(v) for v in labels
+                                                             if int(v) != value]), value)
 
     @staticmethod
     def split_object(layer, lead, label: int, part, value: int) -> int:
@@ -354,28 +357,26 @@ class LabelsTarget:
         ValueError
             ``value`` does not fit the layer's dtype.
         """
-        dtype = layer.data.dtype
-        if np.issubdtype(dtype, np.integer) and value > np.iinfo(dtype).max:
-            raise ValueError(f"no free label id left in the {dtype} Labels layer")
+        _check_id(layer.data.dtype, value)
         if not part.area:
             return 0
         h, w = part.crop.shape
         r0, c0 = part.row0, part.col0
-        plane = _plane(layer, lead)
-        rows, cols = np.nonzero(part.crop & (plane[r0:r0 + h, c0:c0 + w] == label))
-        return LabelsTarget._set(layer, lead, rows + r0, cols + c0, value)
+        window = np.asarray(layer.data[(*lead, slice(r0, r0 + h), slice(c0, c0 + w))])
+        return LabelsTarget._set(layer, lead, part.crop & (window == label), value,
+                                 offset=(r0, c0))
 
     @staticmethod
-    def _set(layer, lead, rows, cols, value) -> int:
-        """``data_setitem`` of slice pixels ``(rows, cols)`` inside one history step."""
-        if not rows.size:
+    def _set(layer, lead, mask, value, offset=(0, 0)) -> int:
+        """``data_setitem`` of the slice pixels of ``mask`` (a crop at ``offset``) inside
+        one history step."""
+        idx = commit_indices(mask, lead, only_background=False, offset=offset)
+        if not idx[0].size:
             return 0
-        idx = tuple(np.full(rows.shape, i, np.intp) for i in lead) + (
-            rows.astype(np.intp), cols.astype(np.intp))
         with layer.block_history():
             layer.data_setitem(idx, value, refresh=False)
         layer.refresh()
-        return int(rows.size)
+        return int(idx[0].size)
 
     def undo(self) -> bool:
         """Undo the target layer's last change; True when there was one."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from psygnal import Signal
 
-from .commit import LabelsTarget
+from .commit import LabelsTarget, _plane
 from .history import last_step
 
 __all__ = ["SELECTED_VALUE", "Corrections"]
@@ -43,10 +43,6 @@ __all__ = ["SELECTED_VALUE", "Corrections"]
 SELECTED_VALUE = 3
 
 _KINDS = {"resegment": "Re-segmenting", "split": "Splitting"}
-
-
-def _plane(layer, lead) -> np.ndarray:
-    return np.asarray(layer.data[tuple(lead)] if lead else layer.data)
 
 
 def outline(ids: np.ndarray, width: int = 1) -> np.ndarray:
