@@ -47,15 +47,6 @@ import time
 from pathlib import Path
 
 
-def _wait(app, cond, seconds=600.0):
-    end = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > end:
-            raise TimeoutError("the autosave worker did not finish")
-        app.processEvents()
-        time.sleep(0.001)
-
-
 def _edit(layer, lead, r0, c0, h, w, value):
     import numpy as np
 
@@ -75,7 +66,7 @@ def _diagonal(layer, z, n, value):
         layer.data_setitem((np.full(n, z, np.intp), r, r), value, refresh=False)
 
 
-def run_case(app, viewer, widget, name, shape, edit, rounds):
+def run_case(wait, viewer, widget, name, shape, edit, rounds):
     """Rounds of (edit, autosave) on a fresh Labels layer of ``shape``; prints a row."""
     import numpy as np
     from napari.layers._source import layer_source
@@ -93,7 +84,7 @@ def run_case(app, viewer, widget, name, shape, edit, rounds):
     assert tracker is not None, "the layer is not followed (no image identity?)"
     _edit(labels, (0,) * (len(shape) - 2), 10, 10, 50, 50, 1)
     ctl.autosave_now()
-    _wait(app, lambda: not tracker.writing)
+    wait.until(lambda: not tracker.writing)
     full = ctl.last_report
     print(f"{name}: first (full) write {ctl.last_gui_seconds * 1e3:.2f} ms on the GUI "
           f"thread, {full.seconds * 1e3:.0f} ms in the worker, "
@@ -114,7 +105,7 @@ def run_case(app, viewer, widget, name, shape, edit, rounds):
             c0 = time.thread_time()
             ctl.autosave_now()
             cpu.append(time.thread_time() - c0)
-            _wait(app, lambda: not tracker.writing)
+            wait.until(lambda: not tracker.writing)
             rep = ctl.last_report
             gui.append(ctl.last_gui_seconds)
             work.append(rep.seconds)
@@ -147,29 +138,30 @@ def main(argv=None):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ.setdefault("NAPARI_EDGESAM_CACHE_DIR", tempfile.mkdtemp(prefix="autosave-"))
     import napari
-    from qtpy.QtWidgets import QApplication
+    from bench_workflows import QtWait
 
     from napari_edgesam.widget.dock import EdgeSamWidget
 
     viewer = napari.Viewer(show=False)
     widget = EdgeSamWidget(viewer)
     widget.prefetch_check.setChecked(False)
-    app = QApplication.instance()
+    wait = QtWait(timeout=600.0, what="the autosave worker did not finish")
     cache = os.environ["NAPARI_EDGESAM_CACHE_DIR"]
     print(f"autosave benchmark: {args.rounds} rounds, cache {cache}"
           f", load average {os.getloadavg()[0]:.1f}")
     if args.only in (None, "stack"):
         shape = (50, 2048, 2048)
-        run_case(app, viewer, widget, "stack-one-object", shape,
+        run_case(wait, viewer, widget, "stack-one-object", shape,
                  lambda lay, i: _edit(lay, (i % 50,), 300, 300, 120, 120, 2 + i), args.rounds)
-        run_case(app, viewer, widget, "stack-one-slice", shape,
+        run_case(wait, viewer, widget, "stack-one-slice", shape,
                  lambda lay, i: _diagonal(lay, i % 50, 2048, 2 + i), args.rounds)
-        run_case(app, viewer, widget, "stack-big-commit", shape,
+        run_case(wait, viewer, widget, "stack-big-commit", shape,
                  lambda lay, i: _edit(lay, (i % 50,), 0, 0, 2048, 2048, 2 + i), 3)
     if args.only in (None, "2d"):
-        run_case(app, viewer, widget, "2d-8192", (8192, 8192),
+        run_case(wait, viewer, widget, "2d-8192", (8192, 8192),
                  lambda lay, i: _edit(lay, (), 4000 + 7 * i, 4000, 120, 120, 2 + i),
                  args.rounds)
+    wait.stop()
     widget.close()
     viewer.close()
     return 0

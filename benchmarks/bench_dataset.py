@@ -87,9 +87,7 @@ def _folder(root: Path, n: int, object_size: float, seed: int) -> tuple[Path, li
 
 def run_model(kind: str, args) -> dict:
     import napari
-    from bench_workflows import _raw_costs, masks_kind, object_points
-    from qtpy.QtCore import QEventLoop, QTimer
-    from qtpy.QtWidgets import QApplication
+    from bench_workflows import QtWait, _raw_costs, masks_kind, object_points
 
     from napari_edgesam.engine import EdgeSamModel
     from napari_edgesam.engine.cache import EmbeddingCache, set_default_cache
@@ -109,22 +107,8 @@ def run_model(kind: str, args) -> dict:
     encodes = _Counting(model, "encode")
     decodes = _Counting(model, "decode")
     viewer = napari.Viewer(show=False)
-    app = QApplication.instance()
-    tick = QTimer()
-    tick.setInterval(5)
-    tick.start()
-
-    def spin(cond, timeout=300.0):
-        t_end = time.perf_counter() + timeout
-        while not cond():
-            app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
-            if time.perf_counter() > t_end:
-                raise TimeoutError("the panel did not answer")
-
-    def pause(seconds):
-        t_end = time.perf_counter() + seconds
-        spin(lambda: time.perf_counter() >= t_end)
-
+    wait = QtWait(timeout=300.0, what="the panel did not answer")
+    spin, pause = wait.until, wait.pause
     steps = {"on": [], "off": []}
     seg = []
     try:
@@ -192,7 +176,7 @@ def run_model(kind: str, args) -> dict:
             reads.append(time.perf_counter() - t0)
         w.close()
     finally:
-        tick.stop()
+        wait.stop()
         viewer.close()
         set_default_cache(None)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -408,6 +408,48 @@ def bench_batch_large(ctx):
     ]
 
 
+class QtWait:
+    """Waiting on napari's GUI thread as napari's own event loop does (sleeping until an
+    event arrives), so that the waiting does not take a core from onnxruntime; a 5 ms tick
+    bounds the polling delay. Made once a QApplication exists (after ``napari.Viewer``);
+    :meth:`stop` ends the tick.
+
+    Parameters
+    ----------
+    timeout : float
+        Seconds :meth:`until` waits before raising ``TimeoutError(what)``.
+    what : str
+        The error's message.
+    """
+
+    def __init__(self, timeout: float = 120.0, what: str = "the widget did not answer"):
+        from qtpy.QtCore import QEventLoop, QTimer
+        from qtpy.QtWidgets import QApplication
+
+        self.app = QApplication.instance()
+        self.timeout, self.what = timeout, what
+        self._flag = QEventLoop.ProcessEventsFlag.WaitForMoreEvents
+        self._tick = QTimer()
+        self._tick.setInterval(5)
+        self._tick.start()
+
+    def until(self, cond) -> None:
+        """Process Qt events until ``cond()`` is true."""
+        t_end = time.perf_counter() + self.timeout
+        while not cond():
+            self.app.processEvents(self._flag)
+            if time.perf_counter() > t_end:
+                raise TimeoutError(self.what)
+
+    def pause(self, seconds: float) -> None:
+        """Process Qt events for ``seconds`` (the user idle)."""
+        t_end = time.perf_counter() + seconds
+        self.until(lambda: time.perf_counter() >= t_end)
+
+    def stop(self) -> None:
+        self._tick.stop()
+
+
 def bench_napari_click(ctx):
     """Click to labels in napari: a real napari Viewer with the EdgeSAM dock widget, a
     2048 x 2048 uint16 image whose embedding is already computed (cached). Median time from
@@ -430,8 +472,6 @@ def bench_napari_click(ctx):
             or os.environ.get("QT_QPA_PLATFORM") in ("offscreen", "minimal")):
         return [Row(name, 0.0, None, "skipped: no display (run under xvfb-run -a)")]
     import napari
-    from qtpy.QtCore import QEventLoop, QTimer
-    from qtpy.QtWidgets import QApplication
     from run import _test_image
 
     from napari_edgesam.widget.dock import EdgeSamWidget
@@ -440,21 +480,8 @@ def bench_napari_click(ctx):
     size = 2048
     img = _test_image(size, ctx.rng)
     viewer = napari.Viewer(show=False)
-    app = QApplication.instance()
-
-    # Wait as napari's own event loop does (sleeping until an event arrives), so that the
-    # waiting does not take a core from onnxruntime; a 5 ms tick bounds the polling delay.
-    tick = QTimer()
-    tick.setInterval(5)
-    tick.start()
-
-    def spin(cond, timeout=120.0):
-        t_end = time.perf_counter() + timeout
-        while not cond():
-            app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
-            if time.perf_counter() > t_end:
-                raise TimeoutError("the widget did not answer")
-
+    wait = QtWait()
+    spin = wait.until
     preview_times, label_times, areas = [], [], []
     try:
         layer = viewer.add_image(img, name="bench")
@@ -494,7 +521,7 @@ def bench_napari_click(ctx):
             areas.append(int(crop[0].sum()))
         w.close()
     finally:
-        tick.stop()
+        wait.stop()
         viewer.close()
     if not label_times:
         return [Row(name, 0.0, None, "no non-empty mask: nothing committed")]
