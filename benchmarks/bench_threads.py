@@ -43,18 +43,12 @@ FIGURES = ("encoder alone", "decoder alone", "decoder right after an encoder run
            "encoder right after a decoder run", "decoder, runs in a row (per run)")
 
 
-def _feeds(threads: int, encoder: Path, decoder: Path):
+def _feeds(encoder):
     """The encoder input and the decoder feeds (one click + padding point) on a real
-    embedding of a synthetic slice."""
-    import onnxruntime as ort
-
+    embedding of a synthetic slice, computed by ``encoder`` (a :func:`raw_session`)."""
     rng = np.random.default_rng(0)
     tensor = rng.normal(0, 1, (1, 3, 1024, 1024)).astype(np.float32)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    enc = ort.InferenceSession(str(encoder), so, providers=["CPUExecutionProvider"])
-    (emb,) = enc.run(None, {"image": tensor})
+    (emb,) = encoder.run(None, {"image": tensor})
     dec_feeds = {"image_embeddings": emb,
                  "point_coords": np.array([[[400.0, 600.0], [0.0, 0.0]]], np.float32),
                  "point_labels": np.array([[1.0, -1.0]], np.float32)}
@@ -136,8 +130,8 @@ def measure(policies, encoder: Path, decoder: Path, threads: int, repeats: int,
     dict
         ``{"raw" or policy: {figure: median seconds}}`` (raw: the two "alone" figures).
     """
-    enc_feeds, dec_feeds = _feeds(threads, encoder, decoder)
     raw_enc, raw_dec = raw_session(encoder, threads), raw_session(decoder, threads)
+    enc_feeds, dec_feeds = _feeds(raw_enc)
     seqs = {"raw": {k: v for k, v in _sequences(raw_enc, raw_dec, enc_feeds, dec_feeds).items()
                     if k.endswith("alone") and k in figures}}
     for policy in policies:
@@ -220,7 +214,7 @@ def option_rows(ctx, Row) -> list:
     from napari_edgesam.engine.session import default_num_threads
 
     threads = ctx.model.num_threads or default_num_threads()
-    enc_feeds, dec_feeds = _feeds(threads, ctx.model.encoder_path, ctx.model.decoder_path)
+    enc_feeds, dec_feeds = _feeds(raw_session(ctx.model.encoder_path, threads))
     cores = default_num_threads()
     configs = {f"threads={n}": {"threads": n} for n in sorted({1, 2, cores, 2 * cores})}
     configs.update({
