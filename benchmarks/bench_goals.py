@@ -18,7 +18,7 @@ part (``--goals``)         figure (goal)
 ``batch``                  batch 2048² uint16, wall time per slice / (raw encoder + the raw
                            decoder runs it needs) (<= 1.3)
 ``prompt_batch``           decoder cost per prompt in a batch of 16 / one prompt per run
-                           (<= 0.5): ``bench_prompt_batch.rows`` when it is built
+                           (<= 0.5): ``bench_prompt_batch.rows``
 ``seeds``                  seed detection per 2048² slice / raw encoder (<= 0.15)
 ``napari``                 napari click to preview, 2048², cached embedding / raw decoder
                            (<= 1.25; needs a display: ``xvfb-run -a``)
@@ -244,30 +244,17 @@ def part_batch(ctx, model, label) -> list:
 
 
 def part_prompt_batch(ctx) -> list:
-    """``bench_prompt_batch.rows(ctx)`` (built by another change): its "per prompt set,
-    batch of 16" row (else one whose extra has ``"batch": 16``, else the first with a ratio)
-    is the goal's; a clear "not built" row when the module is not there."""
+    """``bench_prompt_batch.rows(ctx)``: its first row (decoder per prompt set, batch of 16
+    / one per run) is the goal's, the others are reported beside it."""
+    import bench_prompt_batch
     from bench_workflows import masks_kind
 
-    goal, label = GOALS["prompt_batch"], masks_kind(ctx.model)
-    try:
-        import bench_prompt_batch
-    except ImportError as exc:
-        return [missing_row(goal, label, f"not built: benchmarks/bench_prompt_batch.py "
-                            f"cannot be imported ({exc})")]
-    if not hasattr(bench_prompt_batch, "rows"):
-        return [missing_row(goal, label, "not built: bench_prompt_batch has no rows()")]
     rows = bench_prompt_batch.rows(ctx)
-    ratio = [r for r in rows if r.ratio is not None]
-    pick = ([r for r in ratio if "per prompt" in r.name and "16" in r.name]
-            or [r for r in ratio if r.extra.get("batch") == 16] or ratio)
-    if not pick:
-        return [missing_row(goal, label, "bench_prompt_batch.rows gave no ratio")] + rows
-    return [goal_row(goal, pick[0], label)] + [r for r in rows if r is not pick[0]]
+    return [goal_row(GOALS["prompt_batch"], rows[0], masks_kind(ctx.model))] + rows[1:]
 
 
 def part_seeds(ctx) -> list:
-    """``bench_automatic.seed_rows``: seed detection per 2048² slice vs the raw encoder."""
+    """``bench_automatic.seed_row``: seed detection per 2048² slice vs the raw encoder."""
     from bench_automatic import seed_row
     from bench_workflows import masks_kind
 
