@@ -21,6 +21,8 @@ import numpy as np
 from napari_edgesam.workflows import autosave as store_mod
 from napari_edgesam.workflows.autosave import AutosaveError, AutosaveStore
 
+from ._geometry import commit_indices
+
 _log = logging.getLogger(__name__)
 
 __all__ = ["RestoreOffer", "find_job", "image_identity_of", "restore_job"]
@@ -102,13 +104,11 @@ def restore_job(folder, target):
         index = store_mod.chunk_index(labels.shape, key)
         new = labels[index]
         cur = np.asarray(target[index])
-        rows, cols = np.nonzero(cur != new)
-        if rows.size:
-            lead = index[:-2]
-            r0, c0 = index[-2].start, index[-1].start
-            idx = tuple(np.full(rows.shape, i, np.intp) for i in lead) + (rows + r0,
-                                                                           cols + c0)
-            edits.append((idx, new[rows, cols]))
+        differ = cur != new
+        idx = commit_indices(differ, index[:-2], only_background=False,
+                             offset=(index[-2].start, index[-1].start))
+        if idx[0].size:
+            edits.append((idx, new[differ]))
     return edits, log, int(labels.max()) if labels.size else 0
 
 
