@@ -27,9 +27,10 @@ Disk writes may go through a background writer (``async_writes``, and always ins
 :meth:`EmbeddingCache.run_scope`): a bounded queue of entries, written in order by one
 thread, each still to a temporary name and moved into place; until it is written an entry
 is served from the queue, :meth:`EmbeddingCache.flush` waits for the queue, and pending
-writes are flushed at interpreter exit. A run over many slices (propagation, prefetch) opens
-a :meth:`EmbeddingCache.run_scope`, which also raises the memory bound for that run only,
-within a share of the machine's available memory (:func:`.cache_writer.run_memory_bound`).
+writes are flushed at interpreter exit. A run over many slices (propagation; the prefetcher
+does not) opens a :meth:`EmbeddingCache.run_scope`, which also raises the memory bound for
+that run only, within a share of the machine's available memory
+(:func:`.cache_writer.run_memory_bound`).
 """
 
 from __future__ import annotations
@@ -344,7 +345,7 @@ class EmbeddingCache:
 
     @contextlib.contextmanager
     def run_scope(self, needed_bytes: int = 0, *, available: int | None = None):
-        """Context manager for a run over many slices (propagation, prefetch, batch).
+        """Context manager for a run over many slices (propagation opens one).
 
         Inside it the memory bound is raised to :func:`run_memory_bound` of
         ``needed_bytes`` (so that a run's embeddings stay in memory when they fit a share of
