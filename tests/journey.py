@@ -69,14 +69,36 @@ def click(qtbot, viewer, layer, row, col, right=False):
     qtbot.mouseClick(native, button, pos=canvas_pos(viewer, layer, row, col))
 
 
-def wait_until_ready_on(qtbot, viewer, widget, layer):
-    """Wait until ``layer`` is the panel's image and its slice is encoded; then frame it
-    in the canvas (as a user looks at a newly opened image)."""
+def _wait_until_ready(qtbot, viewer, widget, is_it):
     s = widget.session
-    qtbot.waitUntil(lambda: s.image_layer is layer and s.embedding is not None
+    qtbot.waitUntil(lambda: is_it(s.image_layer) and s.embedding is not None
                     and not widget.busy, timeout=TIMEOUT)
     viewer.reset_view()
     qtbot.wait(50)
+
+
+def wait_until_ready_on(qtbot, viewer, widget, layer):
+    """Wait until ``layer`` is the panel's image and its slice is encoded; then frame it
+    in the canvas (as a user looks at a newly opened image)."""
+    _wait_until_ready(qtbot, viewer, widget, lambda shown: shown is layer)
+
+
+def wait_until_shown(qtbot, viewer, widget, name):
+    """:func:`wait_until_ready_on` the image the Folder tab opened as ``name`` (the file's
+    stem: the tab makes the layer, so the test knows only its name)."""
+    _wait_until_ready(qtbot, viewer, widget,
+                      lambda shown: shown is not None and shown.name == name)
+
+
+def open_folder(qtbot, make_napari_viewer, npe2pm, folder):
+    """:func:`dock_panel` with the test-double model chosen, the Folder tab shown and
+    ``folder`` chosen as its images folder (what the folder dialog returns); returns
+    (viewer, widget). Wait for the first image with :func:`wait_until_shown`."""
+    viewer, widget = dock_panel(make_napari_viewer, npe2pm)
+    choose_test_model(qtbot, widget)
+    widget.tabs.setCurrentIndex(3)
+    widget.folder.choose_images(str(folder))
+    return viewer, widget
 
 
 def choose_test_model(qtbot, widget):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from journey import TIMEOUT, canvas_pos, choose_test_model, click, dock_panel
+from journey import TIMEOUT, canvas_pos, click, open_folder, wait_until_shown
 
 pytestmark = pytest.mark.gui
 
@@ -39,17 +39,11 @@ def test_segment_all_then_correct_by_clicks_and_keys(make_napari_viewer, npe2pm,
     raw.mkdir()
     tifffile.imwrite(raw / "a.tif", _image())
     tifffile.imwrite(raw / "b.tif", _image()[::-1])
-    viewer, w = dock_panel(make_napari_viewer, npe2pm)
-    choose_test_model(qtbot, w)
-    w.tabs.setCurrentIndex(3)
-    w.folder.choose_images(str(raw))  # what the folder dialog returns
+    viewer, w = open_folder(qtbot, make_napari_viewer, npe2pm, raw)
     s = w.session
 
     def wait_on(name):
-        qtbot.waitUntil(lambda: s.image_layer is not None and s.image_layer.name == name
-                        and s.embedding is not None and not w.busy, timeout=TIMEOUT)
-        viewer.reset_view()
-        qtbot.wait(30)
+        wait_until_shown(qtbot, viewer, w, name)
 
     wait_on("a")
     w.tabs.setCurrentIndex(1)

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from journey import TIMEOUT, choose_test_model, click, dock_panel
+from journey import TIMEOUT, click, open_folder, wait_until_shown
 
 pytestmark = pytest.mark.gui
 
@@ -31,18 +31,12 @@ def test_a_folder_annotated_image_by_image(make_napari_viewer, npe2pm, qtbot, tm
     centres = {"a": (40, 50), "b": (60, 90), "c": (30, 100)}
     for name, centre in centres.items():
         tifffile.imwrite(raw / f"{name}.tif", _disc(centre))
-    viewer, w = dock_panel(make_napari_viewer, npe2pm)
-    choose_test_model(qtbot, w)
-    w.tabs.setCurrentIndex(3)
+    viewer, w = open_folder(qtbot, make_napari_viewer, npe2pm, raw)
     panel = w.folder
-    panel.choose_images(str(raw))  # what the folder dialog returns
     s = w.session
 
     def wait_on(name):
-        qtbot.waitUntil(lambda: s.image_layer is not None and s.image_layer.name == name
-                        and s.embedding is not None and not w.busy, timeout=TIMEOUT)
-        viewer.reset_view()
-        qtbot.wait(30)
+        wait_until_shown(qtbot, viewer, w, name)
 
     wait_on("a")
     assert "1 of 3 (0 done)" in panel.where_label.text()
