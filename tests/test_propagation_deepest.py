@@ -30,6 +30,19 @@ def _pad(mask):
     return np.pad(mask, 1)
 
 
+def _transform_sizes(monkeypatch) -> list:
+    """The sizes of the arrays given to ``ndi.distance_transform_edt`` from now on."""
+    sizes = []
+    real = ndi.distance_transform_edt
+
+    def spy(a, *args, **kwargs):
+        sizes.append(np.asarray(a).size)
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(ndi, "distance_transform_edt", spy)
+    return sizes
+
+
 def shapes():
     """Masks of many geometries: ties (discs, squares, rectangles, rings), odd sizes,
     holes, several parts, random smooth blobs covering most of the frame (what random
@@ -125,14 +138,7 @@ def test_random_weights_masks_run_no_full_transform(monkeypatch):
     rng = np.random.default_rng(5)
     mask = ndi.gaussian_filter(rng.normal(size=(512, 512)), 0.8) > 0.1
     expected = full_transform(_pad(mask))
-    sizes = []
-    real = ndi.distance_transform_edt
-
-    def spy(a, *args, **kwargs):
-        sizes.append(np.asarray(a).size)
-        return real(a, *args, **kwargs)
-
-    monkeypatch.setattr(ndi, "distance_transform_edt", spy)
+    sizes = _transform_sizes(monkeypatch)
     assert prompts.deepest_point(_pad(mask)) == expected and expected[2] < 8.5
     assert max(sizes) <= (514 * 514) // 16 + 2 * 130
 
@@ -149,14 +155,7 @@ def test_derive_prompts_runs_no_full_transform_on_a_large_mask(monkeypatch):
     before = derive_prompts(mask, s)
     monkeypatch.undo()
 
-    sizes = []
-    real = ndi.distance_transform_edt
-
-    def spy(a, *args, **kwargs):
-        sizes.append(np.asarray(a).size)
-        return real(a, *args, **kwargs)
-
-    monkeypatch.setattr(ndi, "distance_transform_edt", spy)
+    sizes = _transform_sizes(monkeypatch)
     after = derive_prompts(mask, s)
     assert sizes and max(sizes) <= (514 * 514) // 16 + 2 * 130
     np.testing.assert_array_equal(after["points"], before["points"])
