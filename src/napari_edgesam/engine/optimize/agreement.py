@@ -144,6 +144,20 @@ def _decode_at(model: EdgeSamModel, emb, prompt: dict, index: int) -> tuple[np.n
     return upsampler(emb.original_size).mask(logits[index]), own
 
 
+def _summary(ious: list[float], same: list[bool], n_images: int,
+             thresholds: Thresholds) -> Agreement:
+    """The :class:`Agreement` of per-prompt IoUs and same-choice flags."""
+    if not ious:
+        raise ModelError("agreement check without prompts: give at least one image")
+    mean, low = float(np.mean(ious)), float(np.min(ious))
+    return Agreement(
+        mean_iou=mean, min_iou=low, same_choice=float(np.mean(same)), n_prompts=len(ious),
+        n_images=n_images,
+        passed=bool(mean >= thresholds.mean_iou and low >= thresholds.min_iou),
+        thresholds=asdict(thresholds),
+    )
+
+
 def check_agreement(reference: EdgeSamModel, candidate: EdgeSamModel, images, *,
                     mapping=None, n_clicks: int = 8, n_boxes: int = 4, seed: int = 0,
                     thresholds: Thresholds | None = None, progress=None,
@@ -195,15 +209,7 @@ def check_agreement(reference: EdgeSamModel, candidate: EdgeSamModel, images, *,
             done += 1
             if progress is not None:
                 progress("checking agreement", done, total)
-    if not ious:
-        raise ModelError("agreement check without prompts: give at least one image")
-    mean, low = float(np.mean(ious)), float(np.min(ious))
-    return Agreement(
-        mean_iou=mean, min_iou=low, same_choice=float(np.mean(same)), n_prompts=len(ious),
-        n_images=len(ref.images),
-        passed=bool(mean >= thresholds.mean_iou and low >= thresholds.min_iou),
-        thresholds=asdict(thresholds),
-    )
+    return _summary(ious, same, len(ref.images), thresholds)
 
 
 def _mixed_prompts(prompts: list[dict]) -> list[dict]:
@@ -274,12 +280,4 @@ def check_batch_agreement(batch_decoder, images, *, reference: EdgeSamModel | No
             same.append(own == ref_index)
         if progress is not None:
             progress("checking the batched decoder", i + 1, len(ref.images))
-    if not ious:
-        raise ModelError("agreement check without prompts: give at least one image")
-    mean, low = float(np.mean(ious)), float(np.min(ious))
-    return Agreement(
-        mean_iou=mean, min_iou=low, same_choice=float(np.mean(same)), n_prompts=len(ious),
-        n_images=len(ref.images),
-        passed=bool(mean >= thresholds.mean_iou and low >= thresholds.min_iou),
-        thresholds=asdict(thresholds),
-    )
+    return _summary(ious, same, len(ref.images), thresholds)
