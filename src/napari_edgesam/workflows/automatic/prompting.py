@@ -133,7 +133,8 @@ def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoPar
     cols = np.clip(np.round(seeds[:, 0]).astype(int), 0, w - 1)
     calls = 0
     ahead: dict[int, object] = {}  # seed index -> its first prediction, decoded in a batch
-    refined_ahead: dict[int, object] = {}  # seed index -> its refined prediction
+    # seed index -> its refined prediction, or None when its first mask needs none
+    refined_ahead: dict[int, object] = {}
 
     def duplicate(i: int) -> bool:
         """Seed ``i`` is a second seed of an object already found (its mask would be a
@@ -179,14 +180,19 @@ def _collect_candidates(seeds: np.ndarray, run, foreground_crop, params: AutoPar
             # the refinements depend only on each seed's own first mask: decoded together
             # too (prompt sets of one length per run)
             again = {j: refinement(j, ahead[j]) for j in batch}
-            again = {j: r for j, r in again.items() if r is not None}
-            if again:
-                refined_ahead.update(zip(again, run_batch(list(again.values())), strict=True))
+            refined_ahead.update(dict.fromkeys(batch))
+            todo = [j for j in batch if again[j] is not None]
+            if todo:
+                refined_ahead.update(zip(todo, run_batch([again[j] for j in todo]),
+                                         strict=True))
         pred = ahead.pop(i) if run_batch is not None else run([(x, y)], [1])
         calls += 1
-        prompt = None if i in refined_ahead else refinement(i, pred)
-        if i in refined_ahead or prompt is not None:
-            refined = refined_ahead.pop(i) if prompt is None else run(*prompt)
+        if i in refined_ahead:  # decided in the batch: not looked at again
+            refined = refined_ahead.pop(i)
+        else:
+            prompt = refinement(i, pred)
+            refined = None if prompt is None else run(*prompt)
+        if refined is not None:
             calls += 1
             if np.isfinite(refined.score) and refined.score >= params.min_stability:
                 pred = refined
