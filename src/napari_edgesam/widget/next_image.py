@@ -46,8 +46,8 @@ from ._geometry import ImageGeometry
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["MAX_BYTES", "NextImage", "NotPrefetched", "decoded_bytes", "first_slice",
-           "image_header", "read_layers"]
+__all__ = ["MAX_BYTES", "NextImage", "NotPrefetched", "first_slice", "image_header",
+           "read_layers"]
 
 #: Images whose pixels (decoded) take more than this are not read ahead (bytes).
 MAX_BYTES = 512 * 2**20
@@ -142,12 +142,6 @@ def _first_image(layers):
         rgb = kwargs.get("rgb")
         return level0, bool(guess_rgb(tuple(level0.shape)) if rgb is None else rgb)
     return None
-
-
-def decoded_bytes(path) -> int:
-    """The size of ``path``'s pixels once napari's reader has read them (bytes), from the
-    header (see :func:`image_header`); 0 for a folder (OME-Zarr, read lazily)."""
-    return image_header(path)[1]
 
 
 #: Bytes per pixel of a Pillow mode once imageio has made it a numpy array (palette
