@@ -27,10 +27,9 @@ Disk writes may go through a background writer (``async_writes``, and always ins
 :meth:`EmbeddingCache.run_scope`): a bounded queue of entries, written in order by one
 thread, each still to a temporary name and moved into place; until it is written an entry
 is served from the queue, :meth:`EmbeddingCache.flush` waits for the queue, and pending
-writes are flushed at interpreter exit. A run over many slices (propagation; the prefetcher
-does not) opens a :meth:`EmbeddingCache.run_scope`, which also raises the memory bound for
-that run only, within a share of the machine's available memory
-(:func:`.cache_writer.run_memory_bound`).
+writes are flushed at interpreter exit. A propagation run opens a
+:meth:`EmbeddingCache.run_scope`, which also raises the memory bound for that run only,
+within a share of the machine's available memory (:func:`.cache_writer.run_memory_bound`).
 """
 
 from __future__ import annotations
