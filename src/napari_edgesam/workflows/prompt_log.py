@@ -53,12 +53,10 @@ __all__ = ["FORMAT", "SUFFIX", "VERSION", "LoggedObject", "ModelRecord", "Prompt
 def log_path_for(labels_path) -> Path:
     """Where the prompt log of a label image is saved: ``cells.tif`` ->
     ``cells.prompts.json`` beside it."""
+    from .batch.files import TIFF_SUFFIXES, stem
+
     p = Path(labels_path)
-    name = p.name
-    for ext in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
+    name = stem(p) if p.name.lower().endswith(TIFF_SUFFIXES) else p.name
     return p.with_name(name + SUFFIX)
 
 
