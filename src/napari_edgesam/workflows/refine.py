@@ -82,13 +82,12 @@ def object_prompts(mask: np.ndarray, offset: tuple[int, int] = (0, 0)):
     >>> object_prompts(m, (10, 20))
     ((22.0, 12.0), (21.0, 11.0, 23.0, 13.0))
     """
-    from scipy import ndimage
+    from .propagation.prompts import _deep_points
 
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    (x, y), = _deep_points(mask, 1)  # the distance transform's first maximum
     rows, cols = np.nonzero(mask)
     r0, c0 = offset
-    point = (float(c + c0), float(r + r0))
+    point = (x + c0, y + r0)
     box = (float(cols.min() + c0), float(rows.min() + r0), float(cols.max() + c0),
            float(rows.max() + r0))
     return point, box
