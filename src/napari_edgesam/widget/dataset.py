@@ -6,8 +6,8 @@ read, OME-Zarr with ``napari-ome-zarr``), each with its labels from the labels f
 they exist (``<stem>_labels.tif``; a new Labels layer at the first commit otherwise). Leaving
 an image (Next, Previous, another image of the list) saves its labels and their prompt log
 (``<stem>_labels.prompts.json``) atomically, in a worker; coming back reopens them (from the
-save still in flight, if any, so nothing is lost to a race). ``done`` counts the images that
-have a labels file. Each image opens on its middle slice (:func:`.next_image.first_slice`).
+save still in flight, if any, so nothing is lost to a race). An image is done when it has a
+labels file. Each image opens on its middle slice (:func:`.next_image.first_slice`).
 
 OME-Zarr images (``*.zarr`` / ``*.ome.zarr`` folders, read by ``napari-ome-zarr``) are
 listed beside the files; their multiscale layers stay lazy (the model reads the current
@@ -25,7 +25,7 @@ import numpy as np
 
 from .next_image import NextImage, first_slice, read_layers
 
-__all__ = ["Dataset", "FolderAnnotation", "read_image_job"]
+__all__ = ["Dataset", "FolderAnnotation", "labels_name", "read_image_job"]
 
 #: File suffixes listed as images (folders ending in ``.zarr`` are listed too).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".npy")
@@ -39,6 +39,12 @@ def _stem(path: Path) -> str:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return path.stem
+
+
+def labels_name(path) -> str:
+    """The file name the labels of image ``path`` are saved under: ``<stem>_labels.tif``
+    (the Folder tab's, and the name *Save...* suggests beside an image)."""
+    return _stem(Path(path)) + LABELS_SUFFIX
 
 
 class Dataset:
@@ -69,16 +75,11 @@ class Dataset:
 
     def labels_path(self, index: int) -> Path:
         """Where the labels of image ``index`` are saved."""
-        return self.labels_dir / (_stem(self.items[index]) + LABELS_SUFFIX)
+        return self.labels_dir / labels_name(self.items[index])
 
     def is_done(self, index: int) -> bool:
         """Whether image ``index`` has saved labels."""
         return self.labels_path(index).is_file()
-
-    @property
-    def done(self) -> int:
-        """Number of images with saved labels."""
-        return sum(self.is_done(i) for i in range(len(self.items)))
 
 
 def read_image_job(path, labels_path, layers=None):

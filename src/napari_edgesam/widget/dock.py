@@ -505,9 +505,9 @@ class EdgeSamWidget(QWidget):
             image = self.session.image_layer
             src = getattr(getattr(image, "source", None), "path", None)
             if src:  # beside the image, named as the Folder tab names labels
-                from .dataset import _stem
+                from .dataset import labels_name
 
-                suggested = Path(src).parent / f"{_stem(Path(src))}_labels.tif"
+                suggested = Path(src).parent / labels_name(src)
             else:
                 suggested = Path.home() / f"{layer.name}.tif"
             path, _ = QFileDialog.getSaveFileName(self, "Save labels (and their prompts)",
