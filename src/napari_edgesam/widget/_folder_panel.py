@@ -153,12 +153,13 @@ class FolderPanel(QWidget):
             self.where_label.setText("No folder chosen.")
             self.list.clear()
             return
-        self.where_label.setText(f"{c.index + 1} of {n} ({ds.done} done); labels in "
+        done = [ds.is_done(i) for i in range(n)]  # one stat per image
+        self.where_label.setText(f"{c.index + 1} of {n} ({sum(done)} done); labels in "
                                  f"{ds.labels_dir}")
         self.list.blockSignals(True)
         self.list.clear()
-        for i, path in enumerate(ds.items):
-            mark = "\u2713 " if ds.is_done(i) else "   "
+        for path, is_done in zip(ds.items, done, strict=True):
+            mark = "\u2713 " if is_done else "   "
             self.list.addItem(mark + path.name)
         if 0 <= c.index < n:
             self.list.setCurrentRow(c.index)
