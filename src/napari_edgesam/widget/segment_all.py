@@ -36,9 +36,9 @@ def segment_all_job(predictor, data, geom, keys, mapping, params, token):
 
     Returns
     -------
-    list of ndarray of uint32, shape (H, W)
-        Object ids per slice (0 background, 1..n; linked ids across slices of a stack), or
-        None when cancelled.
+    (list of ndarray of uint32, shape (H, W), int) or None
+        Object ids per slice (0 background, 1..n; linked ids across slices of a stack) and
+        n, the largest id (found here, not on the GUI thread); None when cancelled.
     """
     from napari_edgesam.engine.errors import CancelledError
     from napari_edgesam.workflows.automatic import segment_slice, segment_stack
@@ -48,20 +48,27 @@ def segment_all_job(predictor, data, geom, keys, mapping, params, token):
             plane = geom.read_slice(data, keys[0])
             res = segment_slice(predictor, plane, params=params, mapping=mapping,
                                 cancel=token, rgb=geom.rgb)
-            return [res.labels]
-
-        class _Planes:  # read one slice at a time
-            def __len__(self):
-                return len(keys)
-
-            def __getitem__(self, i):
-                return geom.read_slice(data, keys[i])
-
-        res = segment_stack(predictor, _Planes(), params=params, mapping=mapping,
-                            rgb=geom.rgb, link=True, cancel=token)
-        return [np.asarray(res.labels[i]) for i in range(len(keys))]
+            labels = [res.labels]
+        else:
+            res = segment_stack(predictor, _Planes(data, geom, keys), params=params,
+                                mapping=mapping, rgb=geom.rgb, link=True, cancel=token)
+            labels = [np.asarray(res.labels[i]) for i in range(len(keys))]
     except CancelledError:
         return None
+    return labels, max((int(p.max()) for p in labels), default=0)
+
+
+class _Planes:
+    """The slices ``keys`` of ``data``, read one at a time."""
+
+    def __init__(self, data, geom, keys):
+        self.data, self.geom, self.keys = data, geom, keys
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        return self.geom.read_slice(self.data, self.keys[i])
 
 
 class SegmentAll:
@@ -154,16 +161,16 @@ class SegmentAll:
         self._token = None
         self._on_change()
 
-    def _on_done(self, labels):
+    def _on_done(self, out):
         s = self.session
         job, self._job = self._job, None
-        if labels is None or job is None:
+        if out is None or job is None:
             s.set_status("Segment all cancelled: nothing was written.")
             return
         if s.image_layer is not job["image"] or s.geometry is not job["geometry"]:
             s.set_status("Segment all: the image changed during the run; nothing was written.")
             return
-        n = max((int(p.max()) for p in labels), default=0)
+        labels, n = out
         if n == 0:
             s.set_status("Segment all found no object (try another object size).")
             return
