@@ -238,10 +238,15 @@ class AutosaveController:
 
     def _follow(self, layer, identity, store=None) -> _Tracker:
         tracker = self._trackers[id(layer)] = _Tracker(layer, identity, store)
-        layer.events.paint.connect(self._on_layer_event)
-        layer.events.set_data.connect(self._on_layer_event)
-        layer.events.data.connect(self._on_layer_data)
+        for ev, cb in self._layer_events(layer):
+            ev.connect(cb)
         return tracker
+
+    def _layer_events(self, layer) -> tuple:
+        """The ``(emitter, callback)`` pairs that follow a layer's edits."""
+        return ((layer.events.paint, self._on_layer_event),
+                (layer.events.set_data, self._on_layer_event),
+                (layer.events.data, self._on_layer_data))
 
     def continue_in(self, layer, info) -> None:
         """Go on autosaving ``layer`` (a Labels layer just restored from the autosave
@@ -442,9 +447,7 @@ class AutosaveController:
     def _retire(self, tracker: _Tracker, discard: bool = False):
         if self._live(tracker):
             self._trackers.pop(id(tracker.layer), None)
-        for ev, cb in ((tracker.layer.events.paint, self._on_layer_event),
-                       (tracker.layer.events.set_data, self._on_layer_event),
-                       (tracker.layer.events.data, self._on_layer_data)):
+        for ev, cb in self._layer_events(tracker.layer):
             try:
                 ev.disconnect(cb)
             except (TypeError, ValueError, RuntimeError):
